@@ -1,0 +1,79 @@
+-- cidrtree_apply: apply one batch of one node to a CIDR tree (node view and global view).
+-- A view is a 256-ary tree of hashes: the bucket of prefix P (P = the first i bytes of an
+-- address) maps each next byte b to the count of addresses under P.b. IPv4 has 4 levels,
+-- IPv6 16. Buckets of the forced prefixes (/8, /24; IPv6 /32, /64) also keep 'lo' and 'hi',
+-- the number of non-empty children in their lower and upper half, so the meta hash can
+-- keep exact row counts: n4/n6 addresses, f non-empty forced prefixes, bf of those that
+-- branch (see mcluster/objects/cidrtree.py).
+-- KEYS[1] seq hash (view id -> last applied seq)   KEYS[2] views hash (view id -> node)
+-- KEYS[3] change stream   KEYS[4] global meta hash   KEYS[5] node meta hash
+-- KEYS[6..] bucket keys in pairs, global bucket then node bucket of the same prefix
+-- ARGV[1] view id   ARGV[2] batch seq (> last applied, else the batch is a repeat)
+-- ARGV[3] mode: "d" values are deltas, "s" values are the node's absolute counts (snapshot)
+-- ARGV[4] stream MAXLEN (approximate)   ARGV[5] pub/sub channel
+-- ARGV[6..] per address 4 entries: text (for the stream), value (integer), packed address
+--           (4 or 16 bytes), comma list of bucket pair numbers (0-based), one per level
+-- Return: {1, anomalies, seq} when applied; {0, 0, last} when seq was already applied;
+--         error "STALE ..." when the view is not registered (stale epoch).
+-- Counts never go below zero: a decrement below zero is clamped and counted in 'anom'.
+-- Cost: O(A * L) hash increments for A addresses of L levels (4 or 16), in both views.
+--!include _batch.lua
+
+local repeated = batch_begin()
+if repeated then
+  if type(repeated) == 'table' then return repeated end
+  return {0, 0, repeated}
+end
+
+local FORCED = {[4] = {[8] = true, [24] = true}, [16] = {[32] = true, [64] = true}}
+
+-- Add eff to the child `byte` of bucket `key` at level `lvl` (prefix length 8 * lvl).
+local function step(key, meta, lvl, nlev, byte, eff, forced)
+  local field = string.char(byte)
+  local new = redis.call('HINCRBY', key, field, eff)
+  local old = new - eff
+  if new == 0 then redis.call('HDEL', key, field) end
+  if (old == 0) == (new == 0) then return end
+  local s = 1
+  if new == 0 then s = -1 end
+  if lvl == nlev - 1 then
+    redis.call('HINCRBY', meta, (nlev == 4) and 'n4' or 'n6', s)
+  end
+  if forced[8 * (lvl + 1)] then redis.call('HINCRBY', meta, 'f', s) end
+  if forced[8 * lvl] then
+    local half, other = 'lo', 'hi'
+    if byte >= 128 then half, other = 'hi', 'lo' end
+    local h = redis.call('HINCRBY', key, half, s)
+    if h == 0 then redis.call('HDEL', key, half) end
+    local o = tonumber(redis.call('HGET', key, other) or '0')
+    if o > 0 and ((s == 1 and h == 1) or (s == -1 and h == 0)) then
+      redis.call('HINCRBY', meta, 'bf', s)
+    end
+  end
+end
+
+local anomalies = 0
+local changes = {}
+for i = 6, #ARGV, 4 do
+  local addr = ARGV[i + 2]
+  local nlev = #addr
+  local pairs_ = {}
+  for p in string.gmatch(ARGV[i + 3], '%d+') do pairs_[#pairs_ + 1] = 6 + 2 * tonumber(p) end
+  local leaf_key = KEYS[pairs_[nlev] + 1]
+  local leaf = string.sub(addr, nlev, nlev)
+  local cur = tonumber(redis.call('HGET', leaf_key, leaf) or '0')
+  local eff, anom = effective(cur, tonumber(ARGV[i + 1]))
+  anomalies = anomalies + anom
+  if eff ~= 0 then
+    local forced = FORCED[nlev]
+    for lvl = 0, nlev - 1 do
+      local byte = string.byte(addr, lvl + 1)
+      local g = pairs_[lvl + 1]
+      step(KEYS[g], KEYS[4], lvl, nlev, byte, eff, forced)
+      step(KEYS[g + 1], KEYS[5], lvl, nlev, byte, eff, forced)
+    end
+    changes[#changes + 1] = ARGV[i]
+    changes[#changes + 1] = eff
+  end
+end
+return batch_finish(changes, anomalies)

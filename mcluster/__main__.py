@@ -1,0 +1,5 @@
+import sys
+
+from mcluster.cli import main
+
+sys.exit(main())

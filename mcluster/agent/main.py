@@ -1,0 +1,48 @@
+"""``mcluster agent``: the long-running sidecar beside one MTA node."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from mcluster.agent.http import make_app
+from mcluster.agent.node import Node
+from mcluster.config import ClusterConfig
+
+log = logging.getLogger("mcluster.agent")
+
+DEFAULT_LISTEN = "127.0.0.1:4802"
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:4802`` or ``[::1]:4802`` -> (host, port), with a clear error."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError(f"bad listen address {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:4802")
+    return host.strip("[]"), int(port)
+
+
+async def run_agent(
+    config: ClusterConfig, node_name: str, redis_url: str | None, listen: str
+) -> None:
+    """Serve the HTTP API, join, and run until SIGTERM/SIGINT; then flush and leave."""
+    host, port = split_listen(listen)
+    node = Node(config, node_name, redis_url, address=listen)
+    runner = web.AppRunner(make_app(node), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await node.start()
+        log.info("agent %s serving http://%s", node.private_name, listen)
+        await stopping.wait()
+        log.info("stopping: flushing and leaving the cluster")
+    finally:
+        await node.stop()
+        await runner.cleanup()

@@ -1,0 +1,144 @@
+"""The outbox of one object on one node: coalesced deltas and the batches that ship them.
+
+``record`` is O(1) in process memory: a key seen recently maps straight to its packed
+form, and its delta is added to a dict. A batch carries (view, seq); the apply script
+ignores a seq it has already applied, so a batch retried after a lost reply never counts
+twice. One batch per object is in flight at a time, in seq order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mcluster.objects.kinds import Kind
+from mcluster.store.keys import GLOBAL, ObjectKeys
+from mcluster.store.scripts import Scripts
+
+log = logging.getLogger("mcluster.agent")
+
+#: Most distinct keys in one batch (one EVALSHA), whatever ``max_pending`` says.
+BATCH_LIMIT = 512
+#: Keys remembered as already validated, per object (cleared when full).
+KNOWN_KEYS_LIMIT = 65536
+STREAM_MAXLEN = 10000
+RETRY_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class StaleView(Exception):
+    """Redis refused a batch: this node's view is not registered (stale epoch)."""
+
+
+@dataclass
+class Stats:
+    recorded: int = 0
+    applied: int = 0
+    batches: int = 0
+    repeats: int = 0
+    anomalies: int = 0
+    retries: int = 0
+
+
+@dataclass
+class Outbox:
+    """Pending deltas of one object and the shipping of them to Redis."""
+
+    name: str
+    kind: Kind
+    keys: ObjectKeys
+    view: str
+    max_pending: int
+    max_delay: float
+    buffer: dict[bytes, int] = field(default_factory=dict)
+    known: dict[str, bytes] = field(default_factory=dict)
+    seq: int = 0
+    stats: Stats = field(default_factory=Stats)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def admit(self, key: str) -> bytes:
+        """Validate and pack a key (ValueError says why it is bad), remembering good ones."""
+        packed = self.known.get(key)
+        if packed is None:
+            packed = self.kind.parse_key(key)
+            if len(self.known) >= KNOWN_KEYS_LIMIT:
+                self.known.clear()
+            self.known[key] = packed
+        return packed
+
+    def add(self, packed: bytes, delta: int) -> None:
+        buffer = self.buffer
+        buffer[packed] = buffer.get(packed, 0) + delta
+        self.stats.recorded += 1
+        if len(buffer) >= self.max_pending:
+            self.wake.set()
+
+    async def ship(self, scripts: Scripts, backoff_max: float = 2.0) -> None:
+        """Send everything buffered now, in batches, retrying until Redis applies each."""
+        async with self.lock:
+            items, self.buffer = self.buffer, {}
+            self.wake.clear()
+            batch: dict[bytes, int] = {}
+            for key, delta in items.items():
+                if delta:
+                    batch[key] = delta
+                    if len(batch) >= BATCH_LIMIT:
+                        await self.send(scripts, batch, "d", backoff_max)
+                        batch = {}
+            if batch:
+                await self.send(scripts, batch, "d", backoff_max)
+
+    async def send(
+        self, scripts: Scripts, items: Mapping[bytes, int], mode: str, backoff_max: float = 2.0
+    ) -> None:
+        """One batch under a new seq, retried with backoff until applied (exactly once)."""
+        self.seq += 1
+        data_keys, tail = self.kind.batch_args(self.keys, self.view, items)
+        keys = [
+            self.keys.seq,
+            self.keys.views,
+            self.keys.stream,
+            self.keys.meta(GLOBAL),
+            self.keys.meta(self.view),
+            *data_keys,
+        ]
+        args = [self.view, self.seq, mode, STREAM_MAXLEN, self.keys.channel, *tail]
+        delay = 0.02
+        while True:
+            try:
+                applied, anomalies, _ = await scripts.run(self.kind.script, keys, args)
+                break
+            except RETRY_ERRORS as exc:
+                self.stats.retries += 1
+                log.warning("%s: batch %d not confirmed (%s); retrying", self.name, self.seq, exc)
+                await asyncio.sleep(delay)
+                delay = min(backoff_max, delay * 2)
+            except ResponseError as exc:
+                if str(exc).startswith("STALE"):
+                    raise StaleView(str(exc)) from exc
+                raise
+        self.stats.batches += 1
+        if applied:
+            self.stats.applied += len(items)
+            self.stats.anomalies += int(anomalies)
+        else:
+            self.stats.repeats += 1
+
+    async def run(self, scripts: Scripts) -> None:
+        """Ship when ``max_pending`` keys wait or ``max_delay`` seconds have passed."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self.max_delay)
+            try:
+                await self.ship(scripts)
+            except StaleView as exc:
+                log.error("%s: %s; its deltas were dropped", self.name, exc)
+            except ResponseError as exc:
+                log.error("%s: Redis refused a batch: %s", self.name, exc)

@@ -1,0 +1,133 @@
+"""The ``mcluster`` command: agent, console, config check, demo, and the embedded Redis."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from mcluster import __version__
+from mcluster.config import ConfigError, check_command, load_config
+from mcluster.store.embedded import EmbeddedRedisError, ensure_embedded_redis, stop_embedded_redis
+from mcluster.store.urls import RedisUrlError, redact_url, resolve_redis_url
+
+ENV_NODE = "MCLUSTER_NODE"
+ENV_CONFIG = "MCLUSTER_CONFIG"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcluster",
+        description="Cluster-wide data replication for mail servers, on Redis.",
+    )
+    parser.add_argument("--version", action="version", version=f"mcluster {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    agent = sub.add_parser("agent", help="run the node agent beside one MTA")
+    agent.add_argument("--config", default=os.environ.get(ENV_CONFIG), help="cluster config")
+    agent.add_argument("--node", default=os.environ.get(ENV_NODE), help="this node's name")
+    agent.add_argument("--redis", help="Redis URL (default: $MCLUSTER_REDIS_URL, else embedded)")
+    agent.add_argument("--listen", default="127.0.0.1:4802", help="HTTP API address")
+    agent.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+
+    console = sub.add_parser("console", help="the operator console (Momentum's commands)")
+    console.add_argument("--redis", help="Redis URL (default: $MCLUSTER_REDIS_URL, else embedded)")
+    console.add_argument("--config", default=os.environ.get(ENV_CONFIG), help="cluster config")
+    console.add_argument("--node", default=os.environ.get(ENV_NODE), help="node to attach to")
+    console.add_argument("--namespace", help="key namespace (default: from config, else mc)")
+    console.add_argument("-c", dest="cmd", metavar="COMMAND", help="run one command and exit")
+    console.add_argument("--json", action="store_true", help="machine-readable output")
+
+    config = sub.add_parser("config", help="work with config files")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser("check", help="parse a config and list its objects")
+    check.add_argument("file")
+
+    demo = sub.add_parser("demo", help="run a small farm of agents on one machine")
+    demo.add_argument("--nodes", type=int, default=3, help="number of node agents (default 3)")
+    demo.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
+    demo.add_argument("--no-dashboard", action="store_true", help="plain progress output")
+    demo.add_argument("--redis", help="Redis URL (default: the embedded one)")
+
+    redis_cmd = sub.add_parser("redis", help="the embedded Redis server")
+    redis_cmd.add_argument("action", choices=["start", "stop", "url"])
+    return parser
+
+
+def _agent(args: argparse.Namespace) -> int:
+    if not args.config:
+        return _fail("agent needs --config FILE (or $MCLUSTER_CONFIG)", 2)
+    if not args.node:
+        return _fail("agent needs --node NAME (or $MCLUSTER_NODE)", 2)
+    from mcluster.agent.main import run_agent, split_listen
+
+    split_listen(args.listen)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = load_config(args.config)
+    url = resolve_redis_url(args.redis)
+    try:
+        asyncio.run(run_agent(config, args.node, url, args.listen))
+    except (RedisConnectionError, OSError) as exc:
+        return _fail(f"cannot reach Redis at {redact_url(url)}: {exc}")
+    return 0
+
+
+def _console(args: argparse.Namespace) -> int:
+    from mcluster.console import console_main
+
+    return console_main(args.redis, args.config, args.node, args.cmd, args.json, args.namespace)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mcluster.demo import run_demo
+
+    return run_demo(args.nodes, args.seconds, not args.no_dashboard, args.redis)
+
+
+def _redis(args: argparse.Namespace) -> int:
+    if args.action == "stop":
+        print("stopped" if stop_embedded_redis() else "not running")
+    else:
+        print(ensure_embedded_redis())
+    return 0
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"mcluster: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "agent":
+            return _agent(args)
+        if args.command == "console":
+            return _console(args)
+        if args.command == "config":
+            return check_command(args.file)
+        if args.command == "demo":
+            return _demo(args)
+        return _redis(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except (ValueError, RedisUrlError, EmbeddedRedisError) as exc:
+        return _fail(str(exc), 2 if isinstance(exc, ValueError) else 1)
+    except RedisError as exc:
+        return _fail(f"Redis error: {exc}")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Running one console command: ``cluster shared show inbound_cidr from relay-0-1``.
+
+Each command returns a Result holding a rich renderable (text mode) and a JSON-able dict
+(``--json``). Problems are exceptions: CommandError (exit 1), NotFound (exit 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from rich.console import RenderableType
+
+from mcluster.console.render import HelpView, ListingView, Message, ObjectListView
+from mcluster.console.spec import COMMANDS, CommandSpec, family, match
+from mcluster.objects import views
+from mcluster.objects.views import NotFound
+from mcluster.store import members
+from mcluster.store.keys import ClusterKeys
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "CommandError",
+    "ConsoleContext",
+    "NotFound",
+    "NotInRelease",
+    "Result",
+    "UnknownCommand",
+    "UsageError",
+    "exit_code",
+    "parse_show_args",
+    "run_command",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_NOT_FOUND = 2
+
+
+class CommandError(Exception):
+    """A command that cannot run as typed (exit status 1); the message says why."""
+
+    exit_code = EXIT_ERROR
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "command failed"
+
+
+class UnknownCommand(CommandError):
+    """No such console command."""
+
+
+class UsageError(CommandError):
+    """A known command with wrong or missing arguments."""
+
+
+class NotInRelease(CommandError):
+    """A command of Momentum's console that this release does not implement yet."""
+
+
+def exit_code(exc: BaseException) -> int:
+    """The process exit status for an error: 2 for an unknown object or node, else 1."""
+    if isinstance(exc, NotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, CommandError):
+        return exc.exit_code
+    return EXIT_ERROR
+
+
+@dataclass
+class ConsoleContext:
+    """What a console is attached to: a Redis, a namespace, maybe a node and a config."""
+
+    client: Redis
+    keys: ClusterKeys
+    node: str | None = None
+    configured: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Result:
+    """A command's answer: ``renderable`` for text mode, ``data`` for ``--json``."""
+
+    renderable: RenderableType
+    data: dict[str, Any]
+
+
+Handler = Callable[[ConsoleContext, CommandSpec, list[str]], Awaitable[Result]]
+
+
+async def run_command(ctx: ConsoleContext, line: str) -> Result:
+    """Run one command line (the leading ``cluster`` is optional, verbs ignore case)."""
+    words = line.split()
+    if words and words[0].casefold() == "cluster":
+        words = words[1:]
+    if not words:
+        raise UsageError("empty command; type 'cluster help' for the list of commands")
+    spec, rest = match(words)
+    if spec is None:
+        siblings = family(words[0])
+        typed = " ".join(("cluster", *words))
+        if siblings:
+            choices = " | ".join(s.usage for s in siblings)
+            raise UsageError(f"incomplete command {typed!r}; one of: {choices}")
+        raise UnknownCommand(f"unknown command {typed!r}; type 'cluster help' for the list")
+    if spec.coming_with is not None:
+        raise NotInRelease(f"{spec.name}: not in this release (coming with {spec.coming_with})")
+    return await _HANDLERS[spec.words](ctx, spec, rest)
+
+
+def _no_args(spec: CommandSpec, rest: list[str]) -> None:
+    if rest:
+        raise UsageError(f"{spec.name} takes no arguments, got {' '.join(rest)!r}")
+
+
+def _attached_node(ctx: ConsoleContext, spec: CommandSpec) -> str:
+    if ctx.node is None:
+        raise CommandError(f"{spec.name} needs --node NAME (the node this console is attached to)")
+    return ctx.node
+
+
+async def _help(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    topic = tuple(w.casefold() for w in rest)
+    if topic and topic[0] == "cluster":
+        topic = topic[1:]
+    chosen = [c for c in COMMANDS if c.words[: len(topic)] == topic[: len(c.words)]]
+    if not chosen:
+        raise UnknownCommand(f"no command matches 'cluster {' '.join(rest)}'; try 'cluster help'")
+    data = [
+        {"command": c.usage, "description": c.summary, "implemented": c.implemented} for c in chosen
+    ]
+    return Result(HelpView(chosen), {"commands": data})
+
+
+async def _shared_list(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    _no_args(spec, rest)
+    infos = await views.list_objects(ctx.client, ctx.keys, ctx.configured)
+    return Result(ObjectListView(infos), {"objects": [info.to_json() for info in infos]})
+
+
+def parse_show_args(spec: CommandSpec, rest: list[str]) -> tuple[str, str | None, int | None]:
+    """``OBJ [from NODE] [all | limit N]`` -> (object, node or None, row limit or None)."""
+    usage = f"usage: {spec.usage}"
+    if not rest:
+        raise UsageError(f"{spec.name} needs an object name; {usage}")
+    obj, opts = rest[0], rest[1:]
+    node: str | None = None
+    limit: int | None = views.DEFAULT_LIMIT
+    seen: set[str] = set()
+    i = 0
+    while i < len(opts):
+        word = opts[i].casefold()
+        if word in seen or word not in ("from", "all", "limit"):
+            raise UsageError(f"unexpected {opts[i]!r} in {spec.name}; {usage}")
+        if word in ("all", "limit") and seen & {"all", "limit"}:
+            raise UsageError(f"give either 'all' or 'limit N', not both; {usage}")
+        seen.add(word)
+        if word == "all":
+            limit = None
+            i += 1
+            continue
+        if i + 1 >= len(opts):
+            wanted = "a node name" if word == "from" else "a number of rows"
+            raise UsageError(f"'{word}' needs {wanted}; {usage}")
+        value = opts[i + 1]
+        if word == "from":
+            node = value
+        elif not value.isdigit():
+            raise UsageError(f"'limit' needs a whole number of rows >= 0, got {value!r}")
+        else:
+            limit = int(value)
+        i += 2
+    return obj, node, limit
+
+
+async def _shared_show(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    obj, node, limit = parse_show_args(spec, rest)
+    listing = await views.show(ctx.client, ctx.keys, obj, node, limit, ctx.configured)
+    return Result(ListingView(listing), listing.to_json())
+
+
+async def _nodename(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    _no_args(spec, rest)
+    node = _attached_node(ctx, spec)
+    return Result(Message(node), {"node": node})
+
+
+async def _nodeaddr(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    _no_args(spec, rest)
+    node = _attached_node(ctx, spec)
+    member = await members.get(ctx.client, ctx.keys, node)
+    if member is None:
+        known = ", ".join(m.node for m in await members.all_members(ctx.client, ctx.keys))
+        raise NotFound(f"unknown node {node!r}; cluster members: {known or 'none'}")
+    if member.address is None:
+        raise CommandError(f"node {node!r} has no cluster address in its member record")
+    return Result(Message(member.address), {"node": node, "address": member.address})
+
+
+_HANDLERS: dict[tuple[str, ...], Handler] = {
+    ("help",): _help,
+    ("shared", "list"): _shared_list,
+    ("shared", "show"): _shared_show,
+    ("nodename",): _nodename,
+    ("nodeaddr",): _nodeaddr,
+}

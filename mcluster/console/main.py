@@ -1,0 +1,127 @@
+"""``mcluster console``: run one command (``-c``) or an interactive session.
+
+Exit status: 0 ok, 1 error, 2 unknown object or node. Errors are one line on stderr,
+``mcluster: <message>``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.text import Text
+
+from mcluster.config import ClusterConfig, ConfigError, load_config
+from mcluster.console.commands import (
+    EXIT_ERROR,
+    CommandError,
+    ConsoleContext,
+    NotFound,
+    exit_code,
+    run_command,
+)
+from mcluster.console.repl import run_repl
+from mcluster.store.embedded import EmbeddedRedisError
+from mcluster.store.keys import ClusterKeys, check_name
+from mcluster.store.urls import RedisUrlError, make_async_client, redact_url, resolve_redis_url
+
+__all__ = ["EXIT_INTERRUPTED", "console_main"]
+
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str) -> None:
+    err = Console(stderr=True, highlight=False)
+    err.print(Text(f"mcluster: {message}", style="red"), soft_wrap=True)
+
+
+def _namespace(flag: str | None, config: ClusterConfig | None) -> str:
+    if flag:
+        return flag
+    if config is not None:
+        return str(config.options.get("namespace", "mc"))
+    return "mc"
+
+
+def console_main(
+    redis_url: str | None,
+    config_path: str | None,
+    node: str | None,
+    command: str | None,
+    json_mode: bool,
+    namespace: str | None = None,
+) -> int:
+    """Run ``command`` once (or the interactive console when None); returns the exit code."""
+    config: ClusterConfig | None = None
+    if config_path is not None:
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                _fail(str(issue))
+            return EXIT_ERROR
+    try:
+        keys = ClusterKeys(_namespace(namespace, config))
+        if node is not None:
+            check_name("node", node)
+        url = resolve_redis_url(redis_url)
+    except (RedisUrlError, EmbeddedRedisError, ValueError) as exc:
+        _fail(str(exc))
+        return EXIT_ERROR
+    configured = [(o.name, o.type) for o in config.objects] if config is not None else []
+    try:
+        with asyncio.Runner() as runner:
+            client = make_async_client(url)
+            try:
+                runner.run(_ping(client))
+            except (RedisError, OSError) as exc:
+                _fail(f"cannot reach Redis at {redact_url(url)}: {exc}")
+                runner.run(client.aclose())
+                return EXIT_ERROR
+            ctx = ConsoleContext(client, keys, node, configured)
+            try:
+                if command is not None:
+                    return _run_once(runner, ctx, command, json_mode, url)
+                banner = (
+                    f"mcluster console on {redact_url(url)}, namespace {keys.namespace!r}; "
+                    "'cluster help' lists the commands, 'quit' leaves"
+                )
+                return run_repl(ctx, runner, banner, json_mode=json_mode)
+            finally:
+                runner.run(_close(client))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return EXIT_INTERRUPTED
+
+
+async def _ping(client: Redis) -> None:
+    await client.ping()
+
+
+async def _close(client: Redis) -> None:
+    with contextlib.suppress(RedisError, OSError):
+        await client.aclose()
+
+
+def _run_once(
+    runner: asyncio.Runner, ctx: ConsoleContext, command: str, json_mode: bool, url: str
+) -> int:
+    try:
+        result = runner.run(run_command(ctx, command))
+    except (CommandError, NotFound) as exc:
+        _fail(str(exc))
+        return exit_code(exc)
+    except (RedisError, OSError) as exc:
+        _fail(f"Redis error at {redact_url(url)}: {exc}")
+        return EXIT_ERROR
+    if json_mode:
+        sys.stdout.write(json.dumps(result.data) + "\n")
+        sys.stdout.flush()
+    else:
+        Console(highlight=False).print(result.renderable, soft_wrap=True)
+    return 0

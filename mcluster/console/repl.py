@@ -1,0 +1,228 @@
+"""The interactive console: ``mcluster(relay-0-1)> cluster shared show inbound_cidr``.
+
+Line editing, history (``<state dir>/console_history``) and tab completion come from the
+stdlib ``readline``; completion of command words, object names and node names is the
+pure function ``completions`` so it can be tested without a terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.text import Text
+
+from mcluster.console.commands import CommandError, ConsoleContext, NotFound, run_command
+from mcluster.console.spec import COMMANDS, REPL_WORDS, match, next_words
+from mcluster.objects import views
+from mcluster.store import members
+from mcluster.store.embedded import state_dir
+
+try:
+    import readline as _readline
+except ImportError:  # pragma: no cover - platforms without GNU readline / libedit
+    _readline = None  # type: ignore[assignment]
+
+HISTORY_FILE = "console_history"
+HISTORY_LENGTH = 1000
+_SHOW_OPTIONS = ("from", "all", "limit")
+
+
+def completions(buffer: str, objects: Sequence[str], nodes: Sequence[str]) -> list[str]:
+    """Words that may complete the last (partial) word of ``buffer``, sorted.
+
+    Command words match case-insensitively; object and node names exactly.
+    """
+    words = buffer.split()
+    partial = "" if not buffer or buffer[-1].isspace() else words.pop()
+    verbs, names = _candidates(words, objects, nodes)
+    folded = partial.casefold()
+    found = {w for w in verbs if w.casefold().startswith(folded)}
+    found |= {n for n in names if n.startswith(partial)}
+    return sorted(found)
+
+
+def _candidates(
+    words: list[str], objects: Sequence[str], nodes: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """(command words, names) that may come after the complete ``words``."""
+    first_words = sorted({spec.words[0] for spec in COMMANDS})
+    if not words:
+        return ["cluster", *first_words, *REPL_WORDS], []
+    if words[0].casefold() == "cluster":
+        words = words[1:]
+        if not words:
+            return first_words, []
+    spec, rest = match(words)
+    if spec is None:
+        return next_words(words), []
+    if spec.words == ("help",):
+        return (first_words if not rest else []), []
+    if spec.words != ("shared", "show"):
+        return [], []
+    if not rest:
+        return [], list(objects)
+    options = [w.casefold() for w in rest[1:]]
+    if options and options[-1] == "from":
+        return [], list(nodes)
+    if options and options[-1] == "limit":
+        return [], []
+    used = set(options)
+    if used & {"all", "limit"}:
+        used |= {"all", "limit"}
+    return [w for w in _SHOW_OPTIONS if w not in used], []
+
+
+def _is_shared_list(text: str) -> bool:
+    words = text.split()
+    if words and words[0].casefold() == "cluster":
+        words = words[1:]
+    spec, _ = match(words)
+    return spec is not None and spec.words == ("shared", "list")
+
+
+def history_path() -> Path | None:
+    """``<state dir>/console_history``, or None if the state dir cannot be determined."""
+    try:
+        return state_dir() / HISTORY_FILE
+    except (OSError, RuntimeError):
+        return None
+
+
+class Repl:
+    """One interactive session over a ConsoleContext, run on one event loop."""
+
+    def __init__(
+        self,
+        ctx: ConsoleContext,
+        runner: asyncio.Runner,
+        console: Console | None = None,
+        err: Console | None = None,
+        json_mode: bool = False,
+    ) -> None:
+        self.ctx = ctx
+        self.runner = runner
+        self.console = console or Console(highlight=False)
+        self.err = err or Console(stderr=True, highlight=False)
+        self.json_mode = json_mode
+        self.objects: list[str] = []
+        self.nodes: list[str] = []
+
+    @property
+    def prompt(self) -> str:
+        return f"mcluster({self.ctx.node})> " if self.ctx.node else "mcluster> "
+
+    def refresh(self) -> None:
+        """Fetch object and node names for completion (keep the old ones on failure)."""
+        with contextlib.suppress(RedisError, OSError):
+            self.runner.run(self._refresh())
+
+    async def _refresh(self) -> None:
+        infos = await views.list_objects(self.ctx.client, self.ctx.keys, self.ctx.configured)
+        self.objects = [info.name for info in infos]
+        self.nodes = [m.node for m in await members.all_members(self.ctx.client, self.ctx.keys)]
+
+    def error(self, message: str) -> None:
+        self.err.print(Text(f"mcluster: {message}", style="red"), soft_wrap=True)
+
+    def handle(self, line: str) -> bool:
+        """Run one line; False when the session should end (``quit``, ``exit``)."""
+        text = line.strip()
+        if not text:
+            return True
+        if text.casefold() in REPL_WORDS:
+            return False
+        try:
+            result = self.runner.run(run_command(self.ctx, text))
+        except (CommandError, NotFound) as exc:
+            self.error(str(exc))
+            return True
+        except RedisError as exc:
+            self.error(f"Redis error: {exc}")
+            return True
+        except KeyboardInterrupt:
+            self.error("interrupted")
+            return True
+        except Exception as exc:  # the session outlives any one command's failure
+            self.error(f"{type(exc).__name__}: {exc}")
+            return True
+        if self.json_mode:
+            self.console.print_json(json.dumps(result.data))
+        else:
+            self.console.print(result.renderable, soft_wrap=True)
+        if _is_shared_list(text):
+            self.refresh()
+        return True
+
+    def loop(self, read: Callable[[str], str] | None = None) -> int:
+        """Read and run lines until ``quit``, ``exit`` or end of input; returns 0."""
+        read = read or input
+        while True:
+            try:
+                line = read(self.prompt)
+            except EOFError:
+                self.console.print()
+                return 0
+            except KeyboardInterrupt:
+                self.console.print()
+                continue
+            if not self.handle(line):
+                return 0
+
+
+class _Completer:
+    """The readline completer: ``completions`` of the line up to the cursor."""
+
+    def __init__(self, repl: Repl) -> None:
+        self.repl = repl
+        self.matches: list[str] = []
+
+    def __call__(self, text: str, state: int) -> str | None:
+        if _readline is None:
+            return None
+        if state == 0:
+            buffer = _readline.get_line_buffer()[: _readline.get_endidx()]
+            found = completions(buffer, self.repl.objects, self.repl.nodes)
+            self.matches = [word + " " for word in found]
+        return self.matches[state] if state < len(self.matches) else None
+
+
+def _setup_readline(repl: Repl, history: Path | None) -> None:
+    if _readline is None:
+        return
+    _readline.set_completer(_Completer(repl))
+    _readline.set_completer_delims(" \t\n")
+    doc = _readline.__doc__ or ""
+    _readline.parse_and_bind("bind ^I rl_complete" if "libedit" in doc else "tab: complete")
+    _readline.set_history_length(HISTORY_LENGTH)
+    if history is not None:
+        with contextlib.suppress(OSError):
+            _readline.read_history_file(history)
+
+
+def _save_history(history: Path | None) -> None:
+    if _readline is None or history is None:
+        return
+    with contextlib.suppress(OSError):
+        history.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _readline.write_history_file(history)
+
+
+def run_repl(ctx: ConsoleContext, runner: asyncio.Runner, banner: str = "", **options: Any) -> int:
+    """The interactive session with line editing, history and completion; returns 0."""
+    repl = Repl(ctx, runner, **options)
+    history = history_path()
+    _setup_readline(repl, history)
+    repl.refresh()
+    if banner:
+        repl.console.print(Text(banner, style="dim"), soft_wrap=True)
+    try:
+        return repl.loop()
+    finally:
+        _save_history(history)

@@ -1,0 +1,90 @@
+"""The console's command table: Momentum's ``cluster ...`` commands, and which ones exist.
+
+Help, dispatch and tab completion all read this one table, so they always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One console command: its fixed words, its arguments and a one-line description."""
+
+    words: tuple[str, ...]
+    args: str
+    summary: str
+    coming_with: str | None = None
+    """None when this release implements it; else the feature it will arrive with."""
+
+    @property
+    def implemented(self) -> bool:
+        return self.coming_with is None
+
+    @property
+    def name(self) -> str:
+        """``cluster shared show`` (the fixed words only)."""
+        return " ".join(("cluster", *self.words))
+
+    @property
+    def usage(self) -> str:
+        """``cluster shared show OBJ [from NODE] [all | limit N]``."""
+        return f"{self.name} {self.args}" if self.args else self.name
+
+
+_LEASES = "membership and leases"
+_DURAVIP = "DuraVIP"
+
+COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec(("help",), "", "Display the available console commands."),
+    CommandSpec(("abort",), "ID", "Abort the job with the specified id.", "console jobs"),
+    CommandSpec(("arp", "show"), "", "Show the MAC addresses of the cluster.", _DURAVIP),
+    CommandSpec(
+        ("duravip", "show"), "[tables]", "Show DuraVIP bindings (or state tables).", _DURAVIP
+    ),
+    CommandSpec(("duravip", "move"), "FROM TO", "Move DuraVIP bindings between hosts.", _DURAVIP),
+    CommandSpec(("duravip", "announce", "view"), "", "Announce the local DuraVIP view.", _DURAVIP),
+    CommandSpec(("duravip", "debug"), "on|off", "Turn DuraVIP debugging on or off.", _DURAVIP),
+    CommandSpec(("membership",), "", "Display every member of the cluster.", _LEASES),
+    CommandSpec(("info",), "", "Display operating status and parameters.", _LEASES),
+    CommandSpec(("nodename",), "", "Show the name of the local node."),
+    CommandSpec(("nodeaddr",), "", "Show the node's cluster address."),
+    CommandSpec(("reset",), "", "Reset the node's cluster membership.", _LEASES),
+    CommandSpec(("shared", "list"), "", "Display the currently managed objects."),
+    CommandSpec(
+        ("shared", "show"),
+        "OBJ [from NODE] [all | limit N]",
+        "Display a shared object (global or from a node).",
+    ),
+    CommandSpec(("show", "logs"), "", "Show the cluster logs and their sizes.", "logs"),
+)
+
+#: Words the REPL understands besides the commands.
+REPL_WORDS: tuple[str, ...] = ("quit", "exit")
+
+
+def match(words: list[str]) -> tuple[CommandSpec | None, list[str]]:
+    """The command whose fixed words start ``words`` (lower-cased verbs), and the rest."""
+    folded = [w.casefold() for w in words]
+    best: CommandSpec | None = None
+    for spec in COMMANDS:
+        n = len(spec.words)
+        if tuple(folded[:n]) == spec.words and (best is None or n > len(best.words)):
+            best = spec
+    if best is None:
+        return None, words
+    return best, words[len(best.words) :]
+
+
+def family(word: str) -> list[CommandSpec]:
+    """The commands starting with ``word`` (for ``cluster duravip`` given alone)."""
+    return [spec for spec in COMMANDS if spec.words[0] == word.casefold()]
+
+
+def next_words(words: list[str]) -> list[str]:
+    """Fixed command words that may follow ``words`` (already typed, complete)."""
+    folded = tuple(w.casefold() for w in words)
+    n = len(folded)
+    found = {s.words[n] for s in COMMANDS if len(s.words) > n and s.words[:n] == folded}
+    return sorted(found)

@@ -1,0 +1,187 @@
+"""Reading views: the objects a cluster manages, a view's rows, a key's count.
+
+Every face (console, HTTP API, Python API) reads through these functions, so they all
+print and return the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from mcluster.objects.cidrtree import Row
+from mcluster.objects.kinds import Kind, kind_for_type
+from mcluster.store import members
+from mcluster.store.keys import GLOBAL, ClusterKeys, ObjectKeys
+
+DEFAULT_LIMIT = 200
+
+
+class NotFound(LookupError):
+    """An unknown object, node or view; the message names it and what exists."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One managed object: its name, replication type and the kind that stores it."""
+
+    name: str
+    replication_type: str
+    kind: Kind
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.kind.name,
+            "replication_type": self.replication_type,
+            "description": self.kind.description,
+        }
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The rows of one view of one object (``cluster shared show``)."""
+
+    object: str
+    type: str
+    view: str
+    node: str | None
+    rows: list[Row]
+    total_rows: int
+    distinct_keys: int
+    anomalies: int
+
+    @property
+    def omitted(self) -> int:
+        return max(0, self.total_rows - len(self.rows))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "object": self.object,
+            "type": self.type,
+            "view": self.view,
+            "node": self.node,
+            "rows": [{"key": r.key, "count": r.count} for r in self.rows],
+            "total_rows": self.total_rows,
+            "omitted_rows": self.omitted,
+            "distinct_keys": self.distinct_keys,
+            "anomalies": self.anomalies,
+        }
+
+
+def registry_entry(replication_type: str) -> str:
+    return json.dumps({"type": replication_type})
+
+
+async def publish_objects(client: Redis, keys: ClusterKeys, objects: dict[str, str]) -> None:
+    """Record name -> replication type, so a console without the config can list them."""
+    if objects:
+        await client.hset(keys.objects, mapping={n: registry_entry(t) for n, t in objects.items()})
+
+
+async def list_objects(
+    client: Redis, keys: ClusterKeys, configured: Iterable[tuple[str, str]] = ()
+) -> list[ObjectInfo]:
+    """Objects known from the registry in Redis and from a config (name, type) list."""
+    found: dict[str, str] = {}
+    registry = cast(dict[bytes, bytes], await client.hgetall(keys.objects))
+    for key, raw in registry.items():
+        found[key.decode()] = str(json.loads(raw)["type"])
+    found.update(dict(configured))
+    infos = []
+    for name, rtype in sorted(found.items()):
+        kind = kind_for_type(rtype)
+        if kind is not None:
+            infos.append(ObjectInfo(name, rtype, kind))
+    return infos
+
+
+async def find_object(
+    client: Redis, keys: ClusterKeys, name: str, configured: Iterable[tuple[str, str]] = ()
+) -> ObjectInfo:
+    infos = await list_objects(client, keys, configured)
+    for info in infos:
+        if info.name == name:
+            return info
+    known = ", ".join(i.name for i in infos) or "none"
+    raise NotFound(f"unknown object {name!r}; managed objects: {known}")
+
+
+async def resolve_view(
+    client: Redis, keys: ClusterKeys, okeys: ObjectKeys, node: str | None
+) -> tuple[str, str]:
+    """(view id, label) for ``node``: None is the global view."""
+    if node is None or node == "global":
+        return GLOBAL, "global"
+    raw = cast(dict[bytes, bytes], await client.hgetall(okeys.views))
+    views = {v.decode(): n.decode() for v, n in raw.items()}
+    if node in views:  # a private name given directly
+        return node, node
+    member = await members.get(client, keys, node)
+    if member is not None and member.private_name in views:
+        return member.private_name, member.private_name
+    candidates = sorted((v for v, n in views.items() if n == node), key=_epoch_of)
+    if candidates:
+        return candidates[-1], candidates[-1]
+    known = ", ".join(sorted(set(views.values()))) or "none"
+    raise NotFound(f"unknown node {node!r} for object {okeys.name!r}; nodes with a view: {known}")
+
+
+def _epoch_of(view: str) -> int:
+    try:
+        return int(view.split("#")[1].split("-")[0].lstrip("e"))
+    except (IndexError, ValueError):
+        return -1
+
+
+async def show(
+    client: Redis,
+    keys: ClusterKeys,
+    name: str,
+    node: str | None = None,
+    limit: int | None = DEFAULT_LIMIT,
+    configured: Iterable[tuple[str, str]] = (),
+) -> Listing:
+    """The first ``limit`` rows (None: all) of one view, and how many there are in all."""
+    info = await find_object(client, keys, name, configured)
+    okeys = keys.object(name)
+    view, label = await resolve_view(client, keys, okeys, node)
+    meta = cast(dict[bytes, bytes], await client.hgetall(okeys.meta(view)))
+    rows: list[Row] = []
+    if limit is None or limit > 0:
+        async for row in info.kind.rows(client, okeys, view):
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+    return Listing(
+        object=name,
+        type=info.kind.name,
+        view=label,
+        node=None if view == GLOBAL else node,
+        rows=rows,
+        total_rows=info.kind.total_rows(meta),
+        distinct_keys=info.kind.distinct_keys(meta),
+        anomalies=int(meta.get(b"anom", b"0")),
+    )
+
+
+async def count(
+    client: Redis,
+    keys: ClusterKeys,
+    name: str,
+    key: str,
+    node: str | None = None,
+    configured: Iterable[tuple[str, str]] = (),
+) -> int:
+    """Exact count of a key (or, in a CIDR tree, any prefix) in one view."""
+    info = await find_object(client, keys, name, configured)
+    okeys = keys.object(name)
+    view, _ = await resolve_view(client, keys, okeys, node)
+    return await info.kind.count(client, okeys, view, key)

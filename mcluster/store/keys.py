@@ -1,0 +1,101 @@
+"""Key naming. Every key of one object shares the hash tag ``{name}``, so one script
+touches one hash slot, and every key starts with the namespace.
+
+Layout for object ``inbound_cidr`` in namespace ``mc`` (``B`` = ``mc:{inbound_cidr}``):
+
+- ``B:views``      hash  view id -> node name (views that may write)
+- ``B:seq``        hash  view id -> last applied batch seq
+- ``B:stream``     stream of applied batches; ``B:notify`` pub/sub channel
+- ``B:g:meta``     hash  global view figures (distinct keys, anomalies, ...)
+- ``B:n:VIEW:meta`` the same for one node view
+- ``B:g:…`` / ``B:n:VIEW:…`` the data keys of each kind (buckets, hashes)
+
+Cluster-wide keys use the tag ``{cluster}``: ``mc:{cluster}:members``, ``:epoch``, ``:objects``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+GLOBAL = "g"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_name(what: str, name: str) -> str:
+    """Object and node names become parts of keys: letters, digits, ``. _ -`` only."""
+    if not _NAME.match(name):
+        raise ValueError(
+            f"bad {what} name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class ClusterKeys:
+    """Keys shared by the whole cluster (membership, epochs, object registry)."""
+
+    namespace: str = "mc"
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE.match(self.namespace):
+            raise ValueError(f"bad namespace {self.namespace!r}: letters, digits, '.', '_', '-'")
+
+    @property
+    def base(self) -> str:
+        return f"{self.namespace}:{{cluster}}"
+
+    @property
+    def members(self) -> str:
+        return f"{self.base}:members"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.base}:epoch"
+
+    @property
+    def objects(self) -> str:
+        return f"{self.base}:objects"
+
+    def object(self, name: str) -> ObjectKeys:
+        return ObjectKeys(self.namespace, check_name("object", name))
+
+
+@dataclass(frozen=True)
+class ObjectKeys:
+    """Keys of one replicated object; ``view`` is ``GLOBAL`` or a node's view id."""
+
+    namespace: str
+    name: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.namespace}:{{{self.name}}}"
+
+    @property
+    def views(self) -> str:
+        return f"{self.base}:views"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.base}:seq"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.base}:stream"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.base}:notify"
+
+    def view_base(self, view: str) -> str:
+        return f"{self.base}:g" if view == GLOBAL else f"{self.base}:n:{view}"
+
+    def meta(self, view: str) -> str:
+        return f"{self.view_base(view)}:meta"
+
+    def data(self, view: str, suffix: str = "") -> str:
+        """A data key of a view: the gauge hash (no suffix) or a tree bucket."""
+        return f"{self.view_base(view)}:d{suffix}"

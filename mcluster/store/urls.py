@@ -1,0 +1,128 @@
+"""Redis URL resolution (flag > env > embedded default), validation, redaction and clients."""
+
+from __future__ import annotations
+
+import os
+import re
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio
+
+from mcluster.store.embedded import embedded_socket_path, ensure_embedded_redis, state_dir
+from mcluster.store.embedded import embedded_url as _embedded_url
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "ENV_REDIS_URL",
+    "HEALTH_CHECK_INTERVAL",
+    "SOCKET_TIMEOUT",
+    "RedisUrlError",
+    "make_async_client",
+    "make_sync_client",
+    "redact_url",
+    "resolve_redis_url",
+    "validate_redis_url",
+]
+
+ENV_REDIS_URL = "MCLUSTER_REDIS_URL"
+CONNECT_TIMEOUT = 2.0
+SOCKET_TIMEOUT = 5.0
+HEALTH_CHECK_INTERVAL = 10
+
+_SCHEMES = ("redis://", "rediss://", "unix://")
+_EXPECTED = "expected redis://host:port[/db], rediss://... or unix:///path"
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(.*)$", re.DOTALL)
+_QUERY_PASSWORD_RE = re.compile(r"((?:^|[?&;])password=)[^&;#]*", re.IGNORECASE)
+
+
+class RedisUrlError(ValueError):
+    """A Redis URL is malformed, or none could be determined."""
+
+
+def validate_redis_url(url: str) -> str:
+    """Return ``url`` (stripped) if redis-py can use it, else raise RedisUrlError."""
+    url = url.strip()
+    if not _is_valid(url):
+        raise RedisUrlError(f"bad Redis URL {redact_url(url)!r}: {_EXPECTED}")
+    return url
+
+
+def resolve_redis_url(flag: str | None, *, start_embedded: bool = True) -> str:
+    """Pick the Redis URL: ``flag`` > ``$MCLUSTER_REDIS_URL`` > the embedded default server.
+
+    Blank values count as unset.  Without an explicit URL, the embedded server is started
+    (or reused) when ``start_embedded``; otherwise its URL is returned only if its socket
+    exists, and RedisUrlError is raised if not.
+    """
+    for candidate in (flag, os.environ.get(ENV_REDIS_URL)):
+        if candidate is not None and candidate.strip():
+            return validate_redis_url(candidate)
+    if start_embedded:
+        return ensure_embedded_redis()
+    sock = embedded_socket_path()
+    if os.path.lexists(sock):
+        return _embedded_url()
+    raise RedisUrlError(
+        f"no Redis URL given (--redis-url or {ENV_REDIS_URL}) and no embedded Redis is "
+        f"running in {state_dir()}"
+    )
+
+
+def redact_url(url: str) -> str:
+    """Replace any credentials in ``url`` (user:password@, ?password=) with ``***``."""
+    match = _SCHEME_RE.match(url)
+    if match is None:
+        return _QUERY_PASSWORD_RE.sub(r"\1***", url)
+    scheme, rest = match[1], match[2]
+    query_at = min((i for i in (rest.find("?"), rest.find("#")) if i != -1), default=len(rest))
+    if scheme.lower() == "unix://":
+        # unix://[user[:password]@]/path: the userinfo is followed by the path's '/', and
+        # socket paths may contain '@' themselves
+        at = -1 if rest.startswith("/") else rest.rfind("@/", 0, query_at)
+    else:
+        # TCP URLs have no '@' in their path, so a '/' in an unescaped password can't hide it
+        at = rest.rfind("@", 0, query_at)
+    if at != -1:
+        rest = "***" + rest[at:]
+        query_at = query_at - at + 3
+    return scheme + rest[:query_at] + _QUERY_PASSWORD_RE.sub(r"\1***", rest[query_at:])
+
+
+def make_sync_client(url: str) -> redis.Redis:
+    """A synchronous redis-py client for ``url`` (bytes responses, mcluster's timeouts)."""
+    return redis.Redis.from_url(
+        validate_redis_url(url),
+        decode_responses=False,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+        health_check_interval=HEALTH_CHECK_INTERVAL,
+    )
+
+
+def make_async_client(url: str) -> redis.asyncio.Redis:
+    """An asyncio redis-py client for ``url`` (bytes responses, mcluster's timeouts)."""
+    return redis.asyncio.Redis.from_url(
+        validate_redis_url(url),
+        decode_responses=False,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+        health_check_interval=HEALTH_CHECK_INTERVAL,
+    )
+
+
+def _is_valid(url: str) -> bool:
+    if not url.startswith(_SCHEMES) or any(c.isspace() for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when not a number in 0..65535
+    except ValueError:
+        return False
+    if parts.scheme == "unix":
+        host = parts.netloc.rpartition("@")[2]
+        return not host and parts.path.startswith("/") and len(parts.path) > 1
+    if not parts.hostname or port == 0:
+        return False
+    db = parts.path.strip("/")
+    return parts.path in ("", "/") or (db.isdigit() and parts.path.count("/") == 1)
