@@ -14,11 +14,9 @@ from mcluster.objects.views import Listing, ObjectInfo
 
 
 def render(renderable: RenderableType, width: int = 120) -> list[str]:
-    console = Console(file=io.StringIO(), width=width)
-    console.print(renderable)
-    out = console.file.getvalue()
-    assert isinstance(out, str)
-    return out.splitlines()
+    buffer = io.StringIO()
+    Console(file=buffer, width=width).print(renderable)
+    return buffer.getvalue().splitlines()
 
 
 def listing(
@@ -122,11 +120,10 @@ def test_anomalies_line() -> None:
 
 def test_rows_are_never_wrapped_or_coloured() -> None:
     key = "binding-" + "x" * 100 + "::example.com"
-    console = Console(file=io.StringIO(), width=60, force_terminal=True, color_system="truecolor")
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=60, force_terminal=True, color_system="truecolor")
     console.print(ListingView(listing([Row(key, 5)], type_="gauge table")), soft_wrap=True)
-    out = console.file.getvalue()
-    assert isinstance(out, str)
-    header, row = out.splitlines()
+    header, row = buffer.getvalue().splitlines()
     assert "\x1b[" in header  # the header is styled...
     assert row == f"{key}:{5:>13}"  # ...the row is plain and on one line
 

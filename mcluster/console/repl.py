@@ -124,9 +124,14 @@ class Repl:
             self.runner.run(self._refresh())
 
     async def _refresh(self) -> None:
-        infos = await views.list_objects(self.ctx.client, self.ctx.keys, self.ctx.configured)
+        client, keys = self.ctx.client, self.ctx.keys
+        infos = await views.list_objects(client, keys, self.ctx.configured)
+        nodes = {m.node for m in await members.all_members(client, keys)}
+        for info in infos:  # nodes that left but still have a view can be shown too
+            for name in await client.hvals(keys.object(info.name).views):
+                nodes.add(name.decode() if isinstance(name, bytes) else str(name))
         self.objects = [info.name for info in infos]
-        self.nodes = [m.node for m in await members.all_members(self.ctx.client, self.ctx.keys)]
+        self.nodes = sorted(nodes)
 
     def error(self, message: str) -> None:
         self.err.print(Text(f"mcluster: {message}", style="red"), soft_wrap=True)

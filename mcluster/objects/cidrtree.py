@@ -67,7 +67,7 @@ def batch_args(
     keys: ObjectKeys, view: str, items: Mapping[bytes, int]
 ) -> tuple[list[str], list[bytes | str | int]]:
     """KEYS and the per-address ARGV tail for ``cidrtree_apply`` (after its 5 fixed args)."""
-    pair_of: dict[bytes, int] = {}
+    pair_of: dict[tuple[int, bytes], int] = {}
     data_keys: list[str] = []
     argv: list[bytes | str | int] = []
     for packed, value in items.items():
@@ -75,9 +75,9 @@ def batch_args(
         numbers = []
         for level in range(family):
             prefix = packed[:level]
-            number = pair_of.get(prefix)
+            number = pair_of.get((family, prefix))
             if number is None:
-                number = pair_of[prefix] = len(pair_of)
+                number = pair_of[(family, prefix)] = len(pair_of)
                 suffix = bucket_suffix(prefix, family)
                 data_keys += [keys.data("g", suffix), keys.data(view, suffix)]
             numbers.append(number)

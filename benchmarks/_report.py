@@ -1,0 +1,63 @@
+"""Shared bits of the benchmarks: percentiles, the figures table and PASS/FAIL verdicts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(width=110, highlight=False)
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes; a script may add its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="a short run (smoke test, < 20 s)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    return parser
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[min(len(ordered), int(rank)) - 1]
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+@dataclass
+class Report:
+    title: str
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+    verdicts: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    def figure(self, name: str, value: str, note: str = "") -> None:
+        self.rows.append((name, value, note))
+
+    def target(self, name: str, ok: bool, detail: str) -> None:
+        self.verdicts.append((name, ok, detail))
+
+    def print(self) -> None:
+        table = Table(title=self.title, title_justify="left")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        table.add_column("note")
+        for row in self.rows:
+            table.add_row(*row)
+        console.print(table)
+        for name, ok, detail in self.verdicts:
+            mark = "[green]PASS[/]" if ok else "[red]FAIL[/]"
+            console.print(f"{mark}  {name}: {detail}")
+
+    def exit(self, strict: bool) -> None:
+        missed = [name for name, ok, _ in self.verdicts if not ok]
+        if strict and missed:
+            sys.exit(1)

@@ -1,0 +1,150 @@
+"""The interactive console: completion (no terminal needed) and a scripted session."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from mcluster.agent.node import Node
+from mcluster.console.commands import ConsoleContext
+from mcluster.console.repl import Repl, completions, history_path
+from mcluster.store.keys import ClusterKeys
+from mcluster.store.urls import make_async_client
+from tests.redis_servers import RedisServer
+from tests.test_console import GLOBAL_CIDR, Cluster, cluster  # noqa: F401  (fixture)
+
+OBJECTS = ["inbound_cidr", "outbound_cidr", "outbound_domains"]
+NODES = ["relay-0-1", "relay-0-2", "mx-1"]
+FIRST = ["abort", "arp", "duravip", "help", "info", "membership", "nodeaddr", "nodename"]
+FIRST += ["reset", "shared", "show"]
+
+
+@pytest.mark.parametrize(
+    ("buffer", "expected"),
+    [
+        ("", sorted(["cluster", *FIRST, "exit", "quit"])),
+        ("cl", ["cluster"]),
+        ("q", ["quit"]),
+        ("cluster ", FIRST),
+        ("cluster sh", ["shared", "show"]),
+        ("SHARED SH", ["show"]),
+        ("cluster shared ", ["list", "show"]),
+        ("cluster duravip ", ["announce", "debug", "move", "show"]),
+        ("cluster duravip announce ", ["view"]),
+        ("cluster nodename ", []),
+        ("help ", FIRST),
+        ("cluster shared show ", OBJECTS),
+        ("shared show out", ["outbound_cidr", "outbound_domains"]),
+        ("shared show Out", []),
+        ("cluster shared show inbound_cidr ", ["all", "from", "limit"]),
+        ("cluster shared show inbound_cidr f", ["from"]),
+        ("cluster shared show inbound_cidr from ", sorted(NODES)),
+        ("cluster shared show inbound_cidr FROM relay-0-", ["relay-0-1", "relay-0-2"]),
+        ("cluster shared show inbound_cidr from relay-0-1 ", ["all", "limit"]),
+        ("cluster shared show inbound_cidr all ", ["from"]),
+        ("cluster shared show inbound_cidr limit ", []),
+        ("cluster shared show inbound_cidr limit 5 ", ["from"]),
+        ("cluster frobnicate ", []),
+    ],
+)
+def test_completions(buffer: str, expected: list[str]) -> None:
+    assert completions(buffer, OBJECTS, NODES) == expected
+
+
+def test_history_lives_in_the_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCLUSTER_STATE_DIR", str(tmp_path))
+    path = history_path()
+    assert path is not None
+    assert str(path) == f"{tmp_path}/console_history"
+
+
+def drive(
+    server: RedisServer, namespace: str, node: str | None, lines: list[str], **kw: bool
+) -> tuple[int, str, str, Repl, list[str]]:
+    """Run a Repl over ``lines`` on its own loop (in a thread): (code, out, err, repl)."""
+    out, err = io.StringIO(), io.StringIO()
+    pending = iter(lines)
+    prompts: list[str] = []
+
+    def read(prompt: str) -> str:
+        prompts.append(prompt)
+        try:
+            return next(pending)
+        except StopIteration:
+            raise EOFError from None
+
+    with asyncio.Runner() as runner:
+        client = make_async_client(server.url)
+        ctx = ConsoleContext(client, ClusterKeys(namespace), node)
+        repl = Repl(ctx, runner, Console(file=out, width=120), Console(file=err), **kw)
+        repl.refresh()
+        code = repl.loop(read)
+        runner.run(client.aclose())
+    return code, out.getvalue(), err.getvalue(), repl, prompts
+
+
+async def test_session_runs_commands_and_survives_errors(
+    cluster: Cluster,  # noqa: F811
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    lines = ["shared show inbound_cidr", "shared show nope", "", "cluster bogus", "nodename"]
+    code, out, err, repl, prompts = await asyncio.to_thread(
+        drive, redis_server, namespace, "relay-0-1", lines
+    )
+    assert code == 0
+    assert out.splitlines() == [*GLOBAL_CIDR, "relay-0-1", ""]  # "" is the newline at EOF
+    assert err.splitlines() == [
+        "mcluster: unknown object 'nope'; managed objects: inbound_cidr, outbound_domains",
+        "mcluster: unknown command 'cluster bogus'; type 'cluster help' for the list",
+    ]
+    assert prompts == ["mcluster(relay-0-1)> "] * 6
+    assert repl.objects == ["inbound_cidr", "outbound_domains"]
+    assert repl.nodes == ["relay-0-1", "relay-0-2", "relay-0-3"]
+
+
+async def test_quit_exit_and_json_mode(
+    cluster: Cluster,  # noqa: F811
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    code, out, err, _, prompts = await asyncio.to_thread(
+        drive, redis_server, namespace, None, ["nodename", "EXIT", "shared list"]
+    )
+    assert (code, out, prompts) == (0, "", ["mcluster> "] * 2)
+    assert "cluster nodename needs --node NAME" in err
+    code, out, err, _, _ = await asyncio.to_thread(
+        drive, redis_server, namespace, None, ["shared list", "quit"], json_mode=True
+    )
+    assert code == 0 and err == ""
+    assert [o["name"] for o in json.loads(out)["objects"]] == ["inbound_cidr", "outbound_domains"]
+
+
+async def test_shared_list_refreshes_completion(
+    cluster: Cluster,  # noqa: F811
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    gone = Node(cluster.config, "gone-1", redis_server.url, namespace=namespace)
+    await gone.start()
+    gone.record("inbound_cidr", "192.0.2.1", 2)
+    await gone.stop(drain=False)  # its member record is gone, its view stays
+
+    def session() -> tuple[list[str], list[str]]:
+        with asyncio.Runner() as runner:
+            client = make_async_client(redis_server.url)
+            ctx = ConsoleContext(client, ClusterKeys(namespace))
+            repl = Repl(ctx, runner, Console(file=io.StringIO()), Console(file=io.StringIO()))
+            assert repl.objects == []  # nothing fetched yet
+            repl.handle("cluster shared list")
+            runner.run(client.aclose())
+            return repl.objects, repl.nodes
+
+    objects, nodes = await asyncio.to_thread(session)
+    assert objects == ["inbound_cidr", "outbound_domains"]
+    assert nodes == ["gone-1", "relay-0-1", "relay-0-2", "relay-0-3"]
