@@ -1,10 +1,4 @@
 -- cidrtree_apply: apply one batch of one node to a CIDR tree (node view and global view).
--- A view is a 256-ary tree of hashes: the bucket of prefix P (P = the first i bytes of an
--- address) maps each next byte b to the count of addresses under P.b. IPv4 has 4 levels,
--- IPv6 16. Buckets of the forced prefixes (/8, /24; IPv6 /32, /64) also keep 'lo' and 'hi',
--- the number of non-empty children in their lower and upper half, so the meta hash can
--- keep exact row counts: n4/n6 addresses, f non-empty forced prefixes, bf of those that
--- branch (see mcluster/objects/cidrtree.py).
 -- KEYS[1] seq hash (view id -> last applied seq)   KEYS[2] views hash (view id -> node)
 -- KEYS[3] change stream   KEYS[4] global meta hash   KEYS[5] node meta hash
 -- KEYS[6..] bucket keys in pairs, global bucket then node bucket of the same prefix
@@ -17,6 +11,12 @@
 --         error "STALE ..." when the view is not registered (stale epoch).
 -- Counts never go below zero: a decrement below zero is clamped and counted in 'anom'.
 -- Cost: O(A * L) hash increments for A addresses of L levels (4 or 16), in both views.
+-- A view is a 256-ary tree of hashes: the bucket of prefix P (P = the first i bytes of an
+-- address) maps each next byte b to the count of addresses under P.b. IPv4 has 4 levels,
+-- IPv6 16. Buckets of the forced prefixes (/8, /24; IPv6 /32, /64) also keep 'lo' and 'hi',
+-- the number of non-empty children in their lower and upper half, so the meta hash can
+-- keep exact row counts: n4/n6 addresses, f non-empty forced prefixes, bf of those that
+-- branch (see mcluster/objects/cidrtree.py).
 --!include _batch.lua
 
 local repeated = batch_begin()
