@@ -101,8 +101,12 @@ class Node:
         self._tasks = [asyncio.create_task(box.run(scripts)) for box in self.outboxes.values()]
         log.info("joined as %s with %d objects", member.private_name, len(self.outboxes))
 
-    async def stop(self, *, drain: bool = True) -> None:
-        """Leave: ship what is pending, take this node's counts out of the global views."""
+    async def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
+        """Leave: ship what is pending, take this node's counts out of the global views.
+
+        If Redis does not answer within ``timeout`` seconds the node leaves anyway and
+        logs it; its contribution then stays until it is reaped.
+        """
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -110,16 +114,22 @@ class Node:
                 await task
         self._tasks = []
         if self.member is not None:
-            await self.flush()
-            if drain:
-                for box in self.outboxes.values():
-                    await self._drain(box)
-            await members.leave(self.client, self.keys, self.member)
-            log.info("left the cluster as %s", self.member.private_name)
+            try:
+                await asyncio.wait_for(self._leave(self.member, drain), timeout)
+                log.info("left the cluster as %s", self.member.private_name)
+            except TimeoutError:
+                log.error("could not flush and leave within %.0f s; leaving anyway", timeout)
             self.member = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def _leave(self, member: members.Member, drain: bool) -> None:
+        await self.flush()
+        if drain:
+            for box in self.outboxes.values():
+                await self._drain(box)
+        await members.leave(self.client, self.keys, member)
 
     async def _drain(self, box: Outbox) -> None:
         """Set every count of this node's view to zero in chunks, then unregister it."""
