@@ -3,7 +3,7 @@
 -- KEYS[3] change stream   KEYS[4] global meta hash   KEYS[5] node meta hash
 -- KEYS[6..] bucket keys in pairs, global bucket then node bucket of the same prefix
 -- ARGV[1] view id   ARGV[2] batch seq (> last applied, else the batch is a repeat)
--- ARGV[3] mode: "d" values are deltas, "s" values are the node's absolute counts (snapshot)
+-- ARGV[3] mode: "d" deltas, "s" absolute counts (snapshot), "r" reaping (see _batch.lua)
 -- ARGV[4] stream MAXLEN (approximate)   ARGV[5] pub/sub channel
 -- ARGV[6..] per address 4 entries: text (for the stream), value (integer), packed address
 --           (4 or 16 bytes), comma list of bucket pair numbers (0-based), one per level

@@ -3,7 +3,7 @@
 -- KEYS[3] change stream   KEYS[4] global meta hash   KEYS[5] node meta hash
 -- KEYS[6] global data hash (key -> count)   KEYS[7] node data hash (key -> count)
 -- ARGV[1] view id   ARGV[2] batch seq (> last applied, else the batch is a repeat)
--- ARGV[3] mode: "d" values are deltas, "s" values are the node's absolute counts (snapshot)
+-- ARGV[3] mode: "d" deltas, "s" absolute counts (snapshot), "r" reaping (see _batch.lua)
 -- ARGV[4] stream MAXLEN (approximate)   ARGV[5] pub/sub channel
 -- ARGV[6..] pairs: key, value (integer)
 -- Return: {1, anomalies, seq} when applied; {0, 0, last} when seq was already applied;

@@ -1,5 +1,6 @@
 -- view_close: unregister a node view once its contribution has been drained to zero.
--- KEYS[1] views hash   KEYS[2] seq hash   KEYS[3] node meta hash
+-- KEYS[1] the hash the view is registered in (views, or reaping for a dead view)
+-- KEYS[2] seq hash   KEYS[3] node meta hash
 -- ARGV[1] view id
 -- Return: 1 when the view was closed, 0 when it was not registered;
 --         error "NOTEMPTY ..." when the view still holds counts (drain it first).

@@ -102,7 +102,7 @@ def test_default_demo_config() -> None:
         "outbound_binding_domains",
         "shared_named_throttles",
     }
-    assert config.get_int("heartbeat", 5, minimum=1) == 1
+    assert config.get_float("heartbeat_interval", 5.0, above=0) == 1.0
     assert config.get_str("namespace", "x") == "mc"
     kinds = {s.kind for s in config.tree.scopes()}
     assert {"ESMTP_Listener", "Domain"} <= kinds
@@ -725,7 +725,7 @@ def test_check_command_counts_other_scopes(capsys: pytest.CaptureFixture[str]) -
     assert check_command(str(ROOT / "config" / "mcluster.conf")) == 0
     out = capsys.readouterr().out
     assert "other scopes kept (not used by mcluster): 2 (Domain x1, ESMTP_Listener x1)" in out
-    assert "heartbeat, lease_ttl, namespace" in out
+    assert "heartbeat_interval, lease_ttl, namespace" in out
 
 
 def test_check_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

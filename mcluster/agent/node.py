@@ -22,7 +22,8 @@ from typing import Any, Self
 from redis.asyncio import Redis
 
 from mcluster import __version__
-from mcluster.agent.outbox import BATCH_LIMIT, Outbox
+from mcluster.agent import membership, reaper
+from mcluster.agent.outbox import RETRY_ERRORS, Outbox
 from mcluster.config import ClusterConfig, load_config
 from mcluster.objects import views
 from mcluster.objects.kinds import kind_for_type
@@ -59,9 +60,18 @@ class Node:
         self.address = address
         self._redis_url = redis_url
         self._client = client
+        self.heartbeat_interval = self.config.get_float("heartbeat_interval", 1.0, above=0)
+        self.lease_ttl = self.config.get_float("lease_ttl", 3.0, above=self.heartbeat_interval)
+        self.max_buffered = self.config.get_int("max_buffered_keys", 1_000_000, minimum=1)
         self.member: members.Member | None = None
+        self.incarnation = ""
+        self.leader = ""
+        self.is_leader = False
+        self.rejoins = 0
         self.outboxes: dict[str, Outbox] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._resync_needed = asyncio.Event()
+        self._scripts: Scripts | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -72,34 +82,121 @@ class Node:
         return self._client
 
     @property
+    def scripts(self) -> Scripts:
+        if self._scripts is None:
+            self._scripts = Scripts(self.client)
+        return self._scripts
+
+    @property
     def private_name(self) -> str:
         if self.member is None:
             raise RuntimeError("the node has not joined yet")
         return self.member.private_name
 
     async def start(self) -> None:
-        """Join: take a new epoch, publish the objects, register this node's views."""
-        client = self.client
-        epoch = await members.new_epoch(client, self.keys)
-        member = members.new_member(self.name, epoch, os.getpid(), __version__, self.address)
-        scripts = Scripts(client)
+        """Join: take a new epoch and a lease, register this node's views, start beating."""
+        scripts = self.scripts
         managed: dict[str, str] = {}
         for obj in self.config.objects:
             kind = kind_for_type(obj.type)
             if kind is None:
                 log.info("object %s: type %s is not replicated by this release", obj.name, obj.type)
                 continue
-            okeys = self.keys.object(obj.name)
-            await client.hset(okeys.views, member.private_name, self.name)
             managed[obj.name] = obj.type
-            self.outboxes[obj.name] = Outbox(
-                obj.name, kind, okeys, member.private_name, obj.max_pending, obj.max_delay
-            )
-        await views.publish_objects(client, self.keys, managed)
-        await members.join(client, self.keys, member)
-        self.member = member
+            box = Outbox(obj.name, kind, self.keys.object(obj.name), "", obj.max_pending,
+                         obj.max_delay, max_buffered=self.max_buffered)  # fmt: skip
+            box.on_stale = self._resync_needed.set
+            self.outboxes[obj.name] = box
+        await views.publish_objects(self.client, self.keys, managed)
+        await self._join()
         self._tasks = [asyncio.create_task(box.run(scripts)) for box in self.outboxes.values()]
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+
+    async def _join(self) -> None:
+        """A new epoch and private name, the lease, and a fresh view in every object."""
+        client = self.client
+        epoch = await members.new_epoch(client, self.keys)
+        member = members.new_member(self.name, epoch, os.getpid(), __version__, self.address)
+        self.incarnation = await membership.take_lease(
+            self.scripts, self.keys, member, self.lease_ttl
+        )
+        for box in self.outboxes.values():
+            await client.hset(box.keys.views, member.private_name, self.name)
+            box.view, box.seq, box.acked = member.private_name, 0, 0
+        self.member = member
         log.info("joined as %s with %d objects", member.private_name, len(self.outboxes))
+
+    async def _rejoin(self, reason: str) -> None:
+        """Re-sync: retire and drain the old views, join anew, publish the absolute state."""
+        log.warning("re-syncing: %s", reason)
+        async with contextlib.AsyncExitStack() as held:
+            for box in self.outboxes.values():
+                await held.enter_async_context(box.lock)
+            old = self.member
+            if old is not None:
+                for box in self.outboxes.values():
+                    await reaper.retire(self.scripts, box.keys, box.view, self.name)
+                    await reaper.drain(
+                        self.scripts, self.keys, box.kind, box.keys, box.view, self.name
+                    )
+            await self._join()
+            for box in self.outboxes.values():
+                await box.snapshot_locked(self.scripts)
+                log.info("%s: re-published %d keys", box.name, len(box.state))
+        self.rejoins += 1
+        self._resync_needed.clear()
+
+    async def _heartbeat_loop(self) -> None:
+        """Renew the lease; re-sync when it is lost or Redis lost data; reap when leader."""
+        rejoin: asyncio.Task[None] | None = None
+        reaping: asyncio.Task[int] | None = None
+        failures = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resync_needed.wait(), self.heartbeat_interval)
+            member = self.member
+            if member is None:
+                continue
+            try:
+                beat = await membership.beat(
+                    self.scripts, self.keys, member, self.lease_ttl, self.incarnation
+                )
+                if failures:
+                    log.warning("Redis answers again after %d failed heartbeats", failures)
+                failures = 0
+            except RETRY_ERRORS as exc:
+                failures += 1
+                if failures in (1, 10) or failures % 60 == 0:
+                    log.error("heartbeat failed (%d in a row): %s", failures, exc)
+                continue
+            self.leader, self.is_leader = beat.leader, beat.is_leader
+            if rejoin is not None and not rejoin.done():
+                continue
+            if rejoin is not None and rejoin.exception() is not None:
+                log.error("re-sync failed: %s; retrying", rejoin.exception())
+                self._resync_needed.set()
+            rejoin = None
+            reason = None
+            if not beat.same_data:
+                reason = "Redis lost its data (the incarnation marker changed)"
+            elif not beat.lease:
+                reason = "this node's lease was lost (paused, partitioned or reaped)"
+            elif self._resync_needed.is_set():
+                reason = "a batch was refused: this node's view was retired"
+            else:
+                reason = await membership.lost_batches(self.scripts, self.outboxes.values())
+            if reason:
+                rejoin = asyncio.create_task(self._rejoin(reason))
+            elif beat.is_leader and (reaping is None or reaping.done()):
+                reaping = asyncio.create_task(self._reap())
+
+    async def _reap(self) -> int:
+        objects = [(box.kind, box.keys) for box in self.outboxes.values()]
+        try:
+            return await reaper.reap(self.scripts, self.keys, objects)
+        except RETRY_ERRORS as exc:
+            log.warning("reaping interrupted: %s", exc)
+            return 0
 
     async def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
         """Leave: ship what is pending, take this node's counts out of the global views.
@@ -123,34 +220,19 @@ class Node:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+            self._scripts = None
 
     async def _leave(self, member: members.Member, drain: bool) -> None:
         await self.flush()
         if drain:
             for box in self.outboxes.values():
-                await self._drain(box)
+                async with box.lock:
+                    await reaper.retire(self.scripts, box.keys, box.view, self.name)
+                    await reaper.drain(
+                        self.scripts, self.keys, box.kind, box.keys, box.view, self.name
+                    )
+        await membership.release_leader(self.scripts, self.keys, member)
         await members.leave(self.client, self.keys, member)
-
-    async def _drain(self, box: Outbox) -> None:
-        """Set every count of this node's view to zero in chunks, then unregister it."""
-        scripts = Scripts(self.client)
-        async with box.lock:
-            previous: dict[bytes, int] = {}
-            while True:
-                chunk: dict[bytes, int] = {}
-                async for key in box.kind.leaves(self.client, box.keys, box.view):
-                    chunk[key] = 0
-                    if len(chunk) >= BATCH_LIMIT:
-                        break
-                if not chunk:
-                    break
-                if chunk == previous:
-                    raise RuntimeError(f"{box.name}: draining view {box.view} makes no progress")
-                await box.send(scripts, chunk, "s")
-                previous = chunk
-            await scripts.run(
-                "view_close", [box.keys.views, box.keys.seq, box.keys.meta(box.view)], [box.view]
-            )
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -179,8 +261,7 @@ class Node:
 
     async def flush(self) -> None:
         """Return once everything recorded before this call is applied in Redis."""
-        scripts = Scripts(self.client)
-        await asyncio.gather(*(box.ship(scripts) for box in self.outboxes.values()))
+        await asyncio.gather(*(box.ship(self.scripts) for box in self.outboxes.values()))
 
     # -- reads ------------------------------------------------------------------------
 

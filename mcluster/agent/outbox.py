@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -44,6 +44,7 @@ class Stats:
     repeats: int = 0
     anomalies: int = 0
     retries: int = 0
+    dropped: int = 0
 
 
 @dataclass
@@ -56,9 +57,15 @@ class Outbox:
     view: str
     max_pending: int
     max_delay: float
+    max_buffered: int = 1_000_000
     buffer: dict[bytes, int] = field(default_factory=dict)
     known: dict[str, bytes] = field(default_factory=dict)
+    #: This node's absolute counts: everything recorded, clamped at zero batch by batch as
+    #: Redis does. Re-published as a snapshot when the node rejoins or Redis lost data.
+    state: dict[bytes, int] = field(default_factory=dict)
     seq: int = 0
+    acked: int = 0
+    on_stale: Callable[[], None] = lambda: None
     stats: Stats = field(default_factory=Stats)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -75,25 +82,62 @@ class Outbox:
 
     def add(self, packed: bytes, delta: int) -> None:
         buffer = self.buffer
-        buffer[packed] = buffer.get(packed, 0) + delta
-        self.stats.recorded += 1
         if len(buffer) >= self.max_pending:
             self.wake.set()
+            if len(buffer) >= self.max_buffered and packed not in buffer:
+                self.drop()
+                return
+        buffer[packed] = buffer.get(packed, 0) + delta
+        self.stats.recorded += 1
 
-    async def ship(self, scripts: Scripts, backoff_max: float = 2.0) -> None:
+    def drop(self) -> None:
+        """Redis has been away so long that the buffer is full: count, log, drop."""
+        self.stats.dropped += 1
+        if self.stats.dropped & (self.stats.dropped - 1) == 0:  # 1, 2, 4, 8, ...
+            log.error(
+                "%s: %d events dropped: %d distinct keys wait for Redis (max_buffered_keys)",
+                self.name, self.stats.dropped, len(self.buffer),
+            )  # fmt: skip
+
+    def fold(self, items: Mapping[bytes, int]) -> dict[bytes, int]:
+        """Fold pending deltas into ``state``; return the non-zero ones as a batch."""
+        state = self.state
+        batch = {}
+        for key, delta in items.items():
+            if delta:
+                new = state.get(key, 0) + delta
+                if new > 0:
+                    state[key] = new
+                else:
+                    state.pop(key, None)
+                batch[key] = delta
+        return batch
+
+    async def ship(self, scripts: Scripts) -> None:
         """Send everything buffered now, in batches, retrying until Redis applies each."""
         async with self.lock:
-            items, self.buffer = self.buffer, {}
-            self.wake.clear()
-            batch: dict[bytes, int] = {}
-            for key, delta in items.items():
-                if delta:
-                    batch[key] = delta
-                    if len(batch) >= BATCH_LIMIT:
-                        await self.send(scripts, batch, "d", backoff_max)
-                        batch = {}
-            if batch:
-                await self.send(scripts, batch, "d", backoff_max)
+            await self.ship_locked(scripts)
+
+    async def ship_locked(self, scripts: Scripts) -> None:
+        items, self.buffer = self.buffer, {}
+        self.wake.clear()
+        await self.send_all(scripts, self.fold(items), "d")
+
+    async def snapshot_locked(self, scripts: Scripts) -> None:
+        """Publish the absolute state into a fresh (empty) view: a re-sync."""
+        items, self.buffer = self.buffer, {}
+        self.fold(items)
+        await self.send_all(scripts, self.state, "s")
+
+    async def send_all(self, scripts: Scripts, items: Mapping[bytes, int], mode: str) -> None:
+        batch: dict[bytes, int] = {}
+        for key, value in items.items():
+            batch[key] = value
+            if len(batch) >= BATCH_LIMIT:
+                await self.send(scripts, batch, mode)
+                batch = {}
+        if batch:
+            await self.send(scripts, batch, mode)
 
     async def send(
         self, scripts: Scripts, items: Mapping[bytes, int], mode: str, backoff_max: float = 2.0
@@ -125,6 +169,7 @@ class Outbox:
                     raise StaleView(str(exc)) from exc
                 raise
         self.stats.batches += 1
+        self.acked = self.seq
         if applied:
             self.stats.applied += len(items)
             self.stats.anomalies += int(anomalies)
@@ -139,6 +184,7 @@ class Outbox:
             try:
                 await self.ship(scripts)
             except StaleView as exc:
-                log.error("%s: %s; its deltas were dropped", self.name, exc)
+                log.warning("%s: %s; the node re-syncs", self.name, exc)
+                self.on_stale()
             except ResponseError as exc:
                 log.error("%s: Redis refused a batch: %s", self.name, exc)

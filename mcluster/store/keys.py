@@ -4,13 +4,15 @@ touches one hash slot, and every key starts with the namespace.
 Layout for object ``inbound_cidr`` in namespace ``mc`` (``B`` = ``mc:{inbound_cidr}``):
 
 - ``B:views``      hash  view id -> node name (views that may write)
+- ``B:reaping``    hash  view id -> node name (dead views being drained)
 - ``B:seq``        hash  view id -> last applied batch seq
 - ``B:stream``     stream of applied batches; ``B:notify`` pub/sub channel
 - ``B:g:meta``     hash  global view figures (distinct keys, anomalies, ...)
 - ``B:n:VIEW:meta`` the same for one node view
 - ``B:g:…`` / ``B:n:VIEW:…`` the data keys of each kind (buckets, hashes)
 
-Cluster-wide keys use the tag ``{cluster}``: ``mc:{cluster}:members``, ``:epoch``, ``:objects``.
+Cluster-wide keys use the tag ``{cluster}``: ``mc:{cluster}:members``, ``:epoch``,
+``:objects``, ``:lease:NODE``, ``:leader``, ``:leader_token``, ``:incarnation``, ``:reaping``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,26 @@ class ClusterKeys:
     def objects(self) -> str:
         return f"{self.base}:objects"
 
+    @property
+    def incarnation(self) -> str:
+        return f"{self.base}:incarnation"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.base}:leader"
+
+    @property
+    def leader_token(self) -> str:
+        return f"{self.base}:leader_token"
+
+    @property
+    def reaping(self) -> str:
+        """Progress of the reaping jobs: view id -> JSON."""
+        return f"{self.base}:reaping"
+
+    def lease(self, node: str) -> str:
+        return f"{self.base}:lease:{node}"
+
     def object(self, name: str) -> ObjectKeys:
         return ObjectKeys(self.namespace, check_name("object", name))
 
@@ -77,6 +99,10 @@ class ObjectKeys:
     @property
     def views(self) -> str:
         return f"{self.base}:views"
+
+    @property
+    def reaping(self) -> str:
+        return f"{self.base}:reaping"
 
     @property
     def seq(self) -> str:
@@ -99,3 +125,8 @@ class ObjectKeys:
     def data(self, view: str, suffix: str = "") -> str:
         """A data key of a view: the gauge hash (no suffix) or a tree bucket."""
         return f"{self.view_base(view)}:d{suffix}"
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients here return bytes; typing says bytes or str)."""
+    return value.decode() if isinstance(value, bytes) else value

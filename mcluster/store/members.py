@@ -1,18 +1,19 @@
 """Member records: who is in the cluster, under which private name and epoch.
 
-One hash ``{ns}:{cluster}:members`` maps node name -> JSON record. Leases and reaping
-(the next release) build on these records.
+One hash ``{ns}:{cluster}:members`` maps node name -> JSON record, and ``NODE:hb`` ->
+the Redis time (ms) of its last heartbeat. A member is live while its lease key
+``{ns}:{cluster}:lease:NODE`` holds its private name.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from mcluster.store.keys import ClusterKeys
+from mcluster.store.keys import ClusterKeys, text
 
 
 class Member(BaseModel):
@@ -29,6 +30,8 @@ class Member(BaseModel):
     address: str | None = None
     groups: tuple[str, ...] = ("ec_console", "ec_cluster")
     joined_at: float
+    last_heartbeat_ms: int | None = None
+    live: bool = True
 
 
 def private_name(epoch: int, pid: int, node: str) -> str:
@@ -40,15 +43,14 @@ async def new_epoch(client: Redis, keys: ClusterKeys) -> int:
     return int(await client.incr(keys.epoch))
 
 
-async def join(client: Redis, keys: ClusterKeys, member: Member) -> None:
-    await client.hset(keys.members, member.node, member.model_dump_json())
-
-
 async def leave(client: Redis, keys: ClusterKeys, member: Member) -> None:
-    """Remove the record if it is still ours (a newer epoch of the same node may own it)."""
+    """Remove the record and the lease if they are still ours (not a newer epoch's)."""
     current = await get(client, keys, member.node)
     if current is not None and current.epoch == member.epoch:
-        await client.hdel(keys.members, member.node)
+        await client.hdel(keys.members, member.node, f"{member.node}:hb")
+    lease = await client.get(keys.lease(member.node))
+    if lease is not None and text(lease) == member.private_name:
+        await client.delete(keys.lease(member.node))
 
 
 async def get(client: Redis, keys: ClusterKeys, node: str) -> Member | None:
@@ -56,9 +58,31 @@ async def get(client: Redis, keys: ClusterKeys, node: str) -> Member | None:
     return Member.model_validate_json(raw) if raw else None
 
 
-async def all_members(client: Redis, keys: ClusterKeys) -> list[Member]:
-    raw = await client.hgetall(keys.members)
-    return sorted((Member.model_validate_json(v) for v in raw.values()), key=lambda m: m.node)
+async def all_members(client: Redis, keys: ClusterKeys, *, live_only: bool = False) -> list[Member]:
+    """Every member record, with its last heartbeat and whether its lease is held."""
+    raw = cast(dict[bytes, bytes], await client.hgetall(keys.members))
+    found = []
+    for field, value in raw.items():
+        name = field.decode()
+        if name.endswith(":hb"):
+            continue
+        beat = raw.get(f"{name}:hb".encode())
+        member = Member.model_validate_json(value)
+        found.append(member.model_copy(update={"last_heartbeat_ms": int(beat) if beat else None}))
+    if found:
+        leases = await client.mget([keys.lease(m.node) for m in found])
+        found = [
+            m.model_copy(update={"live": lease is not None and text(lease) == m.private_name})
+            for m, lease in zip(found, leases, strict=True)
+        ]
+    if live_only:
+        found = [m for m in found if m.live]
+    return sorted(found, key=lambda m: m.node)
+
+
+async def server_time_ms(client: Redis) -> int:
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def new_member(node: str, epoch: int, pid: int, version: str, address: str | None) -> Member:
@@ -73,5 +97,6 @@ def new_member(node: str, epoch: int, pid: int, version: str, address: str | Non
     )
 
 
-def dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+def record_json(member: Member) -> str:
+    """The stored record: what does not change while the member lives."""
+    return member.model_dump_json(exclude={"last_heartbeat_ms", "live"})

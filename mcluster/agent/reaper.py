@@ -1,0 +1,123 @@
+"""Reaping: taking the contribution of dead views out of the global views, in chunks.
+
+A view is live while its node's lease holds the view's private name. The leader retires
+every view that is not live (``view_retire``: from then on a late batch of it is refused)
+and drains it: each chunk of at most ``REAP_CHUNK`` keys sets the dead view's counts to
+zero and subtracts them from the global view in one script call, so Redis is never busy
+for long, whatever the size of the view. Progress is kept in ``{cluster}:reaping``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import cast
+
+from redis.asyncio import Redis
+
+from mcluster.objects.kinds import Kind
+from mcluster.store.keys import GLOBAL, ClusterKeys, ObjectKeys, text
+from mcluster.store.scripts import Scripts
+
+log = logging.getLogger("mcluster.reaper")
+
+#: Keys per reaping script call: 200 IPv4 addresses touch 1,600 hash fields.
+REAP_CHUNK = 200
+STREAM_MAXLEN = 10000
+
+
+async def retire(scripts: Scripts, okeys: ObjectKeys, view: str, node: str) -> bool:
+    """Stop ``view`` being live; its later batches are refused. True if it was live."""
+    done = await scripts.run("view_retire", [okeys.views, okeys.reaping], [view, node])
+    return bool(done)
+
+
+async def drain(
+    scripts: Scripts,
+    keys: ClusterKeys,
+    kind: Kind,
+    okeys: ObjectKeys,
+    view: str,
+    node: str,
+) -> int:
+    """Zero a retired view chunk by chunk, then unregister it; returns keys removed."""
+    client = scripts.client
+    meta = cast(dict[bytes, bytes], await client.hgetall(okeys.meta(view)))
+    total = kind.distinct_keys(meta)
+    progress = {"object": okeys.name, "node": node, "total": total, "done": 0}
+    progress["started_ms"] = int(time.time() * 1000)
+    done = 0
+    previous: list[bytes] = []
+    while True:
+        chunk: list[bytes] = []
+        async for key in kind.leaves(client, okeys, view):
+            chunk.append(key)
+            if len(chunk) >= REAP_CHUNK:
+                break
+        if not chunk:
+            break
+        if chunk == previous:
+            raise RuntimeError(f"reaping {okeys.name} view {view} makes no progress")
+        previous = chunk
+        data_keys, tail = kind.batch_args(okeys, view, dict.fromkeys(chunk, 0))
+        await scripts.run(
+            kind.script,
+            [okeys.seq, okeys.reaping, okeys.stream, okeys.meta(GLOBAL), okeys.meta(view),
+             *data_keys],
+            [view, 0, "r", STREAM_MAXLEN, okeys.channel, *tail],
+        )  # fmt: skip
+        done += len(chunk)
+        progress["done"] = done
+        await client.hset(keys.reaping, f"{okeys.name} {view}", json.dumps(progress))
+        if done % (REAP_CHUNK * 50) == 0:
+            log.info("reaping %s of %s: %d/%d keys", view, okeys.name, done, total)
+    await scripts.run("view_close", [okeys.reaping, okeys.seq, okeys.meta(view)], [view])
+    await client.hdel(keys.reaping, f"{okeys.name} {view}")
+    if done:
+        log.info("reaped %s of %s: %d keys", view, okeys.name, done)
+    return done
+
+
+async def dead_views(client: Redis, keys: ClusterKeys, okeys: ObjectKeys) -> dict[str, str]:
+    """Registered views whose node's lease does not hold them: view id -> node."""
+    views = cast(dict[bytes, bytes], await client.hgetall(okeys.views))
+    if not views:
+        return {}
+    pairs = [(v.decode(), n.decode()) for v, n in views.items()]
+    leases = await client.mget([keys.lease(n) for _, n in pairs])
+    return {
+        v: n
+        for (v, n), lease in zip(pairs, leases, strict=True)
+        if lease is None or text(lease) != v
+    }
+
+
+async def reap(
+    scripts: Scripts, keys: ClusterKeys, objects: Iterable[tuple[Kind, ObjectKeys]]
+) -> int:
+    """One pass of the leader: retire dead views and drain every retired one."""
+    client = scripts.client
+    removed = 0
+    nodes = [text(f) for f in await client.hkeys(keys.members) if not text(f).endswith(":hb")]
+    if nodes:
+        gone = await scripts.run(
+            "member_reap", [keys.members, *(keys.lease(n) for n in nodes)], nodes
+        )
+        for node in gone:
+            log.warning("node %s lost its lease: removed from the membership", text(node))
+    for kind, okeys in objects:
+        for view, node in (await dead_views(client, keys, okeys)).items():
+            if await retire(scripts, okeys, view, node):
+                log.warning("node %s (%s) is gone: reaping its %s view", node, view, okeys.name)
+        retired = cast(dict[bytes, bytes], await client.hgetall(okeys.reaping))
+        for dead, owner in retired.items():
+            removed += await drain(scripts, keys, kind, okeys, text(dead), text(owner))
+    return removed
+
+
+async def reaping_progress(client: Redis, keys: ClusterKeys) -> list[dict[str, object]]:
+    """What is being reaped right now, for ``cluster info``."""
+    raw = cast(dict[bytes, bytes], await client.hgetall(keys.reaping))
+    return [json.loads(v) | {"view": k.decode().split(" ", 1)[1]} for k, v in sorted(raw.items())]
