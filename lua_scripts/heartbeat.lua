@@ -3,13 +3,13 @@
 -- KEYS[3] incarnation key (marker of this Redis data set)   KEYS[4] leader lease key
 -- KEYS[5] leader fencing token counter
 -- ARGV[1] private name   ARGV[2] node name   ARGV[3] lease TTL (ms)
--- ARGV[4] the incarnation this node joined under
+-- ARGV[4] the incarnation this node joined under   ARGV[5] leader lease TTL (ms)
 -- Return: {lease, incarnation, token, leader}: lease 1 when renewed, 0 when the lease is
 --         lost (expired, taken by a newer epoch, or Redis lost its data); incarnation 1
 --         when it is unchanged; token the fencing token when this node is leader, else 0;
 --         leader the private name of the current leader ('' if none).
 -- Cost: O(1).
-local me, node, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local me, node, ttl, leader_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[5])
 local same_data = redis.call('GET', KEYS[3]) == ARGV[4]
 if redis.call('GET', KEYS[1]) ~= me or not same_data then
   return {0, same_data and 1 or 0, 0, redis.call('GET', KEYS[4]) or ''}
@@ -22,10 +22,10 @@ local leader = redis.call('GET', KEYS[4])
 local token = 0
 if not leader then
   token = redis.call('INCR', KEYS[5])
-  redis.call('SET', KEYS[4], me .. ' ' .. token, 'PX', ttl)
+  redis.call('SET', KEYS[4], me .. ' ' .. token, 'PX', leader_ttl)
   leader = me .. ' ' .. token
 elseif string.sub(leader, 1, #me + 1) == me .. ' ' then
-  redis.call('PEXPIRE', KEYS[4], ttl)
+  redis.call('PEXPIRE', KEYS[4], leader_ttl)
   token = tonumber(string.sub(leader, #me + 2))
 end
 return {1, 1, token, leader}

@@ -47,12 +47,18 @@ async def take_lease(
 
 
 async def beat(
-    scripts: Scripts, keys: ClusterKeys, member: members.Member, ttl: float, incarnation: str
+    scripts: Scripts,
+    keys: ClusterKeys,
+    member: members.Member,
+    ttl: float,
+    incarnation: str,
+    leader_ttl: float,
 ) -> Beat:
+    """Renew the lease (and the leader lease, or take it when it is free)."""
     lease, same, token, leader = await scripts.run(
         "heartbeat",
         [keys.lease(member.node), keys.members, keys.incarnation, keys.leader, keys.leader_token],
-        [member.private_name, member.node, int(ttl * 1000), incarnation],
+        [member.private_name, member.node, int(ttl * 1000), incarnation, int(leader_ttl * 1000)],
     )
     name = bytes(leader).decode().rsplit(" ", 1)[0] if leader else ""
     return Beat(bool(lease), bool(same), int(token), name)

@@ -62,6 +62,10 @@ class Node:
         self._client = client
         self.heartbeat_interval = self.config.get_float("heartbeat_interval", 1.0, above=0)
         self.lease_ttl = self.config.get_float("lease_ttl", 3.0, above=self.heartbeat_interval)
+        # The leader lease is shorter, so a new leader takes over within one lease TTL.
+        self.leader_ttl = max(
+            self.lease_ttl - self.heartbeat_interval, 1.5 * self.heartbeat_interval
+        )
         self.max_buffered = self.config.get_int("max_buffered_keys", 1_000_000, minimum=1)
         self.member: members.Member | None = None
         self.incarnation = ""
@@ -111,6 +115,7 @@ class Node:
         await self._join()
         self._tasks = [asyncio.create_task(box.run(scripts)) for box in self.outboxes.values()]
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+        self._tasks.append(asyncio.create_task(self._reap_loop()))
 
     async def _join(self) -> None:
         """A new epoch and private name, the lease, and a fresh view in every object."""
@@ -149,7 +154,6 @@ class Node:
     async def _heartbeat_loop(self) -> None:
         """Renew the lease; re-sync when it is lost or Redis lost data; reap when leader."""
         rejoin: asyncio.Task[None] | None = None
-        reaping: asyncio.Task[int] | None = None
         failures = 0
         while True:
             with contextlib.suppress(TimeoutError):
@@ -159,7 +163,12 @@ class Node:
                 continue
             try:
                 beat = await membership.beat(
-                    self.scripts, self.keys, member, self.lease_ttl, self.incarnation
+                    self.scripts,
+                    self.keys,
+                    member,
+                    self.lease_ttl,
+                    self.incarnation,
+                    self.leader_ttl,
                 )
                 if failures:
                     log.warning("Redis answers again after %d failed heartbeats", failures)
@@ -187,16 +196,18 @@ class Node:
                 reason = await membership.lost_batches(self.scripts, self.outboxes.values())
             if reason:
                 rejoin = asyncio.create_task(self._rejoin(reason))
-            elif beat.is_leader and (reaping is None or reaping.done()):
-                reaping = asyncio.create_task(self._reap())
 
-    async def _reap(self) -> int:
+    async def _reap_loop(self) -> None:
+        """The leader looks for dead views four times per heartbeat and reaps them."""
         objects = [(box.kind, box.keys) for box in self.outboxes.values()]
-        try:
-            return await reaper.reap(self.scripts, self.keys, objects)
-        except RETRY_ERRORS as exc:
-            log.warning("reaping interrupted: %s", exc)
-            return 0
+        while True:
+            await asyncio.sleep(self.heartbeat_interval / 4)
+            if not self.is_leader:
+                continue
+            try:
+                await reaper.reap(self.scripts, self.keys, objects)
+            except RETRY_ERRORS as exc:
+                log.warning("reaping interrupted: %s", exc)
 
     async def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
         """Leave: ship what is pending, take this node's counts out of the global views.

@@ -100,3 +100,12 @@ def new_member(node: str, epoch: int, pid: int, version: str, address: str | Non
 def record_json(member: Member) -> str:
     """The stored record: what does not change while the member lives."""
     return member.model_dump_json(exclude={"last_heartbeat_ms", "live"})
+
+
+async def leader(client: Redis, keys: ClusterKeys) -> tuple[str, int] | None:
+    """The leader's private name and fencing token, or None while there is none."""
+    raw = await client.get(keys.leader)
+    if raw is None:
+        return None
+    name, _, token = text(raw).rpartition(" ")
+    return name, int(token)
