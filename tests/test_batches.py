@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import redis
 
+from mcluster.agent import reaper
 from mcluster.agent.node import Node
 from mcluster.store.scripts import script_source, scripts_dir
 from tests.helpers import DroppingProxy, config
@@ -51,21 +50,23 @@ async def test_script_flush_between_batches(redis_server: RedisServer, namespace
         assert await node.count("outbound_domains", "yahoo.com") == 1
 
 
-async def test_stale_view_is_refused(
-    redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+async def test_stale_view_is_refused_and_resynced(
+    redis_server: RedisServer, namespace: str
 ) -> None:
-    """A batch from a view that is no longer registered (stale epoch) is never counted."""
+    """A batch from a retired view (stale epoch) is refused; the node re-syncs and its
+    events are counted exactly once, through the snapshot."""
     async with Node(config(), "relay-0-1", redis_server.url, namespace=namespace) as node:
         node.record("inbound_cidr", "10.0.0.1", 1)
         await node.flush()
-        client = redis_server.client()
         box = node.outboxes["inbound_cidr"]
-        client.hdel(box.keys.views, box.view)  # as if this epoch had been reaped
+        old = box.view
+        await reaper.retire(node.scripts, box.keys, old, "relay-0-1")  # as if reaped
         node.record("inbound_cidr", "10.0.0.1", 1)
-        with caplog.at_level(logging.ERROR), pytest.raises(Exception, match="STALE"):
-            await node.flush()
-        assert await node.count("inbound_cidr", "10.0.0.1") == 1
-        client.hset(box.keys.views, box.view, "relay-0-1")  # let it leave cleanly
+        await node.flush()  # refused with STALE, then returns after the re-sync
+        assert node.rejoins == 1 and box.view != old
+        assert await node.count("inbound_cidr", "10.0.0.1") == 2
+        assert await node.count("inbound_cidr", "10.0.0.1", "relay-0-1") == 2
+        assert node.stats()["inbound_cidr"]["repeats"] == 0
 
 
 async def test_decrement_below_zero_is_clamped_and_counted(

@@ -6,6 +6,7 @@
     GET  /v1/objects/{name}?view=global|NODE[&limit=N|all]  (as ``cluster shared show``)
     GET  /v1/objects/{name}/count?key=PREFIX_OR_KEY&view=...   -> {"count": N}
     GET  /v1/stats    -> per-object counters of this agent
+    GET  /v1/membership -> [{...}, ...]           (as ``cluster membership --json``)
     GET  /healthz     -> 200 once the agent has joined, else 503
 
 A request with a bad event is refused whole (400 naming the first bad event by index and
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from mcluster.agent.node import Node, UnknownObject
 from mcluster.objects.views import DEFAULT_LIMIT, NotFound
+from mcluster.store.cluster_view import membership_json
 
 log = logging.getLogger("mcluster.agent")
 
@@ -153,6 +155,11 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[NODE_KEY].stats())
 
 
+async def get_membership(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    return web.json_response(await membership_json(node.client, node.keys))
+
+
 async def healthz(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     if node.member is None:
@@ -171,5 +178,6 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/v1/objects/{name}", get_object)
     app.router.add_get("/v1/objects/{name}/count", get_count)
     app.router.add_get("/v1/stats", get_stats)
+    app.router.add_get("/v1/membership", get_membership)
     app.router.add_get("/healthz", healthz)
     return app

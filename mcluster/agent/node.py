@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from mcluster import __version__
 from mcluster.agent import membership, reaper
-from mcluster.agent.outbox import RETRY_ERRORS, Outbox
+from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView
 from mcluster.config import ClusterConfig, load_config
 from mcluster.objects import views
 from mcluster.objects.kinds import kind_for_type
@@ -75,6 +75,7 @@ class Node:
         self.outboxes: dict[str, Outbox] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._resync_needed = asyncio.Event()
+        self._joined = asyncio.Condition()
         self._scripts: Scripts | None = None
 
     # -- life cycle -------------------------------------------------------------------
@@ -121,6 +122,9 @@ class Node:
         """A new epoch and private name, the lease, and a fresh view in every object."""
         client = self.client
         epoch = await members.new_epoch(client, self.keys)
+        if self.member is not None and epoch <= self.member.epoch:
+            # Redis lost the epoch counter (FLUSHALL, failover): never reuse an epoch.
+            epoch = int(await client.incrby(self.keys.epoch, self.member.epoch - epoch + 1))
         member = members.new_member(self.name, epoch, os.getpid(), __version__, self.address)
         self.incarnation = await membership.take_lease(
             self.scripts, self.keys, member, self.lease_ttl
@@ -148,8 +152,10 @@ class Node:
             for box in self.outboxes.values():
                 await box.snapshot_locked(self.scripts)
                 log.info("%s: re-published %d keys", box.name, len(box.state))
-        self.rejoins += 1
         self._resync_needed.clear()
+        async with self._joined:
+            self.rejoins += 1
+            self._joined.notify_all()
 
     async def _heartbeat_loop(self) -> None:
         """Renew the lease; re-sync when it is lost or Redis lost data; reap when leader."""
@@ -196,6 +202,7 @@ class Node:
                 reason = await membership.lost_batches(self.scripts, self.outboxes.values())
             if reason:
                 rejoin = asyncio.create_task(self._rejoin(reason))
+                self._tasks.append(rejoin)
 
     async def _reap_loop(self) -> None:
         """The leader looks for dead views four times per heartbeat and reaps them."""
@@ -271,8 +278,22 @@ class Node:
         box.add(box.known.get(key) or box.admit(key), delta)
 
     async def flush(self) -> None:
-        """Return once everything recorded before this call is applied in Redis."""
-        await asyncio.gather(*(box.ship(self.scripts) for box in self.outboxes.values()))
+        """Return once everything recorded before this call is applied in Redis.
+
+        If Redis refuses a batch because this node's view was retired, the node re-syncs
+        (its snapshot holds everything recorded) and the flush returns after that.
+        """
+        rejoins = self.rejoins
+        results = await asyncio.gather(
+            *(box.ship(self.scripts) for box in self.outboxes.values()), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, StaleView):
+                raise result
+        if any(isinstance(result, StaleView) for result in results):
+            self._resync_needed.set()
+            async with self._joined:
+                await self._joined.wait_for(lambda: self.rejoins > rejoins)
 
     # -- reads ------------------------------------------------------------------------
 

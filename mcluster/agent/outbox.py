@@ -131,11 +131,15 @@ class Outbox:
 
     async def send_all(self, scripts: Scripts, items: Mapping[bytes, int], mode: str) -> None:
         batch: dict[bytes, int] = {}
+        sent = 0
         for key, value in items.items():
             batch[key] = value
             if len(batch) >= BATCH_LIMIT:
                 await self.send(scripts, batch, mode)
+                sent += len(batch)
                 batch = {}
+                if mode == "s" and sent % (BATCH_LIMIT * 100) == 0:
+                    log.info("%s: re-sync %d/%d keys published", self.name, sent, len(items))
         if batch:
             await self.send(scripts, batch, mode)
 

@@ -115,9 +115,3 @@ async def reap(
         for dead, owner in retired.items():
             removed += await drain(scripts, keys, kind, okeys, text(dead), text(owner))
     return removed
-
-
-async def reaping_progress(client: Redis, keys: ClusterKeys) -> list[dict[str, object]]:
-    """What is being reaped right now, for ``cluster info``."""
-    raw = cast(dict[bytes, bytes], await client.hgetall(keys.reaping))
-    return [json.loads(v) | {"view": k.decode().split(" ", 1)[1]} for k, v in sorted(raw.items())]

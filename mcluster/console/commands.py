@@ -13,11 +13,18 @@ from typing import Any
 from redis.asyncio import Redis
 from rich.console import RenderableType
 
-from mcluster.console.render import HelpView, ListingView, Message, ObjectListView
+from mcluster.console.render import (
+    HelpView,
+    InfoView,
+    ListingView,
+    MembershipView,
+    Message,
+    ObjectListView,
+)
 from mcluster.console.spec import COMMANDS, CommandSpec, family, match
 from mcluster.objects import views
 from mcluster.objects.views import NotFound
-from mcluster.store import members
+from mcluster.store import cluster_view, members
 from mcluster.store.keys import ClusterKeys
 
 __all__ = [
@@ -83,10 +90,13 @@ class ConsoleContext:
 
 @dataclass(frozen=True)
 class Result:
-    """A command's answer: ``renderable`` for text mode, ``data`` for ``--json``."""
+    """A command's answer: ``renderable`` for text mode, ``data`` for ``--json``.
+
+    ``data`` is a JSON object, or a list of them for ``cluster membership``.
+    """
 
     renderable: RenderableType
-    data: dict[str, Any]
+    data: dict[str, Any] | list[dict[str, Any]]
 
 
 Handler = Callable[[ConsoleContext, CommandSpec, list[str]], Awaitable[Result]]
@@ -201,10 +211,24 @@ async def _nodeaddr(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> 
     return Result(Message(member.address), {"node": node, "address": member.address})
 
 
+async def _membership(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    _no_args(spec, rest)
+    rows = await cluster_view.membership_json(ctx.client, ctx.keys)
+    return Result(MembershipView(rows), rows)
+
+
+async def _info(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    _no_args(spec, rest)
+    info = await cluster_view.info_json(ctx.client, ctx.keys, ctx.node)
+    return Result(InfoView(info), info)
+
+
 _HANDLERS: dict[tuple[str, ...], Handler] = {
     ("help",): _help,
     ("shared", "list"): _shared_list,
     ("shared", "show"): _shared_show,
     ("nodename",): _nodename,
     ("nodeaddr",): _nodeaddr,
+    ("membership",): _membership,
+    ("info",): _info,
 }

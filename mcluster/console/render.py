@@ -6,7 +6,8 @@ copy them; only headers and footers carry a subtle style.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
@@ -109,6 +110,91 @@ class HelpView:
             if not spec.implemented:
                 text.append(f" {self.NOT_HERE}", style=FOOTER_STYLE)
             yield text
+
+
+NO_ADDRESS = "0.0.0.0:0"
+NULL = "(Null)"
+
+
+def seconds_ago(ms: int | None) -> str:
+    """``0.4 s ago`` (``never`` when there is no time)."""
+    return "never" if ms is None else f"{ms / 1000:.1f} s ago"
+
+
+def membership_block(member: Mapping[str, Any]) -> list[str]:
+    """One member as Momentum printed it, plus its last heartbeat."""
+    return [
+        f"Private Name: {member['private_name']}",
+        f"Node Name: {member['node'] or NULL}",
+        f"Subcluster: {member['subcluster'] or NULL}",
+        f"Node Type: {member['type']}",
+        f"Version: {member['version']}",
+        f"Address: {member['address'] or NO_ADDRESS}",
+        f"Groups: {', '.join(member['groups'])}",
+        f"Last Heartbeat: {seconds_ago(member['last_heartbeat_ms_ago'])}",
+    ]
+
+
+def reaping_line(job: Mapping[str, Any]) -> str:
+    """``Reaping: inbound_cidr view #e5-123#relay-0-2: 1,200/5,000 keys``."""
+    return f"Reaping: {job['object']} view {job['view']}: {job['done']:,}/{job['total']:,} keys"
+
+
+def info_lines(info: Mapping[str, Any]) -> list[str]:
+    """``cluster info``: Momentum's four lines, then epoch, lease, leader and reaping."""
+    daemon = info["daemon"] or "-"
+    whom = info["private_name"] or info["node"] or "console"
+    leader = f"{info['leader']} is leader" if info["leader"] is not None else "no leader"
+    out = [
+        f"Daemon: {daemon} [{whom}]",
+        f"Control Group: {info['control_group']}",
+        f"Cluster Group: {info['cluster_group']} ({leader})",
+        f"Logger Group: {info['logger_group'] or 'none'}",
+        f"Epoch: {info['epoch'] if info['epoch'] is not None else 'none'}",
+    ]
+    if info["node"] is not None:
+        if info["lease_held"] is None:
+            out.append(f"Lease: none ({info['node']} is not a member)")
+        else:
+            state = "renewed" if info["lease_held"] else "expired, last renewed"
+            out.append(f"Lease: {state} {seconds_ago(info['lease_renewed_ms_ago'])}")
+    token = info["leader_token"]
+    out.append(f"Leader Token: {token if token is not None else 'none'}")
+    out.append(f"Members: {info['members']:,} live")
+    out += [reaping_line(job) for job in info["reaping"]] or ["Reaping: none"]
+    return out
+
+
+class MembershipView:
+    """``cluster membership``: one block per live member, a blank line between blocks."""
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.rows = list(rows)
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        for i, member in enumerate(self.rows):
+            if i:
+                out.append("")
+            out += membership_block(member)
+        return out
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if not self.rows:
+            yield line("no live members", FOOTER_STYLE)
+        for text in self.lines():
+            yield line(text)
+
+
+class InfoView:
+    """``cluster info``: the attached node, the groups, the leader, and reaping."""
+
+    def __init__(self, info: Mapping[str, Any]) -> None:
+        self.info = info
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for text in info_lines(self.info):
+            yield line(text)
 
 
 class Message:

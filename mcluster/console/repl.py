@@ -79,12 +79,16 @@ def _candidates(
     return [w for w in _SHOW_OPTIONS if w not in used], []
 
 
-def _is_shared_list(text: str) -> bool:
+#: Commands after which the names offered for completion are fetched again.
+_REFRESHING = {("shared", "list"), ("membership",)}
+
+
+def _refreshes_names(text: str) -> bool:
     words = text.split()
     if words and words[0].casefold() == "cluster":
         words = words[1:]
     spec, _ = match(words)
-    return spec is not None and spec.words == ("shared", "list")
+    return spec is not None and spec.words in _REFRESHING
 
 
 def history_path() -> Path | None:
@@ -161,7 +165,7 @@ class Repl:
             self.console.print_json(json.dumps(result.data))
         else:
             self.console.print(result.renderable, soft_wrap=True)
-        if _is_shared_list(text):
+        if _refreshes_names(text):
             self.refresh()
         return True
 
