@@ -77,6 +77,7 @@ class Node:
         self._resync_needed = asyncio.Event()
         self._joined = asyncio.Condition()
         self._scripts: Scripts | None = None
+        self._managed: dict[str, str] = {}
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -112,7 +113,7 @@ class Node:
                          obj.max_delay, max_buffered=self.max_buffered)  # fmt: skip
             box.on_stale = self._resync_needed.set
             self.outboxes[obj.name] = box
-        await views.publish_objects(self.client, self.keys, managed)
+        self._managed = managed
         await self._join()
         self._tasks = [asyncio.create_task(box.run(scripts)) for box in self.outboxes.values()]
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
@@ -129,6 +130,7 @@ class Node:
         self.incarnation = await membership.take_lease(
             self.scripts, self.keys, member, self.lease_ttl
         )
+        await views.publish_objects(client, self.keys, self._managed)
         for box in self.outboxes.values():
             await client.hset(box.keys.views, member.private_name, self.name)
             box.view, box.seq, box.acked = member.private_name, 0, 0
