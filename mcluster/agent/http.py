@@ -8,6 +8,7 @@
     GET  /v1/stats    -> per-object counters of this agent
     GET  /v1/membership -> [{...}, ...]           (as ``cluster membership --json``)
     GET  /healthz     -> 200 once the agent has joined, else 503
+    /v1/throttles...  -> see ``http_throttles``
 
 A request with a bad event is refused whole (400 naming the first bad event by index and
 why); nothing of it is recorded. Bodies over 1 MiB get 413.
@@ -23,6 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
+from mcluster.agent import http_throttles
+from mcluster.agent.http_common import NODE_KEY, error, read_json
 from mcluster.agent.node import Node, UnknownObject
 from mcluster.objects.views import DEFAULT_LIMIT, NotFound
 from mcluster.store.cluster_view import membership_json
@@ -32,16 +35,11 @@ log = logging.getLogger("mcluster.agent")
 MAX_BODY = 1024 * 1024
 MAX_EVENTS = 100_000
 FLUSH_TIMEOUT = 30.0
-NODE_KEY = web.AppKey("node", Node)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class BadEvent(ValueError):
     pass
-
-
-def error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 @web.middleware
@@ -95,10 +93,7 @@ def parse_events(node: Node, body: Any) -> list[tuple[str, bytes, int]]:
 
 async def post_events(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
-    try:
-        body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return error(400, f"body is not valid JSON: {exc}")
+    body = await read_json(request)
     try:
         parsed = parse_events(node, body)
     except BadEvent as exc:
@@ -180,4 +175,5 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/v1/membership", get_membership)
     app.router.add_get("/healthz", healthz)
+    http_throttles.add_routes(app)
     return app

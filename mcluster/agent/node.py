@@ -24,8 +24,9 @@ from redis.asyncio import Redis
 from mcluster import __version__
 from mcluster.agent import membership, reaper
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView
+from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
-from mcluster.objects import views
+from mcluster.objects import throttle, views
 from mcluster.objects.kinds import kind_for_type
 from mcluster.store import members
 from mcluster.store.keys import GLOBAL, ClusterKeys, check_name
@@ -78,6 +79,8 @@ class Node:
         self._joined = asyncio.Condition()
         self._scripts: Scripts | None = None
         self._managed: dict[str, str] = {}
+        self._throttles: Throttles | None = None
+        throttle.config_throttles(self.config)  # a bad Shared_Throttle fails here, not later
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -114,6 +117,10 @@ class Node:
             box.on_stale = self._resync_needed.set
             self.outboxes[obj.name] = box
         self._managed = managed
+        if any(o.type == throttle.OBJECT for o in self.config.objects):
+            self._managed[throttle.OBJECT] = throttle.OBJECT
+            self._throttles = Throttles(lambda: self.scripts, self.keys)
+            await self._throttles.load(throttle.config_throttles(self.config))
         await self._join()
         self._tasks = [asyncio.create_task(box.run(scripts)) for box in self.outboxes.values()]
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
@@ -234,8 +241,8 @@ class Node:
             try:
                 await asyncio.wait_for(self._leave(self.member, drain), timeout)
                 log.info("left the cluster as %s", self.member.private_name)
-            except TimeoutError:
-                log.error("could not flush and leave within %.0f s; leaving anyway", timeout)
+            except (TimeoutError, *RETRY_ERRORS) as exc:
+                log.error("could not flush and leave (%s); leaving anyway", exc or "timeout")
             self.member = None
         if self._client is not None:
             await self._client.aclose()
@@ -262,6 +269,16 @@ class Node:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+    @property
+    def throttles(self) -> Throttles:
+        """Cluster-wide named throttles (needs ``Replicate "shared_named_throttles" {}``)."""
+        if self._throttles is None:
+            raise UnknownObject(
+                'shared named throttles are not enabled: add Replicate "shared_named_throttles" {}'
+                " to the cluster scope"
+            )
+        return self._throttles
 
     # -- the hot path ----------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+-- throttle_acquire: decide many throttle requests at once, each all-or-nothing.
+-- KEYS[1..K] one window hash per limit (bucket number -> count), all in one hash slot
+-- ARGV[1] K   ARGV[2..1+3K] per limit: N (0 = unlimited), period ms, bucket ms
+-- then per request: flags (1 = force: count even over the limit, as Momentum's inc),
+--   m (limits named), m pairs (limit number 1..K, cost >= 0)
+-- Return: flat: the Redis time of the decision (ms), then per request: allowed (1/0), retry_after_ms (0 when allowed, -1 when the
+--   cost can never fit), then for each of its m limits the remaining budget (N - used,
+--   may be negative after a forced count; -1 for an unlimited limit)
+-- Time is Redis server time (TIME). A request is admitted when, for every limit, the
+-- counts of all buckets that overlap the window (now - period, now], the oldest one in
+-- full, plus the cost stay within N: never over-admits in any sliding window.
+-- Cost: O(K * B + R * m) for B <= 11 buckets per limit and R requests.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local K = tonumber(ARGV[1])
+local limits = {}
+for k = 1, K do
+  local base = 2 + 3 * (k - 1)
+  local L = {n = tonumber(ARGV[base]), p = tonumber(ARGV[base + 1]),
+             w = tonumber(ARGV[base + 2]), used = 0, add = 0, buckets = {}}
+  L.cur = math.floor(now / L.w)
+  local oldest = math.floor((now - L.p) / L.w)
+  local h = redis.call('HGETALL', KEYS[k])
+  for i = 1, #h, 2 do
+    local b, c = tonumber(h[i]), tonumber(h[i + 1])
+    if b < oldest then
+      redis.call('HDEL', KEYS[k], h[i])
+    else
+      L.used = L.used + c
+      L.buckets[b] = c
+    end
+  end
+  limits[k] = L
+end
+
+-- When would `cost` fit in limit L? Each old bucket b leaves the window at (b+1)*w + p.
+local function retry_after(L, cost)
+  if cost > L.n then return -1 end
+  local excess = L.used + cost - L.n
+  local order = {}
+  for b in pairs(L.buckets) do order[#order + 1] = b end
+  table.sort(order)
+  for _, b in ipairs(order) do
+    excess = excess - L.buckets[b]
+    if excess <= 0 then return math.max(1, (b + 1) * L.w + L.p - now) end
+  end
+  return L.p
+end
+
+local out = {now}
+local i = 2 + 3 * K
+while i <= #ARGV do
+  local force = tonumber(ARGV[i]) == 1
+  local m = tonumber(ARGV[i + 1])
+  i = i + 2
+  local costs, order = {}, {}
+  for j = 1, m do
+    local k, cost = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+    i = i + 2
+    order[j] = k
+    costs[k] = (costs[k] or 0) + cost
+  end
+  local ok, retry = true, 0
+  if not force then
+    for k, cost in pairs(costs) do
+      local L = limits[k]
+      if L.n > 0 and L.used + cost > L.n then
+        ok = false
+        local r = retry_after(L, cost)
+        if r < 0 or retry < 0 then retry = -1 elseif r > retry then retry = r end
+      end
+    end
+  end
+  if ok then
+    for k, cost in pairs(costs) do
+      local L = limits[k]
+      L.used = L.used + cost
+      L.add = L.add + cost
+      L.buckets[L.cur] = (L.buckets[L.cur] or 0) + cost
+    end
+  end
+  out[#out + 1] = ok and 1 or 0
+  out[#out + 1] = ok and 0 or retry
+  for j = 1, m do
+    local L = limits[order[j]]
+    out[#out + 1] = (L.n > 0) and (L.n - L.used) or -1
+  end
+end
+for k = 1, K do
+  local L = limits[k]
+  if L.add > 0 then
+    redis.call('HINCRBY', KEYS[k], L.cur, L.add)
+    redis.call('PEXPIRE', KEYS[k], L.p + L.w)
+  end
+end
+return out

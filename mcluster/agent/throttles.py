@@ -1,0 +1,143 @@
+"""Cluster-wide named throttles on a node: batched exact decisions with a deadline.
+
+Concurrent ``acquire`` calls wait at most one round trip together: the worker sends every
+request pending at that moment in one ``throttle_acquire`` call (each request is still
+decided all-or-nothing, in order). When Redis does not answer within the throttle's
+deadline (default 50 ms) the decision follows its ``on_error`` policy (``allow`` or
+``deny``), says ``degraded``, and is counted. A request abandoned that way may still be
+counted by Redis later: the error is on the side of counting too much, never too little.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.objects import throttle
+from mcluster.objects.throttle import Decision, Request, ThrottleDef, ThrottleError
+from mcluster.store.keys import ClusterKeys
+from mcluster.store.scripts import Scripts
+
+log = logging.getLogger("mcluster.throttles")
+
+MAX_BATCH = 256
+
+
+@dataclass
+class ThrottleStats:
+    decisions: int = 0
+    allowed: int = 0
+    batches: int = 0
+    degraded_allow: int = 0
+    degraded_deny: int = 0
+
+
+class Throttles:
+    """The named throttles as one node sees them: definitions and batched decisions."""
+
+    def __init__(self, scripts: Callable[[], Scripts], keys: ClusterKeys) -> None:
+        self._scripts = scripts
+        self.okeys = keys.object(throttle.OBJECT)
+        self.defs: dict[str, ThrottleDef] = {}
+        self.stats = ThrottleStats()
+        self._pending: list[tuple[Request, asyncio.Future[Decision]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def load(self, declared: Iterable[ThrottleDef] = ()) -> None:
+        for tdef in declared:
+            await self.create(tdef)
+        self.defs.update(await throttle.load_defs(self._scripts().client, self.okeys))
+
+    async def create(self, tdef: ThrottleDef) -> bool:
+        """Create a named throttle (idempotent); ThrottleConflict if the rate differs."""
+        created = await throttle.define(self._scripts(), self.okeys, tdef)
+        if not created:
+            self.defs.update(await throttle.load_defs(self._scripts().client, self.okeys))
+        else:
+            self.defs[tdef.name] = tdef
+        return created
+
+    async def _known(self, names: Iterable[str]) -> None:
+        missing = [n for n in names if n not in self.defs]
+        if missing:  # perhaps created by another node since
+            self.defs.update(await throttle.load_defs(self._scripts().client, self.okeys))
+
+    async def acquire(self, limits: Sequence[tuple[str, int]], *, force: bool = False) -> Decision:
+        """Count ``cost`` on every named throttle if all have room, else none."""
+        request = Request(tuple(limits), force)
+        await self._known(n for n, _ in request.limits)
+        throttle.check_request(request, self.defs)
+        return await self._decide(request)
+
+    async def _decide(self, request: Request) -> Decision:
+        tdefs = [self.defs[n] for n, _ in request.limits]
+        deadline = max(t.deadline_ms for t in tdefs) / 1000
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._pending.append((request, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work())
+        try:
+            decision = await asyncio.wait_for(asyncio.shield(future), deadline)
+        except (TimeoutError, *RETRY_ERRORS) as exc:
+            allow = all(t.on_error == "allow" for t in tdefs)
+            if allow:
+                self.stats.degraded_allow += 1
+            else:
+                self.stats.degraded_deny += 1
+            log.debug("throttle decision degraded (%s): %s", type(exc).__name__, allow)
+            return Decision(allow, 0, tuple((n, -1) for n, _ in request.limits), degraded=True)
+        self.stats.decisions += 1
+        self.stats.allowed += decision.allowed
+        return decision
+
+    async def _work(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            requests = [r for r, _ in batch]
+            keys, args = throttle.plan(self.okeys, requests, self.defs)
+            try:
+                reply = await self._scripts().run("throttle_acquire", keys, args)
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.stats.batches += 1
+            for (_, future), decision in zip(
+                batch, throttle.decisions(requests, reply), strict=True
+            ):
+                if not future.done():
+                    future.set_result(decision)
+
+    # -- Momentum's verbs --------------------------------------------------------------
+
+    async def inc(self, name: str, cost: int = 1) -> None:
+        """Count ``cost`` events, blocking nothing (``ec_shared_throttle_inc``)."""
+        await self.acquire([(name, cost)], force=True)
+
+    async def check(self, name: str) -> bool:
+        """True when the throttle is over its quota now (``ec_shared_throttle_check``)."""
+        await self._known([name])
+        throttle.check_request(Request(((name, 1),)), self.defs)
+        decision = await self._decide(Request(((name, 0),), force=True))
+        return decision.remaining[0][1] < 0 if not decision.degraded else False
+
+    async def tarpit(self, name: str, timeout: float = 30.0) -> bool:
+        """Wait until one more event is allowed, then count it; False at the deadline."""
+        end = time.monotonic() + timeout
+        while True:
+            decision = await self.acquire([(name, 1)])
+            if decision.allowed:
+                return True
+            wait = decision.retry_after_ms / 1000 if decision.retry_after_ms > 0 else 0.05
+            if decision.retry_after_ms < 0 or time.monotonic() + wait > end:
+                return False
+            await asyncio.sleep(wait)
+
+
+__all__ = ["Decision", "ThrottleError", "Throttles"]
