@@ -209,3 +209,29 @@ async def test_redis_away_decides_by_policy_within_deadline(namespace: str, how:
                 server.proc.send_signal(__import__("signal").SIGCONT)
     finally:
         server.stop()
+
+
+async def test_console_shows_the_throttle_table(node: Node) -> None:
+    import io
+
+    from rich.console import Console
+
+    from mcluster.console import ConsoleContext, run_command
+
+    await node.throttles.acquire([("t1", 12)])
+    ctx = ConsoleContext(node.client, node.keys)
+    listed = await run_command(ctx, "cluster shared list")
+    assert {"name": "shared_named_throttles", "type": "throttle table"}.items() <= next(
+        o for o in listed.data["objects"] if o["name"] == "shared_named_throttles"
+    ).items()
+    result = await run_command(ctx, "cluster shared show shared_named_throttles")
+    assert result.data["type"] == "throttle table"
+    assert result.data["rows"] == [
+        {"key": "strict", "count": 0, "limit": "5/60"},
+        {"key": "t1", "count": 12, "limit": "1000/10"},
+    ]
+    out = io.StringIO()
+    Console(file=out, width=120).print(result.renderable)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "lazy, snapped throttle table 'shared_named_throttles', view 'global'"
+    assert lines[2] == f"{'t1':>60}:{12:>13} / 1000/10"

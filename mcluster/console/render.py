@@ -34,11 +34,13 @@ def listing_header(listing: Listing) -> str:
     return f"lazy, snapped {listing.type} '{listing.object}', view '{listing.view}'"
 
 
-def listing_row(listing_type: str, key: str, count: int) -> str:
-    """One row as Momentum printed it: a CIDR tree's ``count  prefix`` or ``key:  count``."""
+def listing_row(listing_type: str, key: str, count: int, limit: str | None = None) -> str:
+    """One row as Momentum printed it: a CIDR tree's ``count  prefix`` or ``key:  count``;
+    a throttle adds its rate: ``t1:  12 / 1000/10``."""
     if listing_type == "cidrtree":
         return f"{count:>7}{'':25}{key}"
-    return f"{key:>60}:{count:>13}"  # Momentum's "%60s:%13d"
+    row = f"{key:>60}:{count:>13}"  # Momentum's "%60s:%13d"
+    return f"{row} / {limit}" if limit else row
 
 
 def show_command(listing: Listing, suffix: str) -> str:
@@ -71,7 +73,7 @@ class ListingView:
     def lines(self) -> list[Text]:
         listing = self.listing
         out = [line(listing_header(listing), HEADER_STYLE)]
-        out += [line(listing_row(listing.type, r.key, r.count)) for r in listing.rows]
+        out += [line(listing_row(listing.type, r.key, r.count, r.limit)) for r in listing.rows]
         if listing.omitted > 0:
             out.append(line(omitted_line(listing), FOOTER_STYLE))
         if listing.anomalies > 0:
@@ -91,7 +93,7 @@ class ObjectListView:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield line("Currently managed objects:", HEADER_STYLE)
         for info in self.infos:
-            yield line(f"{info.name:>30} [{info.kind.description}]")
+            yield line(f"{info.name:>30} [{info.description}]")
 
 
 class HelpView:

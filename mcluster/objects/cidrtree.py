@@ -120,6 +120,7 @@ class Row:
 
     key: str
     count: int
+    limit: str | None = None  # a throttle's rate, shown beside its use
 
 
 def _children(bucket: Mapping[bytes, bytes]) -> list[tuple[int, int]]:

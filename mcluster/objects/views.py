@@ -13,12 +13,14 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from mcluster.objects import throttle
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.kinds import Kind, kind_for_type
 from mcluster.store import members
 from mcluster.store.keys import GLOBAL, ClusterKeys, ObjectKeys
 
 DEFAULT_LIMIT = 200
+THROTTLE_TABLE = "throttle table"
 
 
 class NotFound(LookupError):
@@ -34,14 +36,22 @@ class ObjectInfo:
 
     name: str
     replication_type: str
-    kind: Kind
+    kind: Kind | None  # None for the throttle table
+
+    @property
+    def type_name(self) -> str:
+        return self.kind.name if self.kind is not None else THROTTLE_TABLE
+
+    @property
+    def description(self) -> str:
+        return f"lazy, {self.type_name} w/ snapshots"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "type": self.kind.name,
+            "type": self.type_name,
             "replication_type": self.replication_type,
-            "description": self.kind.description,
+            "description": self.description,
         }
 
 
@@ -68,7 +78,10 @@ class Listing:
             "type": self.type,
             "view": self.view,
             "node": self.node,
-            "rows": [{"key": r.key, "count": r.count} for r in self.rows],
+            "rows": [
+                {"key": r.key, "count": r.count} | ({"limit": r.limit} if r.limit else {})
+                for r in self.rows
+            ],
             "total_rows": self.total_rows,
             "omitted_rows": self.omitted,
             "distinct_keys": self.distinct_keys,
@@ -98,7 +111,7 @@ async def list_objects(
     infos = []
     for name, rtype in sorted(found.items()):
         kind = kind_for_type(rtype)
-        if kind is not None:
+        if kind is not None or rtype == throttle.OBJECT:
             infos.append(ObjectInfo(name, rtype, kind))
     return infos
 
@@ -152,6 +165,8 @@ async def show(
     """The first ``limit`` rows (None: all) of one view, and how many there are in all."""
     info = await find_object(client, keys, name, configured)
     okeys = keys.object(name)
+    if info.kind is None:
+        return await _throttle_table(client, okeys, limit)
     view, label = await resolve_view(client, keys, okeys, node)
     meta = cast(dict[bytes, bytes], await client.hgetall(okeys.meta(view)))
     rows: list[Row] = []
@@ -183,5 +198,23 @@ async def count(
     """Exact count of a key (or, in a CIDR tree, any prefix) in one view."""
     info = await find_object(client, keys, name, configured)
     okeys = keys.object(name)
+    if info.kind is None:
+        used = {n: u for n, u, _ in await throttle.usage(client, okeys)}
+        return used.get(key, 0)
     view, _ = await resolve_view(client, keys, okeys, node)
     return await info.kind.count(client, okeys, view, key)
+
+
+async def _throttle_table(client: Redis, okeys: ObjectKeys, limit: int | None) -> Listing:
+    """The named throttles with their use in the current window and their rate."""
+    rows = [Row(n, used, rate) for n, used, rate in await throttle.usage(client, okeys)]
+    return Listing(
+        object=okeys.name,
+        type=THROTTLE_TABLE,
+        view="global",
+        node=None,
+        rows=rows[:limit] if limit is not None else rows,
+        total_rows=len(rows),
+        distinct_keys=len(rows),
+        anomalies=0,
+    )
