@@ -208,7 +208,8 @@ async def test_unknown_object_names_the_managed_ones(cluster: Cluster) -> None:
     with pytest.raises(NotFound) as info:
         await run_command(cluster.ctx, "cluster shared show outbound_domain")
     assert str(info.value) == (
-        "unknown object 'outbound_domain'; managed objects: inbound_cidr, outbound_domains"
+        "unknown object 'outbound_domain'; managed objects: inbound_cidr, outbound_domains, "
+        "outbound_slots"
     )
     assert exit_code(info.value) == 2
 
@@ -227,6 +228,7 @@ async def test_shared_list(cluster: Cluster) -> None:
         "Currently managed objects:",
         "                  inbound_cidr [lazy, cidrtree w/ snapshots]",
         "              outbound_domains [lazy, gauge table w/ snapshots]",
+        "                outbound_slots [lazy, gauge table w/ snapshots]",
     ]
     result = await run_command(cluster.ctx, "shared list")
     assert result.data == {
@@ -243,6 +245,12 @@ async def test_shared_list(cluster: Cluster) -> None:
                 "replication_type": "outbound_domains",
                 "description": "lazy, gauge table w/ snapshots",
             },
+            {
+                "name": "outbound_slots",
+                "type": "gauge table",
+                "replication_type": "outbound_binding_domains",
+                "description": "lazy, gauge table w/ snapshots",
+            },
         ]
     }
 
@@ -252,7 +260,7 @@ async def test_configured_objects_are_listed_too(cluster: Cluster) -> None:
         cluster.ctx.client, cluster.ctx.keys, None, [("outbound_cidr", "outbound_cidr")]
     )
     names = [o["name"] for o in (await run_command(ctx, "shared list")).data["objects"]]
-    assert names == ["inbound_cidr", "outbound_cidr", "outbound_domains"]
+    assert names == ["inbound_cidr", "outbound_cidr", "outbound_domains", "outbound_slots"]
     assert await text(ctx, "shared show outbound_cidr") == [
         "lazy, snapped cidrtree 'outbound_cidr', view 'global'"
     ]

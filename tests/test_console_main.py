@@ -184,6 +184,7 @@ async def test_interactive_session(
     assert out.splitlines()[0].startswith("mcluster console on redis://127.0.0.1:")
     assert out.splitlines()[1:] == ["relay-0-3"]
     assert err.splitlines() == [
-        "mcluster: unknown object 'nope'; managed objects: inbound_cidr, outbound_domains"
+        "mcluster: unknown object 'nope'; managed objects: inbound_cidr, outbound_domains, "
+        "outbound_slots"
     ]
     assert (tmp_path / "state" / "console_history").exists()

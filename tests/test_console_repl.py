@@ -100,11 +100,12 @@ async def test_session_runs_commands_and_survives_errors(
     assert code == 0
     assert out.splitlines() == [*GLOBAL_CIDR, "relay-0-1", ""]  # "" is the newline at EOF
     assert err.splitlines() == [
-        "mcluster: unknown object 'nope'; managed objects: inbound_cidr, outbound_domains",
+        "mcluster: unknown object 'nope'; managed objects: inbound_cidr, outbound_domains, "
+        "outbound_slots",
         "mcluster: unknown command 'cluster bogus'; type 'cluster help' for the list",
     ]
     assert prompts == ["mcluster(relay-0-1)> "] * 6
-    assert repl.objects == ["inbound_cidr", "outbound_domains"]
+    assert repl.objects == ["inbound_cidr", "outbound_domains", "outbound_slots"]
     assert repl.nodes == ["relay-0-1", "relay-0-2", "relay-0-3"]
 
 
@@ -122,7 +123,11 @@ async def test_quit_exit_and_json_mode(
         drive, redis_server, namespace, None, ["shared list", "quit"], json_mode=True
     )
     assert code == 0 and err == ""
-    assert [o["name"] for o in json.loads(out)["objects"]] == ["inbound_cidr", "outbound_domains"]
+    assert [o["name"] for o in json.loads(out)["objects"]] == [
+        "inbound_cidr",
+        "outbound_domains",
+        "outbound_slots",
+    ]
 
 
 async def test_shared_list_refreshes_completion(
@@ -146,5 +151,5 @@ async def test_shared_list_refreshes_completion(
             return repl.objects, repl.nodes
 
     objects, nodes = await asyncio.to_thread(session)
-    assert objects == ["inbound_cidr", "outbound_domains"]
+    assert objects == ["inbound_cidr", "outbound_domains", "outbound_slots"]
     assert nodes == ["gone-1", "relay-0-1", "relay-0-2", "relay-0-3"]

@@ -5,6 +5,10 @@ POST /v1/throttles          {"name": "t1", "rate": "1000/10", ...} -> 201 create
 GET  /v1/throttles          -> {"throttles": [{"name", "rate", "used", ...}]}
 POST /v1/throttles/acquire  {"limits": [{"name": "t1", "cost": 1}, ...]}
                             -> {"allowed", "retry_after_ms", "degraded", "limits": [...]}
+POST /v1/outbound/message   {"binding", "domain"[, "binding_group"]} -> OBTM, as acquire
+POST /v1/connections/open   {"binding", "domain"[, "binding_group", "host"]}
+                            -> {"allowed", "slot", "reason"}   (OBTC and the caps)
+POST /v1/connections/close  {"slot": "..."} -> {"closed": bool}
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pydantic import ValidationError
 
 from mcluster.agent.http_common import NODE_KEY, error, read_json
 from mcluster.objects import throttle
+from mcluster.objects.outbound import Route
 from mcluster.objects.throttle import ThrottleConflict, ThrottleDef, ThrottleError
 
 MAX_LIMITS = 32
@@ -87,3 +92,54 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/throttles", post_throttle)
     app.router.add_get("/v1/throttles", get_throttles)
     app.router.add_post("/v1/throttles/acquire", post_acquire)
+    add_outbound_routes(app)
+
+
+def parse_route(body: Any) -> Route:
+    if not isinstance(body, dict):
+        raise ThrottleError('body must be a JSON object {"binding": ..., "domain": ...}')
+    unknown = set(body) - {"binding", "domain", "binding_group", "host"}
+    if unknown:
+        raise ThrottleError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    for field in ("binding", "domain"):
+        if not isinstance(body.get(field), str) or not body[field]:
+            raise ThrottleError(f"{field} must be a non-empty string")
+    for field in ("binding_group", "host"):
+        if body.get(field) is not None and not isinstance(body[field], str):
+            raise ThrottleError(f"{field} must be a string")
+    for field, value in body.items():
+        if isinstance(value, str) and (len(value) > 255 or not value.isprintable()):
+            raise ThrottleError(f"{field} must be at most 255 printable characters")
+    return Route(body["binding"], body["domain"], body.get("binding_group"), body.get("host"))
+
+
+async def post_message(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    try:
+        decision = await node.outbound_message(parse_route(await read_json(request)))
+    except ThrottleError as exc:
+        return error(400, str(exc))
+    return web.json_response(decision.to_json())
+
+
+async def post_open(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    try:
+        decision = await node.open_connection(parse_route(await read_json(request)))
+    except ThrottleError as exc:
+        return error(400, str(exc))
+    return web.json_response(decision.to_json())
+
+
+async def post_close(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("slot"), str):
+        return error(400, 'body must be a JSON object {"slot": "..."}')
+    return web.json_response({"closed": await node.close_connection(body["slot"])})
+
+
+def add_outbound_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/outbound/message", post_message)
+    app.router.add_post("/v1/connections/open", post_open)
+    app.router.add_post("/v1/connections/close", post_close)

@@ -20,14 +20,18 @@ from types import TracebackType
 from typing import Any, Self
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from mcluster import __version__
-from mcluster.agent import membership, reaper
+from mcluster.agent import membership, reaper, slots
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView
+from mcluster.agent.slots import SlotDecision
 from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
-from mcluster.objects import throttle, views
-from mcluster.objects.kinds import kind_for_type
+from mcluster.objects import outbound, throttle, views
+from mcluster.objects.kinds import GAUGE_TABLE, kind_for_type
+from mcluster.objects.outbound import OutboundPolicy, Route
+from mcluster.objects.throttle import Decision, ThrottleDef
 from mcluster.store import members
 from mcluster.store.keys import GLOBAL, ClusterKeys, check_name
 from mcluster.store.scripts import Scripts
@@ -80,6 +84,9 @@ class Node:
         self._scripts: Scripts | None = None
         self._managed: dict[str, str] = {}
         self._throttles: Throttles | None = None
+        self._slots: slots.Slots | None = None
+        self._families: dict[str, Throttles] = {}
+        self.outbound = OutboundPolicy(self.config)
         throttle.config_throttles(self.config)  # a bad Shared_Throttle fails here, not later
 
     # -- life cycle -------------------------------------------------------------------
@@ -117,7 +124,17 @@ class Node:
             box.on_stale = self._resync_needed.set
             self.outboxes[obj.name] = box
         self._managed = managed
-        if any(o.type == throttle.OBJECT for o in self.config.objects):
+        types = {o.type for o in self.config.objects}
+        if types & {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}:
+            box = Outbox(slots.OBJECT, GAUGE_TABLE, self.keys.object(slots.OBJECT), "", 100, 1.0)
+            box.on_stale = self._resync_needed.set
+            self.outboxes[slots.OBJECT] = box
+            self._managed[slots.OBJECT] = "outbound_binding_domains"
+            self._slots = slots.Slots(lambda: self.scripts, box, self.outbound)
+        for family in ("OBTM", "OBTC"):
+            if family in types:
+                self._families[family] = Throttles(lambda: self.scripts, self.keys, family)
+        if throttle.OBJECT in types:
             self._managed[throttle.OBJECT] = throttle.OBJECT
             self._throttles = Throttles(lambda: self.scripts, self.keys)
             await self._throttles.load(throttle.config_throttles(self.config))
@@ -161,6 +178,8 @@ class Node:
             for box in self.outboxes.values():
                 await box.snapshot_locked(self.scripts)
                 log.info("%s: re-published %d keys", box.name, len(box.state))
+            if self._slots is not None:
+                await self._slots.reopen()
         self._resync_needed.clear()
         async with self._joined:
             self.rejoins += 1
@@ -280,6 +299,44 @@ class Node:
             )
         return self._throttles
 
+    async def outbound_message(self, route: Route) -> Decision:
+        """OBTM: may one more message go out on this route? (cluster-wide, exact)"""
+        return await self._throttle_route("OBTM", outbound.OBTM_OPTION, route)
+
+    async def _throttle_route(self, family: str, option: str, route: Route) -> Decision:
+        throttles = self._families.get(family)
+        bucket = self.outbound.throttle(option, route) if throttles is not None else None
+        if throttles is None or bucket is None:
+            return Decision(True, 0, ())
+        path, rate = bucket
+        return await throttles.acquire_bucket(ThrottleDef(name=path, rate=str(rate)))
+
+    async def open_connection(self, route: Route) -> SlotDecision:
+        """OBTC and the connection caps: a slot when every one has room, else a reason."""
+        if self._slots is None:
+            raise UnknownObject(
+                'connection caps need Replicate "outbound_binding_domains" {} (or '
+                "outbound_domains / outbound_cidr) in the cluster scope"
+            )
+        decision = await self._throttle_route("OBTC", outbound.OBTC_OPTION, route)
+        if not decision.allowed:
+            reason = f"{outbound.OBTC_OPTION}: retry after {decision.retry_after_ms} ms"
+            return SlotDecision(False, None, reason)
+        rejoins = self.rejoins
+        try:
+            return await self._slots.open(route)
+        except ResponseError as exc:
+            if not str(exc).startswith("STALE"):
+                raise
+        await self._wait_resync(rejoins)  # this node's view was retired: re-sync, retry once
+        return await self._slots.open(route)
+
+    async def close_connection(self, slot: str) -> bool:
+        """Give a connection slot back; a second close changes nothing."""
+        if self._slots is None:
+            return False
+        return await self._slots.close(slot)
+
     # -- the hot path ----------------------------------------------------------------
 
     def outbox(self, obj: str) -> Outbox:
@@ -310,9 +367,13 @@ class Node:
             if isinstance(result, BaseException) and not isinstance(result, StaleView):
                 raise result
         if any(isinstance(result, StaleView) for result in results):
-            self._resync_needed.set()
-            async with self._joined:
-                await self._joined.wait_for(lambda: self.rejoins > rejoins)
+            await self._wait_resync(rejoins)
+
+    async def _wait_resync(self, rejoins: int) -> None:
+        """Ask for a re-sync and wait until one has finished since ``rejoins`` was read."""
+        self._resync_needed.set()
+        async with self._joined:
+            await self._joined.wait_for(lambda: self.rejoins > rejoins)
 
     # -- reads ------------------------------------------------------------------------
 

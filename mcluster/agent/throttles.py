@@ -39,9 +39,11 @@ class ThrottleStats:
 class Throttles:
     """The named throttles as one node sees them: definitions and batched decisions."""
 
-    def __init__(self, scripts: Callable[[], Scripts], keys: ClusterKeys) -> None:
+    def __init__(
+        self, scripts: Callable[[], Scripts], keys: ClusterKeys, family: str = throttle.OBJECT
+    ) -> None:
         self._scripts = scripts
-        self.okeys = keys.object(throttle.OBJECT)
+        self.okeys = keys.object(family)
         self.defs: dict[str, ThrottleDef] = {}
         self.stats = ThrottleStats()
         self._pending: list[tuple[Request, asyncio.Future[Decision]]] = []
@@ -72,6 +74,11 @@ class Throttles:
         await self._known(n for n, _ in request.limits)
         throttle.check_request(request, self.defs)
         return await self._decide(request)
+
+    async def acquire_bucket(self, tdef: ThrottleDef, cost: int = 1) -> Decision:
+        """Count on a bucket defined by the config (OBTM, OBTC), not in Redis."""
+        self.defs[tdef.name] = tdef
+        return await self._decide(Request(((tdef.name, cost),)))
 
     async def _decide(self, request: Request) -> Decision:
         tdefs = [self.defs[n] for n, _ in request.limits]

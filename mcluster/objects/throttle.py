@@ -41,10 +41,10 @@ class ThrottleDef(BaseModel):
 
     name: str
     rate: str
-    epsilon: float = Field(0.95, gt=0, lt=1)
+    epsilon: float = Field(default=0.95, gt=0, lt=1)
     mode: Literal["exact", "local_quota"] = "exact"
     on_error: Literal["allow", "deny"] = "allow"
-    deadline_ms: int = Field(50, ge=1, le=60_000)
+    deadline_ms: int = Field(default=50, ge=1, le=60_000)
 
     @field_validator("name")
     @classmethod

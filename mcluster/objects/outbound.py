@@ -1,0 +1,166 @@
+"""Outbound policy from Momentum's scopes: which throttle bucket and which connection caps
+apply to a message or a connection, given its binding, binding group, domain and host.
+
+Throttles (``cluster_outbound_throttle_messages`` for OBTM,
+``cluster_outbound_throttle_connections`` for OBTC; scopes Binding_Group, Domain, global)
+fall back BY REFERENCE: the first scope that defines the option, in the order
+Binding_Group::Domain, Binding_Group, Domain, global, is one bucket shared by everything
+that falls back to it. Connection caps:
+
+* ``cluster_max_outbound_connections`` (binding, domain, global, host): the most specific
+  of binding::host > host > binding::domain > binding > domain > global gives the limit,
+  counted per binding and destination (``binding::domain`` or ``binding::host``).
+* ``cluster_server_max_outbound_connections`` (binding, binding_group, global): a total,
+  whatever the destination, per scope that defines it (every one that applies counts).
+* ``cluster_scope_max_outbound_connections``: per domain across all bindings (global
+  Domain), across a group's bindings (Binding_Group::Domain), or per host (global Host).
+
+A value of -1 or 0, or no value, is unlimited. Regex domains are not supported (yet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, Option, Scope, to_python
+from mcluster.objects.rates import Rate, parse_rate
+
+OBTM_OPTION = "cluster_outbound_throttle_messages"
+OBTC_OPTION = "cluster_outbound_throttle_connections"
+MAX_CONN = "cluster_max_outbound_connections"
+SERVER_MAX = "cluster_server_max_outbound_connections"
+SCOPE_MAX = "cluster_scope_max_outbound_connections"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a message or connection goes."""
+
+    binding: str
+    domain: str
+    binding_group: str | None = None
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class Cap:
+    """One connection cap: the count key, its limit, and which option set it."""
+
+    key: str
+    limit: int
+    source: str
+
+
+def _value(scope: Scope | None, key: str) -> Option | None:
+    return scope.get(key) if scope is not None else None
+
+
+def _child(scope: Scope | None, kind: str, name: str | None) -> Scope | None:
+    if scope is None or name is None:
+        return None
+    return scope.scope(kind, name)
+
+
+class OutboundPolicy:
+    """The outbound throttles and caps of one config."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.root = config.tree
+        self.group_of: dict[str, str] = {}
+        for group in self.root.scopes("Binding_Group"):
+            for binding in group.scopes("Binding"):
+                if binding.name and group.name:
+                    self.group_of[binding.name.casefold()] = group.name
+        self._check()
+
+    def _check(self) -> None:
+        """Every value parses: rates for throttles, integers for caps."""
+        issues = []
+        for _, scope in [(self.root, self.root), *self.root.walk()]:
+            for option in scope.options():
+                key = option.key.casefold()
+                try:
+                    if key in (OBTM_OPTION, OBTC_OPTION):
+                        parse_rate(str(to_python(option.value)))
+                    elif key in (MAX_CONN, SERVER_MAX, SCOPE_MAX):
+                        _limit(option)
+                except ValueError as exc:
+                    pos = option.pos
+                    issues.append(ConfigIssue(pos.file, pos.line, pos.col, f"{option.key}: {exc}"))
+        if issues:
+            raise ConfigError(issues)
+
+    def group(self, route: Route) -> str | None:
+        return route.binding_group or self.group_of.get(route.binding.casefold())
+
+    def throttle(self, option: str, route: Route) -> tuple[str, Rate] | None:
+        """The bucket (its scope path) and rate of OBTM/OBTC for a route, or None."""
+        group = self.group(route)
+        gscope = _child(self.root, "Binding_Group", group)
+        candidates = [
+            (f"group:{group}:domain:{route.domain}", _child(gscope, "Domain", route.domain)),
+            (f"group:{group}", gscope),
+            (f"domain:{route.domain}", _child(self.root, "Domain", route.domain)),
+            ("global", self.root),
+        ]
+        for path, scope in candidates:
+            found = _value(scope, option)
+            if found is not None:
+                rate = parse_rate(str(to_python(found.value)))
+                return None if rate.unlimited else (path.casefold(), rate)
+        return None
+
+    def caps(self, route: Route) -> list[Cap]:
+        """Every connection cap that applies to opening a connection on ``route``."""
+        caps = []
+        group = self.group(route)
+        binding = self._binding(route.binding, group)
+        gscope = _child(self.root, "Binding_Group", group)
+        host = route.host
+        ordered = [
+            ("binding::host", _child(binding, "Host", host), f"{route.binding}::{host}"),
+            ("host", _child(self.root, "Host", host), f"{route.binding}::{host}"),
+            ("binding::domain", _child(binding, "Domain", route.domain), None),
+            ("binding", binding, None),
+            ("domain", _child(self.root, "Domain", route.domain), None),
+            ("global", self.root, None),
+        ]
+        for where, scope, key in ordered:
+            found = _value(scope, MAX_CONN)
+            if found is not None:
+                limit = _limit(found)
+                if limit > 0:
+                    count_key = key or f"{route.binding}::{route.domain}"
+                    caps.append(Cap(f"max:{count_key}".casefold(), limit, f"{MAX_CONN} ({where})"))
+                break
+        domain = _child(self.root, "Domain", route.domain)
+        for option, where, scope, key in [
+            (SERVER_MAX, "global", self.root, "server:global"),
+            (SERVER_MAX, "binding_group", gscope, f"server:group:{group}"),
+            (SERVER_MAX, "binding", binding, f"server:binding:{route.binding}"),
+            (SCOPE_MAX, "global::domain", domain, f"scope:domain:{route.domain}"),
+            (SCOPE_MAX, "binding_group::domain", _child(gscope, "Domain", route.domain),
+             f"scope:group:{group}:domain:{route.domain}"),
+            (SCOPE_MAX, "global::host", _child(self.root, "Host", host), f"scope:host:{host}"),
+        ]:  # fmt: skip
+            found = _value(scope, option)
+            if found is not None and (limit := _limit(found)) > 0:
+                caps.append(Cap(key.casefold(), limit, f"{option} ({where})"))
+        return caps
+
+    def _binding(self, name: str, group: str | None) -> Scope | None:
+        gscope = _child(self.root, "Binding_Group", group)
+        return _child(gscope, "Binding", name) or _child(self.root, "Binding", name)
+
+
+def _limit(option: Option) -> int:
+    value = to_python(option.value)
+    try:
+        limit = int(str(value))
+    except ValueError:
+        raise ValueError(
+            f"expected a whole number of connections (-1 = unlimited), got {value!r}"
+        ) from None
+    if limit < -1:
+        raise ValueError(f"expected a whole number >= -1 (-1 = unlimited), got {limit}")
+    return limit

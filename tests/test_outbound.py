@@ -1,0 +1,165 @@
+"""OBTM/OBTC fall back by reference; connection caps are exact and freed by reaping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from mcluster import ConfigError, Node, parse_config
+from mcluster.agent.http import make_app
+from mcluster.objects.outbound import OBTM_OPTION, OutboundPolicy, Route
+from tests.redis_servers import RedisServer
+from tests.test_membership import crash, until
+
+CONF = """
+cluster {
+  heartbeat_interval = 0.2
+  lease_ttl = 0.6
+  Replicate "outbound_binding_domains" {}
+  Replicate "OBTM" {}
+  Replicate "OBTC" {}
+}
+cluster_outbound_throttle_messages = "1000/1"
+Binding_Group "bg" {
+  cluster_outbound_throttle_messages = "10/60"
+  Binding "b1" {}
+  Binding "b2" {}
+  Domain "special.example" { cluster_outbound_throttle_messages = "3/60" }
+}
+Binding "lone" {}
+Domain "hotmail.com" {
+  cluster_max_outbound_connections = 10
+  cluster_outbound_throttle_messages = "5/60"
+}
+Domain "yahoo.com" { cluster_scope_max_outbound_connections = 3 }
+cluster_outbound_throttle_connections = "100000/1"
+"""
+
+
+def test_throttles_fall_back_by_reference() -> None:
+    policy = OutboundPolicy(parse_config(CONF))
+    bucket = policy.throttle
+    # one Binding_Group bucket for both bindings and any domain without its own
+    assert bucket(OBTM_OPTION, Route("b1", "gmail.com")) == bucket(
+        OBTM_OPTION, Route("b2", "aol.com")
+    )
+    found = bucket(OBTM_OPTION, Route("b1", "gmail.com"))
+    assert found is not None and found[0] == "group:bg" and str(found[1]) == "10/60"
+    found = bucket(OBTM_OPTION, Route("b2", "special.example"))
+    assert found is not None and found[0] == "group:bg:domain:special.example"
+    # a binding group's rate wins over a global Domain's, a Domain's over the global one
+    found = bucket(OBTM_OPTION, Route("b1", "hotmail.com"))
+    assert found is not None and found[0] == "group:bg"
+    found = bucket(OBTM_OPTION, Route("lone", "hotmail.com"))
+    assert found is not None and found[0] == "domain:hotmail.com"
+    found = bucket(OBTM_OPTION, Route("lone", "aol.com"))
+    assert found is not None and found[0] == "global" and str(found[1]) == "1000"
+
+
+def test_caps_resolution() -> None:
+    policy = OutboundPolicy(parse_config(CONF))
+    caps = policy.caps(Route("b1", "hotmail.com"))
+    assert [(c.key, c.limit) for c in caps] == [("max:b1::hotmail.com", 10)]
+    caps = policy.caps(Route("b2", "yahoo.com"))
+    assert [(c.key, c.limit) for c in caps] == [("scope:domain:yahoo.com", 3)]
+    assert policy.caps(Route("b1", "gmail.com")) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('cluster_outbound_throttle_messages = "10/0"', "more than 0 seconds"),
+        ('Domain "x" { cluster_max_outbound_connections = "lots" }', "whole number"),
+        ("cluster_server_max_outbound_connections = -5", "whole number >= -1"),
+    ],
+)
+def test_bad_outbound_options(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        OutboundPolicy(parse_config(text, "o.conf"))
+
+
+@pytest.fixture
+async def nodes(redis_server: RedisServer, namespace: str) -> AsyncIterator[list[Node]]:
+    cfg = parse_config(CONF)
+    made = [Node(cfg, f"relay-0-{i}", redis_server.url, namespace=namespace) for i in (1, 2, 3)]
+    for node in made:
+        await node.start()
+    yield made
+    for node in made:
+        await node.stop()
+
+
+async def test_obtm_binding_group_is_one_bucket(nodes: list[Node]) -> None:
+    routes = [Route(b, d) for b in ("b1", "b2") for d in ("gmail.com", "aol.com")]
+    results = [await nodes[i % 3].outbound_message(routes[i % 4]) for i in range(14)]
+    assert sum(d.allowed for d in results) == 10
+    assert not results[-1].allowed and results[-1].retry_after_ms > 0
+
+
+async def test_caps_never_exceeded_and_freed_by_reaping(nodes: list[Node]) -> None:
+    route = Route("b1", "hotmail.com")
+    results = await asyncio.gather(*(nodes[i % 3].open_connection(route) for i in range(100)))
+    held = [(i % 3, r.slot) for i, r in enumerate(results) if r.allowed]
+    assert len(held) == 10
+    refused = next(r for r in results if not r.allowed)
+    assert refused.reason is not None and "cluster_max_outbound_connections" in refused.reason
+    # close one held by node 0 twice: the second close changes nothing
+    n0 = [slot for n, slot in held if n == 0]
+    assert n0 and await nodes[0].close_connection(str(n0[0])) is True
+    assert await nodes[0].close_connection(str(n0[0])) is False
+    assert (await nodes[1].open_connection(route)).allowed
+    assert not (await nodes[1].open_connection(route)).allowed
+    # node 2 dies holding its slots: they come back within lease TTL + 1 s
+    dead = sum(1 for n, _ in held if n == 2)
+    await crash(nodes[2])
+
+    async def freed() -> bool:
+        return await nodes[0].count("outbound_slots", "max:b1::hotmail.com") == 10 - dead
+
+    await until(freed, 0.6 + 1.0, "the dead node's slots are freed")
+    for _ in range(dead):
+        assert (await nodes[0].open_connection(route)).allowed
+    assert not (await nodes[0].open_connection(route)).allowed
+
+
+async def test_slots_survive_a_resync(nodes: list[Node], redis_server: RedisServer) -> None:
+    route = Route("b2", "yahoo.com")
+    slots = [await nodes[0].open_connection(route) for _ in range(3)]
+    assert all(s.allowed for s in slots)
+    redis_server.client().flushall()
+
+    async def resynced() -> bool:
+        return nodes[0].rejoins >= 1 and (
+            await nodes[0].count("outbound_slots", "scope:domain:yahoo.com") == 3
+        )
+
+    await until(resynced, 2.0, "the node re-opens its slots after the re-sync")
+    assert not (await nodes[1].open_connection(route)).allowed
+    assert await nodes[0].close_connection(str(slots[0].slot)) is True
+    assert (await nodes[1].open_connection(route)).allowed
+
+
+async def test_http_outbound(nodes: list[Node]) -> None:
+    async with TestClient(TestServer(make_app(nodes[0]))) as api:
+        resp = await api.post("/v1/outbound/message", json={"binding": "lone", "domain": "x.org"})
+        body = await resp.json()
+        assert resp.status == 200 and body["allowed"] and body["limits"][0]["name"] == "global"
+        resp = await api.post(
+            "/v1/connections/open", json={"binding": "b1", "domain": "hotmail.com"}
+        )
+        opened = await resp.json()
+        assert opened["allowed"] and opened["slot"] and opened["reason"] is None
+        resp = await api.post("/v1/connections/close", json={"slot": opened["slot"]})
+        assert await resp.json() == {"closed": True}
+        resp = await api.post("/v1/connections/close", json={"slot": opened["slot"]})
+        assert await resp.json() == {"closed": False}
+        for path, bad in [
+            ("/v1/connections/open", {"binding": "b1"}),
+            ("/v1/connections/open", {"binding": "b1", "domain": "", "x": 1}),
+            ("/v1/outbound/message", {"binding": 3, "domain": "a"}),
+            ("/v1/connections/close", {"slot": 7}),
+        ]:
+            assert (await api.post(path, json=bad)).status == 400, (path, bad)
