@@ -235,3 +235,56 @@ async def test_console_shows_the_throttle_table(node: Node) -> None:
     lines = out.getvalue().splitlines()
     assert lines[0] == "lazy, snapped throttle table 'shared_named_throttles', view 'global'"
     assert lines[2] == f"{'t1':>60}:{12:>13} / 1000/10"
+
+
+async def test_local_quota_never_over_admits(redis_server: RedisServer, namespace: str) -> None:
+    """Three nodes decide locally from reservations; one dies holding tokens; in every
+    window of S seconds (server time) at most N are admitted, most decisions local."""
+    n, period, seconds = 200, 1.0, 3.5
+    conf = CONF.replace(
+        '"1000/10"', f'"{n}/{period}" mode = "local_quota" epsilon = 0.5 deadline_ms = 5000'
+    )
+    nodes = [
+        Node(parse_config(conf), f"relay-0-{i}", redis_server.url, namespace=namespace)
+        for i in (1, 2, 3)
+    ]
+    for node in nodes:
+        await node.start()
+    seconds_, micros = redis_server.client().time()
+    offset = seconds_ * 1000 + micros / 1000 - time.monotonic() * 1000  # server - local ms
+    admitted: list[float] = []
+    end = time.monotonic() + seconds
+    dies_at = time.monotonic() + seconds / 3
+
+    async def caller(node: Node, mortal: bool) -> None:
+        while time.monotonic() < end and not (mortal and time.monotonic() > dies_at):
+            decision = await node.throttles.acquire([("t1", 1)])
+            assert not decision.degraded
+            if decision.allowed:
+                admitted.append(time.monotonic() * 1000 + offset)
+            else:
+                await asyncio.sleep(min(decision.retry_after_ms, 20) / 1000)
+            await asyncio.sleep(0)
+
+    try:
+        await asyncio.gather(
+            *(caller(node, i == 2) for i, node in enumerate(nodes) for _ in range(20))
+        )
+        from tests.test_membership import crash
+
+        await crash(nodes[2])  # it dies holding whatever it had reserved
+        stats = [vars(node.throttles.stats) for node in nodes[:2]]
+    finally:
+        for node in nodes[:2]:
+            await node.stop()
+    admitted.sort()
+    window = period * 1000 - 2  # allow for the clock offset measurement (~1 ms)
+    worst = max(
+        bisect.bisect_right(admitted, t) - bisect.bisect_left(admitted, t - window)
+        for t in admitted
+    )
+    assert worst <= n, f"{worst} admissions in one {period} s window, limit {n}"
+    assert len(admitted) >= 0.5 * n * seconds / period
+    local = sum(s["local_decisions"] for s in stats)
+    reserved = sum(s["reservations"] for s in stats)
+    assert local > 5 * reserved, stats  # most decisions never touched Redis

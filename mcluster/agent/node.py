@@ -270,6 +270,9 @@ class Node:
 
     async def _leave(self, member: members.Member, drain: bool) -> None:
         await self.flush()
+        for family in (self._throttles, *self._families.values()):
+            if family is not None:
+                await family.release()
         if drain:
             for box in self.outboxes.values():
                 async with box.lock:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.objects import throttle
@@ -34,6 +34,22 @@ class ThrottleStats:
     batches: int = 0
     degraded_allow: int = 0
     degraded_deny: int = 0
+    local_decisions: int = 0
+    reservations: int = 0
+    returned: int = 0
+
+
+@dataclass
+class Reservation:
+    """Tokens of one throttle this node may spend without asking Redis, until ``expires``
+    (the end of the bucket they were counted in, by this node's monotonic clock)."""
+
+    tokens: int = 0
+    bucket: int = -1
+    expires: float = 0.0
+    spent: int = 0
+    full_until: float = 0.0  # the budget was exhausted: deny locally until then
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Throttles:
@@ -47,6 +63,7 @@ class Throttles:
         self.defs: dict[str, ThrottleDef] = {}
         self.stats = ThrottleStats()
         self._pending: list[tuple[Request, asyncio.Future[Decision]]] = []
+        self._quota: dict[str, Reservation] = {}
         self._worker: asyncio.Task[None] | None = None
 
     async def load(self, declared: Iterable[ThrottleDef] = ()) -> None:
@@ -71,9 +88,90 @@ class Throttles:
     async def acquire(self, limits: Sequence[tuple[str, int]], *, force: bool = False) -> Decision:
         """Count ``cost`` on every named throttle if all have room, else none."""
         request = Request(tuple(limits), force)
+        if len(request.limits) == 1 and not force:
+            name, cost = request.limits[0]
+            res = self._quota.get(name)
+            if res is not None:
+                decision = self._spend(name, res, cost)
+                if decision is not None:
+                    return decision
         await self._known(n for n, _ in request.limits)
         throttle.check_request(request, self.defs)
+        if len(request.limits) == 1 and not force:
+            tdef = self.defs[request.limits[0][0]]
+            if tdef.mode == "local_quota":
+                return await self._local(tdef, request.limits[0][1])
         return await self._decide(request)
+
+    async def _local(self, tdef: ThrottleDef, cost: int) -> Decision:
+        """Reserve a share of the budget (epsilon of what is left), then spend it locally."""
+        res = self._quota.setdefault(tdef.name, Reservation())
+        async with res.lock:
+            decision = self._spend(tdef.name, res, cost)
+            if decision is not None:
+                return decision
+            rate = tdef.parsed
+            want = max(cost, min(rate.count, max(16, 2 * res.spent)))
+            sent = time.monotonic()
+            try:
+                grant, left_ms, bucket, _ = await asyncio.wait_for(
+                    self._scripts().run(
+                        "throttle_reserve",
+                        [throttle.window_key(self.okeys, tdef.name)],
+                        [rate.count, rate.period_ms, rate.bucket_ms, want, tdef.epsilon],
+                    ),
+                    tdef.deadline_ms / 1000,
+                )
+            except (TimeoutError, *RETRY_ERRORS):
+                return self._degraded(Request(((tdef.name, cost),)), [tdef])
+            self.stats.reservations += 1
+            await self._give_back(tdef.name, res)
+            res.tokens, res.bucket, res.spent = int(grant), int(bucket), 0
+            res.expires = sent + int(left_ms) / 1000
+            if res.tokens >= cost:
+                res.tokens -= cost
+                res.spent += cost
+                return Decision(True, 0, ((tdef.name, res.tokens),))
+        decision = await self._decide(Request(((tdef.name, cost),)))  # full: the exact answer
+        if not decision.allowed and decision.retry_after_ms > 0:
+            res.full_until = time.monotonic() + decision.retry_after_ms / 1000
+        return decision
+
+    def _spend(self, name: str, res: Reservation, cost: int) -> Decision | None:
+        """A local decision from the reservation, or None when Redis must be asked."""
+        now = time.monotonic()
+        if res.tokens >= cost and now < res.expires:
+            res.tokens -= cost  # decided in process, no network
+            res.spent += cost
+            self.stats.local_decisions += 1
+            return Decision(True, 0, ((name, res.tokens),))
+        if now < res.full_until:  # denying is always safe
+            self.stats.local_decisions += 1
+            return Decision(False, max(1, int((res.full_until - now) * 1000)), ((name, 0),))
+        return None
+
+    async def _give_back(self, name: str, res: Reservation) -> None:
+        """Hand back what an earlier reservation did not spend."""
+        if res.tokens > 0 and res.bucket >= 0:
+            back = await self._scripts().run(
+                "throttle_return", [throttle.window_key(self.okeys, name)], [res.bucket, res.tokens]
+            )
+            self.stats.returned += int(back)
+            res.tokens = 0
+
+    async def release(self) -> None:
+        """Hand back every unspent reservation (when the node leaves)."""
+        for name, res in self._quota.items():
+            async with res.lock:
+                await self._give_back(name, res)
+
+    def _degraded(self, request: Request, tdefs: Sequence[ThrottleDef]) -> Decision:
+        allow = all(t.on_error == "allow" for t in tdefs)
+        if allow:
+            self.stats.degraded_allow += 1
+        else:
+            self.stats.degraded_deny += 1
+        return Decision(allow, 0, tuple((n, -1) for n, _ in request.limits), degraded=True)
 
     async def acquire_bucket(self, tdef: ThrottleDef, cost: int = 1) -> Decision:
         """Count on a bucket defined by the config (OBTM, OBTC), not in Redis."""
@@ -91,13 +189,8 @@ class Throttles:
         try:
             decision = await asyncio.wait_for(asyncio.shield(future), deadline)
         except (TimeoutError, *RETRY_ERRORS) as exc:
-            allow = all(t.on_error == "allow" for t in tdefs)
-            if allow:
-                self.stats.degraded_allow += 1
-            else:
-                self.stats.degraded_deny += 1
-            log.debug("throttle decision degraded (%s): %s", type(exc).__name__, allow)
-            return Decision(allow, 0, tuple((n, -1) for n, _ in request.limits), degraded=True)
+            log.debug("throttle decision degraded (%s)", type(exc).__name__)
+            return self._degraded(request, tdefs)
         self.stats.decisions += 1
         self.stats.allowed += decision.allowed
         return decision
