@@ -67,6 +67,8 @@ async def beat(
 async def lost_batches(scripts: Scripts, boxes: Iterable[Outbox]) -> str | None:
     """Why Redis has lost batches it had applied (a failover to a stale replica), or None."""
     boxes = list(boxes)
+    # What was acknowledged BEFORE asking: a batch acknowledged meanwhile is no loss.
+    acked = [(box.view, box.acked) for box in boxes]
     async with scripts.client.pipeline(transaction=False) as pipe:
         for box in boxes:
             pipe.hexists(box.keys.views, box.view)
@@ -74,10 +76,13 @@ async def lost_batches(scripts: Scripts, boxes: Iterable[Outbox]) -> str | None:
         replies = await pipe.execute()
     for i, box in enumerate(boxes):
         registered, seq = replies[2 * i], replies[2 * i + 1]
+        view, applied = acked[i]
+        if view != box.view:  # re-synced meanwhile: nothing to compare
+            continue
         if not registered:
             return f"{box.name}: view {box.view} is no longer registered"
-        if int(seq or 0) < box.acked:
-            return f"{box.name}: Redis holds batch {int(seq or 0)}, {box.acked} was applied"
+        if int(seq or 0) < applied:
+            return f"{box.name}: Redis holds batch {int(seq or 0)}, {applied} was applied"
     return None
 
 

@@ -24,8 +24,9 @@ from mcluster.store.scripts import Scripts
 
 log = logging.getLogger("mcluster.agent")
 
-#: Most distinct keys in one batch (one EVALSHA), whatever ``max_pending`` says.
-BATCH_LIMIT = 512
+#: Most distinct keys in one batch (one EVALSHA, about 1-2 ms in Redis for IPv4), whatever
+#: ``max_pending`` says: no single script call blocks Redis for long.
+BATCH_LIMIT = 128
 #: Keys remembered as already validated, per object (cleared when full).
 KNOWN_KEYS_LIMIT = 65536
 STREAM_MAXLEN = 10000
