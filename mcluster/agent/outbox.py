@@ -27,6 +27,8 @@ log = logging.getLogger("mcluster.agent")
 #: Most distinct keys in one batch (one EVALSHA, about 1-2 ms in Redis for IPv4), whatever
 #: ``max_pending`` says: no single script call blocks Redis for long.
 BATCH_LIMIT = 128
+#: A snapshot creates every key afresh, which costs more per key: smaller batches.
+SNAPSHOT_LIMIT = 64
 #: Keys remembered as already validated, per object (cleared when full).
 KNOWN_KEYS_LIMIT = 65536
 STREAM_MAXLEN = 10000
@@ -133,13 +135,14 @@ class Outbox:
     async def send_all(self, scripts: Scripts, items: Mapping[bytes, int], mode: str) -> None:
         batch: dict[bytes, int] = {}
         sent = 0
+        limit = SNAPSHOT_LIMIT if mode == "s" else BATCH_LIMIT
         for key, value in items.items():
             batch[key] = value
-            if len(batch) >= BATCH_LIMIT:
+            if len(batch) >= limit:
                 await self.send(scripts, batch, mode)
                 sent += len(batch)
                 batch = {}
-                if mode == "s" and sent % (BATCH_LIMIT * 100) == 0:
+                if mode == "s" and sent % (limit * 200) == 0:
                     log.info("%s: re-sync %d/%d keys published", self.name, sent, len(items))
         if batch:
             await self.send(scripts, batch, mode)

@@ -23,8 +23,8 @@ from mcluster.store.scripts import Scripts
 
 log = logging.getLogger("mcluster.reaper")
 
-#: Keys per reaping script call: 64 IPv4 addresses touch about 600 hash fields (~1 ms).
-REAP_CHUNK = 64
+#: Keys per reaping script call: 32 IPv4 addresses touch about 600 hash fields (~1 ms).
+REAP_CHUNK = 32
 STREAM_MAXLEN = 10000
 
 
