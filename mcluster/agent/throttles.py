@@ -52,6 +52,11 @@ class Reservation:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+def _expire(future: asyncio.Future[Decision]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class Throttles:
     """The named throttles as one node sees them: definitions and batched decisions."""
 
@@ -181,16 +186,20 @@ class Throttles:
     async def _decide(self, request: Request) -> Decision:
         tdefs = [self.defs[n] for n, _ in request.limits]
         deadline = max(t.deadline_ms for t in tdefs) / 1000
-        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Decision] = loop.create_future()
         self._pending.append((request, future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work())
+        # A plain timer, not wait_for + shield: no extra task per decision.
+        timer = loop.call_later(deadline, _expire, future)
         try:
-            decision = await asyncio.wait_for(asyncio.shield(future), deadline)
+            decision = await future
         except (TimeoutError, *RETRY_ERRORS) as exc:
             log.debug("throttle decision degraded (%s)", type(exc).__name__)
             return self._degraded(request, tdefs)
+        finally:
+            timer.cancel()
         self.stats.decisions += 1
         self.stats.allowed += decision.allowed
         return decision
