@@ -17,6 +17,8 @@ from mcluster.config import (
     parse_config,
 )
 from mcluster.objects.cidrtree import Row
+from mcluster.objects.outbound import Route
+from mcluster.objects.throttle import Decision, ThrottleDef, ThrottleError
 from mcluster.objects.views import Listing, NotFound, ObjectInfo
 
 __all__ = [
