@@ -41,6 +41,8 @@ log = logging.getLogger("mcluster.agent")
 
 
 class UnknownObject(KeyError):
+    """An object this node does not record, or a feature its config does not enable."""
+
     def __str__(self) -> str:
         return str(self.args[0])
 

@@ -102,6 +102,9 @@ class Request:
 
 @dataclass(frozen=True)
 class Decision:
+    """A throttle decision: allowed or not, when to retry, what is left of each limit, and
+    whether it was ``degraded`` (Redis did not answer in time: the policy decided)."""
+
     allowed: bool
     retry_after_ms: int
     remaining: tuple[tuple[str, int], ...]
