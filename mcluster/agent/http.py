@@ -27,6 +27,7 @@ from aiohttp import web
 from mcluster.agent import http_throttles
 from mcluster.agent.http_common import NODE_KEY, error, read_json
 from mcluster.agent.node import Node, UnknownObject
+from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.objects.views import DEFAULT_LIMIT, NotFound
 from mcluster.store.cluster_view import membership_json
 
@@ -55,6 +56,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error(exc.status, exc.reason)
     except (NotFound, UnknownObject) as exc:
         return error(404, str(exc))
+    except RETRY_ERRORS as exc:
+        return error(503, f"Redis is unreachable ({type(exc).__name__}: {exc}); try again")
     except Exception:
         log.exception("internal error serving %s %s", request.method, request.path)
         return error(500, "internal error; see the agent's log")

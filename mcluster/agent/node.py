@@ -166,6 +166,8 @@ class Node:
     async def _rejoin(self, reason: str) -> None:
         """Re-sync: retire and drain the old views, join anew, publish the absolute state."""
         log.warning("re-syncing: %s", reason)
+        for box in self.outboxes.values():
+            box.resyncing.set()  # a batch being retried gives up: the snapshot holds it
         async with contextlib.AsyncExitStack() as held:
             for box in self.outboxes.values():
                 await held.enter_async_context(box.lock)
@@ -183,6 +185,8 @@ class Node:
             if self._slots is not None:
                 await self._slots.reopen()
         self._resync_needed.clear()
+        for box in self.outboxes.values():
+            box.resyncing.clear()
         async with self._joined:
             self.rejoins += 1
             self._joined.notify_all()
@@ -245,6 +249,8 @@ class Node:
                 await reaper.reap(self.scripts, self.keys, objects)
             except RETRY_ERRORS as exc:
                 log.warning("reaping interrupted: %s", exc)
+            except Exception:  # never let the leader stop reaping for good
+                log.exception("reaping failed; trying again")
 
     async def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
         """Leave: ship what is pending, take this node's counts out of the global views.

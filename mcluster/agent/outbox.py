@@ -72,6 +72,9 @@ class Outbox:
     stats: Stats = field(default_factory=Stats)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Set while the node re-syncs: a batch waiting to be retried is dropped (its deltas
+    #: are in ``state``, which the snapshot publishes).
+    resyncing: asyncio.Event = field(default_factory=asyncio.Event)
 
     def admit(self, key: str) -> bytes:
         """Validate and pack a key (ValueError says why it is bad), remembering good ones."""
@@ -170,7 +173,10 @@ class Outbox:
             except RETRY_ERRORS as exc:
                 self.stats.retries += 1
                 log.warning("%s: batch %d not confirmed (%s); retrying", self.name, self.seq, exc)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.resyncing.wait(), delay)
+                if self.resyncing.is_set():
+                    raise StaleView(f"batch {self.seq} dropped: the node re-syncs") from exc
                 delay = min(backoff_max, delay * 2)
             except ResponseError as exc:
                 if str(exc).startswith("STALE"):

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import cast
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from mcluster.objects.kinds import Kind
 from mcluster.store.keys import GLOBAL, ClusterKeys, ObjectKeys, text
@@ -26,6 +27,10 @@ log = logging.getLogger("mcluster.reaper")
 #: Keys per reaping script call: 32 IPv4 addresses touch about 600 hash fields (~1 ms).
 REAP_CHUNK = 32
 STREAM_MAXLEN = 10000
+
+
+class Closed(Exception):
+    """The view being drained was closed meanwhile (another node drained it)."""
 
 
 async def retire(scripts: Scripts, okeys: ObjectKeys, view: str, node: str) -> bool:
@@ -49,6 +54,28 @@ async def drain(
     progress = {"object": okeys.name, "node": node, "total": total, "done": 0}
     progress["started_ms"] = int(time.time() * 1000)
     done = 0
+    try:
+        done = await _walk_and_zero(scripts, keys, kind, okeys, view, progress)
+    except Closed:
+        log.info("%s of %s was drained by another node", view, okeys.name)
+        done = 0
+    await scripts.run("view_close", [okeys.reaping, okeys.seq, okeys.meta(view)], [view])
+    await client.hdel(keys.reaping, f"{okeys.name} {view}")
+    if done:
+        log.info("reaped %s of %s: %d keys", view, okeys.name, done)
+    return done
+
+
+async def _walk_and_zero(
+    scripts: Scripts,
+    keys: ClusterKeys,
+    kind: Kind,
+    okeys: ObjectKeys,
+    view: str,
+    progress: dict[str, object],
+) -> int:
+    client = scripts.client
+    done = 0
     passes = 0
     while True:  # one walk drains the view; a second finds nothing (else walk again)
         passes += 1
@@ -66,10 +93,6 @@ async def drain(
             break
         if passes > 3:
             raise RuntimeError(f"reaping {okeys.name} view {view} makes no progress")
-    await scripts.run("view_close", [okeys.reaping, okeys.seq, okeys.meta(view)], [view])
-    await client.hdel(keys.reaping, f"{okeys.name} {view}")
-    if done:
-        log.info("reaped %s of %s: %d keys", view, okeys.name, done)
     return done
 
 
@@ -85,12 +108,17 @@ async def _zero(
 ) -> int:
     """Set one chunk of a retired view to zero (and out of the global view)."""
     data_keys, tail = kind.batch_args(okeys, view, dict.fromkeys(chunk, 0))
-    await scripts.run(
-        kind.script,
-        [okeys.seq, okeys.reaping, okeys.stream, okeys.meta(GLOBAL), okeys.meta(view),
-         *data_keys],
-        [view, 0, "r", STREAM_MAXLEN, okeys.channel, *tail],
-    )  # fmt: skip
+    try:
+        await scripts.run(
+            kind.script,
+            [okeys.seq, okeys.reaping, okeys.stream, okeys.meta(GLOBAL), okeys.meta(view),
+             *data_keys],
+            [view, 0, "r", STREAM_MAXLEN, okeys.channel, *tail],
+        )  # fmt: skip
+    except ResponseError as exc:
+        if str(exc).startswith("STALE"):  # another drainer finished and closed it
+            raise Closed from None
+        raise
     done += len(chunk)
     progress["done"] = done
     if done % (REAP_CHUNK * 16) < len(chunk):
