@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 from redis.exceptions import RedisError
 
+from mcluster.agent.outbox import wait_event
 from mcluster.console import console_main
 from mcluster.store.embedded import embedded_socket_path, embedded_url, ensure_embedded_redis
 from mcluster.store.urls import ENV_REDIS_URL, make_sync_client, redact_url, validate_redis_url
@@ -259,9 +260,7 @@ class Farm:
                 per_node = self.traffic.tick(now, now - last)
                 last, next_tick = now, next_tick + TICK
                 await asyncio.gather(*map(self.post, self.agents, per_node))
-                with contextlib.suppress(TimeoutError):
-                    wait = max(0.0, min(next_tick, end) - loop.time())
-                    await asyncio.wait_for(self.stop.wait(), wait)
+                await wait_event(self.stop, max(0.0, min(next_tick, end) - loop.time()))
         finally:
             self.driving = False
             reporter.cancel()

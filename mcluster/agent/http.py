@@ -109,7 +109,8 @@ async def post_events(request: web.Request) -> web.Response:
 async def post_flush(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     try:
-        await asyncio.wait_for(node.flush(), FLUSH_TIMEOUT)
+        async with asyncio.timeout(FLUSH_TIMEOUT):
+            await node.flush()
     except TimeoutError:
         return error(503, f"Redis did not apply the pending batches within {FLUSH_TIMEOUT} s")
     return web.json_response({"flushed": True})

@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 
 from mcluster import __version__
 from mcluster.agent import membership, reaper, slots
-from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView
+from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
 from mcluster.agent.slots import SlotDecision
 from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
@@ -82,6 +82,7 @@ class Node:
         self.outboxes: dict[str, Outbox] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._resync_needed = asyncio.Event()
+        self._stopping = False
         self._joined = asyncio.Condition()
         self._scripts: Scripts | None = None
         self._managed: dict[str, str] = {}
@@ -141,7 +142,10 @@ class Node:
             self._throttles = Throttles(lambda: self.scripts, self.keys)
             await self._throttles.load(throttle.config_throttles(self.config))
         await self._join()
-        self._tasks = [asyncio.create_task(box.run(scripts)) for box in self.outboxes.values()]
+        self._tasks = [
+            asyncio.create_task(box.run(scripts), name=f"outbox:{box.name}")
+            for box in self.outboxes.values()
+        ]
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._tasks.append(asyncio.create_task(self._reap_loop()))
 
@@ -195,9 +199,8 @@ class Node:
         """Renew the lease; re-sync when it is lost or Redis lost data; reap when leader."""
         rejoin: asyncio.Task[None] | None = None
         failures = 0
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resync_needed.wait(), self.heartbeat_interval)
+        while not self._stopping:
+            await wait_event(self._resync_needed, self.heartbeat_interval)
             member = self.member
             if member is None:
                 continue
@@ -241,7 +244,7 @@ class Node:
     async def _reap_loop(self) -> None:
         """The leader looks for dead views four times per heartbeat and reaps them."""
         objects = [(box.kind, box.keys) for box in self.outboxes.values()]
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.heartbeat_interval / 4)
             if not self.is_leader:
                 continue
@@ -258,15 +261,22 @@ class Node:
         If Redis does not answer within ``timeout`` seconds the node leaves anyway and
         logs it; its contribution then stays until it is reaped.
         """
+        self._stopping = True
+        for box in self.outboxes.values():
+            box.stopping = True  # ends after the batch it is sending: nothing half-sent
+            box.wake.set()
+        shipping = [t for t in self._tasks if t.get_name().startswith("outbox:")]
+        if shipping:
+            await asyncio.wait(shipping, timeout=min(timeout, 5.0))
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            task.cancel()  # the loops also check _stopping, should a cancel be swallowed
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
         self._tasks = []
         if self.member is not None:
             try:
-                await asyncio.wait_for(self._leave(self.member, drain), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._leave(self.member, drain)
                 log.info("left the cluster as %s", self.member.private_name)
             except (TimeoutError, *RETRY_ERRORS) as exc:
                 log.error("could not flush and leave (%s); leaving anyway", exc or "timeout")

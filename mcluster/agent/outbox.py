@@ -35,6 +35,23 @@ STREAM_MAXLEN = 10000
 RETRY_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+def key_cost(key: bytes) -> int:
+    """Script work of one key, in IPv4 addresses: an IPv6 address walks 16 levels, not 4."""
+    return 4 if len(key) == 16 else 1
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``event`` at most ``timeout`` seconds; True if it is set.
+
+    Uses ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` may swallow
+    a cancellation that arrives as the wait ends, and a task then never stops.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    return event.is_set()
+
+
 class StaleView(Exception):
     """Redis refused a batch: this node's view is not registered (stale epoch)."""
 
@@ -75,6 +92,8 @@ class Outbox:
     #: Set while the node re-syncs: a batch waiting to be retried is dropped (its deltas
     #: are in ``state``, which the snapshot publishes).
     resyncing: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set by ``Node.stop``: the run loop ends after the batch it is sending.
+    stopping: bool = False
 
     def admit(self, key: str) -> bytes:
         """Validate and pack a key (ValueError says why it is bad), remembering good ones."""
@@ -137,14 +156,15 @@ class Outbox:
 
     async def send_all(self, scripts: Scripts, items: Mapping[bytes, int], mode: str) -> None:
         batch: dict[bytes, int] = {}
-        sent = 0
+        sent = cost = 0
         limit = SNAPSHOT_LIMIT if mode == "s" else BATCH_LIMIT
         for key, value in items.items():
             batch[key] = value
-            if len(batch) >= limit:
+            cost += key_cost(key)
+            if cost >= limit:
                 await self.send(scripts, batch, mode)
                 sent += len(batch)
-                batch = {}
+                batch, cost = {}, 0
                 if mode == "s" and sent % (limit * 200) == 0:
                     log.info("%s: re-sync %d/%d keys published", self.name, sent, len(items))
         if batch:
@@ -173,9 +193,7 @@ class Outbox:
             except RETRY_ERRORS as exc:
                 self.stats.retries += 1
                 log.warning("%s: batch %d not confirmed (%s); retrying", self.name, self.seq, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.resyncing.wait(), delay)
-                if self.resyncing.is_set():
+                if await wait_event(self.resyncing, delay):
                     raise StaleView(f"batch {self.seq} dropped: the node re-syncs") from exc
                 delay = min(backoff_max, delay * 2)
             except ResponseError as exc:
@@ -192,9 +210,8 @@ class Outbox:
 
     async def run(self, scripts: Scripts) -> None:
         """Ship when ``max_pending`` keys wait or ``max_delay`` seconds have passed."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=self.max_delay)
+        while not self.stopping:
+            await wait_event(self.wake, self.max_delay)
             try:
                 await self.ship(scripts)
             except StaleView as exc:

@@ -18,6 +18,7 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from mcluster.agent.outbox import key_cost
 from mcluster.objects.kinds import Kind
 from mcluster.store.keys import GLOBAL, ClusterKeys, ObjectKeys, text
 from mcluster.store.scripts import Scripts
@@ -80,13 +81,14 @@ async def _walk_and_zero(
     while True:  # one walk drains the view; a second finds nothing (else walk again)
         passes += 1
         chunk: list[bytes] = []
-        walked = 0
+        walked = cost = 0
         async for key in kind.leaves(client, okeys, view):
             chunk.append(key)
             walked += 1
-            if len(chunk) >= REAP_CHUNK:
+            cost += key_cost(key)
+            if cost >= REAP_CHUNK:
                 done = await _zero(scripts, kind, okeys, view, chunk, done, progress, keys)
-                chunk = []
+                chunk, cost = [], 0
         if chunk:
             done = await _zero(scripts, kind, okeys, view, chunk, done, progress, keys)
         if not walked:

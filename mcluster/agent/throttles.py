@@ -119,14 +119,12 @@ class Throttles:
             want = max(cost, min(rate.count, max(16, 2 * res.spent)))
             sent = time.monotonic()
             try:
-                grant, left_ms, bucket, _ = await asyncio.wait_for(
-                    self._scripts().run(
+                async with asyncio.timeout(tdef.deadline_ms / 1000):
+                    grant, left_ms, bucket, _ = await self._scripts().run(
                         "throttle_reserve",
                         [throttle.window_key(self.okeys, tdef.name)],
                         [rate.count, rate.period_ms, rate.bucket_ms, want, tdef.epsilon],
-                    ),
-                    tdef.deadline_ms / 1000,
-                )
+                    )
             except (TimeoutError, *RETRY_ERRORS):
                 return self._degraded(Request(((tdef.name, cost),)), [tdef])
             self.stats.reservations += 1
