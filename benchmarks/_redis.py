@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +78,17 @@ def start_redis(*extra: str) -> RedisServer:
         proc.wait()
     shutil.rmtree(workdir, ignore_errors=True)
     raise RuntimeError(f"could not start {binary}")
+
+
+def watchdog(server: RedisServer, seconds: float) -> threading.Timer:
+    """Stop the server and exit 2 if the benchmark hangs (``.cancel()`` it when done)."""
+
+    def fire() -> None:
+        print(f"benchmark did not finish within {seconds:.0f} s: hung?", file=sys.stderr)
+        server.stop()
+        os._exit(2)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer

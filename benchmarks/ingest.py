@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-import sys
 import time
 
 import redis.asyncio
-from _redis import RedisServer, start_redis
+from _redis import RedisServer, start_redis, watchdog
 from _report import Report, machine, make_parser
 
 from mcluster.agent.node import Node
@@ -143,6 +142,7 @@ async def run(server: RedisServer, quick: bool, tick: int, report: Report) -> No
         total = await node.count(OBJ, "0.0.0.0/0", view="global")
         mine = await node.count(OBJ, "0.0.0.0/0", view=node.private_name)
         anomalies = stats["anomalies"]
+        rejoins = int(getattr(node, "rejoins", 0))  # a re-sync re-ships everything
 
     sync_rate = naive_sync(server, events[:n_naive])
     async_rate = await naive_async(server, events[: n_naive // 2])
@@ -158,6 +158,7 @@ async def run(server: RedisServer, quick: bool, tick: int, report: Report) -> No
         "record rate", recorded_rate >= RECORD_TARGET, f"{recorded_rate:,.0f}/s >= 300,000/s"
     )
     report.target("applied vs naive", ratio >= RATIO_TARGET, f"{ratio:,.1f}x >= {RATIO_TARGET}x")
+    report.target("no re-sync during the run", rejoins == 0, f"node.rejoins = {rejoins}")
     report.target(
         "global total",
         total == expected == mine and anomalies == 0,
@@ -170,14 +171,16 @@ def main() -> None:
     parser.add_argument("--tick", type=int, default=256, help="events between yields in (b)")
     args = parser.parse_args()
     server = start_redis()
+    timer = watchdog(server, 120 if args.quick else 600)
     report = Report(f"ingest - redis {server.version()} - {machine()}")
     try:
         asyncio.run(run(server, args.quick, args.tick, report))
     finally:
+        timer.cancel()
         server.stop()
     report.print()
     report.exit(args.strict)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-import sys
 import time
 
 import redis.asyncio
-from _redis import RedisServer, start_redis
+from _redis import RedisServer, start_redis, watchdog
 from _report import Report, machine, make_parser, percentile
 
 from mcluster.agent.node import Node
@@ -90,9 +89,10 @@ async def measure(server: RedisServer, max_delay: float | None, samples: int, ns
         watcher.expected = samples
         task = asyncio.create_task(watcher.run())
         await asyncio.sleep(0.05)  # subscribed before the first sample
-        started = time.perf_counter()
+        started = due = time.perf_counter()
         for address in addresses:
-            await asyncio.sleep(rng.expovariate(RATE))
+            due += rng.expovariate(RATE)  # Poisson arrivals on an absolute schedule
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
             watcher.add(address, time.perf_counter())
             writer.record(OBJ, address, 1)
         sent = time.perf_counter() - started
@@ -138,9 +138,11 @@ async def run(server: RedisServer, quick: bool) -> list[Report]:
 def main() -> None:
     args = make_parser("Replication lag from record to the global view.").parse_args()
     server = start_redis()
+    timer = watchdog(server, 120 if args.quick else 300)
     try:
         reports = asyncio.run(run(server, args.quick))
     finally:
+        timer.cancel()
         server.stop()
     for report in reports:
         report.print()
@@ -149,4 +151,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
