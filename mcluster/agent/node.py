@@ -410,6 +410,9 @@ class Node:
 
     async def count(self, obj: str, key: str, view: str = "global") -> int:
         """Exact count of a key or prefix in the global view or a node's view."""
+        box = self.outboxes.get(obj)
+        if box is not None and view in ("global", GLOBAL):  # one HMGET, no registry read
+            return await box.kind.count(self.client, box.keys, GLOBAL, key)
         return await views.count(
             self.client, self.keys, obj, key, self._view_node(view), self._configured()
         )

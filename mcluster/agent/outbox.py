@@ -31,7 +31,8 @@ BATCH_LIMIT = 128
 SNAPSHOT_LIMIT = 64
 #: Keys remembered as already validated, per object (cleared when full).
 KNOWN_KEYS_LIMIT = 65536
-STREAM_MAXLEN = 10000
+#: Batches kept in an object's change stream (each holds up to BATCH_LIMIT changes).
+STREAM_MAXLEN = 2000
 RETRY_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 

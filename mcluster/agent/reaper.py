@@ -18,7 +18,7 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from mcluster.agent.outbox import key_cost
+from mcluster.agent.outbox import STREAM_MAXLEN, key_cost
 from mcluster.objects.kinds import Kind
 from mcluster.store.keys import GLOBAL, ClusterKeys, ObjectKeys, text
 from mcluster.store.scripts import Scripts
@@ -27,7 +27,6 @@ log = logging.getLogger("mcluster.reaper")
 
 #: Keys per reaping script call: 32 IPv4 addresses touch about 600 hash fields (~1 ms).
 REAP_CHUNK = 32
-STREAM_MAXLEN = 10000
 
 
 class Closed(Exception):
