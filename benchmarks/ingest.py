@@ -20,8 +20,8 @@ import random
 import time
 
 import redis.asyncio
-from _redis import RedisServer, start_redis, watchdog
-from _report import Report, machine, make_parser
+from _redis import RedisServer, run_benchmark
+from _report import Report, make_parser
 
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
@@ -170,16 +170,12 @@ def main() -> None:
     parser = make_parser("Ingest throughput of one Node on inbound_cidr.")
     parser.add_argument("--tick", type=int, default=256, help="events between yields in (b)")
     args = parser.parse_args()
-    server = start_redis()
-    timer = watchdog(server, 120 if args.quick else 600)
-    report = Report(f"ingest - redis {server.version()} - {machine()}")
-    try:
-        asyncio.run(run(server, args.quick, args.tick, report))
-    finally:
-        timer.cancel()
-        server.stop()
-    report.print()
-    report.exit(args.strict)
+    run_benchmark(
+        "ingest",
+        args.strict,
+        lambda server, report: run(server, args.quick, args.tick, report),
+        120 if args.quick else 600,
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from _redis import RedisServer, start_redis, watchdog
-from _report import Report, machine, make_parser, percentile
+from _redis import RedisServer, run_benchmark
+from _report import Report, make_parser, percentile
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
@@ -644,16 +644,12 @@ def main() -> None:
         "--whatif", action="store_true", help="also measure prototypes of faster code paths"
     )
     args = parser.parse_args()
-    server = start_redis()
-    timer = watchdog(server, (120 if args.quick else 600) * (3 if args.whatif else 1))
-    report = Report(f"throttle - redis {server.version()} - {machine()}")
-    try:
-        asyncio.run(run(server, args.quick, args.whatif, report))
-    finally:
-        timer.cancel()
-        server.stop()
-    report.print()
-    report.exit(args.strict)
+    run_benchmark(
+        "throttle",
+        args.strict,
+        lambda server, report: run(server, args.quick, args.whatif, report),
+        (120 if args.quick else 600) * (3 if args.whatif else 1),
+    )
 
 
 if __name__ == "__main__":
