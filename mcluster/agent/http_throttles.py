@@ -13,15 +13,17 @@ POST /v1/connections/close  {"slot": "..."} -> {"closed": bool}
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from mcluster.agent.http_common import NODE_KEY, error, read_json
+from mcluster.agent.slots import SlotDecision
 from mcluster.objects import throttle
 from mcluster.objects.outbound import Route
-from mcluster.objects.throttle import ThrottleConflict, ThrottleDef, ThrottleError
+from mcluster.objects.throttle import Decision, ThrottleConflict, ThrottleDef, ThrottleError
 
 MAX_LIMITS = 32
 
@@ -114,18 +116,22 @@ def parse_route(body: Any) -> Route:
 
 
 async def post_message(request: web.Request) -> web.Response:
+    """OBTM for one message."""
     node = request.app[NODE_KEY]
-    try:
-        decision = await node.outbound_message(parse_route(await read_json(request)))
-    except ThrottleError as exc:
-        return error(400, str(exc))
-    return web.json_response(decision.to_json())
+    return await _route_decision(request, lambda route: node.outbound_message(route))
 
 
 async def post_open(request: web.Request) -> web.Response:
+    """OBTC and the caps for one new connection."""
     node = request.app[NODE_KEY]
+    return await _route_decision(request, lambda route: node.open_connection(route))
+
+
+async def _route_decision(
+    request: web.Request, decide: Callable[[Route], Awaitable[Decision | SlotDecision]]
+) -> web.Response:
     try:
-        decision = await node.open_connection(parse_route(await read_json(request)))
+        decision = await decide(parse_route(await read_json(request)))
     except ThrottleError as exc:
         return error(400, str(exc))
     return web.json_response(decision.to_json())
