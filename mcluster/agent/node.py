@@ -222,8 +222,8 @@ class Node:
                     log.error("heartbeat failed (%d in a row): %s", failures, exc)
                 continue
             self.leader, self.is_leader = beat.leader, beat.is_leader
-            if rejoin is not None and not rejoin.done():
-                continue
+            if self.member is not member or (rejoin is not None and not rejoin.done()):
+                continue  # a re-sync ran during the beat: this beat speaks of the old epoch
             if rejoin is not None and rejoin.exception() is not None:
                 log.error("re-sync failed: %s; retrying", rejoin.exception())
                 self._resync_needed.set()
