@@ -26,9 +26,9 @@ log = logging.getLogger("mcluster.agent")
 
 #: Most distinct keys in one batch (one EVALSHA, about 1-2 ms in Redis for IPv4), whatever
 #: ``max_pending`` says: no single script call blocks Redis for long.
-BATCH_LIMIT = 128
+BATCH_LIMIT = 64
 #: A snapshot creates every key afresh, which costs more per key: smaller batches.
-SNAPSHOT_LIMIT = 64
+SNAPSHOT_LIMIT = 32
 #: Keys remembered as already validated, per object (cleared when full).
 KNOWN_KEYS_LIMIT = 65536
 #: Batches kept in an object's change stream (each holds up to BATCH_LIMIT changes).

@@ -2,9 +2,10 @@
 
 Storage (per view, see ``lua_scripts/cidrtree_apply.lua``): a 256-ary tree of Redis
 hashes. The bucket of prefix P (the first i bytes of an address) maps each next byte to
-the count of all addresses under it, so the count of any prefix is one ``HMGET`` of at
-most 128 fields of one bucket, and no command ever touches more than one bucket of 258
-fields.
+the count of all addresses under it. The leaves are two-byte fields of the last bucket
+(the /16 for IPv4, the /112 for IPv6), beside the counts of their /24 (/120): so sparse
+addresses do not cost a Redis key each. The count of any prefix is one ``HMGET`` of at
+most 128 fields of one bucket.
 
 Rows (what ``cluster shared show`` prints): the nodes of the path-compressed binary trie
 over the addresses with a non-zero count, plus the /8 and /24 (IPv6 /32 and /64) that
@@ -73,7 +74,7 @@ def batch_args(
     for packed, value in items.items():
         family = len(packed)
         numbers = []
-        for level in range(family):
+        for level in range(family - 1):  # the leaves live in the last bucket
             prefix = packed[:level]
             number = pair_of.get((family, prefix))
             if number is None:
@@ -86,12 +87,16 @@ def batch_args(
 
 
 def count_plan(packed: bytes, plen: int) -> tuple[bytes, list[bytes]]:
-    """The bucket prefix and the child bytes whose counts add up to prefix ``packed/plen``."""
+    """The bucket prefix and the fields whose counts add up to prefix ``packed/plen``:
+    child bytes, or for prefixes longer than /24 (IPv6 /120) two-byte leaf fields."""
     if plen == 0:
         return b"", [bytes([b]) for b in range(_ROOT_BUCKET_FIELDS)]
     level = (plen - 1) // 8
     span = 1 << (8 * (level + 1) - plen)
     first = packed[level] & ~(span - 1) & 0xFF
+    if level == len(packed) - 1:  # leaves: in the bucket above, after their /24's byte
+        head = packed[level - 1 : level]
+        return packed[: level - 1], [head + bytes([b]) for b in range(first, first + span)]
     return packed[:level], [bytes([b]) for b in range(first, first + span)]
 
 
@@ -121,6 +126,15 @@ class Row:
     key: str
     count: int
     limit: str | None = None  # a throttle's rate, shown beside its use
+
+
+def _leaf_groups(bucket: Mapping[bytes, bytes]) -> dict[bytes, dict[bytes, bytes]]:
+    """The leaves of a last bucket, grouped by their /24 (IPv6 /120) byte."""
+    groups: dict[bytes, dict[bytes, bytes]] = {}
+    for key, value in bucket.items():
+        if len(key) == 2:
+            groups.setdefault(key[:1], {})[key[1:]] = value
+    return groups
 
 
 def _children(bucket: Mapping[bytes, bytes]) -> list[tuple[int, int]]:
@@ -161,8 +175,10 @@ class _Walker:
         if plen in self.forced and not branches:
             yield self.row(prefix, plen, sum(c for _, c in children))
         inner = [bytes([b]) for b, _ in children] if len(prefix) + 1 < self.family else []
-        # Fetch the child buckets of this bucket in one round trip.
-        fetched = dict(zip(inner, await self.fetch([prefix + b for b in inner]), strict=True))
+        if len(prefix) + 2 == self.family:  # the children's leaves are two-byte fields here
+            fetched = _leaf_groups(contents)
+        else:  # fetch the child buckets of this bucket in one round trip
+            fetched = dict(zip(inner, await self.fetch([prefix + b for b in inner]), strict=True))
         async for row in self.subtrie(prefix, children, fetched):
             yield row
 
@@ -247,9 +263,10 @@ async def leaves(client: Redis, keys: ObjectKeys, view: str) -> AsyncIterator[by
             batch = stack[-256:]
             del stack[-256:]
             for prefix, bucket in zip(batch, await walker.fetch(batch), strict=True):
+                if len(prefix) + 2 == family:  # the last bucket: its leaves are here
+                    for key, value in sorted(bucket.items()):
+                        if len(key) == 2 and int(value):
+                            yield prefix + key
+                    continue
                 for byte, _ in _children(bucket):
-                    child = prefix + bytes([byte])
-                    if len(child) == family:
-                        yield child
-                    else:
-                        stack.append(child)
+                    stack.append(prefix + bytes([byte]))
