@@ -163,3 +163,18 @@ async def test_http_outbound(nodes: list[Node]) -> None:
             ("/v1/connections/close", {"slot": 7}),
         ]:
             assert (await api.post(path, json=bad)).status == 400, (path, bad)
+
+
+async def test_console_lists_obtm_buckets(nodes: list[Node]) -> None:
+    from mcluster.console import ConsoleContext, run_command
+
+    for _ in range(3):
+        await nodes[0].outbound_message(Route("b1", "gmail.com"))
+    await nodes[1].outbound_message(Route("lone", "hotmail.com"))
+    ctx = ConsoleContext(nodes[0].client, nodes[0].keys)
+    result = await run_command(ctx, "cluster shared show OBTM")
+    assert result.data["type"] == "throttle table"
+    assert result.data["rows"] == [
+        {"key": "domain:hotmail.com", "count": 1, "limit": "5/60"},
+        {"key": "group:bg", "count": 3, "limit": "10/60"},
+    ]

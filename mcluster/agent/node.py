@@ -137,6 +137,7 @@ class Node:
         for family in ("OBTM", "OBTC"):
             if family in types:
                 self._families[family] = Throttles(lambda: self.scripts, self.keys, family)
+                self._managed[family] = family
         if throttle.OBJECT in types:
             self._managed[throttle.OBJECT] = throttle.OBJECT
             self._throttles = Throttles(lambda: self.scripts, self.keys)

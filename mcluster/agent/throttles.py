@@ -11,6 +11,7 @@ counted by Redis later: the error is on the side of counting too much, never too
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -177,8 +178,13 @@ class Throttles:
         return Decision(allow, 0, tuple((n, -1) for n, _ in request.limits), degraded=True)
 
     async def acquire_bucket(self, tdef: ThrottleDef, cost: int = 1) -> Decision:
-        """Count on a bucket defined by the config (OBTM, OBTC), not in Redis."""
-        self.defs[tdef.name] = tdef
+        """Count on a bucket defined by the config (OBTM, OBTC)."""
+        if self.defs.get(tdef.name) != tdef:  # first use, or the config changed its rate
+            self.defs[tdef.name] = tdef
+            with contextlib.suppress(*RETRY_ERRORS):  # so the console can list it
+                await self._scripts().client.hset(
+                    throttle.defs_key(self.okeys), tdef.name, tdef.model_dump_json()
+                )
         return await self._decide(Request(((tdef.name, cost),)))
 
     async def _decide(self, request: Request) -> Decision:

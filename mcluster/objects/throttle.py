@@ -22,6 +22,8 @@ from mcluster.store.keys import ObjectKeys, text
 from mcluster.store.scripts import Scripts
 
 OBJECT = "shared_named_throttles"
+#: The replication types whose objects are throttle tables (the console lists their use).
+FAMILIES = (OBJECT, "OBTM", "OBTC")
 MAX_COST = 1_000_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}$")
 

@@ -111,7 +111,7 @@ async def list_objects(
     infos = []
     for name, rtype in sorted(found.items()):
         kind = kind_for_type(rtype)
-        if kind is not None or rtype == throttle.OBJECT:
+        if kind is not None or rtype in throttle.FAMILIES:
             infos.append(ObjectInfo(name, rtype, kind))
     return infos
 
