@@ -273,6 +273,9 @@ class Node:
             task.cancel()  # the loops also check _stopping, should a cancel be swallowed
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
+        for task in self._tasks:  # a re-sync that failed as Redis went away: seen, logged
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.warning("%s ended with %r", task.get_name(), task.exception())
         self._tasks = []
         if self.member is not None:
             try:
@@ -280,7 +283,7 @@ class Node:
                     await self._leave(self.member, drain)
                 log.info("left the cluster as %s", self.member.private_name)
             except (TimeoutError, *RETRY_ERRORS) as exc:
-                log.error("could not flush and leave (%s); leaving anyway", exc or "timeout")
+                log.error("could not flush and leave (%r); leaving anyway", exc)
             self.member = None
         if self._client is not None:
             await self._client.aclose()
