@@ -44,6 +44,7 @@ from mcluster.config import ClusterConfig, parse_config
 from mcluster.objects import cidrtree
 from mcluster.store.keys import ClusterKeys, ObjectKeys, text
 from mcluster.store.scripts import Scripts, script_source, scripts_dir
+from tests.helpers import crash
 
 OBJ = "inbound_cidr"
 PER_AGENT = 1_000
@@ -224,17 +225,6 @@ async def kills(server: RedisServer, conf: Path, runs: int, hb: float, report: R
 
 
 # -- (2) reaping and (3) re-sync, in-process ---------------------------------------------
-
-
-async def crash(node: Node) -> None:
-    """Stop a node's tasks without leaving (tests/test_membership.py): it just goes silent."""
-    for task in node._tasks:
-        task.cancel()
-    for task in node._tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    node._tasks, node.member = [], None
-    await node.stop()
 
 
 def addresses(n: int, seed: int) -> list[str]:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from mcluster.agent.node import Node
 from mcluster.config import ClusterConfig, parse_config
 
 CONFIG_TEXT = """
@@ -118,3 +122,25 @@ class DroppingProxy:
         finally:
             cwriter.close()
             swriter.close()
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+    """Poll ``check`` until it holds; returns the seconds it took."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+async def crash(node: Node) -> None:
+    """Stop a node's tasks without leaving: to the cluster it simply went silent."""
+    for task in node._tasks:
+        task.cancel()
+    for task in node._tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    node._tasks = []
+    node.member = None
+    await node.stop()

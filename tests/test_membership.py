@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-from collections.abc import Awaitable, Callable
-
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
 from mcluster.store import members
 from mcluster.store.keys import ClusterKeys
+from tests.helpers import crash, until
 from tests.redis_servers import RedisServer
 
 FAST = """
@@ -21,28 +17,6 @@ cluster {
   Replicate "outbound_domains" {}
 }
 """
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
-    """Poll ``check`` until it holds; returns the seconds it took."""
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
-
-
-async def crash(node: Node) -> None:
-    """Stop a node's tasks without leaving: to the cluster it simply went silent."""
-    for task in node._tasks:
-        task.cancel()
-    for task in node._tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    node._tasks = []
-    node.member = None
-    await node.stop()
 
 
 async def test_dead_node_is_reaped(redis_server: RedisServer, namespace: str) -> None:

@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from mcluster import ConfigError, Node, parse_config
 from mcluster.agent.http import make_app
 from mcluster.objects.outbound import OBTM_OPTION, OutboundPolicy, Route
+from tests.helpers import crash, until
 from tests.redis_servers import RedisServer
-from tests.test_membership import crash, until
 
 CONF = """
 cluster {

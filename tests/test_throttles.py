@@ -270,7 +270,7 @@ async def test_local_quota_never_over_admits(redis_server: RedisServer, namespac
         await asyncio.gather(
             *(caller(node, i == 2) for i, node in enumerate(nodes) for _ in range(20))
         )
-        from tests.test_membership import crash
+        from tests.helpers import crash
 
         await crash(nodes[2])  # it dies holding whatever it had reserved
         stats = [vars(node.throttles.stats) for node in nodes[:2]]
