@@ -59,7 +59,8 @@ cluster {{
     max_delay = 0.2
     max_pending = 20
   }}
-}}
+{extra_cluster}}}
+{extra}
 """
 
 KEYS: dict[str, list[str]] = {
@@ -333,6 +334,8 @@ class Farm:
         lease_ttl: float = 1.5,
         redis_server: RedisServer | None = None,
         seed: int = 1,
+        extra_cluster: str = "",
+        extra: str = "",
     ) -> None:
         self.workdir = workdir
         self.heartbeat = heartbeat
@@ -342,7 +345,13 @@ class Farm:
         self.redis = redis_server or start_redis()
         self.config_path = workdir / f"{self.namespace}.conf"
         self.config_path.write_text(
-            CONFIG.format(heartbeat=heartbeat, lease_ttl=lease_ttl, namespace=self.namespace)
+            CONFIG.format(
+                heartbeat=heartbeat,
+                lease_ttl=lease_ttl,
+                namespace=self.namespace,
+                extra_cluster=extra_cluster,
+                extra=extra,
+            )
         )
         self.agents: dict[str, Agent] = {}
         #: node -> object -> key -> count: everything each live node recorded.
