@@ -524,7 +524,7 @@ class Proto:
                 keys, args = plan_one_arg(self.plans, th.okeys, requests, th.defs)
                 reply = await self.script(keys, args)
             else:
-                keys2, args2 = throttle.plan(th.okeys, requests, th.defs)
+                keys2, args2 = throttle.plan(th.okeys, requests, th.defs, th.node)
                 reply = await self.scripts.run("throttle_acquire", keys2, args2)
         except Exception as exc:
             for _, future, _ in batch:

@@ -1,5 +1,6 @@
 -- throttle_acquire: decide many throttle requests at once, each all-or-nothing.
 -- KEYS[1..K] one window hash per limit (bucket number -> count), all in one hash slot
+-- KEYS[K+1..2K] the deciding node's share of each window (what it admitted)
 -- ARGV[1] K   ARGV[2..1+3K] per limit: N (0 = unlimited), period ms, bucket ms
 -- then per request: flags (1 = force: count even over the limit, as Momentum's inc),
 --   m (limits named), m pairs (limit number 1..K, cost >= 0)
@@ -89,8 +90,10 @@ end
 for k = 1, K do
   local L = limits[k]
   if L.add > 0 then
-    redis.call('HINCRBY', KEYS[k], L.cur, L.add)
-    redis.call('PEXPIRE', KEYS[k], L.p + L.w)
+    for _, key in ipairs({KEYS[k], KEYS[K + k]}) do
+      redis.call('HINCRBY', key, L.cur, L.add)
+      redis.call('PEXPIRE', key, L.p + L.w)
+    end
   end
 end
 return out

@@ -1,5 +1,5 @@
 -- throttle_reserve: a node reserves a share of a throttle's budget (local quota mode).
--- KEYS[1] the throttle's window hash (bucket number -> count)
+-- KEYS[1] the throttle's window hash (bucket number -> count)   KEYS[2] this node's share
 -- ARGV[1] N   ARGV[2] period ms   ARGV[3] bucket ms   ARGV[4] tokens wanted
 -- ARGV[5] epsilon: at most this fraction of what is left may go to one reservation
 -- Return: {granted, ms left in the current bucket, bucket number, server time ms}.
@@ -25,7 +25,9 @@ local left = n - used
 local grant = math.min(want, math.max(1, math.floor(eps * left)), left)
 if grant < 1 then grant = 0 end
 if grant > 0 then
-  redis.call('HINCRBY', KEYS[1], cur, grant)
-  redis.call('PEXPIRE', KEYS[1], p + w)
+  for _, key in ipairs(KEYS) do
+    redis.call('HINCRBY', key, cur, grant)
+    redis.call('PEXPIRE', key, p + w)
+  end
 end
 return {grant, (cur + 1) * w - now, cur, now}

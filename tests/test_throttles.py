@@ -299,3 +299,31 @@ async def test_local_quota_never_over_admits(redis_server: RedisServer, namespac
     local = sum(s["local_decisions"] for s in stats)
     reserved = sum(s["reservations"] for s in stats)
     assert local > 5 * reserved, stats  # most decisions never touched Redis
+
+
+async def test_from_node_shows_one_nodes_share(redis_server: RedisServer, namespace: str) -> None:
+    from mcluster.console import ConsoleContext, run_command
+
+    cfg = parse_config(CONF.replace('"5/60"', '"5/60" mode = "local_quota"'))
+    async with (
+        Node(cfg, "relay-0-1", redis_server.url, namespace=namespace) as a,
+        Node(cfg, "relay-0-2", redis_server.url, namespace=namespace) as b,
+    ):
+        for _ in range(3):
+            assert (await a.throttles.acquire([("t1", 2)])).allowed
+        assert (await b.throttles.acquire([("t1", 1)])).allowed
+        assert (await b.throttles.acquire([("strict", 1)])).allowed  # reserves locally
+        ctx = ConsoleContext(a.client, a.keys)
+
+        async def used(node: str) -> dict[str, int]:
+            line = "cluster shared show shared_named_throttles" + (f" from {node}" if node else "")
+            result = await run_command(ctx, line)
+            return {r["key"]: r["count"] for r in result.data["rows"]}
+
+        assert (await used(""))["t1"] == 7
+        assert (await used("relay-0-1"))["t1"] == 6
+        assert (await used("relay-0-2"))["t1"] == 1
+        share = (await used("relay-0-2"))["strict"]
+        assert share == (await used(""))["strict"] >= 1  # reserved tokens count as its share
+        await b.throttles.release()  # unspent tokens go back, in both windows
+        assert (await used("relay-0-2"))["strict"] == (await used(""))["strict"] == 1

@@ -136,11 +136,13 @@ class Node:
             self._slots = slots.Slots(lambda: self.scripts, box, self.outbound)
         for family in ("OBTM", "OBTC"):
             if family in types:
-                self._families[family] = Throttles(lambda: self.scripts, self.keys, family)
+                self._families[family] = Throttles(
+                    lambda: self.scripts, self.keys, family, self.name
+                )
                 self._managed[family] = family
         if throttle.OBJECT in types:
             self._managed[throttle.OBJECT] = throttle.OBJECT
-            self._throttles = Throttles(lambda: self.scripts, self.keys)
+            self._throttles = Throttles(lambda: self.scripts, self.keys, throttle.OBJECT, self.name)
             await self._throttles.load(throttle.config_throttles(self.config))
         await self._join()
         self._tasks = [

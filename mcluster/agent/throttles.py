@@ -62,9 +62,14 @@ class Throttles:
     """The named throttles as one node sees them: definitions and batched decisions."""
 
     def __init__(
-        self, scripts: Callable[[], Scripts], keys: ClusterKeys, family: str = throttle.OBJECT
+        self,
+        scripts: Callable[[], Scripts],
+        keys: ClusterKeys,
+        family: str = throttle.OBJECT,
+        node: str = "",
     ) -> None:
         self._scripts = scripts
+        self.node = node  # whose share of the windows this counts in
         self.okeys = keys.object(family)
         self.defs: dict[str, ThrottleDef] = {}
         self.stats = ThrottleStats()
@@ -123,7 +128,7 @@ class Throttles:
                 async with asyncio.timeout(tdef.deadline_ms / 1000):
                     grant, left_ms, bucket, _ = await self._scripts().run(
                         "throttle_reserve",
-                        [throttle.window_key(self.okeys, tdef.name)],
+                        self._windows(tdef.name),
                         [rate.count, rate.period_ms, rate.bucket_ms, want, tdef.epsilon],
                     )
             except (TimeoutError, *RETRY_ERRORS):
@@ -154,11 +159,17 @@ class Throttles:
             return Decision(False, max(1, int((res.full_until - now) * 1000)), ((name, 0),))
         return None
 
+    def _windows(self, name: str) -> list[str]:
+        return [
+            throttle.window_key(self.okeys, name),
+            throttle.window_key(self.okeys, name, self.node),
+        ]
+
     async def _give_back(self, name: str, res: Reservation) -> None:
         """Hand back what an earlier reservation did not spend."""
         if res.tokens > 0 and res.bucket >= 0:
             back = await self._scripts().run(
-                "throttle_return", [throttle.window_key(self.okeys, name)], [res.bucket, res.tokens]
+                "throttle_return", self._windows(name), [res.bucket, res.tokens]
             )
             self.stats.returned += int(back)
             res.tokens = 0
@@ -212,7 +223,7 @@ class Throttles:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             requests = [r for r, _ in batch]
-            keys, args = throttle.plan(self.okeys, requests, self.defs)
+            keys, args = throttle.plan(self.okeys, requests, self.defs, self.node)
             try:
                 reply = await self._scripts().run("throttle_acquire", keys, args)
             except Exception as exc:

@@ -69,8 +69,9 @@ def defs_key(okeys: ObjectKeys) -> str:
     return f"{okeys.base}:defs"
 
 
-def window_key(okeys: ObjectKeys, name: str) -> str:
-    return f"{okeys.base}:w:{name}"
+def window_key(okeys: ObjectKeys, name: str, node: str | None = None) -> str:
+    """The window of a throttle: the cluster's, or one node's share of it."""
+    return f"{okeys.base}:w:{name}" if node is None else f"{okeys.base}:n:{node}:w:{name}"
 
 
 async def define(scripts: Scripts, okeys: ObjectKeys, tdef: ThrottleDef) -> bool:
@@ -134,7 +135,10 @@ def check_request(request: Request, defs: Mapping[str, ThrottleDef]) -> None:
 
 
 def plan(
-    okeys: ObjectKeys, requests: Sequence[Request], defs: Mapping[str, ThrottleDef]
+    okeys: ObjectKeys,
+    requests: Sequence[Request],
+    defs: Mapping[str, ThrottleDef],
+    node: str,
 ) -> tuple[list[str], list[int | str]]:
     """KEYS and ARGV of one ``throttle_acquire`` call deciding ``requests``."""
     number: dict[str, int] = {}
@@ -151,7 +155,8 @@ def plan(
                 keys.append(window_key(okeys, name))
                 head += [rate.count, rate.period_ms, rate.bucket_ms]
             tail += [k, cost]
-    return keys, [len(keys), *head, *tail]
+    shares = [window_key(okeys, name, node) for name in number]
+    return keys + shares, [len(keys), *head, *tail]
 
 
 def decisions(requests: Sequence[Request], reply: Sequence[int]) -> list[Decision]:
@@ -171,8 +176,11 @@ def decisions(requests: Sequence[Request], reply: Sequence[int]) -> list[Decisio
     return out
 
 
-async def usage(client: Redis, okeys: ObjectKeys) -> list[tuple[str, int, str]]:
-    """(name, used in the current window, rate) for every defined throttle."""
+async def usage(
+    client: Redis, okeys: ObjectKeys, node: str | None = None
+) -> list[tuple[str, int, str]]:
+    """(name, used in the current window, rate) for every defined throttle, cluster-wide
+    or by one node (its share)."""
     defs = await load_defs(client, okeys)
     seconds, micros = await client.time()
     now = int(seconds) * 1000 + int(micros) // 1000
@@ -180,7 +188,7 @@ async def usage(client: Redis, okeys: ObjectKeys) -> list[tuple[str, int, str]]:
     for name in sorted(defs):
         rate = defs[name].parsed
         oldest = (now - rate.period_ms) // rate.bucket_ms
-        raw = cast(dict[bytes, bytes], await client.hgetall(window_key(okeys, name)))
+        raw = cast(dict[bytes, bytes], await client.hgetall(window_key(okeys, name, node)))
         used = sum(int(c) for b, c in raw.items() if int(b) >= oldest)
         rows.append((name, used, str(rate)))
     return rows

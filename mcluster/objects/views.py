@@ -166,7 +166,7 @@ async def show(
     info = await find_object(client, keys, name, configured)
     okeys = keys.object(name)
     if info.kind is None:
-        return await _throttle_table(client, okeys, limit)
+        return await _throttle_table(client, okeys, limit, node)
     view, label = await resolve_view(client, keys, okeys, node)
     meta = cast(dict[bytes, bytes], await client.hgetall(okeys.meta(view)))
     rows: list[Row] = []
@@ -205,14 +205,20 @@ async def count(
     return await info.kind.count(client, okeys, view, key)
 
 
-async def _throttle_table(client: Redis, okeys: ObjectKeys, limit: int | None) -> Listing:
-    """The named throttles with their use in the current window and their rate."""
-    rows = [Row(n, used, rate) for n, used, rate in await throttle.usage(client, okeys)]
+async def _throttle_table(
+    client: Redis, okeys: ObjectKeys, limit: int | None, node: str | None
+) -> Listing:
+    """The throttles with their use in the current window (cluster-wide, or one node's
+    share with ``node``) and their rate."""
+    if node == "global":
+        node = None
+    used = await throttle.usage(client, okeys, node)
+    rows = [Row(n, count, rate) for n, count, rate in used]
     return Listing(
         object=okeys.name,
         type=THROTTLE_TABLE,
-        view="global",
-        node=None,
+        view=node or "global",
+        node=node,
         rows=rows[:limit] if limit is not None else rows,
         total_rows=len(rows),
         distinct_keys=len(rows),
