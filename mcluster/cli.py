@@ -101,6 +101,29 @@ def _redis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_check(path: str) -> int:
+    """The grammar and models, then what the objects read from the config (throttles,
+    outbound caps): every problem as ``FILE:LINE:COL: message``, exit 1."""
+    from mcluster.objects.outbound import OutboundPolicy
+    from mcluster.objects.throttle import config_throttles
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    issues = []
+    for check in (config_throttles, OutboundPolicy):
+        try:
+            check(config)
+        except ConfigError as exc:
+            issues += exc.issues
+    if issues:
+        print(str(ConfigError(issues)), file=sys.stderr)
+        return 1
+    return check_command(path)
+
+
 def _fail(message: str, code: int = 1) -> int:
     print(f"mcluster: {message}", file=sys.stderr)
     return code
@@ -114,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "console":
             return _console(args)
         if args.command == "config":
-            return check_command(args.file)
+            return _config_check(args.file)
         if args.command == "demo":
             return _demo(args)
         return _redis(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -178,3 +179,23 @@ async def test_console_lists_obtm_buckets(nodes: list[Node]) -> None:
         {"key": "domain:hotmail.com", "count": 1, "limit": "5/60"},
         {"key": "group:bg", "count": 3, "limit": "10/60"},
     ]
+
+
+def test_config_check_reports_throttle_and_cap_errors(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.conf"
+    bad.write_text(
+        'cluster {\n  Replicate "shared_named_throttles" {}\n'
+        '  Shared_Throttle "x" { rate = "10/0" }\n}\n'
+        'Domain "hotmail.com" {\n  cluster_max_outbound_connections = "lots"\n}\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mcluster", "config", "check", str(bad)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"{bad}:3:3: Shared_Throttle 'x': rate: bad rate '10/0'")
+    assert lines[1].startswith(f"{bad}:6:3: cluster_max_outbound_connections: expected a whole")
