@@ -143,3 +143,22 @@ def test_reference_sample_rows(redis_server: RedisServer, namespace: str) -> Non
         ("10.0.0.180/32", 14),
         ("10.0.0.181/32", 13),
     ]
+
+
+def test_dense_16_is_listed_and_drained_in_pages(redis_server: RedisServer, namespace: str) -> None:
+    """A /16 with more leaves than one HGETALL may read is paged, and still exact."""
+    counts = {f"10.1.{i // 250}.{i % 250}": 1 + i % 3 for i in range(cidrtree.LARGE_BUCKET + 700)}
+
+    async def run() -> None:
+        cfg = config()
+        async with Node(cfg, "relay-0-1", redis_server.url, namespace=namespace) as node:
+            for address, n in counts.items():
+                node.record("inbound_cidr", address, n)
+            await node.flush()
+            listing = await node.show("inbound_cidr", limit=None)
+            assert listing.rows == cidrtree.model_rows(counts)
+            assert await node.count("inbound_cidr", "10.1.0.0/16") == sum(counts.values())
+        async with Node(cfg, "observer", redis_server.url, namespace=namespace) as observer:
+            assert await observer.count("inbound_cidr", "0.0.0.0/0") == 0  # drained in pages
+
+    asyncio.run(run())

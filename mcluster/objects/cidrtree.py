@@ -28,6 +28,8 @@ from mcluster.store.keys import ObjectKeys
 KIND = "cidrtree"
 FORCED = {4: (8, 24), 16: (32, 64)}
 _ROOT_BUCKET_FIELDS = 256
+#: Fields of a bucket read with one HGETALL; bigger (dense) last buckets are paged.
+LARGE_BUCKET = 2048
 
 
 def parse_address(text: str) -> bytes:
@@ -150,10 +152,30 @@ class _Walker:
         self.forced = FORCED[family]
 
     async def fetch(self, prefixes: Sequence[bytes]) -> list[dict[bytes, bytes]]:
+        """The contents of some buckets: one pipelined HGETALL each, except that a last
+        bucket (which holds leaves, up to 65,536) bigger than ``LARGE_BUCKET`` fields is
+        read in HSCAN pages, so no single command reads a dense /16 whole."""
+        keys = [bucket_key(self.keys, self.view, p, self.family) for p in prefixes]
+        sizes = [0] * len(keys)
+        last = [i for i, p in enumerate(prefixes) if len(p) + 2 == self.family]
+        if last:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for i in last:
+                    pipe.hlen(keys[i])
+                for i, size in zip(last, await pipe.execute(), strict=True):
+                    sizes[i] = int(size)
         async with self.client.pipeline(transaction=False) as pipe:
-            for prefix in prefixes:
-                pipe.hgetall(bucket_key(self.keys, self.view, prefix, self.family))
-            result: list[dict[bytes, bytes]] = await pipe.execute()
+            for key, size in zip(keys, sizes, strict=True):
+                if size <= LARGE_BUCKET:
+                    pipe.hgetall(key)
+            small = iter(await pipe.execute())
+        result: list[dict[bytes, bytes]] = []
+        for key, size in zip(keys, sizes, strict=True):
+            if size <= LARGE_BUCKET:
+                result.append(next(small))
+            else:
+                pages = self.client.hscan_iter(key, count=LARGE_BUCKET // 2)
+                result.append({k: v async for k, v in pages})
         return result
 
     def row(self, prefix: bytes, plen: int, total: int) -> Row:
