@@ -29,7 +29,7 @@ from mcluster.agent.slots import SlotDecision
 from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
 from mcluster.objects import outbound, throttle, views
-from mcluster.objects.kinds import GAUGE_TABLE, kind_for_type
+from mcluster.objects.kinds import GAUGE_TABLE, Kind, kind_for_type
 from mcluster.objects.outbound import OutboundPolicy, Route
 from mcluster.objects.throttle import Decision, ThrottleDef
 from mcluster.store import members
@@ -122,16 +122,11 @@ class Node:
                 log.info("object %s: type %s is not replicated by this release", obj.name, obj.type)
                 continue
             managed[obj.name] = obj.type
-            box = Outbox(obj.name, kind, self.keys.object(obj.name), "", obj.max_pending,
-                         obj.max_delay, max_buffered=self.max_buffered)  # fmt: skip
-            box.on_stale = self._resync_needed.set
-            self.outboxes[obj.name] = box
+            self._add_outbox(obj.name, kind, obj.max_pending, obj.max_delay)
         self._managed = managed
         types = {o.type for o in self.config.objects}
         if types & {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}:
-            box = Outbox(slots.OBJECT, GAUGE_TABLE, self.keys.object(slots.OBJECT), "", 100, 1.0)
-            box.on_stale = self._resync_needed.set
-            self.outboxes[slots.OBJECT] = box
+            box = self._add_outbox(slots.OBJECT, GAUGE_TABLE, 100, 1.0)
             self._managed[slots.OBJECT] = "outbound_binding_domains"
             self._slots = slots.Slots(lambda: self.scripts, box, self.outbound)
         for family in ("OBTM", "OBTC"):
@@ -151,6 +146,18 @@ class Node:
         ]
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._tasks.append(asyncio.create_task(self._reap_loop()))
+
+    def _add_outbox(self, name: str, kind: Kind, max_pending: int, max_delay: float) -> Outbox:
+        box = Outbox(name, kind, self.keys.object(name), "", max_pending, max_delay,
+                     max_buffered=self.max_buffered)  # fmt: skip
+        box.on_stale = self._resync_needed.set
+        self.outboxes[name] = box
+        return box
+
+    async def _retire_own(self, box: Outbox) -> None:
+        """Take this node's view of one object out of the cluster (refuse, then drain)."""
+        await reaper.retire(self.scripts, box.keys, box.view, self.name)
+        await reaper.drain(self.scripts, self.keys, box.kind, box.keys, box.view, self.name)
 
     async def _join(self) -> None:
         """A new epoch and private name, the lease, and a fresh view in every object."""
@@ -178,13 +185,9 @@ class Node:
         async with contextlib.AsyncExitStack() as held:
             for box in self.outboxes.values():
                 await held.enter_async_context(box.lock)
-            old = self.member
-            if old is not None:
+            if self.member is not None:
                 for box in self.outboxes.values():
-                    await reaper.retire(self.scripts, box.keys, box.view, self.name)
-                    await reaper.drain(
-                        self.scripts, self.keys, box.kind, box.keys, box.view, self.name
-                    )
+                    await self._retire_own(box)
             await self._join()
             for box in self.outboxes.values():
                 await box.snapshot_locked(self.scripts)
@@ -300,10 +303,7 @@ class Node:
         if drain:
             for box in self.outboxes.values():
                 async with box.lock:
-                    await reaper.retire(self.scripts, box.keys, box.view, self.name)
-                    await reaper.drain(
-                        self.scripts, self.keys, box.kind, box.keys, box.view, self.name
-                    )
+                    await self._retire_own(box)
         await membership.release_leader(self.scripts, self.keys, member)
         await members.leave(self.client, self.keys, member)
 
