@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
 from mcluster.store import members
@@ -19,13 +22,19 @@ cluster {
 """
 
 
-async def test_dead_node_is_reaped(redis_server: RedisServer, namespace: str) -> None:
+@contextlib.asynccontextmanager
+async def two_nodes(server: RedisServer, namespace: str) -> AsyncIterator[tuple[Node, Node]]:
+    """Two started nodes with the fast settings; both leave at the end (a crashed one too)."""
     cfg = parse_config(FAST)
-    a = Node(cfg, "relay-0-1", redis_server.url, namespace=namespace)
-    b = Node(cfg, "relay-0-2", redis_server.url, namespace=namespace)
-    await a.start()
-    await b.start()
-    try:
+    async with (
+        Node(cfg, "relay-0-1", server.url, namespace=namespace) as a,
+        Node(cfg, "relay-0-2", server.url, namespace=namespace) as b,
+    ):
+        yield a, b
+
+
+async def test_dead_node_is_reaped(redis_server: RedisServer, namespace: str) -> None:
+    async with two_nodes(redis_server, namespace) as (a, b):
         for i in range(300):
             a.record("inbound_cidr", f"10.0.{i % 3}.{i % 250}", 1)
             b.record("inbound_cidr", f"10.9.{i % 5}.{i % 200}", 1)
@@ -50,8 +59,6 @@ async def test_dead_node_is_reaped(redis_server: RedisServer, namespace: str) ->
 
         await until(gone, 1.0, "the dead node leaves the membership")
         assert took < 1.6
-    finally:
-        await a.stop()
 
 
 async def test_leader_moves_when_leader_dies(redis_server: RedisServer, namespace: str) -> None:
@@ -90,12 +97,7 @@ async def test_leader_moves_when_leader_dies(redis_server: RedisServer, namespac
 
 
 async def test_flushall_resyncs_everyone(redis_server: RedisServer, namespace: str) -> None:
-    cfg = parse_config(FAST)
-    a = Node(cfg, "relay-0-1", redis_server.url, namespace=namespace)
-    b = Node(cfg, "relay-0-2", redis_server.url, namespace=namespace)
-    await a.start()
-    await b.start()
-    try:
+    async with two_nodes(redis_server, namespace) as (a, b):
         a.record("inbound_cidr", "10.0.0.1", 3)
         b.record("inbound_cidr", "10.0.0.1", 2)
         b.record("inbound_cidr", "2001:db8::7", 1)
@@ -119,9 +121,6 @@ async def test_flushall_resyncs_everyone(redis_server: RedisServer, namespace: s
         assert a.rejoins >= 1 and b.rejoins >= 1
         assert a.member is not None and a.member.epoch > epochs[0]
         assert b.member is not None and b.member.epoch > epochs[1]
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_retired_view_rejoins_with_snapshot(
