@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mcluster.objects.kinds import Kind
-from mcluster.store.keys import GLOBAL, ObjectKeys
+from mcluster.store.keys import ObjectKeys
 from mcluster.store.scripts import Scripts
 
 log = logging.getLogger("mcluster.agent")
@@ -31,8 +31,6 @@ BATCH_LIMIT = 64
 SNAPSHOT_LIMIT = 32
 #: Keys remembered as already validated, per object (cleared when full).
 KNOWN_KEYS_LIMIT = 65536
-#: Batches kept in an object's change stream (each holds up to BATCH_LIMIT changes).
-STREAM_MAXLEN = 2000
 RETRY_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -176,16 +174,7 @@ class Outbox:
     ) -> None:
         """One batch under a new seq, retried with backoff until applied (exactly once)."""
         self.seq += 1
-        data_keys, tail = self.kind.batch_args(self.keys, self.view, items)
-        keys = [
-            self.keys.seq,
-            self.keys.views,
-            self.keys.stream,
-            self.keys.meta(GLOBAL),
-            self.keys.meta(self.view),
-            *data_keys,
-        ]
-        args = [self.view, self.seq, mode, STREAM_MAXLEN, self.keys.channel, *tail]
+        keys, args = self.kind.apply_call(self.keys, self.view, items, self.seq, mode)
         delay = 0.02
         while True:
             try:

@@ -18,9 +18,9 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from mcluster.agent.outbox import STREAM_MAXLEN, key_cost
+from mcluster.agent.outbox import key_cost
 from mcluster.objects.kinds import Kind
-from mcluster.store.keys import GLOBAL, ClusterKeys, ObjectKeys, text
+from mcluster.store.keys import ClusterKeys, ObjectKeys, text
 from mcluster.store.scripts import Scripts
 
 log = logging.getLogger("mcluster.reaper")
@@ -108,14 +108,9 @@ async def _zero(
     keys: ClusterKeys,
 ) -> int:
     """Set one chunk of a retired view to zero (and out of the global view)."""
-    data_keys, tail = kind.batch_args(okeys, view, dict.fromkeys(chunk, 0))
+    call_keys, args = kind.apply_call(okeys, view, dict.fromkeys(chunk, 0), 0, "r")
     try:
-        await scripts.run(
-            kind.script,
-            [okeys.seq, okeys.reaping, okeys.stream, okeys.meta(GLOBAL), okeys.meta(view),
-             *data_keys],
-            [view, 0, "r", STREAM_MAXLEN, okeys.channel, *tail],
-        )  # fmt: skip
+        await scripts.run(kind.script, call_keys, args)
     except ResponseError as exc:
         if str(exc).startswith("STALE"):  # another drainer finished and closed it
             raise Closed from None

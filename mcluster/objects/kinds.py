@@ -13,9 +13,11 @@ from redis.asyncio import Redis
 
 from mcluster.objects import cidrtree, gauge
 from mcluster.objects.cidrtree import Row
-from mcluster.store.keys import ObjectKeys
+from mcluster.store.keys import GLOBAL, ObjectKeys
 
 Argv = list[bytes | str | int]
+#: Batches kept in an object's change stream (each holds a batch's changes).
+STREAM_MAXLEN = 2000
 BatchArgs = Callable[[ObjectKeys, str, Mapping[bytes, int]], tuple[list[str], Argv]]
 
 
@@ -33,6 +35,16 @@ class Kind:
     total_rows: Callable[[Mapping[bytes, bytes]], int]
     distinct_keys: Callable[[Mapping[bytes, bytes]], int]
     model_rows: Callable[[Mapping[str, int]], list[Row]]
+
+    def apply_call(
+        self, okeys: ObjectKeys, view: str, items: Mapping[bytes, int], seq: int, mode: str
+    ) -> tuple[list[str], Argv]:
+        """KEYS and ARGV of this kind's apply script (contract in ``lua_scripts/_batch.lua``):
+        mode "d" deltas or "s" a snapshot of a live view, "r" zeroing a retired one."""
+        data_keys, tail = self.batch_args(okeys, view, items)
+        registry = okeys.reaping if mode == "r" else okeys.views
+        keys = [okeys.seq, registry, okeys.stream, okeys.meta(GLOBAL), okeys.meta(view)]
+        return keys + data_keys, [view, seq, mode, STREAM_MAXLEN, okeys.channel, *tail]
 
     @property
     def description(self) -> str:
