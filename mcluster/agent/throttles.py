@@ -137,10 +137,8 @@ class Throttles:
             await self._give_back(tdef.name, res)
             res.tokens, res.bucket, res.spent = int(grant), int(bucket), 0
             res.expires = sent + int(left_ms) / 1000
-            if res.tokens >= cost:
-                res.tokens -= cost
-                res.spent += cost
-                return Decision(True, 0, ((tdef.name, res.tokens),))
+            if res.tokens >= cost and (spent := self._spend(tdef.name, res, cost)) is not None:
+                return spent
         decision = await self._decide(Request(((tdef.name, cost),)))  # full: the exact answer
         if not decision.allowed and decision.retry_after_ms > 0:
             res.full_until = time.monotonic() + decision.retry_after_ms / 1000
