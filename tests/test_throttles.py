@@ -327,3 +327,14 @@ async def test_from_node_shows_one_nodes_share(redis_server: RedisServer, namesp
         assert share == (await used(""))["strict"] >= 1  # reserved tokens count as its share
         await b.throttles.release()  # unspent tokens go back, in both windows
         assert (await used("relay-0-2"))["strict"] == (await used(""))["strict"] == 1
+
+
+async def test_count_of_a_throttle_by_node(redis_server: RedisServer, namespace: str) -> None:
+    async with (
+        Node(parse_config(CONF), "relay-0-1", redis_server.url, namespace=namespace) as a,
+        Node(parse_config(CONF), "relay-0-2", redis_server.url, namespace=namespace) as b,
+    ):
+        await a.throttles.acquire([("t1", 3)])
+        await b.throttles.acquire([("t1", 2)])
+        assert await a.count("shared_named_throttles", "t1") == 5
+        assert await a.count("shared_named_throttles", "t1", "relay-0-2") == 2

@@ -198,11 +198,16 @@ async def count(
     """Exact count of a key (or, in a CIDR tree, any prefix) in one view."""
     info = await find_object(client, keys, name, configured)
     okeys = keys.object(name)
-    if info.kind is None:
-        used = {n: u for n, u, _ in await throttle.usage(client, okeys)}
+    if info.kind is None:  # a throttle's use, cluster-wide or one node's share
+        used = {n: u for n, u, _ in await throttle.usage(client, okeys, _share(node))}
         return used.get(key, 0)
     view, _ = await resolve_view(client, keys, okeys, node)
     return await info.kind.count(client, okeys, view, key)
+
+
+def _share(node: str | None) -> str | None:
+    """Whose share of a throttle table to read: None (or "global") is the cluster's."""
+    return None if node in (None, "global") else node
 
 
 async def _throttle_table(
@@ -210,8 +215,7 @@ async def _throttle_table(
 ) -> Listing:
     """The throttles with their use in the current window (cluster-wide, or one node's
     share with ``node``) and their rate."""
-    if node == "global":
-        node = None
+    node = _share(node)
     used = await throttle.usage(client, okeys, node)
     rows = [Row(n, count, rate) for n, count, rate in used]
     return Listing(
