@@ -148,13 +148,18 @@ def start_redis_on(port: int, binary: str, timeout: float = 10.0) -> RedisServer
         time.sleep(0.1)  # the port is not free yet
 
 
+DROP = -1.0  # in the reply queue: swallow this reply
+
+
 class RedisProxy:
     """A loopback TCP proxy to Redis that can slow chosen commands of the agents behind it.
 
     ``delay_command[token] = s``: a request containing ``token`` (e.g. a script's SHA1) is
     held ``s`` seconds before it reaches Redis. ``delay_reply[token] = s``: the reply to a
     request containing ``token`` (e.g. ``HEXISTS``) is held ``s`` seconds. Order on each
-    connection is kept; other connections are not slowed.
+    connection is kept; other connections are not slowed. ``drop_reply_to = token``: Redis
+    runs the next request containing ``token`` but its reply is swallowed and the client's
+    connection closed (a lost reply); an error reply (NOSCRIPT) re-arms it for the retry.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -162,6 +167,8 @@ class RedisProxy:
         self.delay_command: dict[bytes, float] = {}
         self.delay_reply: dict[bytes, float] = {}
         self.delayed = 0
+        self.drop_reply_to: bytes | None = None
+        self.dropped = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -188,8 +195,10 @@ class RedisProxy:
         sreader, swriter = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers |= {cwriter, swriter}
         replies: asyncio.Queue[float] = asyncio.Queue()
+        armed: bytes | None = None
 
         async def upstream() -> None:
+            nonlocal armed
             while data := await creader.read(65536):
                 if delay := self._match(self.delay_command, data):
                     self.delayed += 1
@@ -197,13 +206,25 @@ class RedisProxy:
                 if delay := self._match(self.delay_reply, data):
                     self.delayed += 1
                     replies.put_nowait(delay)
+                elif self.drop_reply_to and self.drop_reply_to.upper() in data.upper():
+                    replies.put_nowait(DROP)
+                    armed, self.drop_reply_to = self.drop_reply_to, None
                 swriter.write(data)
                 await swriter.drain()
 
         async def downstream() -> None:
             while data := await sreader.read(65536):
                 if not replies.empty():
-                    await asyncio.sleep(replies.get_nowait())
+                    delay = replies.get_nowait()
+                    if delay == DROP and data.startswith(b"-"):  # NOSCRIPT: drop the retry's
+                        self.drop_reply_to = armed
+                    elif delay == DROP:  # Redis ran it; the client never hears
+                        self.dropped += 1
+                        cwriter.close()
+                        swriter.close()
+                        return
+                    else:
+                        await asyncio.sleep(delay)
                 cwriter.write(data)
                 await cwriter.drain()
 

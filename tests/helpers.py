@@ -1,4 +1,4 @@
-"""Shared test helpers: a config, a model of what the views must hold, a reply-dropping proxy."""
+"""Shared test helpers: a config, a model of what the views must hold, crash() and until()."""
 
 from __future__ import annotations
 
@@ -59,69 +59,6 @@ class Model:
             for k, v in self.node_view(n, obj).items():
                 total[k] += v
         return dict(total)
-
-
-class DroppingProxy:
-    """A loopback TCP proxy to Redis that can swallow the reply to one EVALSHA.
-
-    When armed, it forwards the next EVALSHA to Redis, waits until Redis has answered
-    (so the script really ran), then closes the client's connection instead of passing
-    the reply on: the client sees a lost reply and must retry.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.armed = False
-        self.dropped = 0
-        self.server: asyncio.Server | None = None
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-    async def _serve(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
-        sreader, swriter = await asyncio.open_connection("127.0.0.1", self.target_port)
-        drop_next_reply = asyncio.Event()
-
-        async def upstream() -> None:
-            while data := await creader.read(65536):
-                if self.armed and b"EVALSHA" in data.upper():
-                    self.armed = False
-                    drop_next_reply.set()
-                swriter.write(data)
-                await swriter.drain()
-            swriter.close()
-
-        async def downstream() -> None:
-            while data := await sreader.read(65536):
-                if drop_next_reply.is_set() and not data.startswith(b"-"):
-                    self.dropped += 1
-                    cwriter.close()
-                    swriter.close()
-                    return
-                if drop_next_reply.is_set():  # an error (NOSCRIPT): drop the retry's reply
-                    self.armed = True
-                    drop_next_reply.clear()
-                cwriter.write(data)
-                await cwriter.drain()
-            cwriter.close()
-
-        try:
-            await asyncio.gather(upstream(), downstream())
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            cwriter.close()
-            swriter.close()
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:

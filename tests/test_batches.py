@@ -8,22 +8,23 @@ import redis
 from mcluster.agent import reaper
 from mcluster.agent.node import Node
 from mcluster.store.scripts import script_source, scripts_dir
-from tests.helpers import DroppingProxy, config
+from tests.agents import RedisProxy
+from tests.helpers import config
 from tests.redis_servers import RedisServer
 
 
 async def test_lost_reply_is_retried_without_double_count(
     redis_server: RedisServer, namespace: str
 ) -> None:
-    proxy = DroppingProxy(redis_server.port)
+    proxy = RedisProxy(redis_server.port)
     await proxy.start()
     try:
-        url = f"redis://127.0.0.1:{proxy.port}/0"
+        url = proxy.url
         async with Node(config(), "relay-0-1", url, namespace=namespace) as node:
             node.record("inbound_cidr", "10.0.0.180", 5)
             node.record("outbound_domains", "aol.com", 2)
             await node.flush()
-            proxy.armed = True  # Redis will run the next batch, but its reply is lost
+            proxy.drop_reply_to = b"EVALSHA"  # Redis runs the next batch; its reply is lost
             node.record("inbound_cidr", "10.0.0.180", 3)
             node.record("inbound_cidr", "2001:db8::1", 1)
             await node.flush()
