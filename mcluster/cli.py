@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--node", default=os.environ.get(ENV_NODE), help="this node's name")
     agent.add_argument("--redis", help="Redis URL (default: $MCLUSTER_REDIS_URL, else embedded)")
     agent.add_argument("--listen", default="127.0.0.1:4802", help="HTTP API address")
+    agent.add_argument("--policy", metavar="HOST:PORT", help="serve Postfix's policy protocol")
     agent.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
     console = sub.add_parser("console", help="the operator console (Momentum's commands)")
@@ -68,6 +69,8 @@ def _agent(args: argparse.Namespace) -> int:
     from mcluster.agent.main import run_agent, split_listen
 
     split_listen(args.listen)
+    if args.policy:
+        split_listen(args.policy)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -75,7 +78,7 @@ def _agent(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     url = resolve_redis_url(args.redis)
     try:
-        asyncio.run(run_agent(config, args.node, url, args.listen))
+        asyncio.run(run_agent(config, args.node, url, args.listen, args.policy))
     except (RedisConnectionError, OSError) as exc:
         return _fail(f"cannot reach Redis at {redact_url(url)}: {exc}")
     return 0
@@ -105,6 +108,7 @@ def _config_check(path: str) -> int:
     """The grammar and models, then what the objects read from the config (throttles,
     outbound caps): every problem as ``FILE:LINE:COL: message``, exit 1."""
     from mcluster.objects.outbound import OutboundPolicy
+    from mcluster.objects.policy import policy_config
     from mcluster.objects.throttle import config_throttles
 
     try:
@@ -113,7 +117,7 @@ def _config_check(path: str) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     issues = []
-    for check in (config_throttles, OutboundPolicy):
+    for check in (config_throttles, OutboundPolicy, policy_config):
         try:
             check(config)
         except ConfigError as exc:

@@ -432,15 +432,16 @@ class Farm:
 
     # -- agents ------------------------------------------------------------------------------
 
-    def spawn(self, name: str, redis_url: str | None = None) -> Agent:
-        """Start agent ``name`` (on the farm's Redis, or ``redis_url``, e.g. a proxy)."""
+    def spawn(self, name: str, redis_url: str | None = None, args: Iterable[str] = ()) -> Agent:
+        """Start agent ``name`` (on the farm's Redis, or ``redis_url``, e.g. a proxy), with
+        more command-line ``args`` (e.g. ``--policy 127.0.0.1:PORT``)."""
         port = free_port()
         log_path = self.workdir / f"{self.namespace}-{name}.log"
         env = {**os.environ, "MCLUSTER_REDIS_URL": redis_url or self.redis.url}
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mcluster", "agent", "--config", str(self.config_path),
-                 "--node", name, "--listen", f"127.0.0.1:{port}"],
+                 "--node", name, "--listen", f"127.0.0.1:{port}", *args],
                 env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
             )  # fmt: skip
         agent = Agent(name, port, proc, log_path)
@@ -448,10 +449,16 @@ class Farm:
         self.model[name] = {obj: {} for obj in OBJECTS}
         return agent
 
-    async def start(self, *names: str, timeout: float = 20.0, redis_url: str | None = None) -> None:
+    async def start(
+        self,
+        *names: str,
+        timeout: float = 20.0,
+        redis_url: str | None = None,
+        args: Iterable[str] = (),
+    ) -> None:
         """Start agents and wait until every one answers /healthz with 200."""
         for name in names:
-            self.spawn(name, redis_url)
+            self.spawn(name, redis_url, args)
         await asyncio.gather(*(self.wait_healthy(n, timeout) for n in names))
 
     async def wait_healthy(self, name: str, timeout: float = 20.0) -> str:

@@ -10,7 +10,9 @@ from aiohttp import web
 
 from mcluster.agent.http import make_app
 from mcluster.agent.node import Node
+from mcluster.agent.policy import PolicyService
 from mcluster.config import ClusterConfig
+from mcluster.objects.policy import policy_config
 
 log = logging.getLogger("mcluster.agent")
 
@@ -26,11 +28,17 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 async def run_agent(
-    config: ClusterConfig, node_name: str, redis_url: str | None, listen: str
+    config: ClusterConfig,
+    node_name: str,
+    redis_url: str | None,
+    listen: str,
+    policy: str | None = None,
 ) -> None:
-    """Serve the HTTP API, join, and run until SIGTERM/SIGINT; then flush and leave."""
+    """Serve the HTTP API (and the Postfix policy service), join, and run until
+    SIGTERM/SIGINT; then flush and leave."""
     host, port = split_listen(listen)
     node = Node(config, node_name, redis_url, address=listen)
+    service = PolicyService(node, policy_config(config)) if policy else None
     runner = web.AppRunner(make_app(node), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
@@ -41,8 +49,13 @@ async def run_agent(
     try:
         await node.start()
         log.info("agent %s serving http://%s", node.private_name, listen)
+        if service is not None and policy is not None:
+            await service.start(*split_listen(policy))
+            log.info("Postfix policy service on %s", policy)
         await stopping.wait()
         log.info("stopping: flushing and leaving the cluster")
     finally:
+        if service is not None:
+            await service.stop()
         await node.stop()
         await runner.cleanup()

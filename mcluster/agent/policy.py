@@ -1,0 +1,291 @@
+"""The agent's Postfix policy service (``mcluster agent --policy 127.0.0.1:10031``).
+
+Postfix's policy delegation protocol: the SMTP server sends ``name=value`` lines ended by
+an empty line; the service answers ``action=...`` and an empty line, and keeps the
+connection for the next request (one connection per smtpd process, many requests).
+
+Each mail transaction (Postfix's ``instance`` attribute) is decided once, at the first
+request Postfix sends for it (whatever stage that is): every ``client_rates`` rule of
+the ``Policy`` scope is one cluster-wide window per client block, all acquired
+all-or-nothing. Later requests of the same transaction get the same answer without
+counting again. An admitted transaction is counted in ``inbound_cidr`` (when the cluster
+replicates it) as a lease on the client address, released at ``END-OF-MESSAGE``, when
+the same smtpd connection starts another transaction or closes, or after
+``transaction_timeout``: Postfix sends no event when a client disconnects.
+
+Garbage on a connection (a line without ``=``, a line over 4 KiB, binary data) closes
+that connection with a logged reason; nothing else is affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+from mcluster.agent.node import Node
+from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.agent.throttles import Throttles
+from mcluster.objects.policy import FAMILY, Address, PolicyConfig, WindowDefs, parse_client
+from mcluster.objects.throttle import Decision
+
+log = logging.getLogger("mcluster.policy")
+
+MAX_LINE = 4096
+MAX_ATTRIBUTES = 256
+MAX_TRANSACTIONS = 200_000
+REQUEST = "smtpd_access_policy"
+END_OF_MESSAGE = "END-OF-MESSAGE"
+_BINARY = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class Garbage(Exception):
+    """What a client sent is not the policy protocol; the connection is closed."""
+
+
+@dataclass
+class PolicyStats:
+    requests: int = 0
+    connections: int = 0
+    garbage: int = 0
+    degraded: int = 0
+    errors: int = 0
+    transactions: int = 0
+    actions: Counter[str] = field(default_factory=Counter)
+    released: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Transaction:
+    """One mail transaction as the policy service saw it."""
+
+    client: str
+    action: str
+    leased: bool
+    started: float
+
+
+async def read_request(reader: asyncio.StreamReader) -> dict[str, str] | None:
+    """One request's attributes; None when the client closed between requests."""
+    attrs: dict[str, str] = {}
+    while True:
+        try:
+            raw = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial and not attrs:
+                return None
+            raise Garbage("the connection closed in the middle of a request") from None
+        except asyncio.LimitOverrunError:
+            raise Garbage(f"a line longer than {MAX_LINE} bytes") from None
+        line = raw[:-1].removesuffix(b"\r")
+        if len(line) > MAX_LINE:
+            raise Garbage(f"a line longer than {MAX_LINE} bytes")
+        if not line:
+            if not attrs:
+                raise Garbage("an empty request (no name=value line before the empty line)")
+            return attrs
+        if _BINARY.search(line):
+            raise Garbage("binary data (control characters)")
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Garbage("binary data (not UTF-8 text)") from None
+        name, sep, value = text.partition("=")
+        if not sep or not name:
+            raise Garbage(f"a line that is not name=value: {text[:40]!r}")
+        if len(attrs) >= MAX_ATTRIBUTES:
+            raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
+        attrs[name] = value
+
+
+class PolicyService:
+    """Answers Postfix's policy requests for one node, from the ``Policy`` config."""
+
+    def __init__(self, node: Node, config: PolicyConfig) -> None:
+        self.node = node
+        self.config = config
+        self.windows = Throttles(lambda: node.scripts, node.keys, FAMILY, node.name)
+        self.windows.defs = WindowDefs(config)
+        counted = node.config.of_type("inbound_cidr")
+        self.count_object = counted[0].name if counted else None
+        self.transactions: OrderedDict[str, Transaction] = OrderedDict()
+        self.stats = PolicyStats()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_LINE + 2)
+        self._sweeper = asyncio.create_task(self._sweep_loop())
+        if self.count_object is None:
+            log.info('transactions are not counted: the cluster does not replicate "inbound_cidr"')
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "the policy service is not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop listening, close every connection, release every open transaction."""
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        for instance in list(self.transactions):
+            self._release(instance, "stopped")
+
+    # -- the protocol -----------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        self._writers.add(writer)
+        self.stats.connections += 1
+        current = ""  # the transaction this smtpd process is in
+        try:
+            while (attrs := await read_request(reader)) is not None:
+                instance = attrs.get("instance", "")
+                if instance != current:  # the smtpd process moved on: that one is over
+                    self._release(current, "next")
+                    current = instance
+                action = await self.answer(attrs)
+                writer.write(f"action={action}\n\n".encode())
+                await writer.drain()
+        except Garbage as exc:
+            self.stats.garbage += 1
+            log.warning("policy client %s sent %s; connection closed", peer, exc)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._release(current, "closed")
+            self._writers.discard(writer)
+            writer.close()
+
+    async def answer(self, attrs: dict[str, str]) -> str:
+        """The action for one request (without ``action=``). Garbage when it is not a
+        policy request; any other failure answers the ``on_error`` policy."""
+        self.stats.requests += 1
+        if attrs.get("request") != REQUEST:
+            raise Garbage(f"request={attrs.get('request', '')!r}, expected {REQUEST}")
+        state = attrs.get("protocol_state", "").upper()
+        instance = attrs.get("instance", "")
+        address = attrs.get("client_address", "")
+        if state == "CONNECT":
+            self._audit("connect", address)
+        txn = self.transactions.get(instance) if instance else None
+        if txn is None:
+            action = await self._decide(address, instance, state)
+        else:
+            action = txn.action
+        if state == END_OF_MESSAGE:
+            if action == "DUNNO":
+                self._audit("reception", address)
+            self._release(instance, "end-of-message")
+        self.stats.actions[action.split(" ", 1)[0]] += 1
+        return action
+
+    async def _decide(self, address: str, instance: str, state: str) -> str:
+        """Count a new transaction in every window of its client; remember the answer."""
+        client = parse_client(address)
+        if client is None:  # no client address to limit (a local submission)
+            return "DUNNO"
+        self.stats.transactions += 1
+        try:
+            action = await self._limit(client)
+        except Exception:  # never let a request kill the connection or the agent
+            log.exception("policy decision failed for %s; answering %s", address, self._on_error())
+            self.stats.errors += 1
+            action = self._on_error()
+        if action != "DUNNO":
+            self._audit("rejection", address)
+        if instance and state != END_OF_MESSAGE:
+            leased = action == "DUNNO" and self.count_object is not None
+            if leased:
+                self.node.record(self.count_object or "", str(client), +1)
+            self.transactions[instance] = Transaction(str(client), action, leased, time.monotonic())
+            if len(self.transactions) > MAX_TRANSACTIONS:
+                self._release(next(iter(self.transactions)), "overflow")
+        return action
+
+    async def _limit(self, client: Address) -> str:
+        rules = self.config.rules_for(client)
+        if not rules:
+            return "DUNNO"
+        limits = [(self.config.window_name(rule, block), 1) for rule, block in rules]
+        try:
+            async with asyncio.timeout(self.config.deadline_ms / 1000):
+                decision = await self.windows.acquire(limits)
+        except (TimeoutError, *RETRY_ERRORS) as exc:
+            log.debug("policy decision degraded (%s)", type(exc).__name__)
+            decision = Decision(self.config.on_error == "DUNNO", 0, (), degraded=True)
+        if decision.degraded:
+            self.stats.degraded += 1
+            return "DUNNO" if decision.allowed else self._on_error()
+        if decision.allowed:
+            return "DUNNO"
+        tripped = [
+            (rule, block)
+            for (rule, block), (_, left) in zip(rules, decision.remaining, strict=True)
+            if left < 1
+        ] or rules
+        rule, block = tripped[0]
+        wait = max(1, -(-decision.retry_after_ms // 1000))
+        return (
+            f"DEFER_IF_PERMIT 4.7.1 too many mail transactions from {block} "
+            f"(cluster limit {rule.rate.count} per {rule.rate.period:g} s); try again in {wait} s"
+        )
+
+    def _on_error(self) -> str:
+        if self.config.on_error == "DUNNO":
+            return "DUNNO"
+        return "DEFER_IF_PERMIT 4.7.1 the policy service is unavailable; try again later"
+
+    # -- transactions -----------------------------------------------------------------
+
+    def _release(self, instance: str, why: str) -> None:
+        txn = self.transactions.pop(instance, None) if instance else None
+        if txn is None:
+            return
+        self.stats.released[why] += 1
+        if txn.leased and self.count_object is not None:
+            self.node.record(self.count_object, txn.client, -1)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Release the transactions older than ``transaction_timeout``; how many."""
+        cutoff = (time.monotonic() if now is None else now) - self.config.transaction_timeout
+        expired = []
+        for instance, txn in self.transactions.items():
+            if txn.started > cutoff:
+                break
+            expired.append(instance)
+        for instance in expired:
+            self._release(instance, "timeout")
+        return len(expired)
+
+    async def _sweep_loop(self) -> None:
+        interval = min(5.0, self.config.transaction_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep()
+
+    def _audit(self, event: str, address: str) -> None:
+        """HOOK(metrics): connect, reception and rejection events of the inbound audit.
+
+        The inbound audit metrics (issue 6) are not on main yet: nothing is recorded
+        here until they land; this is the one place to call them from.
+        """
+        return

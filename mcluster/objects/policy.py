@@ -1,0 +1,219 @@
+"""The Postfix policy service's rules: the ``Policy { ... }`` scope and per-client windows.
+
+    Policy {
+      client_rates = ("32,30/60" "24,200/60")   # prefix length, then a rate (IPv4)
+      client_rates_ipv6 = ("128,30/60" "64,200/60")
+      on_error = "DUNNO"            # or "DEFER_IF_PERMIT": the answer when Redis is away
+      deadline_ms = 100             # the answer is sent within this, whatever Redis does
+      transaction_timeout = 600     # seconds an unfinished transaction stays counted
+    }
+
+Each rule is a cluster-wide throttle per client block: ``"24,200/60"`` admits at most 200
+mail transactions per 60 s from each /24. The windows are throttles of the family
+``policy_rates`` named ``<rule>@<block>`` (e.g. ``v4-24-200-60@10.0.0.0``); their
+definitions are derived from the name and this config, never stored in Redis, so a
+window costs only its (expiring) window keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, ListValue, Option, Scope
+from mcluster.config.values import describe, parse_float, parse_int, scalar_text
+from mcluster.objects.rates import Rate, parse_rate
+from mcluster.objects.throttle import ThrottleDef
+
+FAMILY = "policy_rates"
+SCOPE = "Policy"
+Action = Literal["DUNNO", "DEFER_IF_PERMIT"]
+ACTIONS: tuple[Action, ...] = ("DUNNO", "DEFER_IF_PERMIT")
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+OPTIONS = ("client_rates", "client_rates_ipv6", "on_error", "deadline_ms", "transaction_timeout")
+
+
+@dataclass(frozen=True)
+class ClientRate:
+    """At most ``rate`` transactions per client block of ``prefix`` bits."""
+
+    prefix: int
+    rate: Rate
+    ipv6: bool = False
+
+    @property
+    def tag(self) -> str:
+        """The rule's part of a window name: ``v4-24-200-60``."""
+        return f"v{6 if self.ipv6 else 4}-{self.prefix}-{self.rate.count}-{self.rate.period:g}"
+
+    def block(self, address: Address) -> str:
+        """The client block of ``address`` under this rule, as ``10.0.0.0/24``."""
+        return str(ipaddress.ip_network(f"{address}/{self.prefix}", strict=False))
+
+    def __str__(self) -> str:
+        return f"{self.prefix},{self.rate}"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The ``Policy`` scope; the defaults when the config has none."""
+
+    client_rates: tuple[ClientRate, ...] = ()
+    on_error: Action = "DUNNO"
+    deadline_ms: int = 100
+    transaction_timeout: float = 600.0
+    source: str = ""
+
+    def rules_for(self, address: Address) -> list[tuple[ClientRate, str]]:
+        """The rules that apply to a client address, each with its block."""
+        v6 = address.version == 6
+        return [(r, r.block(address)) for r in self.client_rates if r.ipv6 == v6]
+
+    def window_name(self, rule: ClientRate, block: str) -> str:
+        return f"{rule.tag}@{block.partition('/')[0]}"
+
+    def definition(self, name: str) -> ThrottleDef | None:
+        """The throttle a window name stands for (None if no rule has its tag)."""
+        tag = name.partition("@")[0]
+        for rule in self.client_rates:
+            if rule.tag == tag:
+                return _definition(name, str(rule.rate), self.throttle_on_error, self.deadline_ms)
+        return None
+
+    @property
+    def throttle_on_error(self) -> Literal["allow", "deny"]:
+        return "allow" if self.on_error == "DUNNO" else "deny"
+
+
+@functools.lru_cache(maxsize=8192)
+def _definition(
+    name: str, rate: str, on_error: Literal["allow", "deny"], deadline: int
+) -> ThrottleDef:
+    return ThrottleDef(name=name, rate=rate, on_error=on_error, deadline_ms=deadline)
+
+
+class WindowDefs(dict[str, ThrottleDef]):
+    """Throttle definitions derived from window names (nothing stored, nothing to load)."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.config.definition(name) is not None
+
+    def __missing__(self, name: str) -> ThrottleDef:
+        tdef = self.config.definition(name)
+        if tdef is None:
+            raise KeyError(name)
+        return tdef
+
+
+def parse_client(text: str) -> Address | None:
+    """Postfix's ``client_address`` (an IPv4 or IPv6 address), or None."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _issue(pos_holder: Option | Scope, message: str) -> ConfigIssue:
+    pos = pos_holder.pos
+    return ConfigIssue(pos.file, pos.line, pos.col, message)
+
+
+def _rates(option: Option, ipv6: bool, issues: list[ConfigIssue]) -> list[ClientRate]:
+    value = option.value
+    entries = value.items if isinstance(value, ListValue) else (value,)
+    most = 128 if ipv6 else 32
+    out = []
+    for entry in entries:
+        text = scalar_text(entry)
+        prefix_text, _, rate_text = (text or "").partition(",")
+        prefix = parse_int(prefix_text)
+        problem = ""
+        if text is None or prefix is None or not 0 <= prefix <= most or not rate_text:
+            problem = f'expected "PREFIX,RATE" with PREFIX 0..{most}, e.g. "24,200/60"'
+        else:
+            try:
+                rate = parse_rate(rate_text)
+            except ValueError as exc:
+                problem = str(exc)
+            else:
+                if rate.unlimited:
+                    problem = "a rate of 0 (unlimited) limits nothing"
+                else:
+                    out.append(ClientRate(prefix, rate, ipv6))
+        if problem:
+            pos = entry.pos
+            issues.append(ConfigIssue(
+                pos.file, pos.line, pos.col, f"{option.key} entry {describe(entry)}: {problem}"
+            ))  # fmt: skip
+    return out
+
+
+def policy_config(config: ClusterConfig) -> PolicyConfig:
+    """The ``Policy`` scope of the config (top level); ConfigError lists every problem."""
+    scopes = config.tree.scopes(SCOPE)
+    issues = [
+        _issue(extra, f"duplicate {SCOPE} scope: first defined at {scopes[0].pos}")
+        for extra in scopes[1:]
+    ]
+    if not scopes:
+        return PolicyConfig()
+    scope = scopes[0]
+    fields: dict[str, object] = {"source": str(scope.pos)}
+    rates: list[ClientRate] = []
+    seen: set[str] = set()
+    for item in scope.items:
+        if isinstance(item, Scope):
+            issues.append(_issue(item, f"unexpected scope {item.label} in {SCOPE}"))
+            continue
+        key = item.key.casefold()
+        text = scalar_text(item.value)
+        if key not in OPTIONS:
+            valid = ", ".join(OPTIONS)
+            issues.append(_issue(item, f"unknown option {item.key!r} in {SCOPE}: expected {valid}"))
+        elif key in seen:
+            issues.append(_issue(item, f"duplicate option {item.key!r} in {SCOPE}"))
+        elif key in ("client_rates", "client_rates_ipv6"):
+            rates += _rates(item, key.endswith("ipv6"), issues)
+        elif key == "on_error":
+            action = (text or "").strip().upper()
+            if action not in ACTIONS:
+                got = describe(item.value)
+                issues.append(_issue(item, f"on_error must be DUNNO or DEFER_IF_PERMIT, got {got}"))
+            fields["on_error"] = action
+        elif key == "deadline_ms":
+            number = None if text is None else parse_int(text)
+            if number is None or not 1 <= number <= 60_000:
+                got = describe(item.value)
+                issues.append(_issue(item, f"deadline_ms must be an integer 1..60000, got {got}"))
+            fields["deadline_ms"] = number
+        else:
+            seconds = None if text is None else parse_float(text)
+            if seconds is None or seconds <= 0:
+                got = describe(item.value)
+                issues.append(_issue(item, f"transaction_timeout must be seconds > 0, got {got}"))
+            fields["transaction_timeout"] = seconds
+        seen.add(key)
+    if issues:
+        raise ConfigError(issues)
+    return PolicyConfig(client_rates=tuple(rates), **fields)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "ACTIONS",
+    "FAMILY",
+    "Address",
+    "ClientRate",
+    "PolicyConfig",
+    "WindowDefs",
+    "parse_client",
+    "policy_config",
+]
