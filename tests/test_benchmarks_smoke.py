@@ -14,3 +14,12 @@ def test_ingest_benchmark_quick() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "PASS  global total" in result.stdout
+
+
+def test_cache_benchmark_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/cache.py", "--quick", "--keys", "500"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "staleness p99" in result.stdout and "get rate" in result.stdout

@@ -9,6 +9,7 @@
     GET  /v1/membership -> [{...}, ...]           (as ``cluster membership --json``)
     GET  /healthz     -> 200 once the agent has joined, else 503
     /v1/throttles...  -> see ``http_throttles``
+    /v1/caches...     -> see ``http_caches``
 
 A request with a bad event is refused whole (400 naming the first bad event by index and
 why); nothing of it is recorded. Bodies over 1 MiB get 413.
@@ -24,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mcluster.agent import http_throttles
+from mcluster.agent import http_caches, http_throttles
 from mcluster.agent.http_common import NODE_KEY, error, read_json
 from mcluster.agent.node import Node, UnknownObject
 from mcluster.agent.outbox import RETRY_ERRORS
@@ -180,4 +181,5 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/v1/membership", get_membership)
     app.router.add_get("/healthz", healthz)
     http_throttles.add_routes(app)
+    http_caches.add_routes(app)
     return app

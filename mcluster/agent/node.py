@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 
 from mcluster import __version__
 from mcluster.agent import membership, reaper, slots
+from mcluster.agent.caches import Caches
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
 from mcluster.agent.slots import SlotDecision
 from mcluster.agent.throttles import Throttles
@@ -90,6 +91,7 @@ class Node:
         self._slots: slots.Slots | None = None
         self._families: dict[str, Throttles] = {}
         self.outbound = OutboundPolicy(self.config)
+        self.caches = Caches(self.config, self.keys, self.name, lambda: self.scripts)
         throttle.config_throttles(self.config)  # a bad Shared_Throttle fails here, not later
 
     # -- life cycle -------------------------------------------------------------------
@@ -139,6 +141,7 @@ class Node:
             self._managed[throttle.OBJECT] = throttle.OBJECT
             self._throttles = Throttles(lambda: self.scripts, self.keys, throttle.OBJECT, self.name)
             await self._throttles.load(throttle.config_throttles(self.config))
+        await self.caches.start()  # snapshot caches hold every live pair before the join
         await self._join()
         self._tasks = [
             asyncio.create_task(box.run(scripts), name=f"outbox:{box.name}")
@@ -282,6 +285,7 @@ class Node:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.warning("%s ended with %r", task.get_name(), task.exception())
         self._tasks = []
+        await self.caches.stop()
         if self.member is not None:
             try:
                 async with asyncio.timeout(timeout):

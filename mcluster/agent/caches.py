@@ -1,0 +1,380 @@
+"""The node-local replicas of the replicated caches, kept current from each cache's stream.
+
+    hit = await node.caches.get("mycache", "k")   # CacheHit(value, source) or None
+    await node.caches.set("mycache", "k", "v", "5M")
+
+A hit is served from process memory (no network). A miss reads through to Redis once
+(concurrent misses of one key share that read), then falls to the loader if one is set.
+Every change (set, expiry, eviction) reaches every replica through the cache's change
+stream; a write stamp on each pair settles the order between a read-through reply and a
+change, so a replica never goes back to an older value. A replica that finds a gap in the
+stream (it fell behind the stream's length, or Redis lost its data) reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.config import ClusterConfig, ReplicateObject
+from mcluster.objects import cache
+from mcluster.objects.cache import CacheKeys
+from mcluster.objects.views import NotFound
+from mcluster.store.keys import ClusterKeys, text
+from mcluster.store.scripts import Scripts
+
+log = logging.getLogger("mcluster.caches")
+_monotonic = time.monotonic
+_NEVER = math.inf
+
+Loader = Callable[[str], "Awaitable[str | None] | str | None"]
+#: Keys remembered as absent per cache (a miss that Redis confirmed); cleared when full.
+ABSENT_LIMIT = 100_000
+#: Staleness samples kept per cache (the most recent).
+STALENESS_SAMPLES = 4096
+#: Stream entries read per XREAD, and how long one XREAD blocks (ms).
+READ_COUNT = 512
+BLOCK_MS = 1000
+
+
+class UnknownCache(NotFound):
+    """A cache that the config does not define."""
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """A value and where it came from: ``replica``, ``redis`` or ``loader``."""
+
+    value: str
+    source: str
+
+
+@dataclass(slots=True)
+class Entry:
+    hit: CacheHit  # made once, so a hit allocates nothing
+    stamp: int
+    deadline: float  # time.monotonic() when it expires; math.inf: never
+
+    @property
+    def value(self) -> str:
+        return self.hit.value
+
+
+@dataclass
+class ReplicaStats:
+    hits: int = 0
+    negative_hits: int = 0
+    misses: int = 0
+    loads: int = 0
+    sets: int = 0
+    changes: int = 0
+    removals: int = 0
+    evicted: int = 0
+    reloads: int = 0
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(len(ordered) * q / 100))
+    return ordered[min(len(ordered), rank) - 1]
+
+
+@dataclass
+class Replica:
+    """One cache's pairs on this node, and the follower of its change stream."""
+
+    obj: ReplicateObject
+    keys: CacheKeys
+    node: str
+    entries: dict[str, Entry] = field(default_factory=dict)
+    absent: dict[str, int] = field(default_factory=dict)
+    last_id: str = "0-0"
+    wseq: int = 0
+    stats: ReplicaStats = field(default_factory=ReplicaStats)
+    staleness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=STALENESS_SAMPLES))
+    loader: Loader | None = None
+    loader_ttl: int = 0
+    inflight: dict[str, asyncio.Future[cache.Pair]] = field(default_factory=dict)
+    #: Redis time minus local time (ms), measured when the replica loads.
+    clock_offset_ms: float = 0.0
+
+    @property
+    def snapshot(self) -> bool:
+        return "snapshot" in self.obj.parameters
+
+    # -- applying what is known ------------------------------------------------------
+
+    def put(self, key: str, value: str, stamp: int, ttl_ms: int, age_ms: float = 0.0) -> None:
+        """Keep a pair unless the replica holds a newer write of it."""
+        old = self.entries.get(key)
+        if old is not None and old.stamp > stamp:
+            return
+        deadline = math.inf if ttl_ms <= 0 else time.monotonic() + (ttl_ms - age_ms) / 1000
+        self.entries[key] = Entry(CacheHit(value, "replica"), stamp, deadline)
+        self.absent.pop(key, None)
+
+    def remove(self, key: str, stamp: int) -> None:
+        """A pair left Redis at write stamp ``stamp`` (expired or evicted)."""
+        old = self.entries.get(key)
+        if old is not None and old.stamp > stamp:
+            return
+        self.entries.pop(key, None)
+        self.mark_absent(key, stamp)
+
+    def mark_absent(self, key: str, stamp: int) -> None:
+        if len(self.absent) >= ABSENT_LIMIT:
+            self.absent.clear()
+        self.absent[key] = stamp
+
+    def apply(self, entry_id: str, fields: dict[bytes, bytes]) -> bool:
+        """Apply one stream entry; False when it shows a gap (the replica must reload)."""
+        self.last_id = entry_id
+        key = fields[b"k"].decode("utf-8", "surrogatepass")
+        stamp = int(fields[b"st"])
+        if fields[b"op"] == b"d":
+            self.stats.removals += 1
+            self.remove(key, stamp)
+            return True
+        if stamp != self.wseq + 1:
+            return False
+        self.wseq = stamp
+        self.stats.changes += 1
+        age = 0.0
+        if fields.get(b"o", b"").decode() != self.node:
+            age = max(0.0, time.time() * 1000 + self.clock_offset_ms - int(fields[b"at"]))
+            self.staleness_ms.append(age)
+        value = fields[b"v"].decode("utf-8", "surrogatepass")
+        self.put(key, value, stamp, int(fields[b"t"]), age)
+        return True
+
+    def lookup(self, key: str) -> tuple[Entry | None, bool]:
+        """(the live entry, known absent) from memory only."""
+        entry = self.entries.get(key)
+        if entry is not None:
+            if entry.deadline > time.monotonic():
+                return entry, False
+            del self.entries[key]
+            return None, False
+        return None, key in self.absent
+
+    # -- loading ---------------------------------------------------------------------
+
+    async def load(self, scripts: Scripts) -> None:
+        """Learn the stream position; with ``snapshot``, read every live pair first."""
+        client = scripts.client
+        start = time.time()
+        redis_s, redis_us = await client.time()
+        end = time.time()
+        self.clock_offset_ms = (redis_s + redis_us / 1e6 - (start + end) / 2) * 1000
+        self.entries.clear()
+        self.absent.clear()
+        self.wseq, self.last_id, _ = await cache.read_pairs(scripts, self.keys, [])
+        if not self.snapshot:
+            return
+        page: list[str] = []
+        loaded = 0
+        async for raw, _score in client.zscan_iter(self.keys.order, count=cache.READ_PAGE):
+            page.append(text(raw))
+            if len(page) >= cache.READ_PAGE:
+                loaded += await self._load_page(scripts, page)
+                page = []
+        if page:
+            loaded += await self._load_page(scripts, page)
+        log.info("cache %s: loaded %d pairs (snapshot)", self.obj.name, loaded)
+
+    async def _load_page(self, scripts: Scripts, page: list[str]) -> int:
+        _, _, pairs = await cache.read_pairs(scripts, self.keys, page)
+        loaded = 0
+        for pair in pairs:
+            if pair.value is not None:
+                self.put(pair.key, pair.value, pair.stamp, pair.ttl_ms)
+                loaded += 1
+        return loaded
+
+    async def follow(self, scripts: Scripts) -> None:
+        """Apply the change stream forever; reload on a gap or after Redis came back."""
+        client = scripts.client
+        delay = 0.05
+        while True:
+            try:
+                reply = await client.xread(
+                    {self.keys.stream: self.last_id}, count=READ_COUNT, block=BLOCK_MS
+                )
+                delay = 0.05
+            except RETRY_ERRORS as exc:
+                log.warning("cache %s: change stream unreadable (%s); retrying", self.obj.name, exc)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                await self._reload_if_reset(scripts)
+                continue
+            for _stream, entries in cast(list[Any], reply or []):
+                for raw_id, fields in entries:
+                    if not self.apply(text(raw_id), fields):
+                        log.warning("cache %s: gap in the change stream; reloading", self.obj.name)
+                        await self.reload(scripts)
+                        break
+
+    async def reload(self, scripts: Scripts) -> None:
+        self.stats.reloads += 1
+        await self.load(scripts)
+
+    async def _reload_if_reset(self, scripts: Scripts) -> None:
+        try:
+            wseq, _, _ = await cache.read_pairs(scripts, self.keys, [])
+            if wseq < self.wseq:
+                log.warning("cache %s: Redis lost its data; reloading", self.obj.name)
+                await self.reload(scripts)
+        except RETRY_ERRORS:
+            pass
+
+    # -- reads through ---------------------------------------------------------------
+
+    async def read_through(self, scripts: Scripts, key: str) -> cache.Pair:
+        """One Redis read for a missed key, shared by every caller missing it meanwhile."""
+        pending = self.inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[cache.Pair] = asyncio.get_running_loop().create_future()
+        self.inflight[key] = future
+        try:
+            wseq, _, (pair,) = await cache.read_pairs(scripts, self.keys, [key])
+            self.stats.misses += 1
+            if pair.value is not None:
+                self.put(key, pair.value, pair.stamp, pair.ttl_ms)
+            elif key not in self.entries:
+                self.mark_absent(key, wseq)
+            future.set_result(pair)
+            return pair
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        finally:
+            del self.inflight[key]
+
+    def figures(self) -> dict[str, Any]:
+        samples = list(self.staleness_ms)
+        return {
+            "replica_size": len(self.entries),
+            "known_absent": len(self.absent),
+            "snapshot": self.snapshot,
+            "max_size": self.obj.max_size,
+            "staleness_ms": {
+                "samples": len(samples),
+                "p50": _percentile(samples, 50),
+                "p99": _percentile(samples, 99),
+                "max": max(samples) if samples else None,
+            },
+        } | vars(self.stats)
+
+
+class Caches:
+    """Every replicated cache of the config on one node (``Node.caches``)."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        keys: ClusterKeys,
+        node: str,
+        scripts: Callable[[], Scripts],
+    ) -> None:
+        self._scripts = scripts
+        self.replicas = {
+            obj.name: Replica(obj, CacheKeys(keys.object(obj.name)), node)
+            for obj in config.of_type("cache")
+        }
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.replicas)
+
+    def replica(self, name: str) -> Replica:
+        found = self.replicas.get(name)
+        if found is None:
+            known = ", ".join(self.replicas) or "none"
+            raise UnknownCache(f"unknown cache {name!r}; caches of this config: {known}")
+        return found
+
+    async def start(self) -> None:
+        """Load every replica (snapshot caches read all live pairs), then follow."""
+        scripts = self._scripts()
+        for replica in self.replicas.values():
+            await replica.load(scripts)
+        self._tasks = [
+            asyncio.create_task(r.follow(scripts), name=f"cache:{name}")
+            for name, r in self.replicas.items()
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
+        self._tasks = []
+
+    def set_loader(self, name: str, loader: Loader | None, ttl: str | int = 0) -> None:
+        """Fill misses of cache ``name`` from ``loader(key)`` (a value, or None for none);
+        a loaded value is set cluster-wide with ``ttl``."""
+        replica = self.replica(name)
+        replica.loader, replica.loader_ttl = loader, cache.parse_ttl(ttl)
+
+    def peek(self, name: str, key: str) -> str | None:
+        """The replica's value of ``key``, from memory only (None when not held)."""
+        entry, _ = self.replica(name).lookup(key)
+        return None if entry is None else entry.value
+
+    async def get(self, name: str, key: str) -> CacheHit | None:
+        """The value of ``key``: from the replica, else Redis (once), else the loader."""
+        replica = self.replicas.get(name) or self.replica(name)
+        entry = replica.entries.get(key)
+        if entry is not None and (entry.deadline == _NEVER or entry.deadline > _monotonic()):
+            replica.stats.hits += 1  # the hot path: two dict reads, no allocation
+            return entry.hit
+        entry, absent = replica.lookup(key)
+        cache.parse_key(key)
+        if not absent:
+            pair = await replica.read_through(self._scripts(), key)
+            if pair.value is not None:
+                return CacheHit(pair.value, "redis")
+        else:
+            replica.stats.negative_hits += 1
+        if replica.loader is None:
+            return None
+        loaded = replica.loader(key)
+        value = await loaded if inspect.isawaitable(loaded) else loaded
+        if value is None:
+            return None
+        replica.stats.loads += 1
+        await self.set(name, key, value, replica.loader_ttl)
+        return CacheHit(value, "loader")
+
+    async def set(self, name: str, key: str, value: str, ttl: str | int = 0) -> cache.Written:
+        """Set ``key`` cluster-wide; ``ttl`` in seconds, ``"5M"``, ``"2H"``, 0 = never."""
+        replica = self.replica(name)
+        cache.parse_key(key)
+        cache.parse_value(value)
+        ttl_s = cache.parse_ttl(ttl)
+        written = await cache.write_pair(
+            self._scripts(), replica.keys, key, value, ttl_s, replica.obj.max_size, replica.node
+        )
+        replica.stats.sets += 1
+        replica.stats.evicted += written.evicted
+        replica.put(key, value, written.stamp, ttl_s * 1000)
+        return written
+
+    async def stats(self, name: str) -> dict[str, Any]:
+        """This node's replica figures and the cache's figures in Redis."""
+        replica = self.replica(name)
+        shared = await cache.meta(self._scripts(), replica.keys)
+        return {"cache": name, "redis": shared, "replica": replica.figures()}
