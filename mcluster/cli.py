@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     console.add_argument("--namespace", help="key namespace (default: from config, else mc)")
     console.add_argument("-c", dest="cmd", metavar="COMMAND", help="run one command and exit")
     console.add_argument("--json", action="store_true", help="machine-readable output")
+    console.add_argument("--watch", action="store_true", help="the live dashboard")
+    console.add_argument("--seconds", type=float, help="with --watch: stop after N seconds")
 
     config = sub.add_parser("config", help="work with config files")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -87,7 +89,18 @@ def _agent(args: argparse.Namespace) -> int:
 def _console(args: argparse.Namespace) -> int:
     from mcluster.console import console_main
 
-    return console_main(args.redis, args.config, args.node, args.cmd, args.json, args.namespace)
+    if args.seconds is not None and not (args.watch and 0 < args.seconds < float("inf")):
+        return _fail(f"--seconds needs --watch and a positive number, got {args.seconds:g}", 2)
+    return console_main(
+        args.redis,
+        args.config,
+        args.node,
+        args.cmd,
+        args.json,
+        args.namespace,
+        watch=args.watch,
+        seconds=args.seconds,
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -75,14 +75,13 @@ async def text(ctx: ConsoleContext, line: str) -> list[str]:
     return render((await run_command(ctx, line)).renderable)
 
 
-@pytest.fixture
-async def cluster(redis_server: RedisServer, namespace: str) -> AsyncIterator[Cluster]:
-    config = parse_config(CONFIG)
-    nodes: dict[str, Node] = {}
+async def start_reference_nodes(
+    config: ClusterConfig, url: str, namespace: str, nodes: dict[str, Node]
+) -> None:
+    """Start relay-0-1..3 into ``nodes`` (so a caller can stop those that started) with
+    the reference's CIDR and DOMAINS counts, flushed."""
     for i, name in enumerate(CIDR, start=1):
-        node = Node(
-            config, name, redis_server.url, namespace=namespace, address=f"127.0.0.{i}:4802"
-        )
+        node = Node(config, name, url, namespace=namespace, address=f"127.0.0.{i}:4802")
         await node.start()
         nodes[name] = node
         for addr, n in CIDR[name].items():
@@ -90,6 +89,13 @@ async def cluster(redis_server: RedisServer, namespace: str) -> AsyncIterator[Cl
         for domain, n in DOMAINS[name].items():
             node.record("outbound_domains", domain, n)
         await node.flush()
+
+
+@pytest.fixture
+async def cluster(redis_server: RedisServer, namespace: str) -> AsyncIterator[Cluster]:
+    config = parse_config(CONFIG)
+    nodes: dict[str, Node] = {}
+    await start_reference_nodes(config, redis_server.url, namespace, nodes)
     client = make_async_client(redis_server.url)
     ctx = ConsoleContext(client, ClusterKeys(namespace))
     try:

@@ -27,8 +27,9 @@ FIRST += ["reset", "shared", "show"]
 @pytest.mark.parametrize(
     ("buffer", "expected"),
     [
-        ("", sorted(["cluster", *FIRST, "exit", "quit"])),
+        ("", sorted(["cluster", *FIRST, "exit", "quit", "watch"])),
         ("cl", ["cluster"]),
+        ("wa", ["watch"]),
         ("q", ["quit"]),
         ("cluster ", FIRST),
         ("cluster sh", ["shared", "show"]),

@@ -25,6 +25,7 @@ from mcluster.console.commands import (
     exit_code,
     run_command,
 )
+from mcluster.console.dashboard import watch as watch_dashboard
 from mcluster.console.repl import run_repl
 from mcluster.store.embedded import EmbeddedRedisError
 from mcluster.store.keys import ClusterKeys, check_name
@@ -55,8 +56,12 @@ def console_main(
     command: str | None,
     json_mode: bool,
     namespace: str | None = None,
+    *,
+    watch: bool = False,
+    seconds: float | None = None,
 ) -> int:
-    """Run ``command`` once (or the interactive console when None); returns the exit code."""
+    """Run ``command`` once, the live dashboard (``watch``, for ``seconds`` or until
+    Ctrl-C), or the interactive console; returns the exit code."""
     config: ClusterConfig | None = None
     if config_path is not None:
         try:
@@ -85,6 +90,8 @@ def console_main(
                 return EXIT_ERROR
             ctx = ConsoleContext(client, keys, node, configured)
             try:
+                if watch:
+                    return _watch(runner, ctx, seconds)
                 if command is not None:
                     return _run_once(runner, ctx, command, json_mode, url)
                 banner = (
@@ -106,6 +113,14 @@ async def _ping(client: Redis) -> None:
 async def _close(client: Redis) -> None:
     with contextlib.suppress(RedisError, OSError):
         await client.aclose()
+
+
+def _watch(runner: asyncio.Runner, ctx: ConsoleContext, seconds: float | None) -> int:
+    """The dashboard until ``seconds`` pass or Ctrl-C (which ends it normally: exit 0)."""
+    console = Console(highlight=False)
+    with contextlib.suppress(KeyboardInterrupt):
+        runner.run(watch_dashboard(ctx.client, ctx.keys, console, seconds, ctx.configured))
+    return 0
 
 
 def _run_once(

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.text import Text
 
 from mcluster.console.commands import CommandError, ConsoleContext, NotFound, run_command
-from mcluster.console.spec import COMMANDS, REPL_WORDS, match, next_words
+from mcluster.console.dashboard import watch
+from mcluster.console.spec import COMMANDS, REPL_WORDS, WATCH_WORD, match, next_words
 from mcluster.objects import views
 from mcluster.store import members
 from mcluster.store.embedded import state_dir
@@ -54,7 +55,7 @@ def _candidates(
     """(command words, names) that may come after the complete ``words``."""
     first_words = sorted({spec.words[0] for spec in COMMANDS})
     if not words:
-        return ["cluster", *first_words, *REPL_WORDS], []
+        return ["cluster", *first_words, *REPL_WORDS, WATCH_WORD], []
     if words[0].casefold() == "cluster":
         words = words[1:]
         if not words:
@@ -147,6 +148,9 @@ class Repl:
             return True
         if text.casefold() in REPL_WORDS:
             return False
+        if text.split()[0].casefold() == WATCH_WORD:
+            self.watch(text.split()[1:])
+            return True
         try:
             result = self.runner.run(run_command(self.ctx, text))
         except (CommandError, NotFound) as exc:
@@ -168,6 +172,21 @@ class Repl:
         if _refreshes_names(text):
             self.refresh()
         return True
+
+    def watch(self, args: list[str]) -> None:
+        """``watch [SECONDS]``: the live dashboard until Ctrl-C or SECONDS have passed."""
+        seconds: float | None = None
+        if args:
+            try:
+                seconds = float(args[0])
+            except ValueError:
+                seconds = -1.0
+            if len(args) > 1 or not 0 < seconds < float("inf"):
+                self.error(f"usage: {WATCH_WORD} [SECONDS] (a positive number), got {args!r}")
+                return
+        ctx = self.ctx
+        with contextlib.suppress(KeyboardInterrupt):
+            self.runner.run(watch(ctx.client, ctx.keys, self.console, seconds, ctx.configured))
 
     def loop(self, read: Callable[[str], str] | None = None) -> int:
         """Read and run lines until ``quit``, ``exit`` or end of input; returns 0."""

@@ -62,6 +62,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
 
 #: Words the REPL understands besides the commands.
 REPL_WORDS: tuple[str, ...] = ("quit", "exit")
+#: ``watch [SECONDS]`` in the REPL: the live dashboard until Ctrl-C (or SECONDS).
+WATCH_WORD = "watch"
 
 
 def match(words: list[str]) -> tuple[CommandSpec | None, list[str]]:

@@ -1,0 +1,203 @@
+"""The live dashboard: a snapshot read from real nodes, rendered at 80x24, and ``--watch``."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+from rich.console import Console, RenderableType
+
+from mcluster.agent.node import Node
+from mcluster.config import parse_config
+from mcluster.console.dashboard import render, render_plain, short_names
+from mcluster.console.snapshot import JobLine, Snapshot, read_snapshot
+from mcluster.store import members
+from mcluster.store.keys import ClusterKeys
+from mcluster.store.urls import make_async_client
+from tests.helpers import until
+from tests.redis_servers import RedisServer
+from tests.test_console import CIDR, DOMAINS, start_reference_nodes
+from tests.test_console_repl import drive
+
+CONFIG = """
+cluster {
+  Replicate "inbound_cidr" {}
+  Replicate "outbound_domains" {}
+  Replicate "shared_named_throttles" {}
+  Shared_Throttle "customer_42" { rate = "10/60" }
+  Shared_Throttle "idle" { rate = "1000/60" }
+}
+"""
+USED = 9  # of customer_42's 10 per minute
+
+
+def screen(renderable: RenderableType, width: int = 80, height: int = 24) -> list[str]:
+    out = io.StringIO()
+    Console(file=out, width=width, height=height, color_system=None).print(renderable)
+    return out.getvalue().splitlines()
+
+
+@pytest.fixture
+async def busy(redis_server: RedisServer, namespace: str) -> AsyncIterator[dict[str, Node]]:
+    """Three nodes with the reference's counts, a throttle near its limit, an anomaly."""
+    config = parse_config(CONFIG)
+    nodes: dict[str, Node] = {}
+    try:
+        await start_reference_nodes(config, redis_server.url, namespace, nodes)
+        nodes["relay-0-3"].record("outbound_domains", "gone.example", -2)  # clamped: anomaly
+        decision = await nodes["relay-0-1"].throttles.acquire([("customer_42", USED)])
+        assert decision.allowed
+        for node in nodes.values():
+            await node.flush()
+        client = nodes["relay-0-1"].client
+
+        async def leader_elected() -> bool:
+            return await members.leader(client, ClusterKeys(namespace)) is not None
+
+        await until(leader_elected, 10, "a leader")
+        yield nodes
+    finally:
+        for node in nodes.values():
+            await node.stop()
+
+
+async def snapshot_of(redis_server: RedisServer, namespace: str) -> Snapshot:
+    client = make_async_client(redis_server.url)
+    try:
+        return await read_snapshot(client, ClusterKeys(namespace))
+    finally:
+        await client.aclose()
+
+
+def test_short_names_drop_the_shared_prefix() -> None:
+    assert short_names(["relay-0-1", "relay-0-2", "relay-0-3"]) == ["1", "2", "3"]
+    assert short_names(["a", "ab"]) == ["a", "b"]
+    assert short_names(["solo"]) == ["solo"]
+
+
+async def test_empty_cluster_renders_at_80x24(redis_server: RedisServer, namespace: str) -> None:
+    snap = await snapshot_of(redis_server, namespace)
+    assert (snap.members, snap.objects, snap.leader) == ((), (), None)
+    lines = screen(render(snap))
+    assert len(lines) == 24 and max(map(len, lines)) <= 80
+    text = "\n".join(lines)
+    assert f"mcluster '{namespace}'  0 live  no leader" in lines[0]
+    assert "no live members" in text
+    assert "no objects yet" in text
+    assert "Jobs" not in text  # no job running: no panel
+
+
+async def test_busy_cluster_snapshot_is_exact(
+    busy: dict[str, Node], redis_server: RedisServer, namespace: str
+) -> None:
+    snap = await snapshot_of(redis_server, namespace)
+    assert snap.nodes == ("relay-0-1", "relay-0-2", "relay-0-3")
+    assert snap.leader in snap.nodes
+    assert [m.epoch for m in snap.members] == [n.member.epoch for n in busy.values() if n.member]
+    cidr = next(o for o in snap.objects if o.name == "inbound_cidr")
+    top = cidr.rows[0]
+    expected = [sum(CIDR[n].values()) for n in snap.nodes]
+    assert (top.key, top.global_count, list(top.per_node)) == ("10.0.0.0/8", 31, expected)
+    domains = next(o for o in snap.objects if o.name == "outbound_domains")
+    hotmail = sum(DOMAINS[n].get("hotmail.com", 0) for n in snap.nodes)
+    assert (domains.rows[0].key, domains.rows[0].global_count) == ("hotmail.com", hotmail)
+    first = snap.throttles[0]
+    assert (first.name, first.used, first.limit) == ("customer_42", USED, 10)
+    assert {(a.object, a.view, a.count) for a in snap.anomalies} == {
+        ("outbound_domains", "global", 2),
+        ("outbound_domains", "relay-0-3", 2),
+    }
+    fed = [x for x in snap.lag if x.object in ("inbound_cidr", "outbound_domains")]
+    assert sorted((x.object, x.node) for x in fed) == [
+        (obj, n) for obj in ("inbound_cidr", "outbound_domains") for n in snap.nodes
+    ]
+    assert all(x.last_batch_ms_ago is not None and x.seq >= 1 for x in fed), fed
+
+
+async def test_busy_cluster_renders_at_80x24(
+    busy: dict[str, Node], redis_server: RedisServer, namespace: str
+) -> None:
+    snap = await snapshot_of(redis_server, namespace)
+    lines = screen(render(snap))
+    assert len(lines) == 24 and max(map(len, lines)) <= 80
+    text = "\n".join(lines)
+    assert f"3 live  leader {snap.leader} (epoch {snap.epoch})" in lines[0]
+    for node in snap.nodes:
+        assert node in text
+    assert "leader" in text
+    row = next(line for line in lines if "10.0.0.0/8" in line)
+    assert row.split()[-4:] == ["31", "5", "7", "19"]  # global, then relay-0-1, -2, -3
+    assert "customer_42" in text and "90%" in text
+    assert "idle" not in text  # far from its limit
+    plain = "\n".join(screen(render_plain(snap), height=200))
+    for needle in ("Replication lag", "Anomalies", "relay-0-3 | outbound_domains", "hotmail.com"):
+        assert needle in plain
+
+
+def test_jobs_show_progress_bars() -> None:
+    job = JobLine("reap #e3-1#relay-0-2", "reaping inbound_cidr", 2500, 5000)
+    lines = screen(render(Snapshot("mc", 0, jobs=(job,))))
+    text = "\n".join(lines)
+    assert "Jobs" in text and "2,500/5,000" in text
+    bar = next(line for line in lines if "reaping" in line)
+    assert bar.count("━") == 4  # half done on an 8-cell bar
+    plain = "\n".join(screen(render_plain(Snapshot("mc", 0, jobs=(job,))), height=60))
+    assert "reaping inbound_cidr" in plain
+
+
+def test_a_narrow_screen_drops_node_columns_not_the_global_count() -> None:
+    from mcluster.console.snapshot import ObjectTop, TopRow
+
+    top = ObjectTop("inbound_cidr", "cidrtree", (TopRow("10.0.0.0/8", 31, (4, 7, 20)),), 6)
+    nodes = ("relay-0-1", "relay-0-2", "relay-0-3")
+    wide = next(
+        line for line in screen(render(Snapshot("mc", 0, nodes, objects=(top,)))) if "/8" in line
+    )
+    assert wide.split()[-4:] == ["31", "4", "7", "20"]
+    snap = Snapshot("mc", 0, nodes, objects=(top,))
+    narrow = next(line for line in screen(render(snap, 60), width=60) if "/8" in line)
+    assert "31" in narrow.split() and len(narrow) <= 60
+
+
+async def test_watch_without_a_tty_prints_plain_frames_and_exits_0(
+    busy: dict[str, Node], redis_server: RedisServer, namespace: str
+) -> None:
+    argv = [sys.executable, "-m", "mcluster", "console", "--redis", redis_server.url]
+    argv += ["--namespace", namespace, "--watch", "--seconds", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "MCLUSTER_REDIS_URL"}
+    done = await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=30, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "\x1b[" not in done.stdout  # no escape sequences in a pipe
+    frames = done.stdout.count("--- frame ")
+    assert 2 <= frames <= 4, done.stdout
+    assert done.stdout.count("relay-0-2") >= frames
+    assert "10.0.0.0/8" in done.stdout
+
+
+def test_watch_needs_positive_seconds() -> None:
+    argv = [sys.executable, "-m", "mcluster", "console", "--watch", "--seconds", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "--seconds needs --watch and a positive number" in done.stderr
+
+
+async def test_watch_in_the_repl(
+    busy: dict[str, Node], redis_server: RedisServer, namespace: str
+) -> None:
+    lines = ["watch 1", "watch soon", "nodename"]
+    code, out, err, _, prompts = await asyncio.to_thread(
+        drive, redis_server, namespace, "relay-0-1", lines
+    )
+    assert code == 0
+    assert "--- frame 1" in out and "10.0.0.0/8" in out
+    assert out.rstrip().endswith("relay-0-1")  # the session went on after the dashboard
+    assert "usage: watch [SECONDS]" in err
+    assert len(prompts) == 4
