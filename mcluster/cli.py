@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-dashboard", action="store_true", help="plain progress output")
     demo.add_argument("--redis", help="Redis URL (default: the embedded one)")
 
+    smtp = sub.add_parser("smtp", help="the demo SMTP server (aiosmtpd) beside an agent")
+    smtp.add_argument("--agent", default="http://127.0.0.1:4802", help="its agent's HTTP API")
+    smtp.add_argument("--listen", default="127.0.0.1:2525", help="SMTP address")
+    smtp.add_argument("--max-connections", type=int, default=8, help="per /24, cluster-wide")
+    smtp.add_argument("--throttle", default="demo_messages", help="shared throttle per message")
+    smtp.add_argument("--rate", default="100/5", help="the throttle's rate (defined at start)")
+
     redis_cmd = sub.add_parser("redis", help="the embedded Redis server")
     redis_cmd.add_argument("action", choices=["start", "stop", "url"])
     return parser
@@ -109,6 +116,19 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.nodes, args.seconds, not args.no_dashboard, args.redis)
 
 
+def _smtp(args: argparse.Namespace) -> int:
+    from mcluster.agent.main import split_listen
+    from mcluster.demo_smtp import Limits, serve
+
+    split_listen(args.listen)
+    if args.max_connections < 1:
+        return _fail(f"--max-connections must be at least 1, got {args.max_connections}", 2)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limits = Limits(max_connections=args.max_connections, throttle=args.throttle, rate=args.rate)
+    asyncio.run(serve(args.agent, args.listen, limits))
+    return 0
+
+
 def _redis(args: argparse.Namespace) -> int:
     if args.action == "stop":
         print("stopped" if stop_embedded_redis() else "not running")
@@ -155,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _console(args)
         if args.command == "config":
             return _config_check(args.file)
+        if args.command == "smtp":
+            return _smtp(args)
         if args.command == "demo":
             return _demo(args)
         return _redis(args)
