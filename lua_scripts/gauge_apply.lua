@@ -11,6 +11,7 @@
 -- Counts never go below zero: a decrement below zero is clamped and counted in 'anom'.
 -- Cost: O(P) for P pairs (a few hash commands per pair).
 --!include _batch.lua
+--!include _gauge_pairs.lua
 
 local repeated = batch_begin()
 if repeated then
@@ -18,27 +19,5 @@ if repeated then
   return {0, 0, repeated}
 end
 
-local anomalies = 0
-local changes = {}
-for i = 6, #ARGV, 2 do
-  local key = ARGV[i]
-  local cur = tonumber(redis.call('HGET', KEYS[7], key) or '0')
-  local eff, anom = effective(cur, tonumber(ARGV[i + 1]))
-  anomalies = anomalies + anom
-  if eff ~= 0 then
-    for v = 0, 1 do
-      local data, meta = KEYS[6 + v], KEYS[4 + v]
-      local new = redis.call('HINCRBY', data, key, eff)
-      local old = new - eff
-      if new == 0 then
-        redis.call('HDEL', data, key)
-        redis.call('HINCRBY', meta, 'n', -1)
-      elseif old == 0 then
-        redis.call('HINCRBY', meta, 'n', 1)
-      end
-    end
-    changes[#changes + 1] = key
-    changes[#changes + 1] = eff
-  end
-end
+local changes, anomalies = apply_pairs(6, nil)
 return batch_finish(changes, anomalies)

@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from mcluster import __version__
 from mcluster.agent import membership, reaper, slots
 from mcluster.agent.caches import Caches
+from mcluster.agent.gauge_caches import GaugeCaches
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
 from mcluster.agent.slots import SlotDecision
 from mcluster.agent.throttles import Throttles
@@ -92,6 +93,7 @@ class Node:
         self._families: dict[str, Throttles] = {}
         self.outbound = OutboundPolicy(self.config)
         self.caches = Caches(self.config, self.keys, self.name, lambda: self.scripts)
+        self.gauge_caches = GaugeCaches(self)
         throttle.config_throttles(self.config)  # a bad Shared_Throttle fails here, not later
 
     # -- life cycle -------------------------------------------------------------------
@@ -155,6 +157,24 @@ class Node:
                      max_buffered=self.max_buffered)  # fmt: skip
         box.on_stale = self._resync_needed.set
         self.outboxes[name] = box
+        return box
+
+    async def add_object(
+        self, name: str, type_: str, kind: Kind, max_pending: int = 100, max_delay: float = 1.0
+    ) -> Outbox:
+        """Manage an object defined at run time (a replicated gauge cache): its outbox, its
+        entry in the object registry and this node's view. The node must have joined."""
+        box = self.outboxes.get(name)
+        if box is not None:
+            return box
+        if self.member is None:
+            raise RuntimeError(f"cannot add object {name!r}: the node has not joined yet")
+        box = self._add_outbox(name, kind, max_pending, max_delay)
+        self._managed[name] = type_
+        await views.publish_objects(self.client, self.keys, {name: type_})
+        await self.client.hset(box.keys.views, self.member.private_name, self.name)
+        box.view = self.member.private_name
+        self._tasks.append(asyncio.create_task(box.run(self.scripts), name=f"outbox:{name}"))
         return box
 
     async def _retire_own(self, box: Outbox) -> None:
@@ -252,12 +272,13 @@ class Node:
 
     async def _reap_loop(self) -> None:
         """The leader looks for dead views four times per heartbeat and reaps them."""
-        objects = [(box.kind, box.keys) for box in self.outboxes.values()]
         while not self._stopping:
             await asyncio.sleep(self.heartbeat_interval / 4)
             if not self.is_leader:
                 continue
             try:
+                objects = [(box.kind, box.keys) for box in self.outboxes.values()]
+                objects += await self.gauge_caches.maintain()  # defined at run time
                 await reaper.reap(self.scripts, self.keys, objects)
             except RETRY_ERRORS as exc:
                 log.warning("reaping interrupted: %s", exc)

@@ -7,11 +7,11 @@ line here; nothing else in the package changes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from redis.asyncio import Redis
 
-from mcluster.objects import cidrtree, gauge
+from mcluster.objects import cidrtree, gauge, gauge_cache
 from mcluster.objects.cidrtree import Row
 from mcluster.store.keys import GLOBAL, ObjectKeys
 
@@ -76,7 +76,14 @@ GAUGE_TABLE = Kind(
     distinct_keys=gauge.distinct_keys,
     model_rows=gauge.model_rows,
 )
-KINDS = {k.name: k for k in (CIDRTREE, GAUGE_TABLE)}
+#: A replicated gauge cache is a gauge table whose script also drops old entries.
+GAUGE_CACHE = replace(
+    GAUGE_TABLE,
+    name=gauge_cache.KIND,
+    script="gauge_cache_apply",
+    batch_args=gauge_cache.batch_args,
+)
+KINDS = {k.name: k for k in (CIDRTREE, GAUGE_TABLE, GAUGE_CACHE)}
 
 #: Replication types stored as an additive view, by the kind that stores them.
 TYPE_KINDS: dict[str, Kind] = {
@@ -84,6 +91,7 @@ TYPE_KINDS: dict[str, Kind] = {
     "outbound_cidr": CIDRTREE,
     "outbound_domains": GAUGE_TABLE,
     "outbound_binding_domains": GAUGE_TABLE,
+    gauge_cache.TYPE: GAUGE_CACHE,  # defined at run time, not by a Replicate stanza
 }
 
 

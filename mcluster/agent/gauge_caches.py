@@ -1,0 +1,214 @@
+"""Gauge caches on one node (``Node.gauge_caches``): Momentum's ``ec_gauge_cache``.
+
+    await node.gauge_caches.define("senders", maxelems=10000, ttl="1H", replicate=True)
+    node.gauge_caches.inc("senders", "alice@example.com")     # O(1), no network
+    await node.gauge_caches.get("senders", "alice@example.com")
+
+A local gauge cache lives in this process only. A replicated one records like any other
+object (an outbox, exactly-once batches into this node's view and the global view), so
+``cluster shared show NAME [from NODE]`` shows it and a dead node's share is reaped; the
+apply script notes each entry's last change and drops entries past their ttl and the
+oldest beyond maxelems from every view. Keys need not be created: a missing key reads 0.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+from mcluster.objects import gauge, gauge_cache, views
+from mcluster.objects.gauge_cache import GaugeCacheDef
+from mcluster.objects.kinds import GAUGE_CACHE, Kind
+from mcluster.objects.views import Listing, NotFound
+from mcluster.store.keys import GLOBAL, ObjectKeys, text
+
+if TYPE_CHECKING:
+    from mcluster.agent.node import Node
+
+__all__ = ["GaugeCacheError", "GaugeCaches", "LocalGaugeCache", "UnknownGaugeCache"]
+
+
+class UnknownGaugeCache(NotFound):
+    """A gauge cache this node has not defined."""
+
+
+class GaugeCacheError(ValueError):
+    """A definition this node cannot take (replication off, a name in use, a conflict)."""
+
+
+@dataclass
+class LocalGaugeCache:
+    """A gauge cache in this process: entries ordered by last change, oldest first."""
+
+    definition: GaugeCacheDef
+    entries: OrderedDict[str, tuple[int, float]] = field(default_factory=OrderedDict)
+    expired: int = 0
+    evicted: int = 0
+    anomalies: int = 0
+    clock: Callable[[], float] = time.monotonic
+
+    def _expire(self) -> None:
+        ttl = self.definition.ttl_s
+        if not ttl:
+            return
+        limit = self.clock() - ttl
+        entries = self.entries
+        while entries:
+            key, (_, changed) = next(iter(entries.items()))
+            if changed > limit:
+                break
+            del entries[key]
+            self.expired += 1
+
+    def change(self, key: str, delta: int) -> int:
+        """Add ``delta`` (clamped at zero, as replicated ones are); returns the new count."""
+        self._expire()
+        old = self.entries.pop(key, (0, 0.0))[0]
+        new = old + delta
+        if new < 0:
+            self.anomalies += -new
+            new = 0
+        if new:
+            self.entries[key] = (new, self.clock())
+        while len(self.entries) > self.definition.maxelems:
+            self.entries.popitem(last=False)
+            self.evicted += 1
+        return new
+
+    def get(self, key: str) -> int:
+        self._expire()
+        found = self.entries.get(key)
+        return found[0] if found else 0
+
+    def listing(self, limit: int | None) -> Listing:
+        self._expire()
+        rows = gauge.model_rows({k: v for k, (v, _) in self.entries.items()})
+        return Listing(
+            object=self.definition.name,
+            type=gauge_cache.KIND,
+            view="local",
+            node=None,
+            rows=rows if limit is None else rows[:limit],
+            total_rows=len(rows),
+            distinct_keys=len(rows),
+            anomalies=self.anomalies,
+        )
+
+
+class GaugeCaches:
+    """The gauge caches this node has defined."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.enabled = any(
+            gauge_cache.TYPE in obj.parameters for obj in node.config.of_type("metrics")
+        )
+        self.defs: dict[str, GaugeCacheDef] = {}
+        self.local: dict[str, LocalGaugeCache] = {}
+
+    async def define(
+        self, name: str, maxelems: int, ttl: str | int = 0, replicate: bool = False
+    ) -> bool:
+        """Define (or redefine the limits of) a gauge cache; True if it is new here."""
+        definition = gauge_cache.make_def(name, maxelems, ttl, replicate)
+        old = self.defs.get(name)
+        if old is not None and old.replicate != replicate:
+            raise GaugeCacheError(
+                f"gauge cache {name!r} is already defined with replicate={old.replicate}"
+            )
+        if replicate:
+            if not self.enabled:
+                raise GaugeCacheError(
+                    "replicated gauge caches need gauge cache replication: add "
+                    'Replicate "metrics" { parameters = "gauge_cache" } to the cluster scope'
+                )
+            if old is None and (name in self.node.outboxes or name in self.node.config.names):
+                raise GaugeCacheError(f"{name!r} already names another replicated object")
+            box = await self.node.add_object(name, gauge_cache.TYPE, GAUGE_CACHE)
+            await gauge_cache.define(self.node.scripts, box.keys, definition)
+        elif old is not None:
+            self.local[name].definition = definition
+        else:
+            self.local[name] = LocalGaugeCache(definition)
+        self.defs[name] = definition
+        return old is None
+
+    def _def(self, name: str) -> GaugeCacheDef:
+        found = self.defs.get(name)
+        if found is None:
+            known = ", ".join(sorted(self.defs)) or "none"
+            raise UnknownGaugeCache(f"unknown gauge cache {name!r}; defined here: {known}")
+        return found
+
+    def inc(self, name: str, key: str, by: int = 1) -> None:
+        """Count ``by`` up on ``key`` (created if missing): O(1), in memory."""
+        if type(by) is not int:
+            raise TypeError(f"by must be an integer, got {by!r}")
+        definition = self._def(name)
+        if definition.replicate:
+            self.node.record(name, key, by)
+        else:
+            gauge.parse_key(key)
+            self.local[name].change(key, by)
+
+    def dec(self, name: str, key: str, by: int = 1) -> None:
+        """Count ``by`` down on ``key`` (never below zero)."""
+        if type(by) is not int:
+            raise TypeError(f"by must be an integer, got {by!r}")
+        self.inc(name, key, -by)
+
+    async def get(self, name: str, key: str, view: str = "global") -> int:
+        """The count of ``key``: cluster-wide (``global``), or one node's share (a node
+        name); a local gauge cache has one view. A missing or expired key reads 0."""
+        definition = self._def(name)
+        packed = gauge.parse_key(key)
+        if not definition.replicate:
+            return self.local[name].get(key)
+        if view in ("global", GLOBAL):
+            return await gauge_cache.read(self.node.scripts, self.node.outbox(name).keys, packed)
+        return await self.node.count(name, key, view)
+
+    async def show(
+        self, name: str, view: str = "global", limit: int | None = views.DEFAULT_LIMIT
+    ) -> Listing:
+        """The entries of one view (as ``cluster shared show NAME [from NODE]``)."""
+        if not self._def(name).replicate:
+            return self.local[name].listing(limit)
+        return await self.node.show(name, view, limit)
+
+    def definitions(self) -> list[dict[str, Any]]:
+        return [d.to_json() for _, d in sorted(self.defs.items())]
+
+    def figures(self, name: str) -> dict[str, Any]:
+        """Counters of a local gauge cache (a replicated one: see ``Node.stats``)."""
+        definition = self._def(name)
+        if definition.replicate:
+            shipped: dict[str, Any] = self.node.stats().get(name, {})
+            return definition.to_json() | shipped
+        local = self.local[name]
+        return definition.to_json() | {
+            "entries": len(local.entries),
+            "expired": local.expired,
+            "evicted": local.evicted,
+            "anomalies": local.anomalies,
+        }
+
+    async def maintain(self) -> list[tuple[Kind, ObjectKeys]]:
+        """Run by the leader: purge every replicated gauge cache of the cluster (so entries
+        expire when nothing is written) and return those this node does not hold, to be
+        reaped with its own objects."""
+        node = self.node
+        registry = cast(dict[bytes, bytes], await node.client.hgetall(node.keys.objects))
+        others: list[tuple[Kind, ObjectKeys]] = []
+        for raw_name, raw in registry.items():
+            if json.loads(raw).get("type") != gauge_cache.TYPE:
+                continue
+            okeys = node.keys.object(text(raw_name))
+            await gauge_cache.purge(node.scripts, okeys)
+            if okeys.name not in node.outboxes:
+                others.append((GAUGE_CACHE, okeys))
+        return others
