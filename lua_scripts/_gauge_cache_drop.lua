@@ -6,6 +6,7 @@
 --       change), gc.conf (hash ttl_ms, maxelems), gc.views, gc.reaping (view id -> node),
 --       gc.stream, gc.prefix (node view keys are prefix .. VIEW .. ':d' / ':meta', in the
 --       same hash slot), gc.maxlen (stream MAXLEN).
+-- ARGV: none of its own (the including script passes gc.prefix and gc.maxlen from its ARGV).
 -- Return: gc_purge returns {expired, evicted}: entries unchanged for ttl_ms, then the
 --         oldest beyond maxelems; at most 32 of each per call.
 -- Cost: O(D * (V + log N)) for D dropped entries (<= 64) and V node views.
