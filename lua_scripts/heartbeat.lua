@@ -3,7 +3,8 @@
 -- KEYS[3] incarnation key (marker of this Redis data set)   KEYS[4] leader lease key
 -- KEYS[5] leader fencing token counter
 -- ARGV[1] private name   ARGV[2] node name   ARGV[3] lease TTL (ms)
--- ARGV[4] the incarnation this node joined under   ARGV[5] leader lease TTL (ms)
+-- ARGV[4] the incarnation this node joined under   ARGV[5] leader lease TTL (ms), 0 for a
+--         member that never leads (the manager)
 -- Return: {lease, incarnation, token, leader}: lease 1 when renewed, 0 when the lease is
 --         lost (expired, taken by a newer epoch, or Redis lost its data); incarnation 1
 --         when it is unchanged; token the fencing token when this node is leader, else 0;
@@ -20,12 +21,12 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[2], node .. ':hb', now_ms)
 local leader = redis.call('GET', KEYS[4])
 local token = 0
-if not leader then
+if not leader and leader_ttl > 0 then
   token = redis.call('INCR', KEYS[5])
   redis.call('SET', KEYS[4], me .. ' ' .. token, 'PX', leader_ttl)
   leader = me .. ' ' .. token
-elseif string.sub(leader, 1, #me + 1) == me .. ' ' then
+elseif leader and string.sub(leader, 1, #me + 1) == me .. ' ' then
   redis.call('PEXPIRE', KEYS[4], leader_ttl)
   token = tonumber(string.sub(leader, #me + 2))
 end
-return {1, 1, token, leader}
+return {1, 1, token, leader or ''}

@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     console.add_argument("--json", action="store_true", help="machine-readable output")
     console.add_argument("--watch", action="store_true", help="the live dashboard")
     console.add_argument("--seconds", type=float, help="with --watch: stop after N seconds")
+    console.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds broadcast/unicast wait (default 5)"
+    )
+
+    manager = sub.add_parser("manager", help="run the cluster manager (eccmgr) in the foreground")
+    manager.add_argument("--config", default=os.environ.get(ENV_CONFIG), help="cluster config")
+    manager.add_argument("--redis", help="Redis URL (default: $MCLUSTER_REDIS_URL, else embedded)")
+    manager.add_argument("--name", help="member name (default: manager-HOSTNAME)")
+    manager.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
     config = sub.add_parser("config", help="work with config files")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -105,9 +114,26 @@ def _console(args: argparse.Namespace) -> int:
         args.cmd,
         args.json,
         args.namespace,
+        args.timeout,
         watch=args.watch,
         seconds=args.seconds,
     )
+
+
+def _manager(args: argparse.Namespace) -> int:
+    from mcluster.agent.manager import run_manager
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = load_config(args.config) if args.config else None
+    url = resolve_redis_url(args.redis)
+    try:
+        asyncio.run(run_manager(config, url, args.name))
+    except (RedisConnectionError, OSError) as exc:
+        return _fail(f"cannot reach Redis at {redact_url(url)}: {exc}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -179,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _smtp(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "manager":
+            return _manager(args)
         return _redis(args)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)

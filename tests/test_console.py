@@ -318,6 +318,8 @@ async def test_help_lists_all_commands(cluster: Cluster) -> None:
         "cluster nodeaddr",
         "cluster shared list",
         "cluster shared show OBJ [from NODE] [all | limit N]",
+        "broadcast COMMAND",
+        "unicast NODE COMMAND",
     }
     lines = render(result.renderable)
     assert len(lines) == 1 + len(COMMANDS)

@@ -27,7 +27,11 @@ FIRST += ["reset", "shared", "show"]
 @pytest.mark.parametrize(
     ("buffer", "expected"),
     [
-        ("", sorted(["cluster", *FIRST, "exit", "quit", "watch"])),
+        ("", sorted(["cluster", *FIRST, "broadcast", "unicast", "exit", "quit", "watch"])),
+        ("broadcast ", sorted(["cluster", *FIRST])),
+        ("broadcast cluster shared ", ["list", "show"]),
+        ("unicast ", sorted(NODES)),
+        ("unicast mx-1 cluster node", ["nodeaddr", "nodename"]),
         ("cl", ["cluster"]),
         ("wa", ["watch"]),
         ("q", ["quit"]),

@@ -12,6 +12,7 @@ from mcluster.agent.http import make_app
 from mcluster.agent.node import Node
 from mcluster.agent.policy import PolicyService
 from mcluster.config import ClusterConfig
+from mcluster.console.serve import serve_console
 from mcluster.objects.policy import policy_config
 
 log = logging.getLogger("mcluster.agent")
@@ -46,8 +47,13 @@ async def run_agent(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    console: asyncio.Task[None] | None = None
     try:
         await node.start()
+        console = asyncio.create_task(serve_console(
+            node.client, node.keys, node, lambda: [(o.name, o.type) for o in node.config.objects],
+            stopping.is_set,
+        ))  # fmt: skip
         log.info("agent %s serving http://%s", node.private_name, listen)
         if service is not None and policy is not None:
             await service.start(*split_listen(policy))
@@ -57,5 +63,7 @@ async def run_agent(
     finally:
         if service is not None:
             await service.stop()
+        if console is not None:
+            console.cancel()
         await node.stop()
         await runner.cleanup()

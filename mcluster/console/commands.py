@@ -13,6 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from rich.console import RenderableType
 
+from mcluster.console.local import LocalMember
 from mcluster.console.render import (
     HelpView,
     InfoView,
@@ -80,12 +81,19 @@ def exit_code(exc: BaseException) -> int:
 
 @dataclass
 class ConsoleContext:
-    """What a console is attached to: a Redis, a namespace, maybe a node and a config."""
+    """What a console is attached to: a Redis, a namespace, maybe a node and a config.
+
+    ``local`` is the member process itself when the command runs inside it (a request
+    over Redis); commands that need the process (``cluster reset``) go there.
+    ``timeout`` bounds how long ``broadcast`` and ``unicast`` wait for answers.
+    """
 
     client: Redis
     keys: ClusterKeys
     node: str | None = None
     configured: list[tuple[str, str]] = field(default_factory=list)
+    timeout: float = 5.0
+    local: LocalMember | None = None
 
 
 @dataclass(frozen=True)
@@ -232,3 +240,7 @@ _HANDLERS: dict[tuple[str, ...], Handler] = {
     ("membership",): _membership,
     ("info",): _info,
 }
+
+from mcluster.console import cluster_ops  # noqa: E402  (its handlers use the names above)
+
+_HANDLERS.update(cluster_ops.HANDLERS)

@@ -56,6 +56,7 @@ def console_main(
     command: str | None,
     json_mode: bool,
     namespace: str | None = None,
+    timeout: float = 5.0,
     *,
     watch: bool = False,
     seconds: float | None = None,
@@ -70,6 +71,9 @@ def console_main(
             for issue in exc.issues:
                 _fail(str(issue))
             return EXIT_ERROR
+    if not 0 < timeout <= 3600:
+        _fail(f"--timeout must be between 0 and 3600 seconds, got {timeout:g}")
+        return EXIT_ERROR
     try:
         keys = ClusterKeys(_namespace(namespace, config))
         if node is not None:
@@ -88,7 +92,7 @@ def console_main(
                 _fail(f"cannot reach Redis at {redact_url(url)}: {exc}")
                 runner.run(client.aclose())
                 return EXIT_ERROR
-            ctx = ConsoleContext(client, keys, node, configured)
+            ctx = ConsoleContext(client, keys, node, configured, timeout)
             try:
                 if watch:
                     return _watch(runner, ctx, seconds)

@@ -53,14 +53,23 @@ def _candidates(
     words: list[str], objects: Sequence[str], nodes: Sequence[str]
 ) -> tuple[list[str], list[str]]:
     """(command words, names) that may come after the complete ``words``."""
-    first_words = sorted({spec.words[0] for spec in COMMANDS})
+    first_words = sorted({spec.words[0] for spec in COMMANDS if not spec.top})
+    top_words = sorted({spec.words[0] for spec in COMMANDS if spec.top})
     if not words:
-        return ["cluster", *first_words, *REPL_WORDS, WATCH_WORD], []
+        return sorted(["cluster", *first_words, *top_words, *REPL_WORDS, WATCH_WORD]), []
     if words[0].casefold() == "cluster":
         words = words[1:]
         if not words:
             return first_words, []
     spec, rest = match(words)
+    if spec is not None and spec.top:  # broadcast COMMAND, unicast NODE COMMAND
+        if spec.words == ("unicast",):
+            if not rest:
+                return [], list(nodes)
+            rest = rest[1:]
+        if not rest:
+            return sorted(["cluster", *first_words]), []
+        return _candidates(rest, objects, nodes)
     if spec is None:
         return next_words(words), []
     if spec.words == ("help",):

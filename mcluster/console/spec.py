@@ -17,6 +17,8 @@ class CommandSpec:
     summary: str
     coming_with: str | None = None
     """None when this release implements it; else the feature it will arrive with."""
+    top: bool = False
+    """A command of the manager's console (``broadcast``), not a ``cluster`` one."""
 
     @property
     def implemented(self) -> bool:
@@ -25,7 +27,7 @@ class CommandSpec:
     @property
     def name(self) -> str:
         """``cluster shared show`` (the fixed words only)."""
-        return " ".join(("cluster", *self.words))
+        return " ".join(self.words if self.top else ("cluster", *self.words))
 
     @property
     def usage(self) -> str:
@@ -58,6 +60,10 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "Display a shared object (global or from a node).",
     ),
     CommandSpec(("show", "logs"), "", "Show the cluster logs and their sizes.", "logs"),
+    CommandSpec(
+        ("broadcast",), "COMMAND", "Run a command on every node; print each answer.", top=True
+    ),
+    CommandSpec(("unicast",), "NODE COMMAND", "Run a command on one member.", top=True),
 )
 
 #: Words the REPL understands besides the commands.

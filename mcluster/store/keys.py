@@ -12,7 +12,10 @@ Layout for object ``inbound_cidr`` in namespace ``mc`` (``B`` = ``mc:{inbound_ci
 - ``B:g:…`` / ``B:n:VIEW:…`` the data keys of each kind (buckets, hashes)
 
 Cluster-wide keys use the tag ``{cluster}``: ``mc:{cluster}:members``, ``:epoch``,
-``:objects``, ``:lease:NODE``, ``:leader``, ``:leader_token``, ``:incarnation``, ``:reaping``.
+``:objects``, ``:lease:NODE``, ``:leader``, ``:leader_token``, ``:incarnation``, ``:reaping``;
+console requests ``:requests:NODE`` (list), their answers ``:reply:ID`` (list) and who
+answers them ``:responders`` (hash); jobs
+``:jobs`` (hash id -> JSON), ``:job_id`` (counter), ``:jobs:abort`` (set of ids).
 """
 
 from __future__ import annotations
@@ -80,6 +83,33 @@ class ClusterKeys:
 
     def lease(self, node: str) -> str:
         return f"{self.base}:lease:{node}"
+
+    def requests(self, node: str) -> str:
+        """Console commands waiting for one member (a list the member pops)."""
+        return f"{self.base}:requests:{node}"
+
+    @property
+    def responders(self) -> str:
+        """Members that answer console requests: node -> JSON {type, seen_ms}."""
+        return f"{self.base}:responders"
+
+    def reply(self, request_id: str) -> str:
+        """The answers to one console request (a list the asker pops)."""
+        return f"{self.base}:reply:{request_id}"
+
+    @property
+    def jobs(self) -> str:
+        """Jobs (broadcasts, re-syncs, reaping, resets): id -> JSON record."""
+        return f"{self.base}:jobs"
+
+    @property
+    def job_id(self) -> str:
+        return f"{self.base}:job_id"
+
+    @property
+    def jobs_abort(self) -> str:
+        """Ids of the jobs an operator asked to abort."""
+        return f"{self.base}:jobs:abort"
 
     def object(self, name: str) -> ObjectKeys:
         return ObjectKeys(self.namespace, check_name("object", name))
