@@ -160,9 +160,11 @@ def test_help_lists_every_command_of_the_reference() -> None:
         "cluster shared list",
         "cluster shared show OBJ [from NODE] [all | limit N]",
         "cluster show logs",
+        "broadcast COMMAND",
+        "unicast NODE COMMAND",
     ):
         assert f"  {usage}  " in text, usage
-    assert len(COMMANDS) == 15
+    assert len(COMMANDS) == 17
 
 
 def test_help_marks_what_this_release_lacks() -> None:
@@ -172,7 +174,8 @@ def test_help_marks_what_this_release_lacks() -> None:
     assert "cluster reset" in marked
     assert "cluster duravip move FROM TO" in marked
     available = [ln for ln in lines if not ln.endswith("(not in this release)")]
-    assert [ln.split()[1] for ln in available] == [
+    words = [ln.split() for ln in available]
+    assert [w[1] if w[0] == "cluster" else w[0] for w in words] == [
         "help",
         "membership",
         "info",
@@ -180,6 +183,8 @@ def test_help_marks_what_this_release_lacks() -> None:
         "nodeaddr",
         "shared",
         "shared",
+        "broadcast",
+        "unicast",
     ]
     assert max(len(ln) for ln in lines) <= 120
 
