@@ -14,7 +14,12 @@ import contextlib
 import itertools
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.agents import Farm
+from tests.redis_servers import free_port
 
 _pids = itertools.count(os.getpid() % 40000 + 1000)
 
@@ -134,3 +139,16 @@ class Smtpd:
         except (ConnectionError, OSError):
             closed = True
         return out, closed
+
+
+@contextlib.asynccontextmanager
+async def policy_agent(workdir: Path, client_rates: str) -> AsyncIterator[tuple[Farm, int]]:
+    """One real ``mcluster agent --policy`` process (node ``n1``) with these rates; the
+    farm and the policy port."""
+    farm = Farm(workdir, extra=f"Policy {{ client_rates = ({client_rates}) }}")
+    port = free_port()
+    try:
+        await farm.start("n1", args=("--policy", f"127.0.0.1:{port}"))
+        yield farm, port
+    finally:
+        await farm.close()

@@ -19,10 +19,9 @@ from mcluster.agent.policy import PolicyService
 from mcluster.config import ConfigError
 from mcluster.objects.policy import ClientRate, policy_config
 from mcluster.objects.rates import Rate
-from tests.agents import Farm
 from tests.helpers import until
-from tests.postfix import Smtpd
-from tests.redis_servers import RedisServer, free_port, start_redis
+from tests.postfix import Smtpd, policy_agent
+from tests.redis_servers import RedisServer, start_redis
 
 CONF = """
 cluster {
@@ -245,10 +244,7 @@ async def test_redis_away_answers_the_configured_policy_within_the_deadline(
 
 
 async def test_agent_process_serves_policy_beside_http(tmp_path: Path) -> None:
-    farm = Farm(tmp_path, extra='Policy { client_rates = ("32,2/60") }')
-    port = free_port()
-    try:
-        await farm.start("n1", args=("--policy", f"127.0.0.1:{port}"))
+    async with policy_agent(tmp_path, '"32,2/60"') as (farm, port):
         async with Smtpd(port) as s:
             assert await s.transaction("10.7.0.1") == DUNNO4
             assert await s.transaction("10.7.0.1") == DUNNO4
@@ -260,5 +256,3 @@ async def test_agent_process_serves_policy_beside_http(tmp_path: Path) -> None:
             assert (await s.transaction("10.7.0.1"))[0].startswith("DEFER_IF_PERMIT 4.7.1")
             assert await s.transaction("10.7.0.2") == DUNNO4
         assert farm.agents["n1"].log_lines("sent binary data (control characters)")
-    finally:
-        await farm.close()

@@ -8,6 +8,7 @@
     GET  /v1/stats    -> per-object counters of this agent
     GET  /v1/membership -> [{...}, ...]           (as ``cluster membership --json``)
     GET  /healthz     -> 200 once the agent has joined, else 503
+    GET  /metrics     -> Prometheus text format (see ``prometheus``)
     /v1/throttles...  -> see ``http_throttles``
     /v1/caches...     -> see ``http_caches``
 
@@ -25,10 +26,11 @@ from typing import Any
 
 from aiohttp import web
 
-from mcluster.agent import http_caches, http_throttles
+from mcluster.agent import http_caches, http_throttles, prometheus
 from mcluster.agent.http_common import NODE_KEY, error, read_json
 from mcluster.agent.node import Node, UnknownObject
 from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.agent.policy import PolicyService
 from mcluster.objects.views import DEFAULT_LIMIT, NotFound
 from mcluster.store.cluster_view import membership_json
 
@@ -169,7 +171,7 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
-def make_app(node: Node) -> web.Application:
+def make_app(node: Node, policy: PolicyService | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     app[NODE_KEY] = node
     app.router.add_post("/v1/events", post_events)
@@ -182,4 +184,5 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/healthz", healthz)
     http_throttles.add_routes(app)
     http_caches.add_routes(app)
+    prometheus.add_routes(app, node, policy)
     return app

@@ -40,7 +40,7 @@ async def run_agent(
     host, port = split_listen(listen)
     node = Node(config, node_name, redis_url, address=listen)
     service = PolicyService(node, policy_config(config)) if policy else None
-    runner = web.AppRunner(make_app(node), access_log=None)
+    runner = web.AppRunner(make_app(node, service), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     stopping = asyncio.Event()

@@ -351,6 +351,13 @@ class Node:
             )
         return self._throttles
 
+    def throttle_families(self) -> dict[str, Throttles]:
+        """The throttle tables this node decides on, by family (for ``GET /metrics``)."""
+        families = dict(self._families)
+        if self._throttles is not None:
+            families[throttle.OBJECT] = self._throttles
+        return families
+
     async def outbound_message(self, route: Route) -> Decision:
         """OBTM: may one more message go out on this route? (cluster-wide, exact)"""
         return await self._throttle_route("OBTM", outbound.OBTM_OPTION, route)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mcluster.agent.histogram import LATENCY_BOUNDS, SIZE_BOUNDS, Histogram
 from mcluster.objects.kinds import Kind
 from mcluster.store.keys import ObjectKeys
 from mcluster.store.scripts import Scripts
@@ -93,6 +95,12 @@ class Outbox:
     resyncing: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set by ``Node.stop``: the run loop ends after the batch it is sending.
     stopping: bool = False
+    #: For ``GET /metrics``: apply latency and keys per batch; when the oldest delta
+    #: waiting in the buffer, and the oldest one being shipped, were recorded.
+    apply_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
+    batch_keys: Histogram = field(default_factory=lambda: Histogram(SIZE_BOUNDS))
+    pending_since: float = 0.0
+    shipping_since: float = 0.0
 
     def admit(self, key: str) -> bytes:
         """Validate and pack a key (ValueError says why it is bad), remembering good ones."""
@@ -111,6 +119,8 @@ class Outbox:
             if len(buffer) >= self.max_buffered and packed not in buffer:
                 self.drop()
                 return
+        if not buffer:
+            self.pending_since = time.monotonic()
         buffer[packed] = buffer.get(packed, 0) + delta
         self.stats.recorded += 1
 
@@ -145,7 +155,16 @@ class Outbox:
     async def ship_locked(self, scripts: Scripts) -> None:
         items, self.buffer = self.buffer, {}
         self.wake.clear()
-        await self.send_all(scripts, self.fold(items), "d")
+        self.shipping_since = self.pending_since if items else 0.0
+        try:
+            await self.send_all(scripts, self.fold(items), "d")
+        finally:
+            self.shipping_since = 0.0
+
+    def lag(self, now: float) -> float:
+        """Seconds the oldest delta not yet applied in Redis has waited (0: none waits)."""
+        waiting = [t for t in (self.shipping_since, self.pending_since if self.buffer else 0) if t]
+        return max(0.0, now - min(waiting)) if waiting else 0.0
 
     async def snapshot_locked(self, scripts: Scripts) -> None:
         """Publish the absolute state into a fresh (empty) view: a re-sync."""
@@ -177,8 +196,10 @@ class Outbox:
         keys, args = self.kind.apply_call(self.keys, self.view, items, self.seq, mode)
         delay = 0.02
         while True:
+            started = time.monotonic()
             try:
                 applied, anomalies, _ = await scripts.run(self.kind.script, keys, args)
+                self.apply_seconds.observe(time.monotonic() - started)
                 break
             except RETRY_ERRORS as exc:
                 self.stats.retries += 1
@@ -191,6 +212,7 @@ class Outbox:
                     raise StaleView(str(exc)) from exc
                 raise
         self.stats.batches += 1
+        self.batch_keys.observe(len(items))
         self.acked = self.seq
         if applied:
             self.stats.applied += len(items)
