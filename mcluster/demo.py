@@ -1,9 +1,13 @@
-"""``mcluster demo``: a small farm of node agents on one machine, fed synthetic SMTP traffic.
+"""``mcluster demo``: a small farm of node agents on one machine, fed SMTP traffic.
 
-It starts (or reuses) the embedded Redis, runs N agents in a namespace of their own, sends
-them inbound and outbound connection events over their HTTP API, prints progress, then
-shows the views as the console prints them and checks global == sum of node views. Every
-agent is stopped and every key of the demo namespace deleted at the end, even on Ctrl-C.
+It starts (or reuses) the embedded Redis, runs N agents in a namespace of their own and a
+real SMTP server beside each (``demo_farm``), opens real SMTP sessions against them from
+many loopback sources, and sends the agents synthetic inbound and outbound connection
+events over their HTTP API. It shows the live dashboard on a terminal (plain progress
+lines otherwise, or with ``--no-dashboard``), then the views as the console prints them,
+checks global == sum of node views and that the SMTP figures agree exactly with Redis.
+Every agent and server is stopped and every key of the demo namespace deleted at the end,
+even on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from redis.exceptions import RedisError
 
 from mcluster.agent.outbox import wait_event
 from mcluster.console import console_main
+from mcluster.demo_farm import CONFIG_STANZAS, SmtpFarm, dashboard
 from mcluster.store.embedded import embedded_socket_path, embedded_url, ensure_embedded_redis
 from mcluster.store.urls import ENV_REDIS_URL, make_sync_client, redact_url, validate_redis_url
 
@@ -51,7 +56,7 @@ cluster {{
   Replicate "outbound_domains" {{}}
   Replicate "outbound_binding_domains" {{}}
   Replicate "shared_named_throttles" {{}}
-}}
+{stanzas}}}
 """
 OBJECTS = ("inbound_cidr", "outbound_cidr", "outbound_domains", "outbound_binding_domains")
 INBOUND_NETS = {
@@ -192,8 +197,12 @@ def spawn_agents(n: int, config: Path, url: str, workdir: Path, agents: list[Age
 class Farm:
     """The asynchronous part: wait for the agents, drive traffic, flush, check the views."""
 
-    def __init__(self, agents: list[Agent], seconds: float | None) -> None:
+    def __init__(
+        self, agents: list[Agent], seconds: float | None, live: tuple[str, str] | None = None
+    ) -> None:
         self.agents, self.seconds = agents, seconds
+        self.live = live  # (Redis URL, namespace) for the live dashboard, None: progress lines
+        self.smtp: SmtpFarm | None = None
         self.traffic = Traffic(len(agents))
         self.stop = asyncio.Event()
         self.driving = False
@@ -213,11 +222,24 @@ class Farm:
             await asyncio.gather(*(self.wait_healthy(a, started) for a in self.agents))
             span = f"for {self.seconds:g} s" if self.seconds else "until Ctrl-C"
             took = loop.time() - started
-            print(f"all agents joined in {took:.1f} s; sending traffic {span}", flush=True)
-            await self.drive()
+            print(f"all agents joined in {took:.1f} s", flush=True)
+            self.smtp = smtp = await SmtpFarm.start([a.url for a in self.agents], self.session)
+            try:
+                print("\n".join(smtp.describe()), flush=True)
+                print(f"sending traffic {span}", flush=True)
+                smtp.run()
+                await self.drive()
+            finally:
+                await smtp.close()
             print(f"flushing {len(self.agents)} agents", flush=True)
             await asyncio.gather(*(self.request("POST", a, "/v1/flush") for a in self.agents))
-            return await self.check()
+            ok, figures = await smtp.final_figures(self.total)
+            views_ok, verdict = await self.check()
+            return ok and views_ok, "\n".join([*figures, verdict])
+
+    async def total(self, name: str) -> int:
+        """A figure of the SMTP servers as Redis holds it (global view of demo_totals)."""
+        return await self.count(name, "demo_totals")
 
     async def request(self, method: str, agent: Agent, path: str, **kw: Any) -> Any:
         try:
@@ -254,6 +276,10 @@ class Farm:
         start = last = next_tick = loop.time()
         end = start + self.seconds if self.seconds else float("inf")
         reporter = asyncio.create_task(self.report(start))
+        shown = asyncio.Event()
+        live = None
+        if self.live is not None:
+            live = asyncio.create_task(dashboard(*self.live, None, shown))
         self.driving = True
         try:
             while not self.stop.is_set() and (now := loop.time()) < end:
@@ -263,9 +289,12 @@ class Farm:
                 await wait_event(self.stop, max(0.0, min(next_tick, end) - loop.time()))
         finally:
             self.driving = False
+            shown.set()
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
+            if live is not None:
+                await live
         sent, took = sum(a.sent for a in self.agents), loop.time() - start
         print(f"sent {sent:,} events in {took:.1f} s ({sent / took:,.0f}/s)", flush=True)
 
@@ -281,11 +310,13 @@ class Farm:
             except DemoError:
                 cluster = "?"
             per_node = "  ".join(f"{a.name} {a.sent:,}" for a in self.agents)
-            print(
-                f"{now - start:5.0f}s  events sent: {per_node}  ({rate:,.0f}/s)  "
-                f"open connections (cluster-wide): {cluster}",
-                flush=True,
-            )
+            smtp = self.smtp.progress() if self.smtp else ""
+            if self.live is None:  # the dashboard owns the screen
+                print(
+                    f"{now - start:5.0f}s  events sent: {per_node}  ({rate:,.0f}/s)  "
+                    f"open connections (cluster-wide): {cluster}  {smtp}",
+                    flush=True,
+                )
 
     async def get(self, path: str, **params: str) -> Any:
         return await self.request("GET", self.agents[0], path, params=params)
@@ -353,8 +384,9 @@ def show_views(url: str, namespace: str) -> None:
 
 
 def run_demo(nodes: int, seconds: float | None, dashboard: bool, redis_url: str | None) -> int:
-    """Run the demo farm; 0 when the views add up, 1 on a failure, 130 when interrupted."""
-    del dashboard  # plain progress lines for now; the live dashboard comes later
+    """Run the demo farm; 0 when the views and figures add up, 1 on a failure, 130 when
+    interrupted. The dashboard is shown only on a terminal (plain progress otherwise)."""
+    dashboard = dashboard and sys.stdout.isatty()
     if not 1 <= nodes <= MAX_NODES:
         print(f"mcluster: --nodes must be between 1 and {MAX_NODES}, got {nodes}", file=sys.stderr)
         return 2
@@ -373,14 +405,15 @@ def run_demo(nodes: int, seconds: float | None, dashboard: bool, redis_url: str 
     code = 1
     try:
         config = workdir / "mcluster.conf"
-        config.write_text(DEMO_CONFIG.format(namespace=namespace))
+        config.write_text(DEMO_CONFIG.format(namespace=namespace, stanzas=CONFIG_STANZAS))
         which = f"the embedded Redis {url}" if not redis_url else f"Redis {redact_url(url)}"
         print(f"mcluster demo: {nodes} agents on {which}, namespace {namespace!r}")
         print(f"work dir {workdir} (config and agent logs)", flush=True)
         spawn_agents(nodes, config, url, workdir, agents)
         for agent in agents:
             print(f"  {agent.name}  pid {agent.proc.pid}  {agent.url}", flush=True)
-        ok, verdict = asyncio.run(Farm(agents, seconds).run())
+        live = (url, namespace) if dashboard else None
+        ok, verdict = asyncio.run(Farm(agents, seconds, live).run())
         show_views(url, namespace)
         print(verdict, flush=True)
         code = 0 if ok else 1

@@ -15,7 +15,7 @@ from rich.console import Console, RenderableType
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
 from mcluster.console.dashboard import render, render_plain, short_names
-from mcluster.console.snapshot import JobLine, Snapshot, read_snapshot
+from mcluster.console.snapshot import JobLine, Snapshot, read_snapshot, top_rows
 from mcluster.store import members
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.urls import make_async_client
@@ -201,3 +201,22 @@ async def test_watch_in_the_repl(
     assert out.rstrip().endswith("relay-0-1")  # the session went on after the dashboard
     assert "usage: watch [SECONDS]" in err
     assert len(prompts) == 4
+
+
+def test_top_of_a_cidr_tree_is_its_widest_distinct_networks() -> None:
+    from mcluster.objects.cidrtree import Row
+
+    rows = [
+        Row("0.0.0.0/0", 60),  # trie rows above /8 are left out
+        Row("0.0.0.0/1", 50),
+        Row("10.0.0.0/8", 50),
+        Row("10.0.0.0/15", 50),  # repeats 10.0.0.0/8: one branch of the trie
+        Row("10.0.0.0/24", 30),
+        Row("10.0.0.7/32", 30),  # repeats 10.0.0.0/24
+        Row("10.0.1.0/24", 20),
+        Row("127.0.0.0/8", 10),
+        Row("2001:db8::/32", 5),
+    ]
+    top = [r.key for r in top_rows("cidrtree", rows, 5)]
+    assert top == ["10.0.0.0/8", "127.0.0.0/8", "10.0.0.0/24", "10.0.1.0/24", "2001:db8::/32"]
+    assert [r.key for r in top_rows("gauge table", [Row("a", 1), Row("b", 3)])] == ["b", "a"]

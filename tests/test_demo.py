@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +37,9 @@ def start_demo(server: RedisServer, tmp_path: Path, *args: str) -> subprocess.Po
     )
 
 
-def finish(proc: subprocess.Popen[str], head: str = "") -> tuple[str, str]:
+def finish(proc: subprocess.Popen[str], head: str = "", timeout: float = 45) -> tuple[str, str]:
     try:
-        out, err = proc.communicate(timeout=45)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
@@ -123,4 +124,50 @@ def test_ctrl_c_during_startup_cleans_up(redis_server: RedisServer, tmp_path: Pa
     out, err = finish(proc, head)
     assert proc.returncode == 130, out + err
     assert "interrupted" in err
+    assert_cleaned_up(out, redis_server)
+
+
+FIGURES = ("connections", "refused", "messages", "deferred")
+SOURCES = ("SMTP clients saw", "SMTP servers counted", "Redis (demo_totals)")
+
+
+def final_figures(out: str) -> dict[str, dict[str, int]]:
+    """The three rows of the demo's final figures, by source, as numbers."""
+    header = re.search(r"^final figures +(.+)$", out, re.M)
+    assert header and header[1].split() == list(FIGURES), out
+    rows = {}
+    for source in SOURCES:
+        row = re.search(rf"^  {re.escape(source)} +([\d, ]+)$", out, re.M)
+        assert row, f"no {source!r} row:\n{out}"
+        numbers = [int(n.replace(",", "")) for n in row[1].split()]
+        rows[source] = dict(zip(FIGURES, numbers, strict=True))
+    return rows
+
+
+def refuses(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.timeout(120)
+def test_demo_farm_runs_10_s_and_its_figures_are_exact(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    proc = start_demo(redis_server, tmp_path, "--seconds", "10")
+    out, err = finish(proc, timeout=100)
+    assert proc.returncode == 0, out + err
+    assert "Traceback" not in err, err
+    rows = final_figures(out)
+    clients = rows["SMTP clients saw"]
+    assert rows["SMTP servers counted"] == clients, out
+    assert rows["Redis (demo_totals)"] == clients, out  # read back from Redis by the demo
+    assert all(clients[name] > 0 for name in FIGURES), clients  # the cap and throttle tripped
+    assert "final figures exact: OK" in out
+    assert re.search(r"^ +\d+s +events sent: .* smtp: [\d,]+ sessions", out, re.M), out
+    smtp_ports = [
+        int(p) for p in re.findall(r"^  smtp relay-0-\d+  127\.0\.0\.1:(\d+)$", out, re.M)
+    ]
+    agent_ports = [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)$", out, re.M)]
+    assert len(smtp_ports) == 3 and len(agent_ports) == 3, out
+    assert all(refuses(port) for port in smtp_ports + agent_ports)  # nothing left listening
     assert_cleaned_up(out, redis_server)

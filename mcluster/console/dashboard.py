@@ -26,7 +26,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from mcluster.console.snapshot import LagLine, ObjectTop, Snapshot, read_snapshot
+from mcluster.console.snapshot import LagLine, ObjectTop, Snapshot, SnapshotReader
 from mcluster.store.keys import ClusterKeys
 
 REFRESH = 1.0
@@ -105,7 +105,7 @@ def members_table(s: Snapshot, ascii_box: bool = False) -> Table:
 
 def lag_table(s: Snapshot, ascii_box: bool = False) -> Table:
     """Per node, its stalest view: how long ago its last batch of that object landed."""
-    table = _table("Replication lag", "node", "stalest object", "last", ascii_box=ascii_box, left=2)
+    table = _table("Replication lag", "stalest object", "node", "last", ascii_box=ascii_box, left=2)
     stalest: dict[str, LagLine] = {}
     for line in s.lag:
         if line.last_batch_ms_ago is None:
@@ -117,7 +117,7 @@ def lag_table(s: Snapshot, ascii_box: bool = False) -> Table:
         line = stalest[node]
         stale = (line.last_batch_ms_ago or 0) > STALE_MS
         age = Text(_ago(line.last_batch_ms_ago), style="yellow" if stale else "")
-        table.add_row(node, line.object, age)
+        table.add_row(line.object, node, age)
     if not stalest:
         table.add_row(Text("no batches yet", style="dim"), "", "")
     return table
@@ -213,14 +213,13 @@ def render_plain(s: Snapshot) -> RenderableType:
     return Group(*parts)
 
 
-async def safe_snapshot(
-    client: Redis, keys: ClusterKeys, configured: Iterable[tuple[str, str]] = ()
-) -> Snapshot:
+async def safe_snapshot(reader: SnapshotReader) -> Snapshot:
     """A snapshot, or an empty one saying why Redis could not be read (the watch goes on)."""
     try:
-        return await read_snapshot(client, keys, configured)
+        return await reader.read()
     except (RedisError, OSError) as exc:
-        return Snapshot(keys.namespace, int(time.time() * 1000), error=f"Redis error: {exc}")
+        namespace = reader.keys.namespace
+        return Snapshot(namespace, int(time.time() * 1000), error=f"Redis error: {exc}")
 
 
 async def watch(
@@ -233,14 +232,14 @@ async def watch(
 ) -> int:
     """Refresh the dashboard every ``interval`` seconds for ``seconds`` (None: until
     cancelled); returns the number of frames shown."""
-    configured = list(configured)
+    reader = SnapshotReader(client, keys, list(configured))
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds if seconds is not None else float("inf")
     frames = 0
     live = Live(console=console, screen=True, auto_refresh=False) if console.is_terminal else None
     with live if live is not None else contextlib.nullcontext():
         while True:
-            snap = await safe_snapshot(client, keys, configured)
+            snap = await safe_snapshot(reader)
             frames += 1
             if live is not None:
                 live.update(render(snap, console.size.width), refresh=True)

@@ -7,9 +7,11 @@ Everything is read through the same readers as the console commands (``objects.v
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
@@ -18,12 +20,15 @@ from mcluster.objects.cidrtree import Row
 from mcluster.objects.rates import parse_rate
 from mcluster.objects.views import NotFound, ObjectInfo
 from mcluster.store import cluster_view, members
-from mcluster.store.keys import ClusterKeys
+from mcluster.store.keys import GLOBAL, ClusterKeys
 from mcluster.store.replication_view import view_activity
 
-#: Rows of an object's top shown per object, and global rows read to choose them from.
+#: Rows of an object's top shown per object, and global rows read to choose them from
+#: (a CIDR tree lists its rows depth first: a few thousand reach past the first /8).
 TOP_ROWS = 5
-SCAN_ROWS = 200
+SCAN_ROWS = 2000
+RESCAN = 10.0  # seconds between two choices of an object's top rows (a full scan)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -106,47 +111,92 @@ class Snapshot:
 
 
 def top_rows(kind: str, rows: Iterable[Row], n: int = TOP_ROWS) -> list[Row]:
-    """The rows worth a glance: a CIDR tree's widest networks first (largest count among
-    equal prefixes), a table's largest counts."""
-    if kind == "cidrtree":
+    """The rows worth a glance: a CIDR tree's widest networks (from /8, or /16 for IPv6),
+    leaving out a network that only repeats the count of a wider one holding it; a
+    table's largest counts."""
+    if kind != "cidrtree":
+        return sorted(rows, key=lambda r: (-r.count, r.key))[:n]
+    nets = []
+    for row in rows:
+        net = ipaddress.ip_network(row.key, strict=False)
+        if net.prefixlen >= (8 if net.version == 4 else 16):
+            nets.append((net.prefixlen, -row.count, net, row))
+    chosen: list[tuple[IPNetwork, Row]] = []
+    for _, _, net, row in sorted(nets, key=lambda x: x[:2]):
+        if any(row.count == top.count and _within(net, wide) for wide, top in chosen):
+            continue  # one branch of the trie: the same connections as the wider row
+        chosen.append((net, row))
+        if len(chosen) == n:
+            break
+    return [row for _, row in chosen]
 
-        def widest(row: Row) -> tuple[int, int]:
-            return ipaddress.ip_network(row.key, strict=False).prefixlen, -row.count
 
-        return sorted(rows, key=widest)[:n]
-    return sorted(rows, key=lambda r: (-r.count, r.key))[:n]
+def _within(net: IPNetwork, wide: IPNetwork) -> bool:
+    return net.version == wide.version and net.subnet_of(wide)  # type: ignore[arg-type]
 
 
-async def _node_count(
-    client: Redis, keys: ClusterKeys, obj: str, key: str, node: str
-) -> int | None:
+async def _in_view(client: Redis, keys: ClusterKeys, info: ObjectInfo, node: str) -> str | None:
+    """The view id of ``node`` for an object, or None when the node has no view of it."""
     try:
-        return await views.count(client, keys, obj, key, node)
+        view, _ = await views.resolve_view(client, keys, keys.object(info.name), node)
     except NotFound:
         return None
+    return view
 
 
-async def _anomalies(client: Redis, keys: ClusterKeys, obj: str, node: str | None) -> int:
-    try:
-        return (await views.show(client, keys, obj, node, 0)).anomalies
-    except NotFound:
-        return 0
+@dataclass
+class _Chosen:
+    """The keys of an object's top, chosen from a full scan of its global view."""
+
+    scanned_at: float
+    keys: list[str]
 
 
 async def _object(
-    client: Redis, keys: ClusterKeys, info: ObjectInfo, nodes: tuple[str, ...]
+    client: Redis,
+    keys: ClusterKeys,
+    info: ObjectInfo,
+    nodes: tuple[str, ...],
+    chosen: dict[str, _Chosen],
+    rescan: float,
 ) -> tuple[ObjectTop, list[AnomalyLine]]:
-    listing = await views.show(client, keys, info.name, None, SCAN_ROWS)
+    """An object's top rows and anomalies. The rows are chosen from a scan of up to
+    SCAN_ROWS rows, redone every ``rescan`` seconds; their counts are read every time, for
+    every node at once."""
+    assert info.kind is not None
+    kind, okeys = info.kind, keys.object(info.name)
+    head = await views.show(client, keys, info.name, None, 0)  # figures only, no rows
+    now = time.monotonic()
+    pick = chosen.get(info.name)
+    if pick is None or now - pick.scanned_at >= rescan:
+        listing = await views.show(client, keys, info.name, None, SCAN_ROWS)
+        pick = chosen[info.name] = _Chosen(now, [r.key for r in top_rows(head.type, listing.rows)])
+    node_views = await asyncio.gather(*(_in_view(client, keys, info, n) for n in nodes))
+    columns: list[str | None] = [GLOBAL, *node_views]
+    counts = await asyncio.gather(
+        *(
+            kind.count(client, okeys, view, key)
+            for key in pick.keys
+            for view in columns
+            if view is not None
+        )
+    )
+    found = iter(counts)
     rows = []
-    for row in top_rows(listing.type, listing.rows):
-        per_node = [await _node_count(client, keys, info.name, row.key, n) for n in nodes]
-        rows.append(TopRow(row.key, row.count, tuple(per_node)))
-    anomalies = [AnomalyLine(info.name, "global", listing.anomalies)] if listing.anomalies else []
-    for node in nodes:
-        count = await _anomalies(client, keys, info.name, node)
-        if count:
-            anomalies.append(AnomalyLine(info.name, node, count))
-    return ObjectTop(info.name, listing.type, tuple(rows), listing.total_rows), anomalies
+    for key in pick.keys:
+        row = [next(found) if view is not None else None for view in columns]
+        rows.append(TopRow(key, row[0] or 0, tuple(row[1:])))
+    if head.type != "cidrtree":
+        rows.sort(key=lambda r: (-r.global_count, r.key))
+    anomalies = [AnomalyLine(info.name, "global", head.anomalies)] if head.anomalies else []
+    heads = await asyncio.gather(
+        *(views.show(client, keys, info.name, view, 0) for view in node_views if view)
+    )
+    with_view = [node for node, view in zip(nodes, node_views, strict=True) if view]
+    for node, meta in zip(with_view, heads, strict=True):
+        if meta.anomalies:
+            anomalies.append(AnomalyLine(info.name, node, meta.anomalies))
+    return ObjectTop(info.name, head.type, tuple(rows), head.total_rows), anomalies
 
 
 async def _throttles(client: Redis, keys: ClusterKeys, info: ObjectInfo) -> list[ThrottleLine]:
@@ -163,51 +213,70 @@ async def read_snapshot(
     client: Redis, keys: ClusterKeys, configured: Iterable[tuple[str, str]] = ()
 ) -> Snapshot:
     """Everything the dashboard shows, as of now (Redis time)."""
-    now_ms = await members.server_time_ms(client)
-    every = await members.all_members(client, keys, live_only=True)
-    lead = await members.leader(client, keys)
-    leader = cluster_view.leader_node(lead[0]) if lead is not None else None
-    nodes = tuple(m.node for m in every)
-    member_lines = tuple(
-        MemberLine(
-            m.node,
-            m.epoch,
-            None if m.last_heartbeat_ms is None else max(0, now_ms - m.last_heartbeat_ms),
-            m.node == leader,
+    return await SnapshotReader(client, keys, list(configured)).read()
+
+
+@dataclass
+class SnapshotReader:
+    """Reads snapshots again and again (the dashboard keeps one): the rows an object shows
+    are chosen again every ``rescan`` seconds, their counts are read every time."""
+
+    client: Redis
+    keys: ClusterKeys
+    configured: list[tuple[str, str]] = field(default_factory=list)
+    rescan: float = RESCAN
+    chosen: dict[str, _Chosen] = field(default_factory=dict)
+
+    async def read(self) -> Snapshot:
+        client, keys = self.client, self.keys
+        now_ms = await members.server_time_ms(client)
+        every = await members.all_members(client, keys, live_only=True)
+        lead = await members.leader(client, keys)
+        leader = cluster_view.leader_node(lead[0]) if lead is not None else None
+        nodes = tuple(m.node for m in every)
+        member_lines = tuple(
+            MemberLine(
+                m.node,
+                m.epoch,
+                None if m.last_heartbeat_ms is None else max(0, now_ms - m.last_heartbeat_ms),
+                m.node == leader,
+            )
+            for m in every
         )
-        for m in every
-    )
-    epoch = next((m.epoch for m in every if m.node == leader), None)
-    objects, throttles, lag, anomalies = [], [], [], []
-    for info in await views.list_objects(client, keys, configured):
-        if info.kind is None:
-            throttles += await _throttles(client, keys, info)
-            continue
-        top, found = await _object(client, keys, info, nodes)
-        objects.append(top)
-        anomalies += found
-        for act in await view_activity(client, keys.object(info.name), now_ms):
-            lag.append(LagLine(info.name, act.node, act.seq, act.last_batch_ms_ago))
-    reaping = await cluster_view.reaping_progress(client, keys)
-    jobs = [
-        JobLine(
-            f"reap {job['view']}", f"reaping {job['object']}", _int(job, "done"), _int(job, "total")
+        epoch = next((m.epoch for m in every if m.node == leader), None)
+        objects, throttles, lag, anomalies = [], [], [], []
+        for info in await views.list_objects(client, keys, self.configured):
+            if info.kind is None:
+                throttles += await _throttles(client, keys, info)
+                continue
+            top, found = await _object(client, keys, info, nodes, self.chosen, self.rescan)
+            objects.append(top)
+            anomalies += found
+            for act in await view_activity(client, keys.object(info.name), now_ms):
+                lag.append(LagLine(info.name, act.node, act.seq, act.last_batch_ms_ago))
+        reaping = await cluster_view.reaping_progress(client, keys)
+        jobs = [
+            JobLine(
+                f"reap {job['view']}",
+                f"reaping {job['object']}",
+                _int(job, "done"),
+                _int(job, "total"),
+            )
+            for job in reaping
+        ]
+        return Snapshot(
+            namespace=keys.namespace,
+            server_time_ms=now_ms,
+            nodes=nodes,
+            members=member_lines,
+            leader=leader,
+            epoch=epoch,
+            objects=tuple(objects),
+            throttles=tuple(sorted(throttles, key=lambda t: -t.fraction)),
+            lag=tuple(lag),
+            anomalies=tuple(anomalies),
+            jobs=tuple(jobs),
         )
-        for job in reaping
-    ]
-    return Snapshot(
-        namespace=keys.namespace,
-        server_time_ms=now_ms,
-        nodes=nodes,
-        members=member_lines,
-        leader=leader,
-        epoch=epoch,
-        objects=tuple(objects),
-        throttles=tuple(sorted(throttles, key=lambda t: -t.fraction)),
-        lag=tuple(lag),
-        anomalies=tuple(anomalies),
-        jobs=tuple(jobs),
-    )
 
 
 def _int(job: dict[str, object], field: str) -> int:
