@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -308,3 +309,20 @@ async def test_cache_scripts_on_every_redis(any_redis: RedisServer, namespace: s
         assert ops[-2:] == [(b"s", b"k1"), (b"d", b"k2")]
     finally:
         await client.aclose()
+
+
+async def test_replica_reloads_after_a_gap_in_the_stream(nodes: list[Node]) -> None:
+    a, b, _ = nodes
+    await a.caches.set("snap", "k0", "v0")
+    await _holds(b, "snap", "k0", "v0")
+    follower = next(t for t in b.caches._tasks if t.get_name() == "cache:snap")
+    follower.cancel()  # b stops reading the stream: as if it fell far behind
+    for i in range(1, 40):
+        await a.caches.set("snap", f"k{i}", f"v{i}")
+    replica = b.caches.replicas["snap"]
+    await b.client.xtrim(replica.keys.stream, maxlen=0, approximate=False)
+    b.caches._tasks.append(asyncio.create_task(replica.follow(b.scripts)))
+    await a.caches.set("snap", "last", "x")  # its stamp shows b that it missed 39 sets
+    await eventually(lambda: replica.stats.reloads == 1, "b reloads")
+    held = {k: b.caches.peek("snap", k) for k in [f"k{i}" for i in range(40)] + ["last"]}
+    assert held == {f"k{i}": f"v{i}" for i in range(40)} | {"last": "x"}

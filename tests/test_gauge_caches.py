@@ -165,6 +165,16 @@ async def test_replicated_oldest_entry_dropped_from_every_view(pair: tuple[Node,
     assert node_sum == rows
     meta = await a.client.hgetall(a.outbox("g").keys.meta(GLOBAL))
     assert int(meta[b"evicted"]) == 1 and int(meta[b"n"]) == 3
+    # a wrote k2; it forgets it too, so a re-sync does not bring it back
+    await until(lambda: _forgot(a, b"k2"), 3, what="a forgets the dropped k2")
+    assert set(a.outbox("g").state) == {b"k1"}
+    await a._rejoin("test: re-publish the absolute counts")
+    again = {r.key: r.count for r in (await a.gauge_caches.show("g")).rows}
+    assert again == rows
+
+
+async def _forgot(n: Node, key: bytes) -> bool:
+    return key not in n.outbox("g").state
 
 
 async def test_replicated_ttl_counts_from_the_last_change(pair: tuple[Node, Node]) -> None:

@@ -233,8 +233,8 @@ class Replica:
                         break
 
     async def reload(self, scripts: Scripts) -> None:
-        self.stats.reloads += 1
         await self.load(scripts)
+        self.stats.reloads += 1
 
     async def _reload_if_reset(self, scripts: Scripts) -> None:
         try:
@@ -286,6 +286,15 @@ class Replica:
         } | vars(self.stats)
 
 
+async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the followers of a node and wait (briefly) for them to end; empties the list."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=1.0)
+    tasks.clear()
+
+
 class Caches:
     """Every replicated cache of the config on one node (``Node.caches``)."""
 
@@ -325,11 +334,7 @@ class Caches:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=1.0)
-        self._tasks = []
+        await cancel_tasks(self._tasks)
 
     def set_loader(self, name: str, loader: Loader | None, ttl: str | int = 0) -> None:
         """Fill misses of cache ``name`` from ``loader(key)`` (a value, or None for none);

@@ -13,18 +13,34 @@ oldest beyond maxelems from every view. Keys need not be created: a missing key 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+from redis.asyncio import Redis
+
+from mcluster.agent.caches import cancel_tasks
+from mcluster.agent.outbox import RETRY_ERRORS, Outbox
 from mcluster.objects import gauge, gauge_cache, views
 from mcluster.objects.gauge_cache import GaugeCacheDef
 from mcluster.objects.kinds import GAUGE_CACHE, Kind
 from mcluster.objects.views import Listing, NotFound
 from mcluster.store.keys import GLOBAL, ObjectKeys, text
+
+log = logging.getLogger("mcluster.gauge_caches")
+_ENTRY_FIELDS = {b"view", b"seq", b"mode"}
+
+
+async def _stream_end(client: Redis, stream: str) -> str:
+    """The id of the last entry of a stream ("0-0" when empty): where to follow from."""
+    last = await client.xrevrange(stream, count=1)
+    return text(cast(bytes, last[0][0])) if last else "0-0"
+
 
 if TYPE_CHECKING:
     from mcluster.agent.node import Node
@@ -109,6 +125,7 @@ class GaugeCaches:
         )
         self.defs: dict[str, GaugeCacheDef] = {}
         self.local: dict[str, LocalGaugeCache] = {}
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def define(
         self, name: str, maxelems: int, ttl: str | int = 0, replicate: bool = False
@@ -130,12 +147,38 @@ class GaugeCaches:
                 raise GaugeCacheError(f"{name!r} already names another replicated object")
             box = await self.node.add_object(name, gauge_cache.TYPE, GAUGE_CACHE)
             await gauge_cache.define(self.node.scripts, box.keys, definition)
+            if old is None:
+                start = await _stream_end(self.node.client, box.keys.stream)
+                follower = self.follow_drops(box, start)
+                self._tasks.append(asyncio.create_task(follower, name=f"drops:{name}"))
         elif old is not None:
             self.local[name].definition = definition
         else:
             self.local[name] = LocalGaugeCache(definition)
         self.defs[name] = definition
         return old is None
+
+    async def follow_drops(self, box: Outbox, last_id: str) -> None:
+        """Forget the entries Redis dropped (ttl, maxelems) from this node's absolute counts,
+        so a re-sync does not bring them back. (An entry this node changes in the very
+        moment it is dropped may lose that change from its counts: a rare race.)"""
+        client = self.node.client
+        while True:
+            try:
+                reply = await client.xread({box.keys.stream: last_id}, count=512, block=1000)
+            except RETRY_ERRORS as exc:
+                log.warning("gauge cache %s: change stream unreadable (%s)", box.name, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for _stream, entries in cast(list[Any], reply or []):
+                for raw_id, fields in entries:
+                    last_id = text(raw_id)
+                    if fields.get(b"mode") == b"x":
+                        for key in fields.keys() - _ENTRY_FIELDS:
+                            box.state.pop(key, None)
+
+    async def stop(self) -> None:
+        await cancel_tasks(self._tasks)
 
     def _def(self, name: str) -> GaugeCacheDef:
         found = self.defs.get(name)

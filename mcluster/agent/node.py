@@ -307,6 +307,7 @@ class Node:
                 log.warning("%s ended with %r", task.get_name(), task.exception())
         self._tasks = []
         await self.caches.stop()
+        await self.gauge_caches.stop()
         if self.member is not None:
             try:
                 async with asyncio.timeout(timeout):
