@@ -5,8 +5,8 @@
 -- ARGV[1] key   ARGV[2] value   ARGV[3] ttl in ms (0 = never expires)
 -- ARGV[4] max_size (-1 = unbounded)   ARGV[5] stream MAXLEN (approximate)
 -- ARGV[6] origin: the name of the writing node
--- Stream entries, in the order applied: op "d" (key k removed: expired or evicted, st = the
--- write stamp it is removed at) and op "s" (k set to v, t = ttl ms, at = Redis ms, st = its
+-- Stream entries, in the order applied: op "d" (key k removed, why = "expired" or
+-- "evicted", st = the write stamp it is removed at) and op "s" (k set to v, t = ttl ms, at = Redis ms, st = its
 -- write stamp, o = origin). Every "s" has st = previous st + 1, so a reader sees a gap.
 -- Return: {stamp, now_ms, evicted, expired}
 -- Cost: O(log N) for the write plus O(log N) per removed pair; at most 32 expired pairs
@@ -16,17 +16,18 @@ local max_size, maxlen = tonumber(ARGV[4]), ARGV[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local function remove(k, stamp)
+local function remove(k, stamp, why)
   redis.call('HDEL', KEYS[1], k)
   redis.call('ZREM', KEYS[2], k)
   redis.call('ZREM', KEYS[3], k)
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'op', 'd', 'k', k, 'st', stamp)
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'op', 'd', 'k', k, 'st', stamp,
+    'why', why)
 end
 
 local before = tonumber(redis.call('HGET', KEYS[4], 'wseq') or '0')
 local expired = 0
 for _, k in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 32)) do
-  remove(k, before)
+  remove(k, before, 'expired')
   expired = expired + 1
 end
 
@@ -49,7 +50,7 @@ if max_size > 0 then
   if over > 0 then
     local popped = redis.call('ZPOPMIN', KEYS[2], over)
     for i = 1, #popped, 2 do
-      remove(popped[i], stamp)
+      remove(popped[i], stamp, 'evicted')
       evicted = evicted + 1
     end
   end

@@ -133,6 +133,7 @@ async def test_max_size_keeps_the_most_recently_written(nodes: list[Node]) -> No
     assert await b.caches.get("small", "k0") is None
     stats = await b.caches.stats("small")
     assert stats["redis"]["evicted"] == 901 and stats["replica"]["replica_size"] == 100
+    assert b.stats()["small"]["evicted"] == 901  # seen on the stream, as in /v1/stats
 
 
 async def test_ttl_minutes_never_and_expiry(nodes: list[Node]) -> None:

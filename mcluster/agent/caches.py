@@ -76,7 +76,7 @@ class ReplicaStats:
     loads: int = 0
     sets: int = 0
     changes: int = 0
-    removals: int = 0
+    expired: int = 0  # removals seen on the stream, whoever's set caused them
     evicted: int = 0
     reloads: int = 0
 
@@ -153,7 +153,10 @@ class Replica:
         key = fields[b"k"].decode("utf-8", "surrogatepass")
         stamp = int(fields[b"st"])
         if fields[b"op"] == b"d":
-            self.stats.removals += 1
+            if fields.get(b"why") == b"evicted":
+                self.stats.evicted += 1
+            else:
+                self.stats.expired += 1
             self.remove(key, stamp)
             return True
         if stamp != self.wseq + 1:
@@ -382,9 +385,12 @@ class Caches:
             self._scripts(), replica.keys, key, value, ttl_s, replica.obj.max_size, replica.node
         )
         replica.stats.sets += 1
-        replica.stats.evicted += written.evicted
         replica.put(key, value, written.stamp, ttl_s * 1000)
         return written
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """Every replica's figures (part of ``Node.stats`` and ``GET /v1/stats``)."""
+        return {name: replica.figures() for name, replica in self.replicas.items()}
 
     async def stats(self, name: str) -> dict[str, Any]:
         """This node's replica figures and the cache's figures in Redis."""

@@ -465,4 +465,5 @@ class Node:
         )
 
     def stats(self) -> dict[str, Any]:
-        return {name: vars(box.stats) | {"seq": box.seq} for name, box in self.outboxes.items()}
+        shipped = {name: vars(box.stats) | {"seq": box.seq} for name, box in self.outboxes.items()}
+        return shipped | self.caches.figures()
