@@ -1,5 +1,5 @@
 -- throttle_acquire: decide many throttle requests at once, each all-or-nothing.
--- KEYS[1..K] one window hash per limit (bucket number -> count), all in one hash slot
+-- KEYS[1..K] one window hash per limit (see _window.lua), all in one hash slot
 -- KEYS[K+1..2K] the deciding node's share of each window (what it admitted)
 -- ARGV[1] K   ARGV[2..1+3K] per limit: N (0 = unlimited), period ms, bucket ms
 -- then per request: flags (1 = force: count even over the limit, as Momentum's inc),
@@ -10,27 +10,18 @@
 -- Time is Redis server time (TIME). A request is admitted when, for every limit, the
 -- counts of all buckets that overlap the window (now - period, now], the oldest one in
 -- full, plus the cost stay within N: never over-admits in any sliding window.
--- Cost: O(K * B + R * m) for B <= 11 buckets per limit and R requests.
+-- Cost: O(K + R * m) for R requests (reads 3 fields per limit, running sum in _window.lua);
+--   a refused request reads its limits' buckets (B <= 11) to say when to retry.
+--!include _window.lua
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local K = tonumber(ARGV[1])
 local limits = {}
 for k = 1, K do
   local base = 2 + 3 * (k - 1)
-  local L = {n = tonumber(ARGV[base]), p = tonumber(ARGV[base + 1]),
-             w = tonumber(ARGV[base + 2]), used = 0, add = 0, buckets = {}}
-  L.cur = math.floor(now / L.w)
-  local oldest = math.floor((now - L.p) / L.w)
-  local h = redis.call('HGETALL', KEYS[k])
-  for i = 1, #h, 2 do
-    local b, c = tonumber(h[i]), tonumber(h[i + 1])
-    if b < oldest then
-      redis.call('HDEL', KEYS[k], h[i])
-    else
-      L.used = L.used + c
-      L.buckets[b] = c
-    end
-  end
+  local n, p, w = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  local L = window_open(KEYS[k], p, w, now)
+  L.n, L.p, L.w = n, p, w
   limits[k] = L
 end
 
@@ -38,11 +29,12 @@ end
 local function retry_after(L, cost)
   if cost > L.n then return -1 end
   local excess = L.used + cost - L.n
+  local buckets = window_buckets(L)
   local order = {}
-  for b in pairs(L.buckets) do order[#order + 1] = b end
+  for b in pairs(buckets) do order[#order + 1] = b end
   table.sort(order)
   for _, b in ipairs(order) do
-    excess = excess - L.buckets[b]
+    excess = excess - buckets[b]
     if excess <= 0 then return math.max(1, (b + 1) * L.w + L.p - now) end
   end
   return L.p
@@ -77,7 +69,6 @@ while i <= #ARGV do
       local L = limits[k]
       L.used = L.used + cost
       L.add = L.add + cost
-      L.buckets[L.cur] = (L.buckets[L.cur] or 0) + cost
     end
   end
   out[#out + 1] = ok and 1 or 0
@@ -89,11 +80,7 @@ while i <= #ARGV do
 end
 for k = 1, K do
   local L = limits[k]
-  if L.add > 0 then
-    for _, key in ipairs({KEYS[k], KEYS[K + k]}) do
-      redis.call('HINCRBY', key, L.cur, L.add)
-      redis.call('PEXPIRE', key, L.p + L.w)
-    end
-  end
+  window_write(L, L.p + L.w)
+  window_share(KEYS[K + k], L, L.add, L.p + L.w)
 end
 return out

@@ -1,5 +1,5 @@
 -- throttle_reserve: a node reserves a share of a throttle's budget (local quota mode).
--- KEYS[1] the throttle's window hash (bucket number -> count)   KEYS[2] this node's share
+-- KEYS[1] the throttle's window hash (see _window.lua)   KEYS[2] this node's share
 -- ARGV[1] N   ARGV[2] period ms   ARGV[3] bucket ms   ARGV[4] tokens wanted
 -- ARGV[5] epsilon: at most this fraction of what is left may go to one reservation
 -- Return: {granted, ms left in the current bucket, bucket number, server time ms}.
@@ -8,26 +8,17 @@
 -- was counted and the sliding-window guarantee of throttle_acquire holds unchanged.
 -- Unspent tokens are handed back with throttle_return. A node that dies holding tokens
 -- loses them until they leave the window: the error is on the side of admitting less.
--- Cost: O(B) for B <= 11 buckets.
+-- Cost: O(1) amortized (the running sum of _window.lua).
+--!include _window.lua
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n, p, w = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local want, eps = tonumber(ARGV[4]), tonumber(ARGV[5])
-local cur = math.floor(now / w)
-local oldest = math.floor((now - p) / w)
-local used = 0
-local h = redis.call('HGETALL', KEYS[1])
-for i = 1, #h, 2 do
-  local b = tonumber(h[i])
-  if b < oldest then redis.call('HDEL', KEYS[1], h[i]) else used = used + tonumber(h[i + 1]) end
-end
-local left = n - used
+local W = window_open(KEYS[1], p, w, now)
+local left = n - W.used
 local grant = math.min(want, math.max(1, math.floor(eps * left)), left)
 if grant < 1 then grant = 0 end
-if grant > 0 then
-  for _, key in ipairs(KEYS) do
-    redis.call('HINCRBY', key, cur, grant)
-    redis.call('PEXPIRE', key, p + w)
-  end
-end
-return {grant, (cur + 1) * w - now, cur, now}
+W.add, W.used = grant, W.used + grant
+window_write(W, p + w)
+window_share(KEYS[2], W, grant, p + w)
+return {grant, (W.cur + 1) * w - now, W.cur, now}

@@ -1,5 +1,5 @@
 -- throttle_return: hand back unspent reserved tokens of one bucket (local quota mode).
--- KEYS[1] the throttle's window hash   KEYS[2] this node's share
+-- KEYS[1] the throttle's window hash (see _window.lua)   KEYS[2] this node's share
 -- ARGV[1] bucket number   ARGV[2] tokens unspent
 -- Return: the tokens actually taken back (never more than the bucket holds).
 -- Cost: O(1).
@@ -12,6 +12,9 @@ if back > 0 then
     else
       redis.call('HINCRBY', key, ARGV[1], -back)
     end
+  end
+  if redis.call('HEXISTS', KEYS[1], 's') == 1 then  -- keep the running sum true
+    redis.call('HINCRBY', KEYS[1], 's', -back)
   end
 end
 return back

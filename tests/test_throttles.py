@@ -338,3 +338,35 @@ async def test_count_of_a_throttle_by_node(redis_server: RedisServer, namespace:
         await b.throttles.acquire([("t1", 2)])
         assert await a.count("shared_named_throttles", "t1") == 5
         assert await a.count("shared_named_throttles", "t1", "relay-0-2") == 2
+
+
+@pytest.mark.parametrize("server", ["redis_server", "redis_server_62"])
+async def test_running_sum_stays_true_across_bucket_edges(
+    server: str, request: pytest.FixtureRequest, namespace: str
+) -> None:
+    """The window's running sum ("s") always equals its stored buckets, and no bucket is
+    stored below "o", through acquires, reservations and returns over many bucket edges."""
+    redis: RedisServer = request.getfixturevalue(server)
+    conf = CONF.replace('"1000/10"', '"40/0.5"')  # buckets of 50 ms
+    async with Node(parse_config(conf), "relay-0-1", redis.url, namespace=namespace) as node:
+        th, admin = node.throttles, node.client
+        key = throttle.window_key(th.okeys, "t1")
+        rate = parse_rate("40/0.5")
+        end = time.monotonic() + 1.0  # 20 bucket edges
+        returned = 0
+        run = node.decision_scripts.run
+        while time.monotonic() < end:
+            await th.acquire([("t1", 1)])
+            grant, _, bucket, _ = await run(
+                "throttle_reserve", th._windows("t1"), [40, 500, rate.bucket_ms, 3, 0.5]
+            )
+            if int(grant) > 1:
+                returned += int(await run("throttle_return", th._windows("t1"), [bucket, 1]))
+            raw = {k.decode(): int(v) for k, v in (await admin.hgetall(key)).items()}
+            if not raw:
+                continue
+            buckets = {int(b): c for b, c in raw.items() if b.isdigit()}
+            assert raw["s"] == sum(buckets.values()), raw
+            assert all(b >= raw["o"] for b in buckets), raw
+            assert raw["s"] <= 40, raw  # never over the limit, reservations included
+        assert returned > 0  # the return path was exercised

@@ -37,7 +37,7 @@ from mcluster.objects.throttle import Decision, ThrottleDef
 from mcluster.store import members
 from mcluster.store.keys import GLOBAL, ClusterKeys, check_name
 from mcluster.store.scripts import Scripts
-from mcluster.store.urls import make_async_client, resolve_redis_url
+from mcluster.store.urls import decision_client, make_async_client, resolve_redis_url
 
 log = logging.getLogger("mcluster.agent")
 
@@ -87,6 +87,7 @@ class Node:
         self._stopping = False
         self._joined = asyncio.Condition()
         self._scripts: Scripts | None = None
+        self._decision_scripts: Scripts | None = None
         self._managed: dict[str, str] = {}
         self._throttles: Throttles | None = None
         self._slots: slots.Slots | None = None
@@ -109,6 +110,13 @@ class Node:
         if self._scripts is None:
             self._scripts = Scripts(self.client)
         return self._scripts
+
+    @property
+    def decision_scripts(self) -> Scripts:
+        """Scripts on a client without socket timeout, for throttle decisions."""
+        if self._decision_scripts is None:
+            self._decision_scripts = Scripts(decision_client(self.client))
+        return self._decision_scripts
 
     @property
     def private_name(self) -> str:
@@ -136,12 +144,14 @@ class Node:
         for family in ("OBTM", "OBTC"):
             if family in types:
                 self._families[family] = Throttles(
-                    lambda: self.scripts, self.keys, family, self.name
+                    lambda: self.decision_scripts, self.keys, family, self.name
                 )
                 self._managed[family] = family
         if throttle.OBJECT in types:
             self._managed[throttle.OBJECT] = throttle.OBJECT
-            self._throttles = Throttles(lambda: self.scripts, self.keys, throttle.OBJECT, self.name)
+            self._throttles = Throttles(
+                lambda: self.decision_scripts, self.keys, throttle.OBJECT, self.name
+            )
             await self._throttles.load(throttle.config_throttles(self.config))
         await self.caches.start()  # snapshot caches hold every live pair before the join
         await self._join()
@@ -316,6 +326,10 @@ class Node:
             except (TimeoutError, *RETRY_ERRORS) as exc:
                 log.error("could not flush and leave (%r); leaving anyway", exc)
             self.member = None
+        if self._decision_scripts is not None:
+            if self._decision_scripts.client is not self._client:
+                await self._decision_scripts.client.aclose()
+            self._decision_scripts = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -1,5 +1,6 @@
 """Cluster-wide named throttles on a node: batched exact decisions with a deadline.
 
+A caller that finds no call in flight sends its request at once, in its own task.
 Concurrent ``acquire`` calls wait at most one round trip together: the worker sends every
 request pending at that moment in one ``throttle_acquire`` call (each request is still
 decided all-or-nothing, in order). When Redis does not answer within the throttle's
@@ -22,10 +23,12 @@ from mcluster.objects import throttle
 from mcluster.objects.throttle import Decision, Request, ThrottleDef, ThrottleError
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.scripts import Scripts
+from mcluster.store.urls import SOCKET_TIMEOUT
 
 log = logging.getLogger("mcluster.throttles")
 
 MAX_BATCH = 256
+STUCK_AFTER = SOCKET_TIMEOUT  # a batch call unanswered this long is given up
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Throttles:
         self._pending: list[tuple[Request, asyncio.Future[Decision]]] = []
         self._quota: dict[str, Reservation] = {}
         self._worker: asyncio.Task[None] | None = None
+        self._busy = False  # a throttle_acquire call is in flight
 
     async def load(self, declared: Iterable[ThrottleDef] = ()) -> None:
         for tdef in declared:
@@ -199,42 +203,73 @@ class Throttles:
     async def _decide(self, request: Request) -> Decision:
         tdefs = [self.defs[n] for n, _ in request.limits]
         deadline = max(t.deadline_ms for t in tdefs) / 1000
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Decision] = loop.create_future()
-        self._pending.append((request, future))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._work())
-        # A plain timer, not wait_for + shield: no extra task per decision.
-        timer = loop.call_later(deadline, _expire, future)
-        try:
-            decision = await future
-        except (TimeoutError, *RETRY_ERRORS) as exc:
-            log.debug("throttle decision degraded (%s)", type(exc).__name__)
+        if self._busy:  # a call is in flight: wait for it, then go in the next batch
+            decision = await self._queued(request, deadline)
+        else:  # nothing in flight: this caller sends at once, no task or future
+            decision = await self._alone(request, deadline)
+        if decision is None:
             return self._degraded(request, tdefs)
-        finally:
-            timer.cancel()
         self.stats.decisions += 1
         self.stats.allowed += decision.allowed
         return decision
 
-    async def _work(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            requests = [r for r, _ in batch]
-            keys, args = throttle.plan(self.okeys, requests, self.defs, self.node)
-            try:
+    async def _alone(self, request: Request, deadline: float) -> Decision | None:
+        self._busy = True
+        try:
+            keys, args = throttle.plan(self.okeys, [request], self.defs, self.node)
+            async with asyncio.timeout(deadline):
                 reply = await self._scripts().run("throttle_acquire", keys, args)
-            except Exception as exc:
-                for _, future in batch:
+        except (TimeoutError, *RETRY_ERRORS) as exc:
+            log.debug("throttle decision degraded (%s)", type(exc).__name__)
+            return None
+        finally:
+            self._busy = False
+            if self._pending:
+                self._start_worker()
+        self.stats.batches += 1
+        return throttle.decisions([request], reply)[0]
+
+    async def _queued(self, request: Request, deadline: float) -> Decision | None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Decision] = loop.create_future()
+        self._pending.append((request, future))
+        # A plain timer, not wait_for + shield: no extra task per decision.
+        timer = loop.call_later(deadline, _expire, future)
+        try:
+            return await future
+        except (TimeoutError, *RETRY_ERRORS) as exc:
+            log.debug("throttle decision degraded (%s)", type(exc).__name__)
+            return None
+        finally:
+            timer.cancel()
+
+    def _start_worker(self) -> None:
+        self._busy = True
+        self._worker = asyncio.create_task(self._work())
+
+    async def _work(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                requests = [r for r, _ in batch]
+                keys, args = throttle.plan(self.okeys, requests, self.defs, self.node)
+                try:
+                    # the decision client has no socket timeout: never wait forever
+                    async with asyncio.timeout(STUCK_AFTER):
+                        reply = await self._scripts().run("throttle_acquire", keys, args)
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                self.stats.batches += 1
+                for (_, future), decision in zip(
+                    batch, throttle.decisions(requests, reply), strict=True
+                ):
                     if not future.done():
-                        future.set_exception(exc)
-                continue
-            self.stats.batches += 1
-            for (_, future), decision in zip(
-                batch, throttle.decisions(requests, reply), strict=True
-            ):
-                if not future.done():
-                    future.set_result(decision)
+                        future.set_result(decision)
+        finally:
+            self._busy = False
 
     # -- Momentum's verbs --------------------------------------------------------------
 

@@ -189,7 +189,7 @@ async def usage(
         rate = defs[name].parsed
         oldest = (now - rate.period_ms) // rate.bucket_ms
         raw = cast(dict[bytes, bytes], await client.hgetall(window_key(okeys, name, node)))
-        used = sum(int(c) for b, c in raw.items() if int(b) >= oldest)
+        used = sum(int(c) for b, c in raw.items() if b.isdigit() and int(b) >= oldest)
         rows.append((name, used, str(rate)))
     return rows
 

@@ -18,6 +18,7 @@ __all__ = [
     "HEALTH_CHECK_INTERVAL",
     "SOCKET_TIMEOUT",
     "RedisUrlError",
+    "decision_client",
     "make_async_client",
     "make_sync_client",
     "redact_url",
@@ -108,6 +109,25 @@ def make_async_client(url: str) -> redis.asyncio.Redis:
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=SOCKET_TIMEOUT,
         health_check_interval=HEALTH_CHECK_INTERVAL,
+    )
+
+
+def decision_client(client: redis.asyncio.Redis) -> redis.asyncio.Redis:
+    """A client like ``client`` but without ``socket_timeout``, for throttle decisions.
+
+    redis-py wraps every write of a client that has a socket timeout in ``wait_for``,
+    which costs a task per command; a throttle decision has its own, shorter deadline
+    (and cancels a call stuck past ``SOCKET_TIMEOUT``), so it does without. Pools that
+    cannot be copied this way (Sentinel, Cluster) give ``client`` itself.
+    """
+    pool = client.connection_pool
+    if type(pool) is not redis.asyncio.ConnectionPool:
+        return client
+    kwargs = dict(pool.connection_kwargs, socket_timeout=None)
+    return redis.asyncio.Redis(
+        connection_pool=redis.asyncio.ConnectionPool(
+            connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs
+        )
     )
 
 

@@ -1,0 +1,76 @@
+-- _window: shared fragment (not a script of its own), included by the throttle scripts.
+-- A throttle's window is a hash: "<bucket number>" -> count, plus "s" -> the sum of the
+-- counts stored and "o" -> no bucket below this number is stored. The running sum makes a
+-- decision read three fields instead of every bucket.
+-- KEYS, ARGV: none of its own; the including script passes the window's key.
+-- Return: the functions below (window_open returns W, the others nothing).
+-- window_open(key, p, w, now) -> W {key, cur, oldest, curc, used, add}: drops the buckets
+--   that left the window (now - p, now] (usually none, at a bucket edge one).
+-- window_buckets(W) -> {bucket -> count} of the live buckets, this script's adds included
+--   (one HGETALL per window and script: only on a refusal, to say when to retry).
+-- window_write(W, ttl_ms): stores what the script added (W.add) and the new sum.
+-- window_share(key, W, add, ttl_ms): counts `add` in a node's share of the window.
+-- Cost: O(1) amortized; O(B) for B stored buckets on a window's first use or long idle.
+local function window_open(key, p, w, now)
+  local W = {key = key, cur = math.floor(now / w), oldest = math.floor((now - p) / w), add = 0}
+  local r = redis.call('HMGET', key, 's', 'o', W.cur)
+  local s, o = tonumber(r[1]), tonumber(r[2])
+  W.curc = tonumber(r[3]) or 0
+  if s == nil or o == nil or W.oldest - o > 64 then
+    -- new, long idle, or written without a sum: add up what is stored, once
+    s = 0
+    local h = redis.call('HGETALL', key)
+    for i = 1, #h, 2 do
+      local b = tonumber(h[i])
+      if b ~= nil then
+        if b < W.oldest then redis.call('HDEL', key, h[i]) else s = s + tonumber(h[i + 1]) end
+      end
+    end
+    W.dirty = true
+  elseif o < W.oldest then
+    local gone = {}
+    for b = o, W.oldest - 1 do gone[#gone + 1] = b end
+    for _, c in ipairs(redis.call('HMGET', key, unpack(gone))) do
+      if c then s = s - tonumber(c) end
+    end
+    redis.call('HDEL', key, unpack(gone))
+    W.dirty = true
+  end
+  W.used = s
+  return W
+end
+
+local function window_buckets(W)
+  if W.stored == nil then
+    W.stored = {}
+    local h = redis.call('HGETALL', W.key)
+    for i = 1, #h, 2 do
+      local b = tonumber(h[i])
+      if b ~= nil and b >= W.oldest then W.stored[b] = tonumber(h[i + 1]) end
+    end
+  end
+  local buckets = {}
+  for b, c in pairs(W.stored) do buckets[b] = c end
+  buckets[W.cur] = (buckets[W.cur] or 0) + W.add
+  return buckets
+end
+
+local function window_write(W, ttl_ms)
+  if W.add ~= 0 then
+    if W.dirty then
+      redis.call('HSET', W.key, W.cur, W.curc + W.add, 's', W.used, 'o', W.oldest)
+    else
+      redis.call('HSET', W.key, W.cur, W.curc + W.add, 's', W.used)
+    end
+    -- set at a bucket's first count, the expiry outlives it in the window: enough
+    if W.curc == 0 then redis.call('PEXPIRE', W.key, ttl_ms) end
+  elseif W.dirty then
+    redis.call('HSET', W.key, 's', W.used, 'o', W.oldest)
+  end
+end
+
+local function window_share(key, W, add, ttl_ms)
+  if add > 0 and redis.call('HINCRBY', key, W.cur, add) == add then
+    redis.call('PEXPIRE', key, ttl_ms)
+  end
+end
