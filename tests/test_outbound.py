@@ -75,11 +75,50 @@ def test_caps_resolution() -> None:
         ('cluster_outbound_throttle_messages = "10/0"', "more than 0 seconds"),
         ('Domain "x" { cluster_max_outbound_connections = "lots" }', "whole number"),
         ("cluster_server_max_outbound_connections = -5", "whole number >= -1"),
+        (
+            'Domain "/(unclosed/" { cluster_max_outbound_connections = 1 }',
+            r"o.conf:1:1: .*bad regex",
+        ),
     ],
 )
 def test_bad_outbound_options(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         OutboundPolicy(parse_config(text, "o.conf"))
+
+
+REGEX = """
+Domain "/(^|[.])yahoo[.](com|co[.]uk)$/" {
+  cluster_outbound_throttle_messages = "7/60"
+  cluster_scope_max_outbound_connections = 4
+}
+Domain "mail.yahoo.com" { cluster_outbound_throttle_messages = "2/60" }
+Binding_Group "bg" {
+  Binding "b1" {}
+  Domain "/[.]example$/" { cluster_outbound_throttle_messages = "9/60" }
+}
+"""
+
+
+def test_regex_domains_are_one_shared_bucket() -> None:
+    policy = OutboundPolicy(parse_config(REGEX))
+    bucket = policy.throttle
+    found = bucket(OBTM_OPTION, Route("lone", "yahoo.com"))
+    assert found is not None and found[0] == "domain:/(^|[.])yahoo[.](com|co[.]uk)$/"
+    assert str(found[1]) == "7/60"
+    # every domain the regex matches shares that one bucket, case-insensitively
+    assert bucket(OBTM_OPTION, Route("x", "YAHOO.co.uk")) == found
+    assert bucket(OBTM_OPTION, Route("x", "notyahoo.com")) is None
+    # a Domain of its own wins over a regex that also matches
+    own = bucket(OBTM_OPTION, Route("x", "mail.yahoo.com"))
+    assert own is not None and own[0] == "domain:mail.yahoo.com"
+    # regex Domains inside a Binding_Group
+    grp = bucket(OBTM_OPTION, Route("b1", "a.example"))
+    assert grp is not None and grp[0] == "group:bg:domain:/[.]example$/"
+    assert bucket(OBTM_OPTION, Route("b1", "b.example")) == grp
+    # a scope cap of a regex Domain counts all its domains together
+    caps = [c.key for c in policy.caps(Route("b9", "yahoo.com"))]
+    assert caps == [c.key for c in policy.caps(Route("b8", "yahoo.co.uk"))]
+    assert caps == ["scope:domain:/(^|[.])yahoo[.](com|co[.]uk)$/"]
 
 
 @pytest.fixture

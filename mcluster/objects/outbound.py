@@ -15,11 +15,15 @@ that falls back to it. Connection caps:
 * ``cluster_scope_max_outbound_connections``: per domain across all bindings (global
   Domain), across a group's bindings (Binding_Group::Domain), or per host (global Host).
 
-A value of -1 or 0, or no value, is unlimited. Regex domains are not supported (yet).
+A value of -1 or 0, or no value, is unlimited. A ``Domain "/REGEX/"`` scope (Momentum's
+regex domains) applies to every destination domain it matches (case-insensitive search)
+that has no Domain scope of its own, the first matching one in config order; like any
+scope it is one bucket shared by all the domains that fall to it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, Option, Scope, to_python
@@ -61,6 +65,27 @@ def _child(scope: Scope | None, kind: str, name: str | None) -> Scope | None:
     return scope.scope(kind, name)
 
 
+def _regex(scope: Scope) -> re.Pattern[str] | None:
+    """The pattern of a ``Domain "/REGEX/"`` scope, None for a plain domain."""
+    name = scope.name or ""
+    if len(name) < 3 or not (name.startswith("/") and name.endswith("/")):
+        return None
+    return re.compile(name[1:-1], re.IGNORECASE)
+
+
+def _domain(scope: Scope | None, domain: str) -> tuple[str, Scope | None]:
+    """The Domain scope of ``domain`` under ``scope`` and its name: the exact one, else the
+    first regex Domain that matches, else (domain, None)."""
+    exact = _child(scope, "Domain", domain)
+    if exact is not None or scope is None:
+        return domain, exact
+    for child in scope.scopes("Domain"):
+        pattern = _regex(child)
+        if pattern is not None and pattern.search(domain):
+            return child.name or domain, child
+    return domain, None
+
+
 class OutboundPolicy:
     """The outbound throttles and caps of one config."""
 
@@ -77,6 +102,16 @@ class OutboundPolicy:
         """Every value parses: rates for throttles, integers for caps."""
         issues = []
         for _, scope in [(self.root, self.root), *self.root.walk()]:
+            if scope.is_("Domain"):
+                try:
+                    _regex(scope)
+                except re.error as exc:
+                    pos = scope.pos
+                    issues.append(
+                        ConfigIssue(
+                            pos.file, pos.line, pos.col, f"Domain {scope.name!r}: bad regex: {exc}"
+                        )
+                    )
             for option in scope.options():
                 key = option.key.casefold()
                 try:
@@ -97,10 +132,12 @@ class OutboundPolicy:
         """The bucket (its scope path) and rate of OBTM/OBTC for a route, or None."""
         group = self.group(route)
         gscope = _child(self.root, "Binding_Group", group)
+        gname, gdomain = _domain(gscope, route.domain)
+        name, domain = _domain(self.root, route.domain)
         candidates = [
-            (f"group:{group}:domain:{route.domain}", _child(gscope, "Domain", route.domain)),
+            (f"group:{group}:domain:{gname}", gdomain),
             (f"group:{group}", gscope),
-            (f"domain:{route.domain}", _child(self.root, "Domain", route.domain)),
+            (f"domain:{name}", domain),
             ("global", self.root),
         ]
         for path, scope in candidates:
@@ -120,9 +157,9 @@ class OutboundPolicy:
         ordered = [
             ("binding::host", _child(binding, "Host", host), f"{route.binding}::{host}"),
             ("host", _child(self.root, "Host", host), f"{route.binding}::{host}"),
-            ("binding::domain", _child(binding, "Domain", route.domain), None),
+            ("binding::domain", _domain(binding, route.domain)[1], None),
             ("binding", binding, None),
-            ("domain", _child(self.root, "Domain", route.domain), None),
+            ("domain", _domain(self.root, route.domain)[1], None),
             ("global", self.root, None),
         ]
         for where, scope, key in ordered:
@@ -133,14 +170,14 @@ class OutboundPolicy:
                     count_key = key or f"{route.binding}::{route.domain}"
                     caps.append(Cap(f"max:{count_key}".casefold(), limit, f"{MAX_CONN} ({where})"))
                 break
-        domain = _child(self.root, "Domain", route.domain)
+        name, domain = _domain(self.root, route.domain)
+        gname, gdomain = _domain(gscope, route.domain)
         for option, where, scope, key in [
             (SERVER_MAX, "global", self.root, "server:global"),
             (SERVER_MAX, "binding_group", gscope, f"server:group:{group}"),
             (SERVER_MAX, "binding", binding, f"server:binding:{route.binding}"),
-            (SCOPE_MAX, "global::domain", domain, f"scope:domain:{route.domain}"),
-            (SCOPE_MAX, "binding_group::domain", _child(gscope, "Domain", route.domain),
-             f"scope:group:{group}:domain:{route.domain}"),
+            (SCOPE_MAX, "global::domain", domain, f"scope:domain:{name}"),
+            (SCOPE_MAX, "binding_group::domain", gdomain, f"scope:group:{group}:domain:{gname}"),
             (SCOPE_MAX, "global::host", _child(self.root, "Host", host), f"scope:host:{host}"),
         ]:  # fmt: skip
             found = _value(scope, option)
