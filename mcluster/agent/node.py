@@ -71,6 +71,7 @@ class Node:
         self._client = client
         self.heartbeat_interval = self.config.get_float("heartbeat_interval", 1.0, above=0)
         self.lease_ttl = self.config.get_float("lease_ttl", 3.0, above=self.heartbeat_interval)
+        self.resync_wait = 30.0  # the longest a flush or a connection open waits for a re-sync
         # The leader lease is shorter, so a new leader takes over within one lease TTL.
         self.leader_ttl = max(
             self.lease_ttl - self.heartbeat_interval, 1.5 * self.heartbeat_interval
@@ -402,7 +403,10 @@ class Node:
         except ResponseError as exc:
             if not str(exc).startswith("STALE"):
                 raise
-        await self._wait_resync(rejoins)  # this node's view was retired: re-sync, retry once
+        try:  # this node's view was retired: re-sync, retry once
+            await self._wait_resync(rejoins)
+        except TimeoutError:
+            return SlotDecision(False, None, "this node is re-syncing with the cluster")
         return await self._slots.open(route)
 
     async def close_connection(self, slot: str) -> bool:
@@ -444,10 +448,12 @@ class Node:
             await self._wait_resync(rejoins)
 
     async def _wait_resync(self, rejoins: int) -> None:
-        """Ask for a re-sync and wait until one has finished since ``rejoins`` was read."""
+        """Ask for a re-sync and wait until one has finished since ``rejoins`` was read;
+        TimeoutError after ``resync_wait`` seconds (a caller is never held forever)."""
         self._resync_needed.set()
-        async with self._joined:
-            await self._joined.wait_for(lambda: self.rejoins > rejoins)
+        async with asyncio.timeout(self.resync_wait):
+            async with self._joined:
+                await self._joined.wait_for(lambda: self.rejoins > rejoins)
 
     # -- reads ------------------------------------------------------------------------
 
