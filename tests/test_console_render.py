@@ -162,9 +162,10 @@ def test_help_lists_every_command_of_the_reference() -> None:
         "cluster show logs",
         "broadcast COMMAND",
         "unicast NODE COMMAND",
+        "cluster jobs",
     ):
         assert f"  {usage}  " in text, usage
-    assert len(COMMANDS) == 17
+    assert len(COMMANDS) == 18
 
 
 def test_help_marks_what_this_release_lacks() -> None:
@@ -177,12 +178,14 @@ def test_help_marks_what_this_release_lacks() -> None:
     words = [ln.split() for ln in available]
     assert [w[1] if w[0] == "cluster" else w[0] for w in words] == [
         "help",
+        "abort",
         "membership",
         "info",
         "nodename",
         "nodeaddr",
         "shared",
         "shared",
+        "jobs",
         "broadcast",
         "unicast",
     ]

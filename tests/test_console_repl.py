@@ -21,7 +21,7 @@ from tests.test_console import GLOBAL_CIDR, Cluster, cluster  # noqa: F401  (fix
 OBJECTS = ["inbound_cidr", "outbound_cidr", "outbound_domains"]
 NODES = ["relay-0-1", "relay-0-2", "mx-1"]
 FIRST = ["abort", "arp", "duravip", "help", "info", "membership", "nodeaddr", "nodename"]
-FIRST += ["reset", "shared", "show"]
+FIRST = sorted([*FIRST, "jobs", "reset", "shared", "show"])
 
 
 @pytest.mark.parametrize(

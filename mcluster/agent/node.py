@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from mcluster import __version__
-from mcluster.agent import membership, reaper, slots
+from mcluster.agent import membership, reaper, resync, slots
 from mcluster.agent.caches import Caches
 from mcluster.agent.gauge_caches import GaugeCaches
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
@@ -77,6 +77,9 @@ class Node:
             self.lease_ttl - self.heartbeat_interval, 1.5 * self.heartbeat_interval
         )
         self.max_buffered = self.config.get_int("max_buffered_keys", 1_000_000, minimum=1)
+        self.resync_hold = self.config.get_float("resync_hold", 30.0, above=0)
+        self.out_of_views = False  # after an aborted re-sync, until the next one
+        self._retry_now = asyncio.Event()
         self.member: members.Member | None = None
         self.incarnation = ""
         self.leader = ""
@@ -190,8 +193,7 @@ class Node:
 
     async def _retire_own(self, box: Outbox) -> None:
         """Take this node's view of one object out of the cluster (refuse, then drain)."""
-        await reaper.retire(self.scripts, box.keys, box.view, self.name)
-        await reaper.drain(self.scripts, self.keys, box.kind, box.keys, box.view, self.name)
+        await resync.drain_own(self, box)
 
     async def _join(self) -> None:
         """A new epoch and private name, the lease, and a fresh view in every object."""
@@ -211,21 +213,26 @@ class Node:
         self.member = member
         log.info("joined as %s with %d objects", member.private_name, len(self.outboxes))
 
-    async def _rejoin(self, reason: str) -> None:
-        """Re-sync: retire and drain the old views, join anew, publish the absolute state."""
+    async def _rejoin(self, reason: str, kind: str = "resync") -> None:
+        """Re-sync as a job (``agent/resync.py``). After an abort the node stays out of the
+        views for ``resync_hold`` seconds (or until ``cluster reset``), then tries again."""
         log.warning("re-syncing: %s", reason)
         for box in self.outboxes.values():
             box.resyncing.set()  # a batch being retried gives up: the snapshot holds it
         async with contextlib.AsyncExitStack() as held:
             for box in self.outboxes.values():
                 await held.enter_async_context(box.lock)
-            if self.member is not None:
-                for box in self.outboxes.values():
-                    await self._retire_own(box)
-            await self._join()
-            for box in self.outboxes.values():
-                await box.snapshot_locked(self.scripts)
-                log.info("%s: re-published %d keys", box.name, len(box.state))
+            while True:
+                try:
+                    await resync.resync(self, reason, kind)
+                    break
+                except resync.JobAborted:
+                    self.out_of_views = True
+                    log.warning("re-sync aborted: out of the views for %g s", self.resync_hold)
+                    await wait_event(self._retry_now, self.resync_hold)
+                    self._retry_now.clear()
+                    reason = "retrying an aborted re-sync"
+            self.out_of_views = False
             if self._slots is not None:
                 await self._slots.reopen()
         self._resync_needed.clear()
@@ -290,7 +297,7 @@ class Node:
             try:
                 objects = [(box.kind, box.keys) for box in self.outboxes.values()]
                 objects += await self.gauge_caches.maintain()  # defined at run time
-                await reaper.reap(self.scripts, self.keys, objects)
+                await reaper.reap(self.scripts, self.keys, objects, (self.name, self.private_name))
             except RETRY_ERRORS as exc:
                 log.warning("reaping interrupted: %s", exc)
             except Exception:  # never let the leader stop reaping for good
@@ -337,7 +344,8 @@ class Node:
             self._scripts = None
 
     async def _leave(self, member: members.Member, drain: bool) -> None:
-        await self.flush()
+        if not self.out_of_views:  # after an aborted re-sync there is no view to ship to
+            await self.flush()
         for family in (self._throttles, *self._families.values()):
             if family is not None:
                 await family.release()

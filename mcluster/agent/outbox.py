@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,6 +34,8 @@ SNAPSHOT_LIMIT = 32
 #: Keys remembered as already validated, per object (cleared when full).
 KNOWN_KEYS_LIMIT = 65536
 RETRY_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Called with the number of keys sent so far, after each batch of a snapshot.
+OnChunk = Callable[[int], Awaitable[None]]
 
 
 def key_cost(key: bytes) -> int:
@@ -166,13 +168,20 @@ class Outbox:
         waiting = [t for t in (self.shipping_since, self.pending_since if self.buffer else 0) if t]
         return max(0.0, now - min(waiting)) if waiting else 0.0
 
-    async def snapshot_locked(self, scripts: Scripts) -> None:
-        """Publish the absolute state into a fresh (empty) view: a re-sync."""
+    async def snapshot_locked(self, scripts: Scripts, on_chunk: OnChunk | None = None) -> None:
+        """Publish the absolute state into a fresh (empty) view: a re-sync.
+        ``on_chunk(keys sent so far)`` runs after each batch (a job's progress and abort)."""
         items, self.buffer = self.buffer, {}
         self.fold(items)
-        await self.send_all(scripts, self.state, "s")
+        await self.send_all(scripts, self.state, "s", on_chunk)
 
-    async def send_all(self, scripts: Scripts, items: Mapping[bytes, int], mode: str) -> None:
+    async def send_all(
+        self,
+        scripts: Scripts,
+        items: Mapping[bytes, int],
+        mode: str,
+        on_chunk: OnChunk | None = None,
+    ) -> None:
         batch: dict[bytes, int] = {}
         sent = cost = 0
         limit = SNAPSHOT_LIMIT if mode == "s" else BATCH_LIMIT
@@ -185,6 +194,8 @@ class Outbox:
                 batch, cost = {}, 0
                 if mode == "s" and sent % (limit * 200) == 0:
                     log.info("%s: re-sync %d/%d keys published", self.name, sent, len(items))
+                if on_chunk is not None:
+                    await on_chunk(sent)
         if batch:
             await self.send(scripts, batch, mode)
 

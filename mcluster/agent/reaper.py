@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 
 from mcluster.agent.outbox import key_cost
 from mcluster.objects.kinds import Kind
+from mcluster.store.jobs import Job, JobAborted
 from mcluster.store.keys import ClusterKeys, ObjectKeys, text
 from mcluster.store.scripts import Scripts
 
@@ -46,8 +47,13 @@ async def drain(
     okeys: ObjectKeys,
     view: str,
     node: str,
+    job: Job | None = None,
 ) -> int:
-    """Zero a retired view chunk by chunk, then unregister it; returns keys removed."""
+    """Zero a retired view chunk by chunk, then unregister it; returns keys removed.
+
+    With a ``job``, each chunk records progress and JobAborted stops the drain after the
+    chunk in flight: the view stays retired and listed in ``reaping`` (the leader drains
+    the rest); every chunk left global == sum of the views."""
     client = scripts.client
     meta = cast(dict[bytes, bytes], await client.hgetall(okeys.meta(view)))
     total = kind.distinct_keys(meta)
@@ -55,7 +61,7 @@ async def drain(
     progress["started_ms"] = int(time.time() * 1000)
     done = 0
     try:
-        done = await _walk_and_zero(scripts, keys, kind, okeys, view, progress)
+        done = await _walk_and_zero(scripts, keys, kind, okeys, view, progress, job)
     except Closed:
         log.info("%s of %s was drained by another node", view, okeys.name)
         done = 0
@@ -73,6 +79,7 @@ async def _walk_and_zero(
     okeys: ObjectKeys,
     view: str,
     progress: dict[str, object],
+    job: Job | None,
 ) -> int:
     client = scripts.client
     done = 0
@@ -88,8 +95,12 @@ async def _walk_and_zero(
             if cost >= REAP_CHUNK:
                 done = await _zero(scripts, kind, okeys, view, chunk, done, progress, keys)
                 chunk, cost = [], 0
+                if job is not None:
+                    await job.step(done)
         if chunk:
             done = await _zero(scripts, kind, okeys, view, chunk, done, progress, keys)
+        if job is not None:
+            await job.step(done, force=not walked)
         if not walked:
             break
         if passes > 3:
@@ -139,9 +150,16 @@ async def dead_views(client: Redis, keys: ClusterKeys, okeys: ObjectKeys) -> dic
 
 
 async def reap(
-    scripts: Scripts, keys: ClusterKeys, objects: Iterable[tuple[Kind, ObjectKeys]]
+    scripts: Scripts,
+    keys: ClusterKeys,
+    objects: Iterable[tuple[Kind, ObjectKeys]],
+    runner: tuple[str, str] | None = None,
 ) -> int:
-    """One pass of the leader: retire dead views and drain every retired one."""
+    """One pass of the leader: retire dead views and drain every retired one.
+
+    With ``runner`` (the leader's node and private name), each drain of a view that holds
+    keys is a job (``cluster jobs``); an aborted one stops after its chunk in flight and is
+    taken up again at the next pass (a dead node's counts must leave the global views)."""
     client = scripts.client
     removed = 0
     nodes = [text(f) for f in await client.hkeys(keys.members) if not text(f).endswith(":hb")]
@@ -157,5 +175,31 @@ async def reap(
                 log.warning("node %s (%s) is gone: reaping its %s view", node, view, okeys.name)
         retired = cast(dict[bytes, bytes], await client.hgetall(okeys.reaping))
         for dead, owner in retired.items():
-            removed += await drain(scripts, keys, kind, okeys, text(dead), text(owner))
+            target = (kind, okeys, text(dead), text(owner))
+            removed += await _reap_view(scripts, keys, target, runner)
     return removed
+
+
+async def _reap_view(
+    scripts: Scripts,
+    keys: ClusterKeys,
+    target: tuple[Kind, ObjectKeys, str, str],
+    runner: tuple[str, str] | None,
+) -> int:
+    """Drain one retired view (kind, object keys, view, node), as a job when it has keys."""
+    kind, okeys, view, node = target
+    total = kind.distinct_keys(
+        cast(dict[bytes, bytes], await scripts.client.hgetall(okeys.meta(view)))
+    )
+    if runner is None or not total:
+        return await drain(scripts, keys, kind, okeys, view, node)
+    job = await Job.start(
+        scripts.client, keys, "reap", f"{okeys.name} view {view} of {node}",
+        runner=runner[0], runner_private=runner[1], total=total,
+    )  # fmt: skip
+    try:
+        async with job:
+            return await drain(scripts, keys, kind, okeys, view, node, job)
+    except JobAborted:
+        log.warning("reaping %s of %s aborted; it goes on at the next pass", view, okeys.name)
+        return 0

@@ -1,11 +1,19 @@
-"""The manager's console commands: ``broadcast COMMAND`` and ``unicast NODE COMMAND``.
+"""The manager's console commands: ``broadcast COMMAND``, ``unicast NODE COMMAND``,
+``cluster jobs`` and ``cluster abort ID``.
 
 A console anywhere (``mcluster console``, a console attached to the manager) sends the
 command to the members over Redis (``store/requests``) and prints each member's answer;
 a member that does not answer within the console's timeout is reported, not waited for.
+A broadcast is a job (progress: nodes answered); aborting it stops the wait, and the
+nodes that had not answered are reported as ``aborted``.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
 
 from mcluster.console.commands import (
     CommandError,
@@ -15,9 +23,10 @@ from mcluster.console.commands import (
     Result,
     UsageError,
 )
-from mcluster.console.ops_views import AnswersView
+from mcluster.console.ops_views import AnswersView, JobsView
+from mcluster.console.render import Message
 from mcluster.console.spec import CommandSpec
-from mcluster.store import members, requests
+from mcluster.store import jobs, members, requests
 
 __all__ = ["HANDLERS", "MANAGER", "ask_members"]
 
@@ -25,11 +34,22 @@ MANAGER = "Manager"
 
 
 async def ask_members(
-    ctx: ConsoleContext, nodes: list[str], command: str
+    ctx: ConsoleContext,
+    nodes: list[str],
+    command: str,
+    job: jobs.Job | None = None,
+    found: dict[str, requests.Answer] | None = None,
 ) -> dict[str, requests.Answer]:
-    """Every node's answer to ``command`` (a timeout answer for the silent ones), by node."""
-    found: dict[str, requests.Answer] = {}
-    async for node, answer in requests.ask(ctx.client, ctx.keys, nodes, command, ctx.timeout):
+    """Every node's answer to ``command`` (a timeout answer for the silent ones), by node.
+    With a ``job``, answers are its progress and JobAborted ends the wait (the answers so
+    far are in ``found``)."""
+    found = {} if found is None else found
+
+    async def tick() -> None:
+        if job is not None:
+            await job.step(len(found))
+
+    async for node, answer in requests.ask(ctx.client, ctx.keys, nodes, command, ctx.timeout, tick):
         found[node] = answer
     return {node: found[node] for node in nodes}
 
@@ -51,11 +71,20 @@ async def _broadcast(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) ->
     _not_inside(ctx, spec)
     command = _command(spec, rest)
     every = await members.all_members(ctx.client, ctx.keys)
-    nodes = {m.node for m in every if m.node_type != MANAGER}
     # Nodes that stopped answering stay asked (and reported) after they were reaped.
     seen = await requests.responders(ctx.client, ctx.keys)
-    nodes |= {node for node, kind in seen.items() if kind != MANAGER}
-    answers = await ask_members(ctx, sorted(nodes), command)
+    known = [(m.node, m.node_type) for m in every] + list(seen.items())
+    nodes = sorted({node for node, kind in known if kind != MANAGER})
+    deadline_ms = await members.server_time_ms(ctx.client) + int(ctx.timeout * 1000)
+    job = await jobs.Job.start(
+        ctx.client, ctx.keys, "broadcast", command, runner=_console_name(ctx),
+        total=len(nodes), deadline_ms=deadline_ms,
+    )  # fmt: skip
+    found: dict[str, requests.Answer] = {}
+    with contextlib.suppress(jobs.JobAborted):  # recorded as aborted; report what came
+        async with job:
+            await ask_members(ctx, nodes, command, job, found)
+    answers = {node: found.get(node, {"ok": False, "error": "aborted"}) for node in nodes}
     return Result(AnswersView(answers, ctx.timeout), answers)
 
 
@@ -73,7 +102,44 @@ async def _unicast(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> R
     return Result(AnswersView(answers, ctx.timeout), answers)
 
 
+def _console_name(ctx: ConsoleContext) -> str:
+    return f"console@{socket.gethostname()}:{os.getpid()}" if ctx.node is None else ctx.node
+
+
+async def _jobs(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    if rest:
+        raise UsageError(f"{spec.name} takes no arguments, got {' '.join(rest)!r}")
+    found = [job.model_dump() for job in await jobs.list_jobs(ctx.client, ctx.keys)]
+    now_ms = await members.server_time_ms(ctx.client)
+    return Result(JobsView(found, now_ms), {"jobs": found})
+
+
+async def _abort(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    """Ask the job's runner to stop, and wait (up to the console's timeout) until it has."""
+    if len(rest) != 1 or not rest[0].isdigit():
+        raise UsageError(f"{spec.name} needs one job id (a number); usage: {spec.usage}")
+    job_id = int(rest[0])
+    try:
+        job = await jobs.request_abort(ctx.client, ctx.keys, job_id)
+    except jobs.JobUnknown as exc:
+        raise NotFound(str(exc)) from None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ctx.timeout
+    while job.running and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        job = await jobs.get(ctx.client, ctx.keys, job_id)
+    if job.running:
+        message = f"abort of job {job_id} requested; it stops after the chunk in flight"
+    else:
+        message = f"job {job_id} {job.state}: {job.done:,}/{job.total:,} ({job.detail})"
+    return Result(Message(message), job.model_dump())
+
+
 HANDLERS: dict[tuple[str, ...], Handler] = {
     ("broadcast",): _broadcast,
     ("unicast",): _unicast,
+    ("jobs",): _jobs,
+    ("abort",): _abort,
 }

@@ -40,7 +40,7 @@ _DURAVIP = "DuraVIP"
 
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(("help",), "", "Display the available console commands."),
-    CommandSpec(("abort",), "ID", "Abort the job with the specified id.", "console jobs"),
+    CommandSpec(("abort",), "ID", "Abort the job with the specified id."),
     CommandSpec(("arp", "show"), "", "Show the MAC addresses of the cluster.", _DURAVIP),
     CommandSpec(
         ("duravip", "show"), "[tables]", "Show DuraVIP bindings (or state tables).", _DURAVIP
@@ -60,6 +60,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "Display a shared object (global or from a node).",
     ),
     CommandSpec(("show", "logs"), "", "Show the cluster logs and their sizes.", "logs"),
+    CommandSpec(("jobs",), "", "List the jobs (re-syncs, reaping, broadcasts) and their progress."),
     CommandSpec(
         ("broadcast",), "COMMAND", "Run a command on every node; print each answer.", top=True
     ),

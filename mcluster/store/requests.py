@@ -105,12 +105,18 @@ class Request:
 
 
 async def ask(
-    client: Redis, keys: ClusterKeys, nodes: Sequence[str], command: str, timeout: float
+    client: Redis,
+    keys: ClusterKeys,
+    nodes: Sequence[str],
+    command: str,
+    timeout: float,
+    tick: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[tuple[str, Answer]]:
     """Send ``command`` to every node; yield (node, answer) as answers arrive, then a
     timeout answer for each node that did not answer within ``timeout`` seconds.
 
-    The caller may stop iterating early (an aborted job): late answers expire unread.
+    ``tick()`` runs at least once a second while waiting (a job's abort check). The
+    caller may stop early (an aborted job): late answers expire unread.
     """
     request_id = uuid.uuid4().hex
     now_ms = await members.server_time_ms(client)
@@ -129,6 +135,8 @@ async def ask(
         if left <= 0:
             break
         popped = await client.blpop([request.reply_to], timeout=max(0.01, min(POLL, left)))
+        if tick is not None:
+            await tick()
         if popped is None:
             continue
         node, answer = _parse_answer(popped[1])
