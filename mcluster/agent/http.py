@@ -11,6 +11,7 @@
     GET  /metrics     -> Prometheus text format (see ``prometheus``)
     /v1/throttles...  -> see ``http_throttles``
     /v1/caches...     -> see ``http_caches``
+    /v1/metrics..., /v1/series...  -> see ``http_audit``
 
 A request with a bad event is refused whole (400 naming the first bad event by index and
 why); nothing of it is recorded. Bodies over 1 MiB get 413.
@@ -26,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mcluster.agent import http_caches, http_throttles, prometheus
+from mcluster.agent import http_audit, http_caches, http_throttles, prometheus
 from mcluster.agent.http_common import NODE_KEY, error, read_json
 from mcluster.agent.node import Node, UnknownObject
 from mcluster.agent.outbox import RETRY_ERRORS
@@ -185,4 +186,5 @@ def make_app(node: Node, policy: PolicyService | None = None) -> web.Application
     http_throttles.add_routes(app)
     http_caches.add_routes(app)
     prometheus.add_routes(app, node, policy)
+    http_audit.add_routes(app)
     return app

@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 
 from mcluster import __version__
 from mcluster.agent import membership, reaper, resync, slots
+from mcluster.agent.audit_recorder import AuditRecorder
 from mcluster.agent.caches import Caches
 from mcluster.agent.gauge_caches import GaugeCaches
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
@@ -99,6 +100,9 @@ class Node:
         self.outbound = OutboundPolicy(self.config)
         self.caches = Caches(self.config, self.keys, self.name, lambda: self.scripts)
         self.gauge_caches = GaugeCaches(self)
+        self._audit = AuditRecorder.from_config(
+            self.config, self.keys, self.name, lambda: self.scripts, self.max_buffered
+        )
         throttle.config_throttles(self.config)  # a bad Shared_Throttle fails here, not later
 
     # -- life cycle -------------------------------------------------------------------
@@ -164,6 +168,9 @@ class Node:
             for box in self.outboxes.values()
         ]
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+        if self._audit is not None:
+            await self._audit.publish()
+            self._tasks.append(asyncio.create_task(self._audit.run(), name="audit"))
         self._tasks.append(asyncio.create_task(self._reap_loop()))
 
     def _add_outbox(self, name: str, kind: Kind, max_pending: int, max_delay: float) -> Outbox:
@@ -382,6 +389,17 @@ class Node:
             families[throttle.OBJECT] = self._throttles
         return families
 
+    @property
+    def audit(self) -> AuditRecorder:
+        """Audit metrics and named series (needs ``Replicate "metrics" { parameters =
+        "connect;..." }`` or ``"audit_series"``, or ``Replicate "eccmgr_metrics" {}``)."""
+        if self._audit is None:
+            raise UnknownObject(
+                'audit metrics are not enabled: add Replicate "metrics" { parameters = '
+                '"connect;reception;rejection" } (or "audit_series") to the cluster scope'
+            )
+        return self._audit
+
     async def outbound_message(self, route: Route) -> Decision:
         """OBTM: may one more message go out on this route? (cluster-wide, exact)"""
         return await self._throttle_route("OBTM", outbound.OBTM_OPTION, route)
@@ -446,9 +464,10 @@ class Node:
         (its snapshot holds everything recorded) and the flush returns after that.
         """
         rejoins = self.rejoins
-        results = await asyncio.gather(
-            *(box.ship(self.scripts) for box in self.outboxes.values()), return_exceptions=True
-        )
+        shipping = [box.ship(self.scripts) for box in self.outboxes.values()]
+        if self._audit is not None:
+            shipping.append(self._audit.ship())
+        results = await asyncio.gather(*shipping, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, StaleView):
                 raise result
@@ -494,4 +513,6 @@ class Node:
 
     def stats(self) -> dict[str, Any]:
         shipped = {name: vars(box.stats) | {"seq": box.seq} for name, box in self.outboxes.items()}
+        if self._audit is not None:
+            shipped["audit"] = self._audit.stats_json()
         return shipped | self.caches.figures()

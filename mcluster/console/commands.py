@@ -13,6 +13,8 @@ from typing import Any
 from redis.asyncio import Redis
 from rich.console import RenderableType
 
+from mcluster.config import ClusterConfig
+from mcluster.console import audit_commands
 from mcluster.console.local import LocalMember
 from mcluster.console.render import (
     HelpView,
@@ -94,6 +96,7 @@ class ConsoleContext:
     configured: list[tuple[str, str]] = field(default_factory=list)
     timeout: float = 5.0
     local: LocalMember | None = None
+    config: ClusterConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ async def run_command(ctx: ConsoleContext, line: str) -> Result:
         raise UnknownCommand(f"unknown command {typed!r}; type 'cluster help' for the list")
     if spec.coming_with is not None:
         raise NotInRelease(f"{spec.name}: not in this release (coming with {spec.coming_with})")
-    return await _HANDLERS[spec.words](ctx, spec, rest)
+    handler = _HANDLERS.get(spec.words) or _MODULE_HANDLERS[spec.words]
+    return await handler(ctx, spec, rest)
 
 
 def _no_args(spec: CommandSpec, rest: list[str]) -> None:
@@ -231,6 +235,15 @@ async def _info(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Resu
     return Result(InfoView(info), info)
 
 
+async def _audit(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    try:
+        handler = audit_commands.HANDLERS[spec.words]
+        renderable, data = await handler(ctx.client, ctx.keys, ctx.config, rest)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return Result(renderable, data)
+
+
 _HANDLERS: dict[tuple[str, ...], Handler] = {
     ("help",): _help,
     ("shared", "list"): _shared_list,
@@ -244,3 +257,4 @@ _HANDLERS: dict[tuple[str, ...], Handler] = {
 from mcluster.console import cluster_ops  # noqa: E402  (its handlers use the names above)
 
 _HANDLERS.update(cluster_ops.HANDLERS)
+_MODULE_HANDLERS: dict[tuple[str, ...], Handler] = dict.fromkeys(audit_commands.HANDLERS, _audit)

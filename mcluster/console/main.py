@@ -92,7 +92,7 @@ def console_main(
                 _fail(f"cannot reach Redis at {redact_url(url)}: {exc}")
                 runner.run(client.aclose())
                 return EXIT_ERROR
-            ctx = ConsoleContext(client, keys, node, configured, timeout)
+            ctx = ConsoleContext(client, keys, node, configured, timeout, config=config)
             try:
                 if watch:
                     return _watch(runner, ctx, seconds)

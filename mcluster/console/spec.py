@@ -67,6 +67,24 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(("unicast",), "NODE COMMAND", "Run a command on one member.", top=True),
 )
 
+#: Commands of Momentum's modules (``inbound_audit ...``, not ``cluster ...``): they run
+#: like the others; ``cluster help`` lists the cluster module's commands only.
+MODULE_COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec(
+        ("inbound_audit", "show"),
+        "ip ADDRESS_OR_CIDR",
+        "Connections, receptions and rejections per monitor window.",
+        top=True,
+    ),
+    CommandSpec(("audit_series", "list"), "", "List the named audit series.", top=True),
+    CommandSpec(
+        ("audit_series", "count"),
+        "NAME KEY [START [END]] [from NODE]",
+        "Sum a named audit series over windows START..END.",
+        top=True,
+    ),
+)
+
 #: Words the REPL understands besides the commands.
 REPL_WORDS: tuple[str, ...] = ("quit", "exit")
 #: ``watch [SECONDS]`` in the REPL: the live dashboard until Ctrl-C (or SECONDS).
@@ -77,7 +95,7 @@ def match(words: list[str]) -> tuple[CommandSpec | None, list[str]]:
     """The command whose fixed words start ``words`` (lower-cased verbs), and the rest."""
     folded = [w.casefold() for w in words]
     best: CommandSpec | None = None
-    for spec in COMMANDS:
+    for spec in (*COMMANDS, *MODULE_COMMANDS):
         n = len(spec.words)
         if tuple(folded[:n]) == spec.words and (best is None or n > len(best.words)):
             best = spec
@@ -88,7 +106,7 @@ def match(words: list[str]) -> tuple[CommandSpec | None, list[str]]:
 
 def family(word: str) -> list[CommandSpec]:
     """The commands starting with ``word`` (for ``cluster duravip`` given alone)."""
-    return [spec for spec in COMMANDS if spec.words[0] == word.casefold()]
+    return [spec for spec in (*COMMANDS, *MODULE_COMMANDS) if spec.words[0] == word.casefold()]
 
 
 def next_words(words: list[str]) -> list[str]:
