@@ -41,11 +41,22 @@ async def scripts(any_redis: RedisServer) -> AsyncIterator[Scripts]:
     await client.aclose()
 
 
+async def server_ms(client: Redis) -> int:
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 async def mid_window_offset(client: Redis, window_ms: int, fraction: float = 0.5) -> int:
     """An offset that puts the virtual now at ``fraction`` of a window of ``window_ms``."""
-    seconds, micros = await client.time()
-    real = seconds * 1000 + micros // 1000
+    real = await server_ms(client)
     return (real // window_ms + 1) * window_ms + int(fraction * window_ms) - real
+
+
+def recent(counts: list[int]) -> int:
+    """Events recorded in real time just now: in window 0, or in window 1 if a window
+    boundary passed since (the placement in windows is tested with controlled time)."""
+    assert all(n == 0 for n in counts[2:]), counts
+    return counts[0] + counts[1]
 
 
 async def place(
@@ -114,7 +125,7 @@ async def test_a_repeated_batch_counts_once(scripts: Scripts, namespace: str) ->
     assert (await audit.apply(scripts, okeys, "o1", 1, groups))[0] is False
     assert (await audit.apply(scripts, okeys, "o2", 1, groups))[0] is True  # another origin
     shown = await show_ip(scripts, keys, SETTINGS, "10.0.0.1")
-    assert shown["monitors"][0]["connections"][0] == 4
+    assert recent(shown["monitors"][0]["connections"]) == 4
 
 
 def model_count(counts: Counter[str], cidr: str) -> int:
@@ -145,11 +156,12 @@ async def test_prefix_counts_equal_a_model(redis_server: RedisServer, namespace:
         for cidr in probes:
             shown = await b.audit.show_ip(cidr)
             for monitor in shown["monitors"]:
-                assert monitor["connections"][0] == model_count(counts["connect"], cidr), cidr
-                assert monitor["receptions"][0] == model_count(counts["reception"], cidr), cidr
-                assert monitor["connections"][1:] == [0] * (monitor["windows"] - 1)
+                connections, receptions = monitor["connections"], monitor["receptions"]
+                assert recent(connections) == model_count(counts["connect"], cidr), cidr
+                assert recent(receptions) == model_count(counts["reception"], cidr), cidr
+                assert len(connections) == monitor["windows"]
         v6 = await a.audit.show_ip("2001:db8::/32")
-        assert v6["monitors"][0]["connections"][0] == 5
+        assert recent(v6["monitors"][0]["connections"]) == 5
         assert v6["cidr"] == "2001:db8::/32"
 
 
@@ -186,9 +198,10 @@ async def test_outbound_by_domain_and_binding(redis_server: RedisServer, namespa
         node.audit.record("transfail", domain="gmail.com", binding="b1", count=2)
         await node.flush()
         aol = await node.audit.outbound("domain", "aol.com")
-        assert aol["monitors"][0]["delivery"][0] == 4
+        assert recent(aol["monitors"][0]["delivery"]) == 4
         b1 = await node.audit.outbound("binding", "b1")
-        assert (b1["monitors"][0]["delivery"][0], b1["monitors"][0]["transfail"][0]) == (3, 2)
+        assert recent(b1["monitors"][0]["delivery"]) == 3
+        assert recent(b1["monitors"][0]["transfail"]) == 2
         assert b1["monitors"][1]["permfail"] == [0] * 4  # permfail is not counted
         with pytest.raises(ValueError, match="permfail events are not counted"):
             node.audit.record("permfail", domain="aol.com")

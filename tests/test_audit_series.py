@@ -56,18 +56,19 @@ async def test_replicate_scopes(redis_server: RedisServer, namespace: str) -> No
         await a.flush()
         await b.flush()
         # cluster: every node sees every add
-        assert await a.audit.count("s_cluster", "10.1.0.0/16") == 8
-        assert await b.audit.count("s_cluster", "10.1.2.3") == 5
-        assert await console_count(a, "audit_series count s_cluster 10.0.0.0/8") == 8
+        # windows 0..1: the adds are in window 0, or 1 if a window boundary passed since
+        assert await a.audit.count("s_cluster", "10.1.0.0/16", 0, 1) == 8
+        assert await b.audit.count("s_cluster", "10.1.2.3", 0, 1) == 5
+        assert await console_count(a, "audit_series count s_cluster 10.0.0.0/8 0 1") == 8
         # manager: a node sees its own adds only; the console reads the manager's aggregate
-        assert await a.audit.count("s_manager", "10.1.0.0/16") == 6
-        assert await b.audit.count("s_manager", "10.1.0.0/16") == 2
-        assert await b.audit.count("s_manager", "10.1.2.3") == 0  # a's add never reached b
-        assert await console_count(a, "audit_series count s_manager 10.1.0.0/16") == 8
-        assert await console_count(a, "audit_series count s_manager 10.1.2.3/32") == 5
+        assert await a.audit.count("s_manager", "10.1.0.0/16", 0, 1) == 6
+        assert await b.audit.count("s_manager", "10.1.0.0/16", 0, 1) == 2
+        assert await b.audit.count("s_manager", "10.1.2.3", 0, 4) == 0  # a's never reached b
+        assert await console_count(a, "audit_series count s_manager 10.1.0.0/16 0 1") == 8
+        assert await console_count(a, "audit_series count s_manager 10.1.2.3/32 0 1") == 5
         # none: each node its own; the console needs 'from NODE'
-        assert await b.audit.count("s_none", "10.1.0.0/16") == 2
-        assert await console_count(a, "audit_series count s_none 10.1.0.0/16 from a") == 6
+        assert await b.audit.count("s_none", "10.1.0.0/16", 0, 1) == 2
+        assert await console_count(a, "audit_series count s_none 10.1.0.0/16 0 1 from a") == 6
         with pytest.raises(UsageError, match="not replicated"):
             await console_count(a, "audit_series count s_none 10.1.0.0/16")
         listing = await run_command(ConsoleContext(a.client, a.keys), "audit_series list")
@@ -145,7 +146,8 @@ async def test_series_over_http(redis_server: RedisServer, namespace: str) -> No
         bad = await api.post("/v1/series/v6/add", json={"adds": [adds[0], {"key": "10.0.0.1"}]})
         assert bad.status == 400 and (await bad.json())["error"].startswith("adds[1]: series")
         await api.post("/v1/flush")
-        resp = await api.get("/v1/series/v6/count", params={"key": "2001:db8::/32"})
+        query = {"key": "2001:db8::/32", "end": "1"}  # window 0 (or 1 after a boundary)
+        resp = await api.get("/v1/series/v6/count", params=query)
         assert await resp.json() == {"count": 4}  # the refused request counted nothing
         resp = await api.get("/v1/series/v6/count", params={"key": "2001:db8::/48", "end": "5"})
         assert await resp.json() == {"count": 3}
