@@ -160,6 +160,10 @@ async def test_prefix_counts_equal_a_model(redis_server: RedisServer, namespace:
                 assert recent(connections) == model_count(counts["connect"], cidr), cidr
                 assert recent(receptions) == model_count(counts["reception"], cidr), cidr
                 assert len(connections) == monitor["windows"]
+        data_keys = [k async for k in a.client.scan_iter(f"{a.audit.okeys.base}:g:*", count=1000)]
+        assert len(data_keys) == 2 * (1 + 2 + 3 + 15)  # 2 monitors: IPv4 1+2+3, IPv6 15
+        for key in data_keys:  # every key of a window expires with it (no key lives on)
+            assert 0 < await a.client.pttl(key) <= 4 * 1_800_000, key
         v6 = await a.audit.show_ip("2001:db8::/32")
         assert recent(v6["monitors"][0]["connections"]) == 5
         assert v6["cidr"] == "2001:db8::/32"

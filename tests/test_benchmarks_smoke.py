@@ -23,3 +23,12 @@ def test_cache_benchmark_quick() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "staleness p99" in result.stdout and "get rate" in result.stdout
+
+
+def test_metrics_benchmark_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/metrics.py", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "PASS  every window holds every address" in result.stdout

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from mcluster.objects.cidrtree import count_plan, parse_address, parse_prefix
 from mcluster.store.keys import ClusterKeys, ObjectKeys, check_name
@@ -81,11 +81,10 @@ def series_target(aggregate: str, name: str, interval: int, windows: int) -> Tar
     return Target(f"{aggregate}:S:{name}:{interval}", interval, windows)
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One counted key: form ``t`` (packed address) or ``s`` (string), its field prefix."""
 
-    form: Literal["t", "s"]
+    form: str
     prefix: str
     key: bytes
 
@@ -127,9 +126,12 @@ def apply_args(
         argv.append(len(targets))
         for target in targets:
             argv += [target.name, target.window, target.windows]
-        argv.append(len(items))
-        for item, n in items.items():
-            argv += [item.form, item.prefix, item.key, n]
+        sorts: dict[tuple[str, str], Argv] = {}
+        for (form, prefix, key), n in items.items():
+            sorts.setdefault((form, prefix), []).extend((key, n))
+        argv.append(len(sorts))
+        for (form, prefix), flat in sorts.items():
+            argv += [form, prefix, len(flat) // 2, *flat]
     return [applied_key(okeys)], argv
 
 
