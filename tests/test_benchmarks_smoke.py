@@ -1,4 +1,4 @@
-"""The benchmarks keep working: the quickest one runs end to end."""
+"""The benchmarks keep working: the quickest ones run end to end."""
 
 import subprocess
 import sys
@@ -7,28 +7,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_ingest_benchmark_quick() -> None:
+def quick(script: str, *extra: str) -> str:
+    """Run ``benchmarks/SCRIPT --quick``; its output (it must exit 0)."""
     result = subprocess.run(
-        [sys.executable, "benchmarks/ingest.py", "--quick"],
+        [sys.executable, f"benchmarks/{script}", "--quick", *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "PASS  global total" in result.stdout
+    return result.stdout
+
+
+def test_ingest_benchmark_quick() -> None:
+    assert "PASS  global total" in quick("ingest.py")
 
 
 def test_cache_benchmark_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, "benchmarks/cache.py", "--quick", "--keys", "500"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "staleness p99" in result.stdout and "get rate" in result.stdout
+    out = quick("cache.py", "--keys", "500")
+    assert "staleness p99" in out and "get rate" in out
 
 
 def test_metrics_benchmark_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, "benchmarks/metrics.py", "--quick"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "PASS  every window holds every address" in result.stdout
+    assert "PASS  every window holds every address" in quick("metrics.py")
