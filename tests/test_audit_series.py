@@ -156,3 +156,35 @@ async def test_series_over_http(redis_server: RedisServer, namespace: str) -> No
         missing = await api.get("/v1/series/nope/count", params={"key": "x"})
         assert missing.status == 400 and "nope" in (await missing.json())["error"]
         await node.stop()
+
+
+async def test_event_types_for_the_manager_only(redis_server: RedisServer, namespace: str) -> None:
+    """Types in ``Replicate "eccmgr_metrics" { parameters }`` go to the manager's aggregate:
+    nodes cannot read them, the console (which reads the manager's) can."""
+    conf = """cluster {
+      Replicate "metrics" { parameters = "reception" }
+      Replicate "eccmgr_metrics" { parameters = "connect" }
+    }"""
+    async with nodes(redis_server.url, namespace, conf) as (a, b):
+        a.audit.record("connect", "10.1.2.3", count=4)
+        a.audit.record("reception", "10.1.2.3")
+        b.audit.record("connect", "10.1.2.4")
+        await a.flush()
+        await b.flush()
+        with pytest.raises(AuditError, match="manager only"):
+            await b.audit.ip_cluster("connect", "10.1.2.3")
+        assert await b.audit.ip_cluster("reception", "10.1.2.3") > 0
+        result = await run_command(
+            ConsoleContext(a.client, a.keys), "inbound_audit show ip 10.1.2.0/24"
+        )
+        assert isinstance(result.data, dict)
+        monitor = result.data["monitors"][0]  # the default monitor: 300,6
+        assert (monitor["window"], monitor["windows"]) == (300, 6)
+        assert sum(monitor["connections"]) == 5 and sum(monitor["receptions"]) == 1
+        okeys = audit.audit_keys(a.keys)
+        assert [k async for k in a.client.scan_iter(f"{okeys.base}:g:*:t:4:0a01")]
+        manager = [k async for k in a.client.scan_iter(f"{okeys.base}:m:*:t:4:0a01")]
+        assert manager  # connects: in the manager's aggregate only
+        for key in manager:
+            fields = await a.client.hkeys(key)
+            assert fields and all(f.startswith(b"c") for f in fields)
