@@ -9,6 +9,9 @@
 --         ns sorts, ns x (form "t" address tree | "s" string, field prefix, m keys,
 --         m x (key, count)). Every key of a group is added to the current window of
 --         every target of the group.
+-- Return: {1, now_ms, seq} when applied; {0, now_ms, last} when seq was already applied.
+-- Cost: O(I * T * L) hash increments for I items, T targets, L = 4 (IPv4) or 16 levels
+--       (IPv6) or 1 (string), plus one PEXPIRE per key created.
 -- Data: window e = floor(now / W) of a target lives in keys "BASE:TARGET:e:...":
 --   ":t:F:HEX" the bucket of a 256-ary tree (F = 4 or 16 bytes, HEX = the first bytes of
 --   the address): field PREFIX..b (one byte b) counts every address under HEX..b; the
@@ -16,9 +19,6 @@
 --   ":s" a hash of field PREFIX..key -> count.
 --   Each key expires when its window leaves the span: at (e + N) * W seconds (set when
 --   the key is created, i.e. when its parent's field is created: counts only grow).
--- Return: {1, now_ms, seq} when applied; {0, now_ms, last} when seq was already applied.
--- Cost: O(I * T * L) hash increments for I items, T targets, L = 4 (IPv4) or 16 levels
---       (IPv6) or 1 (string), plus one PEXPIRE per key created.
 local base, origin, seq = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[4])
