@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.redis_cluster import RedisCluster, start_cluster
 from tests.redis_servers import RedisServer, bundled_redis_server, path_redis_server, start_redis
 
 
@@ -31,6 +32,22 @@ def any_redis(request: pytest.FixtureRequest) -> RedisServer:
         pytest.skip("no redis-server on PATH")
     name = "redis_server" if request.param == "path" else "redis_server_62"
     server: RedisServer = request.getfixturevalue(name)
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A real Redis Cluster of 3 masters and 3 replicas on loopback ports (session-wide)."""
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def shared_redis(request: pytest.FixtureRequest) -> RedisServer | RedisCluster:
+    """The shared suite's Redis: a standalone server, then a Redis Cluster (``.url``)."""
+    name = "redis_server" if request.param == "standalone" else "redis_cluster"
+    server: RedisServer | RedisCluster = request.getfixturevalue(name)
     return server
 
 

@@ -10,6 +10,7 @@ from mcluster.agent.node import Node
 from mcluster.store.scripts import script_source, scripts_dir
 from tests.agents import RedisProxy
 from tests.helpers import config
+from tests.redis_cluster import AnyRedis
 from tests.redis_servers import RedisServer
 
 
@@ -39,11 +40,11 @@ async def test_lost_reply_is_retried_without_double_count(
         await proxy.stop()
 
 
-async def test_script_flush_between_batches(redis_server: RedisServer, namespace: str) -> None:
-    async with Node(config(), "relay-0-1", redis_server.url, namespace=namespace) as node:
+async def test_script_flush_between_batches(shared_redis: AnyRedis, namespace: str) -> None:
+    async with Node(config(), "relay-0-1", shared_redis.url, namespace=namespace) as node:
         node.record("inbound_cidr", "10.1.2.3", 1)
         await node.flush()
-        redis_server.client().script_flush()
+        shared_redis.client().script_flush()
         node.record("inbound_cidr", "10.1.2.3", 1)
         node.record("outbound_domains", "yahoo.com", 1)
         await node.flush()
@@ -51,12 +52,10 @@ async def test_script_flush_between_batches(redis_server: RedisServer, namespace
         assert await node.count("outbound_domains", "yahoo.com") == 1
 
 
-async def test_stale_view_is_refused_and_resynced(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_stale_view_is_refused_and_resynced(shared_redis: AnyRedis, namespace: str) -> None:
     """A batch from a retired view (stale epoch) is refused; the node re-syncs and its
     events are counted exactly once, through the snapshot."""
-    async with Node(config(), "relay-0-1", redis_server.url, namespace=namespace) as node:
+    async with Node(config(), "relay-0-1", shared_redis.url, namespace=namespace) as node:
         node.record("inbound_cidr", "10.0.0.1", 1)
         await node.flush()
         box = node.outboxes["inbound_cidr"]
@@ -71,12 +70,12 @@ async def test_stale_view_is_refused_and_resynced(
 
 
 async def test_decrement_below_zero_is_clamped_and_counted(
-    redis_server: RedisServer, namespace: str
+    shared_redis: AnyRedis, namespace: str
 ) -> None:
     cfg = config()
     async with (
-        Node(cfg, "relay-0-1", redis_server.url, namespace=namespace) as a,
-        Node(cfg, "relay-0-2", redis_server.url, namespace=namespace) as b,
+        Node(cfg, "relay-0-1", shared_redis.url, namespace=namespace) as a,
+        Node(cfg, "relay-0-2", shared_redis.url, namespace=namespace) as b,
     ):
         a.record("inbound_cidr", "10.0.0.1", 2)
         b.record("inbound_cidr", "10.0.0.1", 1)
@@ -92,8 +91,8 @@ async def test_decrement_below_zero_is_clamped_and_counted(
         assert (await a.show("inbound_cidr")).anomalies == 2
 
 
-async def test_bad_keys_and_deltas_are_refused(redis_server: RedisServer, namespace: str) -> None:
-    async with Node(config(), "relay-0-1", redis_server.url, namespace=namespace) as node:
+async def test_bad_keys_and_deltas_are_refused(shared_redis: AnyRedis, namespace: str) -> None:
+    async with Node(config(), "relay-0-1", shared_redis.url, namespace=namespace) as node:
         with pytest.raises(ValueError, match="not a valid IPv4 or IPv6 address"):
             node.record("inbound_cidr", "10.0.0.300", 1)
         with pytest.raises(ValueError, match="CIDR block"):
@@ -116,8 +115,8 @@ def test_every_script_opens_with_its_contract() -> None:
             assert word in head, f"{path.name} does not state its {word}"
 
 
-def test_every_script_loads(redis_server: RedisServer) -> None:
-    client = redis_server.client()
+def test_every_script_loads(shared_redis: AnyRedis) -> None:
+    client = shared_redis.client()
     for path in scripts_dir().glob("*.lua"):
         if not path.name.startswith("_"):
             assert client.script_load(script_source(path.stem))
@@ -129,18 +128,18 @@ def test_every_script_loads(redis_server: RedisServer) -> None:
 
 @pytest.mark.parametrize("pause", [0.0, 0.005, 0.02])
 async def test_stop_loses_nothing_and_never_hangs(
-    redis_server: RedisServer, namespace: str, pause: float
+    shared_redis: AnyRedis, namespace: str, pause: float
 ) -> None:
     """Stopping while a large flush is in flight ships all of it, then leaves (no hang on
     Python 3.11, where wait_for may swallow a cancellation)."""
     import asyncio
 
-    node = Node(config(), "relay-0-1", redis_server.url, namespace=namespace)
+    node = Node(config(), "relay-0-1", shared_redis.url, namespace=namespace)
     await node.start()
     for i in range(5000):
         node.record("inbound_cidr", f"10.{i // 256 % 256}.{i % 256}.{i % 7}", 1)
     await asyncio.sleep(pause)
     async with asyncio.timeout(30):
         await node.stop(drain=False)
-    async with Node(config(), "observer", redis_server.url, namespace=namespace) as observer:
+    async with Node(config(), "observer", shared_redis.url, namespace=namespace) as observer:
         assert await observer.count("inbound_cidr", "0.0.0.0/0") == 5000

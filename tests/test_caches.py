@@ -22,6 +22,7 @@ from mcluster.store.keys import ClusterKeys
 from mcluster.store.scripts import Scripts
 from mcluster.store.urls import make_async_client
 from tests.helpers import crash, until
+from tests.redis_cluster import AnyRedis
 from tests.redis_servers import RedisServer
 
 CONFIG = """
@@ -38,16 +39,16 @@ cluster {
 """
 
 
-def node(server: RedisServer, namespace: str, name: str) -> Node:
+def node(server: AnyRedis, namespace: str, name: str) -> Node:
     return Node(parse_config(CONFIG, "caches.conf"), name, server.url, namespace=namespace)
 
 
 @pytest.fixture
-async def nodes(redis_server: RedisServer, namespace: str) -> AsyncIterator[list[Node]]:
+async def nodes(shared_redis: AnyRedis, namespace: str) -> AsyncIterator[list[Node]]:
     async with AsyncExitStack() as stack:
         started = []
         for name in ("a", "b", "c"):
-            started.append(await stack.enter_async_context(node(redis_server, namespace, name)))
+            started.append(await stack.enter_async_context(node(shared_redis, namespace, name)))
         yield started
 
 

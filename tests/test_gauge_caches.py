@@ -20,6 +20,7 @@ from mcluster.store.keys import GLOBAL, ClusterKeys
 from mcluster.store.scripts import Scripts
 from mcluster.store.urls import make_async_client
 from tests.helpers import crash, until
+from tests.redis_cluster import AnyRedis
 from tests.redis_servers import RedisServer
 
 CONFIG = """
@@ -32,15 +33,15 @@ cluster {
 """
 
 
-def make_node(server: RedisServer, namespace: str, name: str, text: str = CONFIG) -> Node:
+def make_node(server: AnyRedis, namespace: str, name: str, text: str = CONFIG) -> Node:
     return Node(parse_config(text, "gc.conf"), name, server.url, namespace=namespace)
 
 
 @pytest.fixture
-async def pair(redis_server: RedisServer, namespace: str) -> AsyncIterator[tuple[Node, Node]]:
+async def pair(shared_redis: AnyRedis, namespace: str) -> AsyncIterator[tuple[Node, Node]]:
     async with (
-        make_node(redis_server, namespace, "a") as a,
-        make_node(redis_server, namespace, "b") as b,
+        make_node(shared_redis, namespace, "a") as a,
+        make_node(shared_redis, namespace, "b") as b,
     ):
         yield a, b
 
@@ -212,15 +213,15 @@ async def test_replicated_ttl_counts_from_the_last_change(pair: tuple[Node, Node
     assert int(meta[b"expired"]) == 2
 
 
-async def test_dead_nodes_share_is_reaped(redis_server: RedisServer, namespace: str) -> None:
+async def test_dead_nodes_share_is_reaped(shared_redis: AnyRedis, namespace: str) -> None:
     async with AsyncExitStack() as stack:
         # The leader (first to start) has not defined the gauge cache: it reaps it from
         # the registry all the same.
-        leader = await stack.enter_async_context(make_node(redis_server, namespace, "lead"))
+        leader = await stack.enter_async_context(make_node(shared_redis, namespace, "lead"))
         await until(lambda: _is_leader(leader), 3, what="lead is the leader")
-        a = make_node(redis_server, namespace, "a")
+        a = make_node(shared_redis, namespace, "a")
         await a.start()
-        b = await stack.enter_async_context(make_node(redis_server, namespace, "b"))
+        b = await stack.enter_async_context(make_node(shared_redis, namespace, "b"))
         for n in (a, b):
             await n.gauge_caches.define("g", 100, 0, replicate=True)
         a.gauge_caches.inc("g", "x", 4)

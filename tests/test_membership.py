@@ -10,7 +10,7 @@ from mcluster.config import parse_config
 from mcluster.store import members
 from mcluster.store.keys import ClusterKeys
 from tests.helpers import crash, until
-from tests.redis_servers import RedisServer
+from tests.redis_cluster import AnyRedis
 
 FAST = """
 cluster {
@@ -23,7 +23,7 @@ cluster {
 
 
 @contextlib.asynccontextmanager
-async def two_nodes(server: RedisServer, namespace: str) -> AsyncIterator[tuple[Node, Node]]:
+async def two_nodes(server: AnyRedis, namespace: str) -> AsyncIterator[tuple[Node, Node]]:
     """Two started nodes with the fast settings; both leave at the end (a crashed one too)."""
     cfg = parse_config(FAST)
     async with (
@@ -33,8 +33,8 @@ async def two_nodes(server: RedisServer, namespace: str) -> AsyncIterator[tuple[
         yield a, b
 
 
-async def test_dead_node_is_reaped(redis_server: RedisServer, namespace: str) -> None:
-    async with two_nodes(redis_server, namespace) as (a, b):
+async def test_dead_node_is_reaped(shared_redis: AnyRedis, namespace: str) -> None:
+    async with two_nodes(shared_redis, namespace) as (a, b):
         for i in range(300):
             a.record("inbound_cidr", f"10.0.{i % 3}.{i % 250}", 1)
             b.record("inbound_cidr", f"10.9.{i % 5}.{i % 200}", 1)
@@ -61,9 +61,9 @@ async def test_dead_node_is_reaped(redis_server: RedisServer, namespace: str) ->
         assert took < 1.6
 
 
-async def test_leader_moves_when_leader_dies(redis_server: RedisServer, namespace: str) -> None:
+async def test_leader_moves_when_leader_dies(shared_redis: AnyRedis, namespace: str) -> None:
     cfg = parse_config(FAST)
-    nodes = [Node(cfg, f"relay-0-{i}", redis_server.url, namespace=namespace) for i in (1, 2, 3)]
+    nodes = [Node(cfg, f"relay-0-{i}", shared_redis.url, namespace=namespace) for i in (1, 2, 3)]
     for node in nodes:
         await node.start()
     keys = ClusterKeys(namespace)
@@ -96,8 +96,8 @@ async def test_leader_moves_when_leader_dies(redis_server: RedisServer, namespac
             await node.stop()
 
 
-async def test_flushall_resyncs_everyone(redis_server: RedisServer, namespace: str) -> None:
-    async with two_nodes(redis_server, namespace) as (a, b):
+async def test_flushall_resyncs_everyone(shared_redis: AnyRedis, namespace: str) -> None:
+    async with two_nodes(shared_redis, namespace) as (a, b):
         a.record("inbound_cidr", "10.0.0.1", 3)
         b.record("inbound_cidr", "10.0.0.1", 2)
         b.record("inbound_cidr", "2001:db8::7", 1)
@@ -105,7 +105,7 @@ async def test_flushall_resyncs_everyone(redis_server: RedisServer, namespace: s
         await a.flush()
         await b.flush()
         epochs = (a.member.epoch if a.member else 0, b.member.epoch if b.member else 0)
-        redis_server.client().flushall()
+        shared_redis.client().flushall()
         a.record("inbound_cidr", "10.0.0.1", 1)  # recorded while the data is gone
 
         async def exact() -> bool:
@@ -123,16 +123,14 @@ async def test_flushall_resyncs_everyone(redis_server: RedisServer, namespace: s
         assert b.member is not None and b.member.epoch > epochs[1]
 
 
-async def test_retired_view_rejoins_with_snapshot(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_retired_view_rejoins_with_snapshot(shared_redis: AnyRedis, namespace: str) -> None:
     """A node whose view was retired (as after a long pause) re-publishes its state once."""
     cfg = parse_config(FAST)
-    async with Node(cfg, "relay-0-1", redis_server.url, namespace=namespace) as a:
+    async with Node(cfg, "relay-0-1", shared_redis.url, namespace=namespace) as a:
         a.record("inbound_cidr", "10.1.2.3", 2)
         await a.flush()
         old = a.private_name
-        client = redis_server.client()
+        client = shared_redis.client()
         client.delete(ClusterKeys(namespace).lease("relay-0-1"))  # the lease ran out
         a.record("inbound_cidr", "10.1.2.3", 1)
 

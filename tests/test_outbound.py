@@ -13,7 +13,7 @@ from mcluster import ConfigError, Node, parse_config
 from mcluster.agent.http import make_app
 from mcluster.objects.outbound import OBTM_OPTION, OutboundPolicy, Route
 from tests.helpers import crash, until
-from tests.redis_servers import RedisServer
+from tests.redis_cluster import AnyRedis
 
 CONF = """
 cluster {
@@ -122,9 +122,9 @@ def test_regex_domains_are_one_shared_bucket() -> None:
 
 
 @pytest.fixture
-async def nodes(redis_server: RedisServer, namespace: str) -> AsyncIterator[list[Node]]:
+async def nodes(shared_redis: AnyRedis, namespace: str) -> AsyncIterator[list[Node]]:
     cfg = parse_config(CONF)
-    made = [Node(cfg, f"relay-0-{i}", redis_server.url, namespace=namespace) for i in (1, 2, 3)]
+    made = [Node(cfg, f"relay-0-{i}", shared_redis.url, namespace=namespace) for i in (1, 2, 3)]
     for node in made:
         await node.start()
     yield made
@@ -165,11 +165,11 @@ async def test_caps_never_exceeded_and_freed_by_reaping(nodes: list[Node]) -> No
     assert not (await nodes[0].open_connection(route)).allowed
 
 
-async def test_slots_survive_a_resync(nodes: list[Node], redis_server: RedisServer) -> None:
+async def test_slots_survive_a_resync(nodes: list[Node], shared_redis: AnyRedis) -> None:
     route = Route("b2", "yahoo.com")
     slots = [await nodes[0].open_connection(route) for _ in range(3)]
     assert all(s.allowed for s in slots)
-    redis_server.client().flushall()
+    shared_redis.client().flushall()
 
     async def resynced() -> bool:
         return nodes[0].rejoins >= 1 and (

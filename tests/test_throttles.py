@@ -15,6 +15,7 @@ from mcluster.agent.http import make_app
 from mcluster.objects import throttle
 from mcluster.objects.rates import Rate, parse_rate
 from mcluster.objects.throttle import ThrottleConflict, ThrottleDef, ThrottleError
+from tests.redis_cluster import AnyRedis
 from tests.redis_servers import RedisServer, start_redis
 
 CONF = """
@@ -55,8 +56,8 @@ def test_bad_shared_throttle_in_config_names_the_place() -> None:
 
 
 @pytest.fixture
-async def node(redis_server: RedisServer, namespace: str) -> AsyncIterator[Node]:
-    async with Node(parse_config(CONF), "relay-0-1", redis_server.url, namespace=namespace) as n:
+async def node(shared_redis: AnyRedis, namespace: str) -> AsyncIterator[Node]:
+    async with Node(parse_config(CONF), "relay-0-1", shared_redis.url, namespace=namespace) as n:
         yield n
 
 
@@ -143,11 +144,11 @@ async def test_http_throttles(node: Node) -> None:
 
 
 async def test_never_over_admits_in_any_sliding_window(
-    redis_server: RedisServer, namespace: str
+    shared_redis: AnyRedis, namespace: str
 ) -> None:
     """Three nodes, 50 concurrent callers each, one throttle: in every window of S seconds
     (by Redis time) at most N admissions; the total admitted is close to the maximum."""
-    await hammer(redis_server, namespace, 300, 1.5, 4.5)
+    await hammer(shared_redis, namespace, 300, 1.5, 4.5)
 
 
 @pytest.mark.slow
@@ -157,7 +158,7 @@ async def test_1000_per_10_s_for_30_s(redis_server: RedisServer, namespace: str)
 
 
 async def hammer(
-    redis_server: RedisServer, namespace: str, n: int, period: float, seconds: float
+    redis_server: AnyRedis, namespace: str, n: int, period: float, seconds: float
 ) -> None:
     # A generous deadline: this test checks the window, not the policy when Redis is slow.
     conf = CONF.replace('"1000/10"', f'"{n}/{period:g}" deadline_ms = 5000')
@@ -301,13 +302,13 @@ async def test_local_quota_never_over_admits(redis_server: RedisServer, namespac
     assert local > 5 * reserved, stats  # most decisions never touched Redis
 
 
-async def test_from_node_shows_one_nodes_share(redis_server: RedisServer, namespace: str) -> None:
+async def test_from_node_shows_one_nodes_share(shared_redis: AnyRedis, namespace: str) -> None:
     from mcluster.console import ConsoleContext, run_command
 
     cfg = parse_config(CONF.replace('"5/60"', '"5/60" mode = "local_quota"'))
     async with (
-        Node(cfg, "relay-0-1", redis_server.url, namespace=namespace) as a,
-        Node(cfg, "relay-0-2", redis_server.url, namespace=namespace) as b,
+        Node(cfg, "relay-0-1", shared_redis.url, namespace=namespace) as a,
+        Node(cfg, "relay-0-2", shared_redis.url, namespace=namespace) as b,
     ):
         for _ in range(3):
             assert (await a.throttles.acquire([("t1", 2)])).allowed
@@ -329,10 +330,10 @@ async def test_from_node_shows_one_nodes_share(redis_server: RedisServer, namesp
         assert (await used("relay-0-2"))["strict"] == (await used(""))["strict"] == 1
 
 
-async def test_count_of_a_throttle_by_node(redis_server: RedisServer, namespace: str) -> None:
+async def test_count_of_a_throttle_by_node(shared_redis: AnyRedis, namespace: str) -> None:
     async with (
-        Node(parse_config(CONF), "relay-0-1", redis_server.url, namespace=namespace) as a,
-        Node(parse_config(CONF), "relay-0-2", redis_server.url, namespace=namespace) as b,
+        Node(parse_config(CONF), "relay-0-1", shared_redis.url, namespace=namespace) as a,
+        Node(parse_config(CONF), "relay-0-2", shared_redis.url, namespace=namespace) as b,
     ):
         await a.throttles.acquire([("t1", 3)])
         await b.throttles.acquire([("t1", 2)])

@@ -13,6 +13,7 @@ from mcluster.agent.node import Node
 from mcluster.objects import cidrtree
 from mcluster.objects.kinds import CIDRTREE, GAUGE_TABLE
 from tests.helpers import Model, config
+from tests.redis_cluster import AnyRedis, RedisCluster
 from tests.redis_servers import RedisServer
 
 ADDRESSES = [
@@ -130,11 +131,23 @@ def test_three_nodes_exact(any_redis: RedisServer, events: list, seed: int) -> N
     asyncio.run(run_and_check(any_redis.url, "t" + uuid.uuid4().hex[:10], events, seed))
 
 
-def test_reference_sample_rows(redis_server: RedisServer, namespace: str) -> None:
+@settings(
+    max_examples=12, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)  # fmt: skip
+@given(events=st.lists(event, max_size=120), seed=st.integers(0, 2**32))
+def test_three_nodes_exact_on_cluster(redis_cluster: RedisCluster, events: list, seed: int) -> None:
+    """The same property on a Redis Cluster: each object's keys on their own master."""
+    import uuid
+
+    asyncio.run(run_and_check(redis_cluster.url, "t" + uuid.uuid4().hex[:10], events, seed))
+
+
+def test_reference_sample_rows(shared_redis: AnyRedis, namespace: str) -> None:
     """The Momentum sample: 10.0.0.103 x4, .180 x14, .181 x13 print the reference rows."""
     counts = {"10.0.0.103": 4, "10.0.0.180": 14, "10.0.0.181": 13}
     events = [(n % NODES, "inbound_cidr", a, 1) for a, c in counts.items() for n in range(c)]
-    asyncio.run(run_and_check(redis_server.url, namespace, events, 1))
+    asyncio.run(run_and_check(shared_redis.url, namespace, events, 1))
     assert [(r.key, r.count) for r in cidrtree.model_rows(counts)] == [
         ("10.0.0.0/8", 31),
         ("10.0.0.0/24", 31),
@@ -145,20 +158,20 @@ def test_reference_sample_rows(redis_server: RedisServer, namespace: str) -> Non
     ]
 
 
-def test_dense_16_is_listed_and_drained_in_pages(redis_server: RedisServer, namespace: str) -> None:
+def test_dense_16_is_listed_and_drained_in_pages(shared_redis: AnyRedis, namespace: str) -> None:
     """A /16 with more leaves than one HGETALL may read is paged, and still exact."""
     counts = {f"10.1.{i // 250}.{i % 250}": 1 + i % 3 for i in range(cidrtree.LARGE_BUCKET + 700)}
 
     async def run() -> None:
         cfg = config()
-        async with Node(cfg, "relay-0-1", redis_server.url, namespace=namespace) as node:
+        async with Node(cfg, "relay-0-1", shared_redis.url, namespace=namespace) as node:
             for address, n in counts.items():
                 node.record("inbound_cidr", address, n)
             await node.flush()
             listing = await node.show("inbound_cidr", limit=None)
             assert listing.rows == cidrtree.model_rows(counts)
             assert await node.count("inbound_cidr", "10.1.0.0/16") == sum(counts.values())
-        async with Node(cfg, "observer", redis_server.url, namespace=namespace) as observer:
+        async with Node(cfg, "observer", shared_redis.url, namespace=namespace) as observer:
             assert await observer.count("inbound_cidr", "0.0.0.0/0") == 0  # drained in pages
 
     asyncio.run(run())

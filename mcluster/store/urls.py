@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
 
+from mcluster.store import cluster_urls
 from mcluster.store.embedded import embedded_socket_path, ensure_embedded_redis, state_dir
 from mcluster.store.embedded import embedded_url as _embedded_url
 
@@ -32,7 +34,15 @@ SOCKET_TIMEOUT = 5.0
 HEALTH_CHECK_INTERVAL = 10
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
-_EXPECTED = "expected redis://host:port[/db], rediss://... or unix:///path"
+_EXPECTED = (
+    "expected redis://host:port[/db], rediss://..., unix:///path or " + cluster_urls.CLUSTER_FORM
+)
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "decode_responses": False,
+    "socket_connect_timeout": CONNECT_TIMEOUT,
+    "socket_timeout": SOCKET_TIMEOUT,
+    "health_check_interval": HEALTH_CHECK_INTERVAL,
+}
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(.*)$", re.DOTALL)
 _QUERY_PASSWORD_RE = re.compile(r"((?:^|[?&;])password=)[^&;#]*", re.IGNORECASE)
 
@@ -44,6 +54,14 @@ class RedisUrlError(ValueError):
 def validate_redis_url(url: str) -> str:
     """Return ``url`` (stripped) if redis-py can use it, else raise RedisUrlError."""
     url = url.strip()
+    if cluster_urls.is_cluster_url(url):
+        try:
+            cluster_urls.parse_cluster_url(url)
+        except ValueError as exc:
+            raise RedisUrlError(
+                f"bad Redis URL {redact_url(url)!r}: {exc}; expected {cluster_urls.CLUSTER_FORM}"
+            ) from None
+        return url
     if not _is_valid(url):
         raise RedisUrlError(f"bad Redis URL {redact_url(url)!r}: {_EXPECTED}")
     return url
@@ -92,24 +110,21 @@ def redact_url(url: str) -> str:
 
 def make_sync_client(url: str) -> redis.Redis:
     """A synchronous redis-py client for ``url`` (bytes responses, mcluster's timeouts)."""
-    return redis.Redis.from_url(
-        validate_redis_url(url),
-        decode_responses=False,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=SOCKET_TIMEOUT,
-        health_check_interval=HEALTH_CHECK_INTERVAL,
-    )
+    url = validate_redis_url(url)
+    if cluster_urls.is_cluster_url(url):
+        return cluster_urls.cluster_sync_client(url, **_CLIENT_OPTIONS)
+    return redis.Redis.from_url(url, **_CLIENT_OPTIONS)
 
 
 def make_async_client(url: str) -> redis.asyncio.Redis:
-    """An asyncio redis-py client for ``url`` (bytes responses, mcluster's timeouts)."""
-    return redis.asyncio.Redis.from_url(
-        validate_redis_url(url),
-        decode_responses=False,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=SOCKET_TIMEOUT,
-        health_check_interval=HEALTH_CHECK_INTERVAL,
-    )
+    """An asyncio redis-py client for ``url`` (bytes responses, mcluster's timeouts).
+
+    For a ``redis+cluster://`` URL it is a ``redis.asyncio.cluster.RedisCluster``.
+    """
+    url = validate_redis_url(url)
+    if cluster_urls.is_cluster_url(url):
+        return cluster_urls.cluster_async_client(url, **_CLIENT_OPTIONS)
+    return redis.asyncio.Redis.from_url(url, **_CLIENT_OPTIONS)
 
 
 def decision_client(client: redis.asyncio.Redis) -> redis.asyncio.Redis:
@@ -120,7 +135,7 @@ def decision_client(client: redis.asyncio.Redis) -> redis.asyncio.Redis:
     (and cancels a call stuck past ``SOCKET_TIMEOUT``), so it does without. Pools that
     cannot be copied this way (Sentinel, Cluster) give ``client`` itself.
     """
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)
     if type(pool) is not redis.asyncio.ConnectionPool:
         return client
     kwargs = dict(pool.connection_kwargs, socket_timeout=None)

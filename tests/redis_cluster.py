@@ -1,0 +1,114 @@
+"""A real local Redis Cluster for tests: 3 masters and 3 replicas on free loopback ports."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import redis
+import redis.cluster
+
+from tests.redis_servers import RedisServer, path_redis_server, start_redis
+
+NODE_TIMEOUT_MS = 1000  # how soon a replica takes over from a silent master
+_CLUSTER_MODE = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(NODE_TIMEOUT_MS))
+
+
+@dataclass
+class RedisCluster:
+    """Six redis-server processes in one cluster; ``url`` is mcluster's Cluster URL."""
+
+    binary: str
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        seeds = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+        return f"redis+cluster://{seeds}"
+
+    def client(self) -> redis.cluster.RedisCluster:
+        node = next(n for n in self.nodes if n.proc.poll() is None)
+        return redis.cluster.RedisCluster(host="127.0.0.1", port=node.port, socket_timeout=5)
+
+    def version(self) -> str:
+        return str(self.nodes[0].client().info("server")["redis_version"])
+
+    def node_of(self, key: str) -> RedisServer:
+        """The master serving ``key``'s slot, as a fresh client sees the cluster."""
+        client = self.client()
+        try:
+            port = int(client.get_node_from_key(key).port)
+        finally:
+            client.close()
+        return next(n for n in self.nodes if n.port == port)
+
+    def live(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc.poll() is None]
+
+    def kill(self, node: RedisServer) -> None:
+        """kill -9: no goodbye, its replica takes over after NODE_TIMEOUT_MS."""
+        node.proc.send_signal(signal.SIGKILL)
+        node.proc.wait()
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node says cluster_state:ok and agrees every slot is served."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if all(_healthy(n) for n in self.live()):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become healthy")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def _healthy(node: RedisServer) -> bool:
+    try:
+        info = node.client().cluster("info")
+    except redis.RedisError:
+        return False
+    return bool(info.get("cluster_state") == "ok" and int(info["cluster_slots_ok"]) == 16384)
+
+
+def start_cluster(masters: int = 3, replicas: int = 1) -> RedisCluster:
+    """Start ``masters * (1 + replicas)`` nodes and join them with ``redis-cli --cluster``."""
+    binary = path_redis_server()
+    cli = shutil.which("redis-cli")
+    if binary is None or cli is None:
+        raise RuntimeError("a Redis Cluster needs redis-server and redis-cli on PATH")
+    cluster = RedisCluster(binary)
+    try:
+        for _ in range(masters * (1 + replicas)):
+            cluster.nodes.append(start_redis(binary, *_CLUSTER_MODE))
+        addrs = [f"127.0.0.1:{n.port}" for n in cluster.nodes]
+        create = [cli, "--cluster", "create", *addrs, "--cluster-replicas", str(replicas)]
+        subprocess.run([*create, "--cluster-yes"], check=True, capture_output=True, timeout=120)
+        cluster.wait_ok(60)
+        _wait_replicas(cluster, masters * replicas, 60)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _wait_replicas(cluster: RedisCluster, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        linked = 0
+        for node in cluster.live():
+            info = node.client().info("replication")
+            if info.get("role") == "slave" and info.get("master_link_status") == "up":
+                linked += 1
+        if linked >= count:
+            return
+        time.sleep(0.05)
+    raise RuntimeError("the Redis Cluster's replicas did not link to their masters")
+
+
+AnyRedis = RedisServer | RedisCluster  # what the shared suite's ``shared_redis`` gives
