@@ -53,6 +53,51 @@ class RedisCluster:
         node.proc.send_signal(signal.SIGKILL)
         node.proc.wait()
 
+    def restart(self, node: RedisServer) -> RedisServer:
+        """Start a killed node again on its port and folder; it rejoins (as a replica)."""
+        args = [self.binary, "--port", str(node.port), "--bind", "127.0.0.1", *_CLUSTER_MODE]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(node.workdir)]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        again = RedisServer(self.binary, node.port, proc, node.workdir)
+        self.nodes[self.nodes.index(node)] = again
+        return again
+
+    def masters(self) -> list[RedisServer]:
+        """The live nodes that say they are masters."""
+        return [n for n in self.live() if _role(n) == "master"]
+
+    def move_slot(self, key: str, target: RedisServer, chunk: int = 20) -> int:
+        """Reshard ``key``'s slot to ``target`` (SETSLOT IMPORTING/MIGRATING, MIGRATE in
+        chunks, SETSLOT NODE), as ``redis-cli --cluster reshard`` does; keys moved."""
+        source = self.node_of(key)
+        src, dst = source.client(), target.client()
+        slot = int(src.cluster("keyslot", key))
+        src_id, dst_id = (_text(c.cluster("myid")) for c in (src, dst))
+        dst.cluster("setslot", slot, "importing", src_id)
+        src.cluster("setslot", slot, "migrating", dst_id)
+        moved = 0
+        while keys := src.cluster("getkeysinslot", slot, chunk):
+            src.migrate("127.0.0.1", target.port, keys, 0, 5000)
+            moved += len(keys)
+            time.sleep(0.01)  # let batches run between chunks
+        for node in (dst, src, *(m.client() for m in self.masters())):
+            node.cluster("setslot", slot, "node", dst_id)
+        return moved
+
+    def wait_failover(self, key: str, dead: RedisServer, timeout: float = 60.0) -> float:
+        """Until another master serves ``key``'s slot and the Cluster is ok; seconds taken."""
+        start = time.monotonic()
+        while self.node_of(key).port == dead.port:
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"no replica took over from {dead.port} in {timeout} s")
+            time.sleep(0.05)
+        self.wait_ok(timeout)
+        return time.monotonic() - start
+
+    def wait_replicas(self, timeout: float = 60.0) -> None:
+        """Until every master has its replica linked again."""
+        _wait_replicas(self, len(self.nodes) // 2, timeout)
+
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every live node says cluster_state:ok and agrees every slot is served."""
         deadline = time.monotonic() + timeout
@@ -66,6 +111,17 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _role(node: RedisServer) -> str:
+    try:
+        return str(node.client().info("replication").get("role"))
+    except redis.RedisError:
+        return "?"
 
 
 def _healthy(node: RedisServer) -> bool:

@@ -34,9 +34,7 @@ SOCKET_TIMEOUT = 5.0
 HEALTH_CHECK_INTERVAL = 10
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
-_EXPECTED = (
-    "expected redis://host:port[/db], rediss://..., unix:///path or " + cluster_urls.CLUSTER_FORM
-)
+_EXPECTED = "expected redis://host:port[/db], rediss://... or unix:///path"
 _CLIENT_OPTIONS: dict[str, Any] = {
     "decode_responses": False,
     "socket_connect_timeout": CONNECT_TIMEOUT,
