@@ -15,8 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from redis.exceptions import ClusterError, ResponseError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mcluster.agent.histogram import LATENCY_BOUNDS, SIZE_BOUNDS, Histogram
@@ -33,7 +33,16 @@ BATCH_LIMIT = 64
 SNAPSHOT_LIMIT = 32
 #: Keys remembered as already validated, per object (cleared when full).
 KNOWN_KEYS_LIMIT = 65536
-RETRY_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Worth a retry: a lost connection or timeout, and the passing states of a Redis Cluster
+#: (a slot moving: TRYAGAIN, redirects exhausted; a failover under way: CLUSTERDOWN).
+RETRY_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
 #: Called with the number of keys sent so far, after each batch of a snapshot.
 OnChunk = Callable[[int], Awaitable[None]]
 
