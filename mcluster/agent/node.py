@@ -224,9 +224,14 @@ class Node:
         """Re-sync as a job (``agent/resync.py``). After an abort the node stays out of the
         views for ``resync_hold`` seconds (or until ``cluster reset``), then tries again."""
         log.warning("re-syncing: %s", reason)
+        for family in (self._throttles, *self._families.values()):
+            if family is not None:
+                family.forget_reservations()
         for box in self.outboxes.values():
             box.resyncing.set()  # a batch being retried gives up: the snapshot holds it
         async with contextlib.AsyncExitStack() as held:
+            if self._slots is not None:  # no slot opened or closed while they move
+                await held.enter_async_context(self._slots.held_still())
             for box in self.outboxes.values():
                 await held.enter_async_context(box.lock)
             while True:

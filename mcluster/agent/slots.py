@@ -10,11 +10,15 @@ node re-opens the slots it still holds, under its new view, without checking the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from mcluster.agent.outbox import Outbox
+from redis.exceptions import ResponseError
+
+from mcluster.agent.outbox import RETRY_ERRORS, Outbox
 from mcluster.objects.outbound import Cap, OutboundPolicy, Route
 from mcluster.store.keys import GLOBAL
 from mcluster.store.scripts import Scripts
@@ -40,6 +44,35 @@ class Slots:
         self.box = box
         self.policy = policy
         self.held: dict[str, list[Cap]] = {}
+        self._open_gate = asyncio.Event()  # cleared while a re-sync moves the slots
+        self._open_gate.set()
+        self._busy = 0  # opens and closes in flight
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._retries: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def _op(self) -> AsyncIterator[None]:
+        await self._open_gate.wait()
+        self._busy += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def held_still(self) -> AsyncIterator[None]:
+        """While a re-sync moves the slots to a new view: no open or close runs, so every
+        slot held is counted once, in the new view, by ``reopen``."""
+        self._open_gate.clear()
+        try:
+            await self._idle.wait()
+            yield
+        finally:
+            self._open_gate.set()
 
     def _keys(self) -> list[str]:
         k = self.box.keys
@@ -49,11 +82,13 @@ class Slots:
     async def open(self, route: Route) -> SlotDecision:
         caps = self.policy.caps(route)
         slot = uuid.uuid4().hex
-        allowed, full = await self._open(slot, caps, force=False)
+        async with self._op():
+            allowed, full = await self._open(slot, caps, force=False)
+            if allowed:
+                self.held[slot] = caps
         if not allowed:
             cap = next(c for c in caps if c.key == full)
             return SlotDecision(False, None, f"{cap.source}: {cap.key} holds {cap.limit}")
-        self.held[slot] = caps
         return SlotDecision(True, slot, None)
 
     async def _open(self, slot: str, caps: list[Cap], *, force: bool) -> tuple[bool, str]:
@@ -64,12 +99,38 @@ class Slots:
         return bool(allowed), full.decode() if isinstance(full, bytes) else str(full)
 
     async def close(self, slot: str) -> bool:
-        """Give a slot back; False when there was nothing to give back."""
-        self.held.pop(slot, None)
-        done = await self._scripts().run("slot_close", self._keys(), [self.box.view, slot])
+        """Give a slot back; False when there was nothing to give back. When Redis does
+        not answer, the error is raised and the close is retried in the background until
+        it is done or a re-sync drains the view it was counted in: never a leaked slot."""
+        async with self._op():
+            held = self.held.pop(slot, None) is not None
+            view = self.box.view
+            try:
+                done = await self._scripts().run("slot_close", self._keys(), [view, slot])
+            except RETRY_ERRORS:
+                if held:
+                    task = asyncio.create_task(self._close_later(slot, view))
+                    self._retries.add(task)
+                    task.add_done_callback(self._retries.discard)
+                raise
         return bool(done)
 
+    async def _close_later(self, slot: str, view: str) -> None:
+        delay = 0.05
+        while self.box.view == view:  # after a re-sync the old view is drained: done
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+            try:
+                async with self._op():
+                    if self.box.view == view:
+                        await self._scripts().run("slot_close", self._keys(), [view, slot])
+                return
+            except RETRY_ERRORS:
+                continue
+            except ResponseError:  # STALE: the view was retired, its slots drained
+                return
+
     async def reopen(self) -> None:
-        """After a re-sync: count the slots still held under the new view."""
-        for slot, caps in self.held.items():
+        """After a re-sync (inside ``held_still``): count the slots held under the new view."""
+        for slot, caps in list(self.held.items()):
             await self._open(slot, caps, force=True)

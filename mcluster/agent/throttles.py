@@ -176,6 +176,12 @@ class Throttles:
             self.stats.returned += int(back)
             res.tokens = 0
 
+    def forget_reservations(self) -> None:
+        """Drop every local reservation without handing it back (on a re-sync: the Redis
+        that counted them may have lost them, so spending them could over-admit)."""
+        for res in self._quota.values():
+            res.tokens, res.bucket, res.full_until = 0, -1, 0.0
+
     async def release(self) -> None:
         """Hand back every unspent reservation (when the node leaves)."""
         for name, res in self._quota.items():
