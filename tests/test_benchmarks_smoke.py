@@ -28,3 +28,9 @@ def test_cache_benchmark_quick() -> None:
 
 def test_metrics_benchmark_quick() -> None:
     assert "PASS  every window holds every address" in quick("metrics.py")
+
+
+def test_policy_benchmark_quick() -> None:
+    out = quick("policy.py", "--clients", "5", "--seconds", "0.3")
+    assert "PASS  admitting: every transaction admitted" in out
+    assert "caps engaged, deferring: requests/s" in out

@@ -38,6 +38,7 @@ log = logging.getLogger("mcluster.policy")
 
 MAX_LINE = 4096
 MAX_ATTRIBUTES = 256
+READ_SIZE = 16384
 MAX_TRANSACTIONS = 200_000
 REQUEST = "smtpd_access_policy"
 END_OF_MESSAGE = "END-OF-MESSAGE"
@@ -70,37 +71,56 @@ class Transaction:
     started: float
 
 
-async def read_request(reader: asyncio.StreamReader) -> dict[str, str] | None:
-    """One request's attributes; None when the client closed between requests."""
-    attrs: dict[str, str] = {}
-    while True:
-        try:
-            raw = await reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial and not attrs:
+class RequestReader:
+    """Reads requests from one connection: a block at a time, split into lines here (one
+    ``read`` per request or less, not one per line)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.buffer = b""
+        self.pos = 0
+
+    async def _line(self, started: bool) -> bytes | None:
+        """The next line without its end; None at the end of the stream between requests."""
+        while (end := self.buffer.find(b"\n", self.pos)) < 0:
+            if len(self.buffer) - self.pos > MAX_LINE:
+                raise Garbage(f"a line longer than {MAX_LINE} bytes")
+            chunk = await self.reader.read(READ_SIZE)
+            if not chunk:
+                if started or self.pos < len(self.buffer):
+                    raise Garbage("the connection closed in the middle of a request")
                 return None
-            raise Garbage("the connection closed in the middle of a request") from None
-        except asyncio.LimitOverrunError:
-            raise Garbage(f"a line longer than {MAX_LINE} bytes") from None
-        line = raw[:-1].removesuffix(b"\r")
-        if len(line) > MAX_LINE:
-            raise Garbage(f"a line longer than {MAX_LINE} bytes")
-        if not line:
-            if not attrs:
-                raise Garbage("an empty request (no name=value line before the empty line)")
-            return attrs
-        if _BINARY.search(line):
-            raise Garbage("binary data (control characters)")
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise Garbage("binary data (not UTF-8 text)") from None
-        name, sep, value = text.partition("=")
-        if not sep or not name:
-            raise Garbage(f"a line that is not name=value: {text[:40]!r}")
-        if len(attrs) >= MAX_ATTRIBUTES:
-            raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
-        attrs[name] = value
+            self.buffer = self.buffer[self.pos :] + chunk
+            self.pos = 0
+        line = self.buffer[self.pos : end]
+        self.pos = end + 1
+        return line[:-1] if line.endswith(b"\r") else line
+
+    async def request(self) -> dict[str, str] | None:
+        """One request's attributes; None when the client closed between requests."""
+        attrs: dict[str, str] = {}
+        while True:
+            line = await self._line(bool(attrs))
+            if line is None:
+                return None
+            if not line:
+                if not attrs:
+                    raise Garbage("an empty request (no name=value line before the empty line)")
+                return attrs
+            if len(line) > MAX_LINE:
+                raise Garbage(f"a line longer than {MAX_LINE} bytes")
+            if _BINARY.search(line):
+                raise Garbage("binary data (control characters)")
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Garbage("binary data (not UTF-8 text)") from None
+            name, sep, value = text.partition("=")
+            if not sep or not name:
+                raise Garbage(f"a line that is not name=value: {text[:40]!r}")
+            if len(attrs) >= MAX_ATTRIBUTES:
+                raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
+            attrs[name] = value
 
 
 class PolicyService:
@@ -123,7 +143,11 @@ class PolicyService:
     # -- life cycle -------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_LINE + 2)
+        self._server = await asyncio.start_server(
+            self._serve,
+            host,
+            port,
+        )
         self._sweeper = asyncio.create_task(self._sweep_loop())
         if self.count_object is None:
             log.info('transactions are not counted: the cluster does not replicate "inbound_cidr"')
@@ -157,7 +181,8 @@ class PolicyService:
         self.stats.connections += 1
         current = ""  # the transaction this smtpd process is in
         try:
-            while (attrs := await read_request(reader)) is not None:
+            requests = RequestReader(reader)
+            while (attrs := await requests.request()) is not None:
                 instance = attrs.get("instance", "")
                 if instance != current:  # the smtpd process moved on: that one is over
                     self._release(current, "next")

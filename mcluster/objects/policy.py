@@ -43,14 +43,16 @@ class ClientRate:
     rate: Rate
     ipv6: bool = False
 
-    @property
+    @functools.cached_property
     def tag(self) -> str:
         """The rule's part of a window name: ``v4-24-200-60``."""
         return f"v{6 if self.ipv6 else 4}-{self.prefix}-{self.rate.count}-{self.rate.period:g}"
 
     def block(self, address: Address) -> str:
         """The client block of ``address`` under this rule, as ``10.0.0.0/24``."""
-        return str(ipaddress.ip_network(f"{address}/{self.prefix}", strict=False))
+        bits = 128 if self.ipv6 else 32
+        network = int(address) >> (bits - self.prefix) << (bits - self.prefix)
+        return f"{type(address)(network)}/{self.prefix}"
 
     def __str__(self) -> str:
         return f"{self.prefix},{self.rate}"
@@ -74,13 +76,16 @@ class PolicyConfig:
     def window_name(self, rule: ClientRate, block: str) -> str:
         return f"{rule.tag}@{block.partition('/')[0]}"
 
+    @functools.cached_property
+    def _rates_by_tag(self) -> dict[str, str]:
+        return {rule.tag: str(rule.rate) for rule in self.client_rates}
+
     def definition(self, name: str) -> ThrottleDef | None:
         """The throttle a window name stands for (None if no rule has its tag)."""
-        tag = name.partition("@")[0]
-        for rule in self.client_rates:
-            if rule.tag == tag:
-                return _definition(name, str(rule.rate), self.throttle_on_error, self.deadline_ms)
-        return None
+        rate = self._rates_by_tag.get(name.partition("@")[0])
+        if rate is None:
+            return None
+        return _definition(name, rate, self.throttle_on_error, self.deadline_ms)
 
     @property
     def throttle_on_error(self) -> Literal["allow", "deny"]:
