@@ -18,11 +18,14 @@ from mcluster import Node, parse_config
 from mcluster.agent.http import make_app
 from mcluster.agent.policy import PolicyService
 from mcluster.objects.policy import policy_config
+from tests.helpers import until
 from tests.postfix import Smtpd, policy_agent
 from tests.redis_servers import RedisServer, start_redis
 
 CONF = """
+Datasource "c1" {}
 cluster {
+  Replicate "c1" { type = "cache" }
   Replicate "inbound_cidr" {}
   Replicate "outbound_domains" {}
   Replicate "shared_named_throttles" {}
@@ -98,6 +101,9 @@ async def test_metrics_parse_and_move_when_events_flow(nodes: list[Node]) -> Non
         async with Smtpd(policy.port) as smtpd:
             assert await smtpd.transaction("10.9.0.1") == ["DUNNO"] * 4
             assert (await smtpd.transaction("10.9.0.1"))[0].startswith("DEFER_IF_PERMIT")
+        await a.caches.set("c1", "user:1", "alice")
+        await until(lambda: _has(b, "user:1"), 5, "the pair in b's replica")
+        assert (await b.caches.get("c1", "user:1")) is not None
         after, bs = await scrape(ca), await scrape(cb)
 
     await policy.stop()
@@ -130,6 +136,15 @@ async def test_metrics_parse_and_move_when_events_flow(nodes: list[Node]) -> Non
     # One registry per node: b saw only its own event.
     assert one(bs, "mcluster_events_recorded_total", object="outbound_domains") == 1
     assert ("mcluster_policy_requests_total", (("action", "DUNNO"),)) not in bs
+    # b's replica received a's write through the change stream: its staleness is measured.
+    assert one(bs, "mcluster_cache_replica_keys", cache="c1") == 1
+    assert one(bs, "mcluster_cache_lookups_total", cache="c1", result="hit") == 1
+    worst = one(bs, "mcluster_cache_replica_staleness_seconds", cache="c1", quantile="1")
+    assert 0 <= worst < 5
+
+
+async def _has(node: Node, key: str) -> bool:
+    return key in node.caches.replicas["c1"].entries
 
 
 async def test_metrics_answer_while_redis_is_away(namespace: str) -> None:

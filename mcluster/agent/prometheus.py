@@ -35,6 +35,7 @@ from mcluster.store import members
 from mcluster.store.cluster_view import reaping_progress
 
 REDIS_DEADLINE = 0.5
+LOOKUPS = {"hit": "hits", "negative_hit": "negative_hits", "miss": "misses"}
 
 
 @dataclass
@@ -75,6 +76,7 @@ class NodeCollector(Collector):
         yield from self._outboxes()
         yield from self._membership()
         yield from self._throttles()
+        yield from self._caches()
         if self.policy is not None:
             yield from self._policy(self.policy)
 
@@ -185,6 +187,38 @@ class NodeCollector(Collector):
         yield decisions
         yield local
         yield batches
+
+    def _caches(self) -> Iterator[Metric]:
+        staleness = GaugeMetricFamily(
+            "mcluster_cache_replica_staleness_seconds",
+            "Replica staleness over the last changes: Redis time of a write to this node's "
+            "replica applying it (quantile 0.5, 0.99 and 1 = the most)",
+            labels=["cache", "quantile"],
+        )
+        size = GaugeMetricFamily(
+            "mcluster_cache_replica_keys", "Pairs in this node's replica", labels=["cache"]
+        )
+        lookups = CounterMetricFamily(
+            "mcluster_cache_lookups",
+            "Cache reads by result: hit, negative_hit (known absent), miss (asked Redis)",
+            labels=["cache", "result"],
+        )
+        reloads = CounterMetricFamily(
+            "mcluster_cache_reloads",
+            "Replica reloads after a gap in the change stream",
+            labels=["cache"],
+        )
+        for name, replica in self.node.caches.replicas.items():
+            figures = replica.figures()
+            for quantile, key in (("0.5", "p50"), ("0.99", "p99"), ("1", "max")):
+                value = figures["staleness_ms"][key]
+                if value is not None:
+                    staleness.add_metric([name, quantile], value / 1000)
+            size.add_metric([name], figures["replica_size"])
+            for result in ("hit", "negative_hit", "miss"):
+                lookups.add_metric([name, result], getattr(replica.stats, LOOKUPS[result]))
+            reloads.add_metric([name], replica.stats.reloads)
+        yield from (staleness, size, lookups, reloads)
 
     def _policy(self, policy: PolicyService) -> Iterator[Metric]:
         s = policy.stats
