@@ -256,3 +256,32 @@ async def test_agent_process_serves_policy_beside_http(tmp_path: Path) -> None:
             assert (await s.transaction("10.7.0.1"))[0].startswith("DEFER_IF_PERMIT 4.7.1")
             assert await s.transaction("10.7.0.2") == DUNNO4
         assert farm.agents["n1"].log_lines("sent binary data (control characters)")
+
+
+async def test_connect_reception_and_rejection_go_to_the_inbound_audit(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    audited = (
+        'cluster {\n  Replicate "inbound_cidr" {}\n'
+        '  Replicate "metrics" { parameters = "connect;reception;rejection" }\n}\n'
+        'inbound_audit { monitors = ("300,2") }\n'
+        'Policy { client_rates = ("32,1/60") }\n'
+    )
+    config = parse_config(audited)
+    async with Node(config, "relay-1", redis_server.url, namespace=namespace) as node:
+        service = PolicyService(node, policy_config(config))
+        await service.start("127.0.0.1", 0)
+        try:
+            async with Smtpd(service.port) as s:
+                # smtpd asks at CONNECT and in the first transaction with one instance.
+                instance = s.new_instance()
+                for state in ("CONNECT", "RCPT", "DATA", "END-OF-MESSAGE"):
+                    assert await s.ask(state, "10.5.0.1", instance) == "DUNNO"
+                assert (await s.transaction("10.5.0.1", recipients=3))[0].startswith("DEFER")
+        finally:
+            await service.stop()
+        await node.flush()
+        shown = await node.audit.show_ip("10.5.0.0/24")
+    monitor = shown["monitors"][0]
+    # One connect, one reception (END-OF-MESSAGE), one rejection per deferred transaction.
+    assert [sum(monitor[k]) for k in ("connections", "receptions", "rejections")] == [1, 1, 1]

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import re
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from mcluster.agent.node import Node
+from mcluster.agent.node import Node, UnknownObject
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.throttles import Throttles
 from mcluster.objects.policy import FAMILY, Address, PolicyConfig, WindowDefs, parse_client
@@ -123,6 +122,22 @@ class RequestReader:
             attrs[name] = value
 
 
+def audit_events(node: Node) -> frozenset[str]:
+    """The inbound audit event types the node's cluster counts (none without audit)."""
+    try:
+        recorder = node.audit
+    except UnknownObject:
+        return frozenset()
+    counted = set()
+    for event in ("connect", "reception", "rejection"):
+        try:
+            recorder.prepare(event, ip="127.0.0.1")  # validates only: nothing is counted
+        except ValueError:
+            continue
+        counted.add(event)
+    return frozenset(counted)
+
+
 class PolicyService:
     """Answers Postfix's policy requests for one node, from the ``Policy`` config."""
 
@@ -138,16 +153,13 @@ class PolicyService:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self._ids = itertools.count(1)
+        self._audit_events: frozenset[str] = frozenset()
 
     # -- life cycle -------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(
-            self._serve,
-            host,
-            port,
-        )
+        self._audit_events = audit_events(self.node)
+        self._server = await asyncio.start_server(self._serve, host, port)
         self._sweeper = asyncio.create_task(self._sweep_loop())
         if self.count_object is None:
             log.info('transactions are not counted: the cluster does not replicate "inbound_cidr"')
@@ -308,9 +320,10 @@ class PolicyService:
             self.sweep()
 
     def _audit(self, event: str, address: str) -> None:
-        """HOOK(metrics): connect, reception and rejection events of the inbound audit.
-
-        The inbound audit metrics (issue 6) are not on main yet: nothing is recorded
-        here until they land; this is the one place to call them from.
-        """
-        return
+        """Count a connect, reception or rejection in the inbound audit metrics, when the
+        cluster counts that event type (``Replicate "metrics" { parameters = ... }``)."""
+        if event in self._audit_events:
+            try:
+                self.node.audit.record(event, ip=address)
+            except ValueError:  # not an address the audit takes: nothing to count
+                log.debug("audit: %s from %r not counted", event, address)
