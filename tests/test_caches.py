@@ -328,3 +328,11 @@ async def test_replica_reloads_after_a_gap_in_the_stream(nodes: list[Node]) -> N
     await eventually(lambda: replica.stats.reloads == 1, "b reloads")
     held = {k: b.caches.peek("snap", k) for k in [f"k{i}" for i in range(40)] + ["last"]}
     assert held == {f"k{i}": f"v{i}" for i in range(40)} | {"last": "x"}
+
+
+async def test_a_malformed_stream_entry_does_not_stop_the_replica(nodes: list[Node]) -> None:
+    a, b, _ = nodes
+    replica = b.caches.replicas["c1"]
+    await b.client.xadd(replica.keys.stream, {"op": "s", "k": "junk"})  # no stamp, no value
+    await a.caches.set("c1", "after", "fine")
+    await _holds(b, "c1", "after", "fine")

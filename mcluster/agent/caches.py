@@ -214,26 +214,31 @@ class Replica:
 
     async def follow(self, scripts: Scripts) -> None:
         """Apply the change stream forever; reload on a gap or after Redis came back."""
-        client = scripts.client
         delay = 0.05
         while True:
             try:
-                reply = await client.xread(
-                    {self.keys.stream: self.last_id}, count=READ_COUNT, block=BLOCK_MS
-                )
+                await self._follow_once(scripts)
                 delay = 0.05
+                continue
             except RETRY_ERRORS as exc:
                 log.warning("cache %s: change stream unreadable (%s); retrying", self.obj.name, exc)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
-                await self._reload_if_reset(scripts)
-                continue
-            for _stream, entries in cast(list[Any], reply or []):
-                for raw_id, fields in entries:
-                    if not self.apply(text(raw_id), fields):
-                        log.warning("cache %s: gap in the change stream; reloading", self.obj.name)
-                        await self.reload(scripts)
-                        break
+            except Exception:  # a malformed entry, a refused command: never stop following
+                log.exception("cache %s: following the change stream failed", self.obj.name)
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+            await self._reload_if_reset(scripts)
+
+    async def _follow_once(self, scripts: Scripts) -> None:
+        """One XREAD (blocking up to ``BLOCK_MS``) and the entries it brought."""
+        reply = await scripts.client.xread(
+            {self.keys.stream: self.last_id}, count=READ_COUNT, block=BLOCK_MS
+        )
+        for _stream, entries in cast(list[Any], reply or []):
+            for raw_id, fields in entries:
+                if not self.apply(text(raw_id), fields):
+                    log.warning("cache %s: gap in the change stream; reloading", self.obj.name)
+                    await self.reload(scripts)
+                    return
 
     async def reload(self, scripts: Scripts) -> None:
         await self.load(scripts)
@@ -246,7 +251,9 @@ class Replica:
                 log.warning("cache %s: Redis lost its data; reloading", self.obj.name)
                 await self.reload(scripts)
         except RETRY_ERRORS:
-            pass
+            pass  # still away: the next read says so
+        except Exception:
+            log.exception("cache %s: could not check for lost data", self.obj.name)
 
     # -- reads through ---------------------------------------------------------------
 
@@ -266,7 +273,10 @@ class Replica:
                 self.mark_absent(key, wseq)
             future.set_result(pair)
             return pair
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning without waiters
             raise

@@ -170,6 +170,10 @@ class GaugeCaches:
                 log.warning("gauge cache %s: change stream unreadable (%s)", box.name, exc)
                 await asyncio.sleep(0.5)
                 continue
+            except Exception:  # never stop following
+                log.exception("gauge cache %s: following the change stream failed", box.name)
+                await asyncio.sleep(0.5)
+                continue
             for _stream, entries in cast(list[Any], reply or []):
                 for raw_id, fields in entries:
                     last_id = text(raw_id)
