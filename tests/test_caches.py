@@ -336,3 +336,13 @@ async def test_a_malformed_stream_entry_does_not_stop_the_replica(nodes: list[No
     await b.client.xadd(replica.keys.stream, {"op": "s", "k": "junk"})  # no stamp, no value
     await a.caches.set("c1", "after", "fine")
     await _holds(b, "c1", "after", "fine")
+
+
+async def test_concurrent_misses_share_one_read(nodes: list[Node]) -> None:
+    a, b, _ = nodes
+    await a.caches.set("c1", "k", "v")
+    await _holds(b, "c1", "k", "v")
+    b.caches.replicas["c1"].entries.clear()  # as if b had never seen it
+    hits = await asyncio.gather(*(b.caches.get("c1", "k") for _ in range(10)))
+    assert {(h.value, h.source) for h in hits if h is not None} == {("v", "redis")}
+    assert b.caches.replicas["c1"].stats.misses == 1
