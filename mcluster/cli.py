@@ -13,12 +13,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from mcluster import __version__
-from mcluster.config import ConfigError, check_command, load_config
+from mcluster.config import ClusterConfig, ConfigError, check_command, load_config
+from mcluster.config.connection import configured_redis_url, resolve_namespace
+from mcluster.store.access import RedisAccessError, check_access
 from mcluster.store.embedded import EmbeddedRedisError, ensure_embedded_redis, stop_embedded_redis
+from mcluster.store.keys import ClusterKeys
 from mcluster.store.urls import RedisUrlError, redact_url, resolve_redis_url
 
 ENV_NODE = "MCLUSTER_NODE"
 ENV_CONFIG = "MCLUSTER_CONFIG"
+REDIS_HELP = "Redis URL (default: $MCLUSTER_REDIS_URL, else the config's redis, else embedded)"
+NAMESPACE_HELP = "key namespace (default: $MCLUSTER_NAMESPACE, else the config's, else mc)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,16 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run the node agent beside one MTA")
     agent.add_argument("--config", default=os.environ.get(ENV_CONFIG), help="cluster config")
     agent.add_argument("--node", default=os.environ.get(ENV_NODE), help="this node's name")
-    agent.add_argument("--redis", help="Redis URL (default: $MCLUSTER_REDIS_URL, else embedded)")
+    agent.add_argument("--redis", help=REDIS_HELP)
+    agent.add_argument("--namespace", help=NAMESPACE_HELP)
     agent.add_argument("--listen", default="127.0.0.1:4802", help="HTTP API address")
     agent.add_argument("--policy", metavar="HOST:PORT", help="serve Postfix's policy protocol")
     agent.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
     console = sub.add_parser("console", help="the operator console (Momentum's commands)")
-    console.add_argument("--redis", help="Redis URL (default: $MCLUSTER_REDIS_URL, else embedded)")
+    console.add_argument("--redis", help=REDIS_HELP)
     console.add_argument("--config", default=os.environ.get(ENV_CONFIG), help="cluster config")
     console.add_argument("--node", default=os.environ.get(ENV_NODE), help="node to attach to")
-    console.add_argument("--namespace", help="key namespace (default: from config, else mc)")
+    console.add_argument("--namespace", help=NAMESPACE_HELP)
     console.add_argument("-c", dest="cmd", metavar="COMMAND", help="run one command and exit")
     console.add_argument("--json", action="store_true", help="machine-readable output")
     console.add_argument("--watch", action="store_true", help="the live dashboard")
@@ -52,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
 
     manager = sub.add_parser("manager", help="run the cluster manager (eccmgr) in the foreground")
     manager.add_argument("--config", default=os.environ.get(ENV_CONFIG), help="cluster config")
-    manager.add_argument("--redis", help="Redis URL (default: $MCLUSTER_REDIS_URL, else embedded)")
+    manager.add_argument("--redis", help=REDIS_HELP)
+    manager.add_argument("--namespace", help=NAMESPACE_HELP)
     manager.add_argument("--name", help="member name (default: manager-HOSTNAME)")
     manager.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
@@ -94,9 +101,9 @@ def _agent(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = load_config(args.config)
-    url = resolve_redis_url(args.redis)
+    url, namespace = _checked_redis(args, config)
     try:
-        asyncio.run(run_agent(config, args.node, url, args.listen, args.policy))
+        asyncio.run(run_agent(config, args.node, url, args.listen, args.policy, namespace))
     except (RedisConnectionError, OSError) as exc:
         return _fail(f"cannot reach Redis at {redact_url(url)}: {exc}")
     return 0
@@ -128,12 +135,21 @@ def _manager(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = load_config(args.config) if args.config else None
-    url = resolve_redis_url(args.redis)
+    url, namespace = _checked_redis(args, config)
     try:
-        asyncio.run(run_manager(config, url, args.name))
+        asyncio.run(run_manager(config, url, args.name, namespace))
     except (RedisConnectionError, OSError) as exc:
         return _fail(f"cannot reach Redis at {redact_url(url)}: {exc}")
     return 0
+
+
+def _checked_redis(args: argparse.Namespace, config: ClusterConfig | None) -> tuple[str, str]:
+    """The Redis URL and namespace (flag > environment > config), once Redis was found
+    usable (RedisAccessError, one line, when it is not)."""
+    url = resolve_redis_url(args.redis, configured=configured_redis_url(config))
+    namespace = resolve_namespace(args.namespace, config)
+    check_access(url, ClusterKeys(namespace))
+    return url, namespace
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -211,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    except RedisAccessError as exc:
+        return _fail(str(exc))
     except (ValueError, RedisUrlError, EmbeddedRedisError) as exc:
         return _fail(str(exc), 2 if isinstance(exc, ValueError) else 1)
     except RedisError as exc:

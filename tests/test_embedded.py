@@ -44,7 +44,10 @@ from mcluster.store.urls import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BAD_URL_HINT = "expected redis://host:port[/db], rediss://... or unix:///path"
+BAD_URL_HINT = (
+    "expected redis://host:port[/db], rediss://..., unix:///path or "
+    "redis+sentinel://host:port[,host:port...]/MASTER_NAME[/DB]"
+)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -34,11 +34,12 @@ async def run_agent(
     redis_url: str | None,
     listen: str,
     policy: str | None = None,
+    namespace: str | None = None,
 ) -> None:
     """Serve the HTTP API (and the Postfix policy service), join, and run until
     SIGTERM/SIGINT; then flush and leave."""
     host, port = split_listen(listen)
-    node = Node(config, node_name, redis_url, address=listen)
+    node = Node(config, node_name, redis_url, namespace=namespace, address=listen)
     service = PolicyService(node, policy_config(config)) if policy else None
     runner = web.AppRunner(make_app(node, service), access_log=None)
     await runner.setup()

@@ -30,6 +30,7 @@ from mcluster import __version__
 from mcluster.agent import membership
 from mcluster.agent.outbox import RETRY_ERRORS, wait_event
 from mcluster.config import ClusterConfig, load_config
+from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.store import members
 from mcluster.store.keys import ClusterKeys, check_name
 from mcluster.store.scripts import Scripts
@@ -67,15 +68,17 @@ class Manager:
     ) -> None:
         self.config = config
         self.name = check_name("node", name or default_name())
-        ns = namespace or (str(config.options.get("namespace", "mc")) if config else "mc")
-        self.keys = ClusterKeys(ns)
+        self.keys = ClusterKeys(resolve_namespace(namespace, config))
         beat = config.get_float("heartbeat_interval", 1.0, above=0) if config else 1.0
         self.heartbeat_interval = beat
         self.lease_ttl = config.get_float("lease_ttl", 3.0, above=beat) if config else 3.0
         self.member: members.Member | None = None
         self.incarnation = ""
         self.rejoins = 0
-        self.client = client or make_async_client(resolve_redis_url(redis_url))
+        if client is None:
+            url = resolve_redis_url(redis_url, configured=configured_redis_url(config))
+            client = make_async_client(url)
+        self.client = client
         self.scripts = Scripts(self.client)
         self._services: list[tuple[str, Service]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -196,12 +199,15 @@ _background: set[asyncio.Future[None]] = set()
 
 
 async def run_manager(
-    config: ClusterConfig | None, redis_url: str | None, name: str | None = None
+    config: ClusterConfig | None,
+    redis_url: str | None,
+    name: str | None = None,
+    namespace: str | None = None,
 ) -> None:
     """``mcluster manager``: run in the foreground until SIGTERM/SIGINT; SIGHUP reloads."""
     from mcluster.console.serve import serve_console  # the manager answers the console
 
-    manager = Manager(config, redis_url, name=name)
+    manager = Manager(config, redis_url, name=name, namespace=namespace)
     manager.add_service(
         "console",
         lambda: serve_console(

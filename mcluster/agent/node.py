@@ -31,6 +31,7 @@ from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
 from mcluster.agent.slots import SlotDecision
 from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
+from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.objects import outbound, throttle, views
 from mcluster.objects.kinds import GAUGE_TABLE, Kind, kind_for_type
 from mcluster.objects.outbound import OutboundPolicy, Route
@@ -65,8 +66,7 @@ class Node:
     ) -> None:
         self.config = config if isinstance(config, ClusterConfig) else load_config(Path(config))
         self.name = check_name("node", name)
-        ns = namespace or str(self.config.options.get("namespace", "mc"))
-        self.keys = ClusterKeys(ns)
+        self.keys = ClusterKeys(resolve_namespace(namespace, self.config))
         self.address = address
         self._redis_url = redis_url
         self._client = client
@@ -110,7 +110,9 @@ class Node:
     @property
     def client(self) -> Redis:
         if self._client is None:
-            self._client = make_async_client(resolve_redis_url(self._redis_url))
+            configured = configured_redis_url(self.config)
+            url = resolve_redis_url(self._redis_url, configured=configured)
+            self._client = make_async_client(url)
         return self._client
 
     @property

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from mcluster.config import ClusterConfig, ConfigError, load_config
+from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.console.commands import (
     EXIT_ERROR,
     CommandError,
@@ -27,6 +28,7 @@ from mcluster.console.commands import (
 )
 from mcluster.console.dashboard import watch as watch_dashboard
 from mcluster.console.repl import run_repl
+from mcluster.store.access import RedisAccessError, check_access
 from mcluster.store.embedded import EmbeddedRedisError
 from mcluster.store.keys import ClusterKeys, check_name
 from mcluster.store.urls import RedisUrlError, make_async_client, redact_url, resolve_redis_url
@@ -39,14 +41,6 @@ EXIT_INTERRUPTED = 130
 def _fail(message: str) -> None:
     err = Console(stderr=True, highlight=False)
     err.print(Text(f"mcluster: {message}", style="red"), soft_wrap=True)
-
-
-def _namespace(flag: str | None, config: ClusterConfig | None) -> str:
-    if flag:
-        return flag
-    if config is not None:
-        return str(config.options.get("namespace", "mc"))
-    return "mc"
 
 
 def console_main(
@@ -75,23 +69,18 @@ def console_main(
         _fail(f"--timeout must be between 0 and 3600 seconds, got {timeout:g}")
         return EXIT_ERROR
     try:
-        keys = ClusterKeys(_namespace(namespace, config))
+        keys = ClusterKeys(resolve_namespace(namespace, config))
         if node is not None:
             check_name("node", node)
-        url = resolve_redis_url(redis_url)
-    except (RedisUrlError, EmbeddedRedisError, ValueError) as exc:
+        url = resolve_redis_url(redis_url, configured=configured_redis_url(config))
+        check_access(url, keys)
+    except (RedisUrlError, EmbeddedRedisError, ValueError, RedisAccessError) as exc:
         _fail(str(exc))
         return EXIT_ERROR
     configured = [(o.name, o.type) for o in config.objects] if config is not None else []
     try:
         with asyncio.Runner() as runner:
             client = make_async_client(url)
-            try:
-                runner.run(_ping(client))
-            except (RedisError, OSError) as exc:
-                _fail(f"cannot reach Redis at {redact_url(url)}: {exc}")
-                runner.run(client.aclose())
-                return EXIT_ERROR
             ctx = ConsoleContext(client, keys, node, configured, timeout, config=config)
             try:
                 if watch:
@@ -108,10 +97,6 @@ def console_main(
     except KeyboardInterrupt:
         _fail("interrupted")
         return EXIT_INTERRUPTED
-
-
-async def _ping(client: Redis) -> None:
-    await client.ping()
 
 
 async def _close(client: Redis) -> None:

