@@ -34,3 +34,8 @@ def test_policy_benchmark_quick() -> None:
     out = quick("policy.py", "--clients", "5", "--seconds", "0.3")
     assert "PASS  admitting: every transaction admitted" in out
     assert "caps engaged, deferring: requests/s" in out
+
+
+def test_sentinel_benchmark_quick() -> None:
+    out = quick("sentinel.py")
+    assert "PASS  views exact within down-after + 2 s" in out and "first write" in out

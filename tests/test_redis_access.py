@@ -11,14 +11,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio
 
 from mcluster.store.access import RedisAccessError, check_access
 from mcluster.store.keys import ClusterKeys
-from mcluster.store.urls import make_async_client
-from tests.agents import Farm, until
+from tests.agents import until
 from tests.redis_servers import RedisServer, free_port
 from tests.redis_tls import Certs, admin_client, make_certs, start_tls_redis
+from tests.sentinels import UrlFarm
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "admin-Secret-1"
@@ -62,22 +61,10 @@ def url_for(server: RedisServer, certs: Certs, user: str, password: str | Path) 
     )
 
 
-class TlsFarm(Farm):
-    """A farm whose own checks read Redis through mcluster's client (TLS, as admin)."""
-
-    admin_url = ""
-
-    @property
-    def client(self) -> redis.asyncio.Redis:
-        if self._client is None:
-            self._client = make_async_client(self.admin_url)
-        return self._client
-
-
 @pytest.fixture
-async def farm(tmp_path: Path, tls_server: RedisServer, certs: Certs) -> AsyncIterator[TlsFarm]:
-    farm = TlsFarm(tmp_path, redis_server=tls_server)
-    farm.admin_url = url_for(tls_server, certs, "default", ADMIN)
+async def farm(tmp_path: Path, tls_server: RedisServer, certs: Certs) -> AsyncIterator[UrlFarm]:
+    farm = UrlFarm(tmp_path, redis_server=tls_server)
+    farm.client_url = url_for(tls_server, certs, "default", ADMIN)
     yield farm
     tls_server.proc.poll()
     for agent in farm.agents.values():
@@ -100,7 +87,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 async def test_agents_and_console_over_tls_as_the_documented_acl_user(
-    farm: TlsFarm, tls_server: RedisServer, certs: Certs, tmp_path: Path
+    farm: UrlFarm, tls_server: RedisServer, certs: Certs, tmp_path: Path
 ) -> None:
     ns = farm.namespace  # the documented line names the default namespace, mc
     rules = [r.replace("~mc:", f"~{ns}:").replace("&mc:", f"&{ns}:") for r in documented_acl()]
