@@ -200,7 +200,11 @@ def _config_check(path: str) -> int:
     if issues:
         print(str(ConfigError(issues)), file=sys.stderr)
         return 1
-    return check_command(path)
+    code = check_command(path)
+    policy = policy_config(config)
+    if policy.source:
+        print(policy.describe())
+    return code
 
 
 def _fail(message: str, code: int = 1) -> int:

@@ -82,6 +82,20 @@ def test_config_check_reports_policy_errors(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"{bad}:4:10: on_error must be DUNNO or DEFER_IF_PERMIT")
 
 
+def test_config_check_summarises_the_policy_scope(tmp_path: Path) -> None:
+    good = tmp_path / "good.conf"
+    good.write_text(CONF % "on_error = DEFER_IF_PERMIT")
+    result = subprocess.run(
+        [sys.executable, "-m", "mcluster", "config", "check", str(good)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (
+        "Policy: client_rates 32,3/60 24,5/60 64,2/60 (IPv6); on_error DEFER_IF_PERMIT; "
+        "deadline_ms 100; transaction_timeout 600 s"
+    ) in result.stdout
+
+
 # -- in-process agents ---------------------------------------------------------------------
 
 
@@ -229,14 +243,14 @@ async def test_redis_away_answers_the_configured_policy_within_the_deadline(
             try:
                 started = time.monotonic()
                 assert await s.ask("RCPT", "10.6.0.1", s.new_instance()) == want
-                assert time.monotonic() - started < 0.08 + 0.1
+                assert time.monotonic() - started < 0.08 + 0.2  # the deadline, plus scheduling
             finally:
                 server.proc.send_signal(signal.SIGCONT)
             server.proc.kill()  # Redis gone: connections refused
             server.proc.wait()
             started = time.monotonic()
             assert await s.ask("RCPT", "10.6.0.2", s.new_instance()) == want
-            assert time.monotonic() - started < 0.08 + 0.1
+            assert time.monotonic() - started < 0.08 + 0.2  # the deadline, plus scheduling
             assert a.service.stats.degraded == 2
             await a.node.stop(timeout=0.5)
     finally:

@@ -87,6 +87,14 @@ class PolicyConfig:
             return None
         return _definition(name, rate, self.throttle_on_error, self.deadline_ms)
 
+    def describe(self) -> str:
+        """One line for ``mcluster config check``."""
+        rules = " ".join(f"{r}{' (IPv6)' if r.ipv6 else ''}" for r in self.client_rates)
+        return (
+            f"Policy: client_rates {rules or 'none'}; on_error {self.on_error}; deadline_ms "
+            f"{self.deadline_ms}; transaction_timeout {self.transaction_timeout:g} s"
+        )
+
     @property
     def throttle_on_error(self) -> Literal["allow", "deny"]:
         return "allow" if self.on_error == "DUNNO" else "deny"
