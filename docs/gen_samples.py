@@ -1,0 +1,166 @@
+"""Regenerate the sample outputs in docs/console.md: ``python docs/gen_samples.py``.
+
+Each ``<!-- sample: COMMAND -->`` ... ``<!-- /sample -->`` block of the doc is replaced by
+what the console prints for COMMAND, run through ``run_command`` against a real
+redis-server with three in-process nodes (relay-0-1..3) that recorded a few events.
+Whatever varies between runs (epochs, private names, ages, times, ports, pids) is
+normalized by ``normalize``. tests/test_docs.py regenerates the samples and compares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import re
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from mcluster.agent.node import Node  # noqa: E402
+from mcluster.config import parse_config  # noqa: E402
+from mcluster.console import ConsoleContext, run_command  # noqa: E402
+from mcluster.console.commands import CommandError, NotFound  # noqa: E402
+from mcluster.console.serve import serve_console  # noqa: E402
+from mcluster.store.keys import ClusterKeys  # noqa: E402
+from mcluster.store.urls import make_async_client  # noqa: E402
+from tests.redis_servers import start_redis  # noqa: E402
+
+DOC = ROOT / "docs" / "console.md"
+NAMESPACE = "docs"
+
+CONFIG = """
+cluster {
+  Replicate "inbound_cidr" {}
+  Replicate "outbound_domains" {}
+  Replicate "metrics" { parameters = "connect;reception;rejection;audit_series" }
+}
+inbound_audit { monitors = ("300,6") }
+"""
+
+# Momentum's reference sample (7.7.1.1 and 7.7.1.3) spread over three nodes.
+CIDR = {
+    "relay-0-1": {"10.0.0.180": 4, "10.0.0.181": 1},
+    "relay-0-2": {"10.0.0.103": 3, "10.0.0.180": 2, "10.0.0.181": 2},
+    "relay-0-3": {"10.0.0.103": 1, "10.0.0.180": 8, "10.0.0.181": 10},
+}
+DOMAINS = {
+    "relay-0-1": {"aol.com": 1, "bellsouth.net": 4, "hotmail.com": 26, "yahoo.com": 30},
+    "relay-0-2": {"aol.com": 9, "bellsouth.net": 19, "hotmail.com": 220, "omniti.com": 5},
+    "relay-0-3": {"yahoo.com": 35},
+}
+
+SAMPLE = re.compile(r"(<!-- sample: (?P<command>.+?) -->\n)(?P<body>.*?)(<!-- /sample -->)", re.S)
+
+_NORMALIZE: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"#e\d+-\d+#"), "#e7-4123#"),  # private names: epoch and pid
+    (re.compile(r"console@[\w.-]+:\d+"), "console@ops:7741"),
+    (re.compile(r"\b\d+(\.\d+)? ?(ms|s) ago\b"), "0.4 s ago"),
+    (re.compile(r"\b\d+\.\d s\b"), "0.1 s"),
+    (re.compile(r"\b\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?Z?"), "2026-01-01 12:00:00"),
+    (re.compile(r"\b1[6-9]\d{11}\b"), "1767268800000"),  # epoch milliseconds
+    (re.compile(r"\b1[6-9]\d{8}(\.\d+)?\b"), "1767268800"),  # epoch seconds
+    (re.compile(r"127\.0\.0\.1:\d{4,5}"), "127.0.0.1:6379"),
+)
+
+
+def normalize(text: str) -> str:
+    """The sample with what varies between runs replaced by fixed values."""
+    for pattern, fixed in _NORMALIZE:
+        text = pattern.sub(fixed, text)
+    return "\n".join(row.rstrip() for row in text.splitlines())
+
+
+def doc_commands(doc: str) -> list[str]:
+    """The commands the doc has sample blocks for, in order."""
+    return [m.group("command") for m in SAMPLE.finditer(doc)]
+
+
+def fill(doc: str, samples: dict[str, str]) -> str:
+    """The doc with every sample block's body replaced by its sample."""
+
+    def body(match: re.Match[str]) -> str:
+        command = match.group("command")
+        return f"{match.group(1)}```\n{samples[command]}\n```\n{match.group(4)}"
+
+    return SAMPLE.sub(body, doc)
+
+
+async def _run(ctx: ConsoleContext, command: str) -> str:
+    try:
+        result = await run_command(ctx, command)
+    except (CommandError, NotFound) as exc:
+        out = f"mcluster: {exc}"
+    else:
+        buffer = io.StringIO()
+        Console(file=buffer, width=100, highlight=False).print(result.renderable, soft_wrap=True)
+        out = buffer.getvalue().rstrip("\n")
+    return normalize(f"mcluster> {command}\n{out}")
+
+
+@contextlib.asynccontextmanager
+async def _cluster(url: str) -> AsyncIterator[ConsoleContext]:
+    config = parse_config(CONFIG)
+    nodes: list[Node] = []
+    stopping = False
+    serving: list[asyncio.Task[None]] = []
+    configured = [(o.name, o.type) for o in config.objects]
+    client = make_async_client(url)
+    try:
+        for i, name in enumerate(CIDR, start=1):
+            node = Node(config, name, url, namespace=NAMESPACE, address=f"10.0.0.1{i}:4802")
+            await node.start()
+            nodes.append(node)
+            for addr, n in CIDR[name].items():
+                node.record("inbound_cidr", addr, n)
+                node.audit.record("connect", addr, count=n)
+            for domain, n in DOMAINS[name].items():
+                node.record("outbound_domains", domain, n)
+            if i == 1:
+                await node.audit.define("senders", "string", 60, 10, "cluster")
+                node.audit.record("rejection", "10.0.0.181", count=2)
+            await node.flush()
+            serving.append(
+                asyncio.create_task(
+                    serve_console(
+                        node.client, node.keys, node, lambda: configured, lambda: stopping
+                    )
+                )
+            )
+        nodes[0].audit.series_add("senders", "bob@example.com", 3)
+        await nodes[0].flush()
+        yield ConsoleContext(client, ClusterKeys(NAMESPACE), "relay-0-1", configured, config=config)
+    finally:
+        stopping = True
+        for task in serving:
+            task.cancel()
+        for node in nodes:
+            await node.stop()
+        await client.aclose()
+
+
+async def generate(commands: list[str], redis_binary: str | None = None) -> dict[str, str]:
+    """Every command's sample, run against a fresh redis-server and three nodes."""
+    server = start_redis(redis_binary)
+    try:
+        async with _cluster(server.url) as ctx:
+            return {command: await _run(ctx, command) for command in commands}
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    doc = DOC.read_text()
+    samples = asyncio.run(generate(doc_commands(doc)))
+    DOC.write_text(fill(doc, samples))
+    print(f"{DOC.relative_to(ROOT)}: {len(samples)} samples written")
+
+
+if __name__ == "__main__":
+    main()
