@@ -31,6 +31,7 @@ from mcluster.console.serve import serve_console  # noqa: E402
 from mcluster.store.keys import ClusterKeys  # noqa: E402
 from mcluster.store.urls import make_async_client  # noqa: E402
 from tests.redis_servers import start_redis  # noqa: E402
+from tests.test_console import CIDR, DOMAINS  # noqa: E402  (Momentum's reference counts)
 
 DOC = ROOT / "docs" / "console.md"
 NAMESPACE = "docs"
@@ -43,18 +44,6 @@ cluster {
 }
 inbound_audit { monitors = ("300,6") }
 """
-
-# Momentum's reference sample (7.7.1.1 and 7.7.1.3) spread over three nodes.
-CIDR = {
-    "relay-0-1": {"10.0.0.180": 4, "10.0.0.181": 1},
-    "relay-0-2": {"10.0.0.103": 3, "10.0.0.180": 2, "10.0.0.181": 2},
-    "relay-0-3": {"10.0.0.103": 1, "10.0.0.180": 8, "10.0.0.181": 10},
-}
-DOMAINS = {
-    "relay-0-1": {"aol.com": 1, "bellsouth.net": 4, "hotmail.com": 26, "yahoo.com": 30},
-    "relay-0-2": {"aol.com": 9, "bellsouth.net": 19, "hotmail.com": 220, "omniti.com": 5},
-    "relay-0-3": {"yahoo.com": 35},
-}
 
 SAMPLE = re.compile(r"(<!-- sample: (?P<command>.+?) -->\n)(?P<body>.*?)(<!-- /sample -->)", re.S)
 
