@@ -10,7 +10,17 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from mcluster.config import (
+    REPLICATE_OPTIONS,
+    REPLICATION_PARAMETERS,
+    REPLICATION_TYPES,
+    ReplicateObject,
+    parse_config,
+)
 from mcluster.console.spec import COMMANDS, MODULE_COMMANDS
+from mcluster.objects.outbound import OutboundPolicy
+from mcluster.objects.policy import PolicyConfig, policy_config
+from mcluster.objects.throttle import ThrottleDef, config_throttles
 from tests.redis_servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,3 +62,46 @@ def test_every_console_command_is_in_the_console_doc() -> None:
     implemented = [s.name for s in (*COMMANDS, *MODULE_COMMANDS) if s.implemented]
     undocumented = [n for n in implemented if not any(h in n or n in h for h in headings)]
     assert not undocumented, f"no section in docs/console.md for {undocumented}"
+
+
+CONFIG_DOC = ROOT / "docs" / "config-reference.md"
+
+
+def conf_blocks() -> list[str]:
+    return re.findall(r"^```conf\n(.*?)^```", CONFIG_DOC.read_text(), re.M | re.S)
+
+
+def test_every_conf_block_of_the_config_reference_parses() -> None:
+    blocks = conf_blocks()
+    assert len(blocks) >= 5, "docs/config-reference.md lost its ```conf blocks"
+    for i, text in enumerate(blocks):
+        config = parse_config(text, f"docs/config-reference.md block {i}")
+        config_throttles(config)
+        policy_config(config)
+        OutboundPolicy(config)
+
+
+def test_config_reference_names_every_type_option_and_parameter() -> None:
+    doc = CONFIG_DOC.read_text()
+    names = (*REPLICATION_TYPES, *REPLICATE_OPTIONS, *REPLICATION_PARAMETERS)
+    missing = [name for name in names if f"`{name}`" not in doc]
+    assert not missing, f"docs/config-reference.md does not describe: {missing}"
+    examples = "\n".join(conf_blocks())
+    unused = [t for t in REPLICATION_TYPES if f'"{t}"' not in examples]
+    assert not unused, f"no Replicate example of types {unused}"
+
+
+def test_config_reference_states_the_code_defaults() -> None:
+    doc = CONFIG_DOC.read_text()
+    fields = ReplicateObject.model_fields
+    assert f"| `max_delay` | `{fields['max_delay'].default:g}` " in doc
+    assert f"| `max_pending` | `{fields['max_pending'].default}` " in doc
+    assert f"| `max_size` | `{fields['max_size'].default}` " in doc
+    policy = PolicyConfig()
+    assert f"| `on_error` | `{policy.on_error}` " in doc
+    assert f"| `deadline_ms` | `{policy.deadline_ms}` " in doc
+    assert f"| `transaction_timeout` | `{policy.transaction_timeout:g}` " in doc
+    throttle = ThrottleDef(name="t", rate="1")
+    assert f"| `epsilon` | `{throttle.epsilon}` " in doc
+    assert f"| `mode` | `{throttle.mode}` " in doc
+    assert f"| `deadline_ms` | `{throttle.deadline_ms}` " in doc
