@@ -105,3 +105,12 @@ def test_config_reference_states_the_code_defaults() -> None:
     assert f"| `epsilon` | `{throttle.epsilon}` " in doc
     assert f"| `mode` | `{throttle.mode}` " in doc
     assert f"| `deadline_ms` | `{throttle.deadline_ms}` " in doc
+
+
+def test_readme_reference_links_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Reference\n", 1)[1].split("\n## ", 1)[0]
+    links = re.findall(r"\]\((docs/[\w.-]+\.md)\)", section)
+    assert {"docs/console.md", "docs/config-reference.md"} <= set(links)
+    assert {"docs/http-api.md", "docs/metrics.md"} <= set(links)
+    assert all((ROOT / link).is_file() for link in links), links
