@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -33,7 +34,10 @@ from mcluster.store.urls import make_async_client  # noqa: E402
 from tests.redis_servers import RedisServer, start_redis  # noqa: E402
 from tests.test_console import CIDR, DOMAINS  # noqa: E402  (Momentum's reference counts)
 
-DOC = ROOT / "docs" / "console.md"
+DOCS = tuple(ROOT / name for name in ("docs/console.md", "docs/audit-metrics.md", "README.md"))
+"""The files with sample blocks. A block may run several commands (``CMD; CMD``), and a
+command starting ``--json`` prints the JSON the console's ``--json`` prints."""
+JSON_FLAG = "--json "
 NAMESPACE = "docs"
 
 CONFIG = """
@@ -67,7 +71,7 @@ def normalize(text: str) -> str:
 
 
 def doc_commands(doc: str) -> list[str]:
-    """The commands the doc has sample blocks for, in order."""
+    """The sample blocks' commands (``CMD`` or ``CMD; CMD``), in order."""
     return [m.group("command") for m in SAMPLE.finditer(doc)]
 
 
@@ -81,16 +85,24 @@ def fill(doc: str, samples: dict[str, str]) -> str:
     return SAMPLE.sub(body, doc)
 
 
-async def _run(ctx: ConsoleContext, command: str) -> str:
+async def _run_one(ctx: ConsoleContext, command: str) -> str:
+    json_mode = command.startswith(JSON_FLAG)
+    command = command.removeprefix(JSON_FLAG)
+    prompt = f'$ mcluster console --json -c "{command}"' if json_mode else f"mcluster> {command}"
     try:
         result = await run_command(ctx, command)
     except (CommandError, NotFound) as exc:
-        out = f"mcluster: {exc}"
-    else:
-        buffer = io.StringIO()
-        Console(file=buffer, width=100, highlight=False).print(result.renderable, soft_wrap=True)
-        out = buffer.getvalue().rstrip("\n")
-    return normalize(f"mcluster> {command}\n{out}")
+        return f"{prompt}\nmcluster: {exc}"
+    if json_mode:
+        return f"{prompt}\n{json.dumps(result.data)}"
+    buffer = io.StringIO()
+    Console(file=buffer, width=100, highlight=False).print(result.renderable, soft_wrap=True)
+    return f"{prompt}\n{buffer.getvalue().rstrip()}"
+
+
+async def _run(ctx: ConsoleContext, block: str) -> str:
+    """One sample block: each command of ``CMD; CMD`` with its output, normalized."""
+    return normalize("\n".join([await _run_one(ctx, c.strip()) for c in block.split("; ")]))
 
 
 @contextlib.asynccontextmanager
@@ -163,10 +175,11 @@ async def generate(commands: list[str], redis_binary: str | None = None) -> dict
 
 
 def main() -> None:
-    doc = DOC.read_text()
-    samples = asyncio.run(generate(doc_commands(doc)))
-    DOC.write_text(fill(doc, samples))
-    print(f"{DOC.relative_to(ROOT)}: {len(samples)} samples written")
+    for path in DOCS:
+        doc = path.read_text()
+        samples = asyncio.run(generate(doc_commands(doc)))
+        path.write_text(fill(doc, samples))
+        print(f"{path.relative_to(ROOT)}: {len(samples)} samples written")
 
 
 if __name__ == "__main__":
