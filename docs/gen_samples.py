@@ -28,16 +28,23 @@ from mcluster.agent.node import Node  # noqa: E402
 from mcluster.config import parse_config  # noqa: E402
 from mcluster.console import ConsoleContext, run_command  # noqa: E402
 from mcluster.console.commands import CommandError, NotFound  # noqa: E402
+from mcluster.console.dashboard import render_plain  # noqa: E402
 from mcluster.console.serve import serve_console  # noqa: E402
+from mcluster.console.snapshot import SnapshotReader  # noqa: E402
 from mcluster.store.keys import ClusterKeys  # noqa: E402
 from mcluster.store.urls import make_async_client  # noqa: E402
 from tests.redis_servers import RedisServer, start_redis  # noqa: E402
 from tests.test_console import CIDR, DOMAINS  # noqa: E402  (Momentum's reference counts)
 
-DOCS = tuple(ROOT / name for name in ("docs/console.md", "docs/audit-metrics.md", "README.md"))
+DOCS = tuple(
+    ROOT / name
+    for name in ("docs/console.md", "docs/audit-metrics.md", "docs/dashboard.md", "README.md")
+)
 """The files with sample blocks. A block may run several commands (``CMD; CMD``), and a
 command starting ``--json`` prints the JSON the console's ``--json`` prints."""
 JSON_FLAG = "--json "
+WATCH = "watch"
+"""The sample block of one plain dashboard frame (``--watch`` when stdout is a pipe)."""
 NAMESPACE = "docs"
 
 CONFIG = """
@@ -56,6 +63,8 @@ _NORMALIZE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"console@[\w.-]+:\d+"), "console@ops:7741"),
     (re.compile(r"\b\d+(\.\d+)? ?(ms|s) ago\b"), "0.4 s ago"),
     (re.compile(r"\b\d+\.\d s\b"), "0.1 s"),
+    (re.compile(r"\b\d+\.\ds\b"), "0.1s"),  # the dashboard's ages
+    (re.compile(r"\b\d\d:\d\d:\d\d UTC\b"), "12:00:00 UTC"),
     (re.compile(r"\b\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?Z?"), "2026-01-01 12:00:00"),
     (re.compile(r"\b1[6-9]\d{11}\b"), "1767268800000"),  # epoch milliseconds
     (re.compile(r"\b1[6-9]\d{8}(\.\d+)?\b"), "1767268800"),  # epoch seconds
@@ -85,7 +94,16 @@ def fill(doc: str, samples: dict[str, str]) -> str:
     return SAMPLE.sub(body, doc)
 
 
+async def _frame(ctx: ConsoleContext) -> str:
+    snapshot = await SnapshotReader(ctx.client, ctx.keys, ctx.configured).read()
+    buffer = io.StringIO()
+    Console(file=buffer, width=80, highlight=False).print(render_plain(snapshot))
+    return f"$ mcluster console --watch --seconds 0 | cat\n--- frame 1\n{buffer.getvalue()}"
+
+
 async def _run_one(ctx: ConsoleContext, command: str) -> str:
+    if command == WATCH:
+        return await _frame(ctx)
     json_mode = command.startswith(JSON_FLAG)
     command = command.removeprefix(JSON_FLAG)
     prompt = f'$ mcluster console --json -c "{command}"' if json_mode else f"mcluster> {command}"

@@ -52,6 +52,12 @@ def test_normalize_hides_what_varies() -> None:
     a = gen.normalize("Private Name: #e12-4711#relay-0-1\nLast Heartbeat: 2.3 s ago  ")
     b = gen.normalize("Private Name: #e3-99#relay-0-1\nLast Heartbeat: 0.1 s ago")
     assert a == b and "relay-0-1" in a and not a.endswith(" ")
+    frame = gen.normalize(
+        "mcluster 'docs'  3 live  no leader  23:34:29 UTC\n|relay-0-1 | 1 | 0.4s |"
+    )
+    assert frame == gen.normalize(
+        "mcluster 'docs'  3 live  no leader  01:02:03 UTC\n|relay-0-1 | 1 | 2.0s |"
+    )
 
 
 def test_every_console_command_is_in_the_console_doc() -> None:
