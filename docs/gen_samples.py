@@ -1,10 +1,13 @@
-"""Regenerate the sample outputs in docs/console.md: ``python docs/gen_samples.py``.
+"""Regenerate the sample outputs in the docs: ``python docs/gen_samples.py``.
 
-Each ``<!-- sample: COMMAND -->`` ... ``<!-- /sample -->`` block of the doc is replaced by
-what the console prints for COMMAND, run through ``run_command`` against a real
-redis-server with three in-process nodes (relay-0-1..3) that recorded a few events.
-Whatever varies between runs (epochs, private names, ages, times, ports, pids) is
-normalized by ``normalize``. tests/test_docs.py regenerates the samples and compares.
+Each ``<!-- sample: COMMAND -->`` ... ``<!-- /sample -->`` block of the files in DOCS is
+replaced by what COMMAND prints (``CMD; CMD`` runs several): a console command through
+``run_command`` (``--json CMD`` for its JSON), ``watch`` for one plain dashboard frame, or
+``METHOD PATH [JSON]`` against relay-0-1's HTTP API. They run against a real
+redis-server with three in-process nodes (relay-0-1..3) that recorded a few events, one
+fresh cluster per file. Whatever varies between runs (epochs, private names, ages,
+times, ports, pids) is normalized by ``normalize``. tests/test_docs.py regenerates the
+samples and compares.
 """
 
 from __future__ import annotations
@@ -16,14 +19,18 @@ import json
 import re
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from mcluster.agent.http import make_app  # noqa: E402
 from mcluster.agent.node import Node  # noqa: E402
 from mcluster.config import parse_config  # noqa: E402
 from mcluster.console import ConsoleContext, run_command  # noqa: E402
@@ -38,11 +45,19 @@ from tests.test_console import CIDR, DOMAINS  # noqa: E402  (Momentum's referenc
 
 DOCS = tuple(
     ROOT / name
-    for name in ("docs/console.md", "docs/audit-metrics.md", "docs/dashboard.md", "README.md")
+    for name in (
+        "docs/console.md",
+        "docs/audit-metrics.md",
+        "docs/dashboard.md",
+        "docs/http-api.md",
+        "README.md",
+    )
 )
 """The files with sample blocks. A block may run several commands (``CMD; CMD``), and a
 command starting ``--json`` prints the JSON the console's ``--json`` prints."""
 JSON_FLAG = "--json "
+HTTP_METHODS = ("GET", "POST", "PUT")
+"""A command starting with one of these is sent to relay-0-1's HTTP API."""
 WATCH = "watch"
 """The sample block of one plain dashboard frame (``--watch`` when stdout is a pipe)."""
 NAMESPACE = "docs"
@@ -58,6 +73,18 @@ inbound_audit { monitors = ("300,6") }
 
 SAMPLE = re.compile(r"(<!-- sample: (?P<command>.+?) -->\n)(?P<body>.*?)(<!-- /sample -->)", re.S)
 
+
+HttpClient = TestClient[web.Request, web.Application]
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """What the samples run against: a console attached to relay-0-1 and its HTTP API."""
+
+    ctx: ConsoleContext
+    http: HttpClient
+
+
 _NORMALIZE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"#e\d+-\d+#"), "#e7-4123#"),  # private names: epoch and pid
     (re.compile(r"console@[\w.-]+:\d+"), "console@ops:7741"),
@@ -68,7 +95,7 @@ _NORMALIZE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?Z?"), "2026-01-01 12:00:00"),
     (re.compile(r"\b1[6-9]\d{11}\b"), "1767268800000"),  # epoch milliseconds
     (re.compile(r"\b1[6-9]\d{8}(\.\d+)?\b"), "1767268800"),  # epoch seconds
-    (re.compile(r"127\.0\.0\.1:\d{4,5}"), "127.0.0.1:6379"),
+    (re.compile(r"127\.0\.0\.1:(?!4802\b)\d{4,5}"), "127.0.0.1:6379"),  # 4802: the agent
 )
 
 
@@ -101,9 +128,25 @@ async def _frame(ctx: ConsoleContext) -> str:
     return f"$ mcluster console --watch --seconds 0 | cat\n--- frame 1\n{buffer.getvalue()}"
 
 
-async def _run_one(ctx: ConsoleContext, command: str) -> str:
+async def _http(http: HttpClient, command: str) -> str:
+    """``METHOD PATH [JSON]`` sent to relay-0-1's HTTP API: the status line and the body."""
+    method, _, rest = command.partition(" ")
+    path, _, body = rest.partition(" ")
+    response = await http.request(method, path, json=json.loads(body) if body else None)
+    flags = "" if method == "GET" else f" -X {method}"
+    sent = f" -d '{body}'" if body else ""
+    status = f"{response.status} {response.reason}"
+    return (
+        f"$ curl -s{flags} 'http://127.0.0.1:4802{path}'{sent}\n{status}\n{await response.text()}"
+    )
+
+
+async def _run_one(sampler: Sampler, command: str) -> str:
+    ctx = sampler.ctx
     if command == WATCH:
         return await _frame(ctx)
+    if command.partition(" ")[0] in HTTP_METHODS:
+        return await _http(sampler.http, command)
     json_mode = command.startswith(JSON_FLAG)
     command = command.removeprefix(JSON_FLAG)
     prompt = f'$ mcluster console --json -c "{command}"' if json_mode else f"mcluster> {command}"
@@ -118,13 +161,13 @@ async def _run_one(ctx: ConsoleContext, command: str) -> str:
     return f"{prompt}\n{buffer.getvalue().rstrip()}"
 
 
-async def _run(ctx: ConsoleContext, block: str) -> str:
+async def _run(sampler: Sampler, block: str) -> str:
     """One sample block: each command of ``CMD; CMD`` with its output, normalized."""
-    return normalize("\n".join([await _run_one(ctx, c.strip()) for c in block.split("; ")]))
+    return normalize("\n".join([await _run_one(sampler, c.strip()) for c in block.split("; ")]))
 
 
 @contextlib.asynccontextmanager
-async def _cluster(url: str) -> AsyncIterator[ConsoleContext]:
+async def _cluster(url: str) -> AsyncIterator[Sampler]:
     config = parse_config(CONFIG)
     nodes: list[Node] = []
     stopping = False
@@ -155,9 +198,11 @@ async def _cluster(url: str) -> AsyncIterator[ConsoleContext]:
         nodes[0].audit.series_add("senders", "bob@example.com", 3)
         await nodes[0].flush()
         # a long broadcast timeout: answers come late on a loaded machine, the text is the same
-        yield ConsoleContext(
+        ctx = ConsoleContext(
             client, ClusterKeys(NAMESPACE), "relay-0-1", configured, timeout=30.0, config=config
         )
+        async with TestClient(TestServer(make_app(nodes[0]))) as http:
+            yield Sampler(ctx, http)
     finally:
         stopping = True
         for task in serving:
@@ -183,8 +228,8 @@ async def generate(commands: list[str], redis_binary: str | None = None) -> dict
         server = start_redis(redis_binary)
         try:
             window = _window(server)
-            async with _cluster(server.url) as ctx:
-                samples = {command: await _run(ctx, command) for command in commands}
+            async with _cluster(server.url) as sampler:
+                samples = {command: await _run(sampler, command) for command in commands}
             if _window(server) == window:
                 return samples
         finally:
