@@ -7,11 +7,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def quick(script: str, *extra: str) -> str:
+def quick(script: str, *extra: str, timeout: float = 120) -> str:
     """Run ``benchmarks/SCRIPT --quick``; its output (it must exit 0)."""
     result = subprocess.run(
         [sys.executable, f"benchmarks/{script}", "--quick", *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -39,3 +39,9 @@ def test_policy_benchmark_quick() -> None:
 def test_sentinel_benchmark_quick() -> None:
     out = quick("sentinel.py")
     assert "PASS  views exact within down-after + 2 s" in out and "first write" in out
+
+
+def test_cluster_benchmark_quick() -> None:
+    out = quick("cluster.py", timeout=300)  # starts a 6-node Redis Cluster too
+    assert "PASS  ingest totals exact" in out
+    assert "failover: Cluster" in out and "ratio" in out
