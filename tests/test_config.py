@@ -411,7 +411,7 @@ TYPES = (
     "OBTM, OBTC, shared_named_throttles, metrics, eccmgr_metrics"
 )
 MONITORS = 'monitors entry must be "SECONDS,WINDOWS" (two integers >= 1), got'
-OPTIONS = "parameters, type, max_delay, max_pending, max_size, binding_group, class"
+OPTIONS = "parameters, type, max_delay, max_pending, max_size, binding_group, class, shards"
 PARAMS = (
     "snapshot, connect, delivery, transfail, permfail, reception, rejection, "
     "audit_series, gauge_cache"

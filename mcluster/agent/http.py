@@ -106,7 +106,7 @@ async def post_events(request: web.Request) -> web.Response:
     except BadEvent as exc:
         return error(400, str(exc))
     for obj, packed, delta in parsed:
-        node.outboxes[obj].add(packed, delta)
+        node.shard_box(obj, packed).add(packed, delta)
     return web.json_response({"accepted": len(parsed)}, status=202)
 
 

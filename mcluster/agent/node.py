@@ -32,7 +32,7 @@ from mcluster.agent.slots import SlotDecision
 from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
-from mcluster.objects import outbound, throttle, views
+from mcluster.objects import outbound, shards, throttle, views
 from mcluster.objects.kinds import GAUGE_TABLE, Kind, kind_for_type
 from mcluster.objects.outbound import OutboundPolicy, Route
 from mcluster.objects.throttle import Decision, ThrottleDef
@@ -87,6 +87,7 @@ class Node:
         self.is_leader = False
         self.rejoins = 0
         self.outboxes: dict[str, Outbox] = {}
+        self._shards: dict[str, list[Outbox]] = {}  # sharded objects: shard k's outbox
         self._tasks: list[asyncio.Task[Any]] = []
         self._resync_needed = asyncio.Event()
         self._stopping = False
@@ -145,6 +146,11 @@ class Node:
                 continue
             managed[obj.name] = obj.type
             self._add_outbox(obj.name, kind, obj.max_pending, obj.max_delay)
+            if obj.shards > 1:  # gauge tables only (checked by the config)
+                self._shards[obj.name] = [self.outboxes[obj.name]] + [
+                    self._add_outbox(obj.name, kind, obj.max_pending, obj.max_delay, shard=k)
+                    for k in range(1, obj.shards)
+                ]
         self._managed = managed
         types = {o.type for o in self.config.objects}
         if types & {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}:
@@ -175,11 +181,14 @@ class Node:
             self._tasks.append(asyncio.create_task(self._audit.run(), name="audit"))
         self._tasks.append(asyncio.create_task(self._reap_loop()))
 
-    def _add_outbox(self, name: str, kind: Kind, max_pending: int, max_delay: float) -> Outbox:
-        box = Outbox(name, kind, self.keys.object(name), "", max_pending, max_delay,
+    def _add_outbox(
+        self, name: str, kind: Kind, max_pending: int, max_delay: float, shard: int = 0
+    ) -> Outbox:
+        okeys, box_name = self.keys.object(name, shard), shards.box_name(name, shard)
+        box = Outbox(box_name, kind, okeys, "", max_pending, max_delay,
                      max_buffered=self.max_buffered)  # fmt: skip
         box.on_stale = self._resync_needed.set
-        self.outboxes[name] = box
+        self.outboxes[box_name] = box
         return box
 
     async def add_object(
@@ -215,7 +224,8 @@ class Node:
         self.incarnation = await membership.take_lease(
             self.scripts, self.keys, member, self.lease_ttl
         )
-        await views.publish_objects(client, self.keys, self._managed)
+        counts = {name: len(boxes) for name, boxes in self._shards.items()}
+        await views.publish_objects(client, self.keys, self._managed, counts)
         for box in self.outboxes.values():
             await client.hset(box.keys.views, member.private_name, self.name)
             box.view, box.seq, box.acked = member.private_name, 0, 0
@@ -451,9 +461,9 @@ class Node:
     # -- the hot path ----------------------------------------------------------------
 
     def outbox(self, obj: str) -> Outbox:
-        box = self.outboxes.get(obj)
+        box = self.outboxes.get(obj) if "#" not in obj else None  # not a shard's own box
         if box is None:
-            known = ", ".join(sorted(self.outboxes)) or "none"
+            known = ", ".join(sorted(n for n in self.outboxes if "#" not in n)) or "none"
             raise UnknownObject(f"unknown object {obj!r}; this node records: {known}")
         return box
 
@@ -462,7 +472,17 @@ class Node:
         box = self.outboxes.get(obj) or self.outbox(obj)
         if type(delta) is not int:
             raise TypeError(f"delta must be an integer, got {delta!r}")
-        box.add(box.known.get(key) or box.admit(key), delta)
+        packed = box.known.get(key) or box.admit(key)
+        if self._shards:  # inline: the hot path of every MTA event
+            box = self.shard_box(obj, packed)
+        box.add(packed, delta)
+
+    def shard_box(self, obj: str, packed: bytes) -> Outbox:
+        """The outbox of the shard holding ``packed`` (the object's own for one shard)."""
+        parts = self._shards.get(obj)
+        if parts is None:
+            return self.outboxes[obj]
+        return parts[shards.shard_of(packed, len(parts))]
 
     async def flush(self) -> None:
         """Return once everything recorded before this call is applied in Redis.
@@ -504,7 +524,7 @@ class Node:
     async def count(self, obj: str, key: str, view: str = "global") -> int:
         """Exact count of a key or prefix in the global view or a node's view."""
         box = self.outboxes.get(obj)
-        if box is not None and view in ("global", GLOBAL):  # one HMGET, no registry read
+        if box is not None and obj not in self._shards and view in ("global", GLOBAL):  # 1 read
             return await box.kind.count(self.client, box.keys, GLOBAL, key)
         return await views.count(
             self.client, self.keys, obj, key, self._view_node(view), self._configured()

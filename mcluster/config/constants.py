@@ -40,5 +40,8 @@ REPLICATE_OPTIONS: tuple[str, ...] = (
     "max_size",
     "binding_group",
     "class",
+    "shards",
 )
 """Options valid inside ``Replicate "name" { ... }``."""
+#: The types that may be split into shards (``shards = N``): the gauge tables.
+SHARDABLE_TYPES: tuple[str, ...] = ("outbound_domains", "outbound_binding_domains")

@@ -26,6 +26,7 @@ from mcluster.config.constants import (
     REPLICATE_OPTIONS,
     REPLICATION_PARAMETERS,
     REPLICATION_TYPES,
+    SHARDABLE_TYPES,
 )
 from mcluster.config.errors import ConfigError, ConfigIssue
 from mcluster.config.grammar import parse
@@ -64,6 +65,7 @@ class ReplicateObject(BaseModel):
     max_pending: int = Field(default=100, ge=1)
     max_size: int = -1
     binding_group: str | None = None
+    shards: int = Field(default=1, ge=1, le=256)
     source: str = ""
 
     @field_validator("type", "class_")
@@ -349,6 +351,8 @@ class _Builder:
             if not group:
                 self.expect(seen["binding_group"], "a binding group name")
             fields["binding_group"] = group
+        if "shards" in seen:
+            fields["shards"] = self.shards(seen["shards"], type_)
         if len(self.issues) > before or type_ is None:
             return None
         try:
@@ -359,6 +363,16 @@ class _Builder:
             for error in exc.errors():
                 self.issue(scope.pos, f"{label}: {error['msg']}")
             return None
+
+    def shards(self, option: Option, type_: str | None) -> int | None:
+        shards = self.number(option, parse_int, lambda n: 1 <= n <= 256, "an integer from 1 to 256")
+        if shards is not None and shards > 1 and type_ not in SHARDABLE_TYPES:
+            self.issue(
+                option.pos,
+                f"shards = {shards} is supported for gauge tables only "
+                f"({', '.join(SHARDABLE_TYPES)}), not {quote(type_ or '?')}",
+            )
+        return shards
 
     def type_of(self, option: Option) -> str | None:
         text = scalar_text(option.value)

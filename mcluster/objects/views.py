@@ -7,13 +7,13 @@ print and return the same thing.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from mcluster.objects import throttle
+from mcluster.objects import shards, throttle
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.kinds import Kind, kind_for_type
 from mcluster.store import members
@@ -37,6 +37,7 @@ class ObjectInfo:
     name: str
     replication_type: str
     kind: Kind | None  # None for the throttle table
+    shards: int = 1  # > 1: split over that many hash slots (mcluster/objects/shards.py)
 
     @property
     def type_name(self) -> str:
@@ -89,14 +90,20 @@ class Listing:
         }
 
 
-def registry_entry(replication_type: str) -> str:
-    return json.dumps({"type": replication_type})
+def registry_entry(replication_type: str, shards: int = 1) -> str:
+    return json.dumps({"type": replication_type} | ({"shards": shards} if shards > 1 else {}))
 
 
-async def publish_objects(client: Redis, keys: ClusterKeys, objects: dict[str, str]) -> None:
-    """Record name -> replication type, so a console without the config can list them."""
+async def publish_objects(
+    client: Redis, keys: ClusterKeys, objects: dict[str, str], split: Mapping[str, int] = {}
+) -> None:
+    """Record name -> replication type (and shard count), so a console without the config
+    can list and read them."""
     if objects:
-        await client.hset(keys.objects, mapping={n: registry_entry(t) for n, t in objects.items()})
+        await client.hset(
+            keys.objects,
+            mapping={n: registry_entry(t, split.get(n, 1)) for n, t in objects.items()},
+        )
 
 
 async def list_objects(
@@ -104,15 +111,18 @@ async def list_objects(
 ) -> list[ObjectInfo]:
     """Objects known from the registry in Redis and from a config (name, type) list."""
     found: dict[str, str] = {}
+    split: dict[str, int] = {}
     registry = cast(dict[bytes, bytes], await client.hgetall(keys.objects))
     for key, raw in registry.items():
-        found[key.decode()] = str(json.loads(raw)["type"])
+        entry = json.loads(raw)
+        found[key.decode()] = str(entry["type"])
+        split[key.decode()] = int(entry.get("shards", 1))
     found.update(dict(configured))
     infos = []
     for name, rtype in sorted(found.items()):
         kind = kind_for_type(rtype)
         if kind is not None or rtype in throttle.FAMILIES:
-            infos.append(ObjectInfo(name, rtype, kind))
+            infos.append(ObjectInfo(name, rtype, kind, split.get(name, 1)))
     return infos
 
 
@@ -168,13 +178,13 @@ async def show(
     if info.kind is None:
         return await _throttle_table(client, okeys, limit, node)
     view, label = await resolve_view(client, keys, okeys, node)
-    meta = cast(dict[bytes, bytes], await client.hgetall(okeys.meta(view)))
-    rows: list[Row] = []
-    if limit is None or limit > 0:
-        async for row in info.kind.rows(client, okeys, view):
-            rows.append(row)
-            if limit is not None and len(rows) >= limit:
-                break
+    if info.shards > 1:
+        parts = shards.shard_keys(keys, name, info.shards)
+        meta = await shards.meta(client, parts, view)
+        rows = await shards.rows(client, info.kind, parts, view, limit)
+    else:
+        meta = cast(dict[bytes, bytes], await client.hgetall(okeys.meta(view)))
+        rows = await _rows(client, info.kind, okeys, view, limit)
     return Listing(
         object=name,
         type=info.kind.name,
@@ -202,7 +212,23 @@ async def count(
         used = {n: u for n, u, _ in await throttle.usage(client, okeys, _share(node))}
         return used.get(key, 0)
     view, _ = await resolve_view(client, keys, okeys, node)
+    if info.shards > 1:
+        return await shards.count(
+            client, info.kind, shards.shard_keys(keys, name, info.shards), view, key
+        )
     return await info.kind.count(client, okeys, view, key)
+
+
+async def _rows(
+    client: Redis, kind: Kind, okeys: ObjectKeys, view: str, limit: int | None
+) -> list[Row]:
+    rows: list[Row] = []
+    if limit is None or limit > 0:
+        async for row in kind.rows(client, okeys, view):
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
 
 
 def _share(node: str | None) -> str | None:

@@ -111,8 +111,8 @@ class ClusterKeys:
         """Ids of the jobs an operator asked to abort."""
         return f"{self.base}:jobs:abort"
 
-    def object(self, name: str) -> ObjectKeys:
-        return ObjectKeys(self.namespace, check_name("object", name))
+    def object(self, name: str, shard: int = 0) -> ObjectKeys:
+        return ObjectKeys(self.namespace, check_name("object", name), shard)
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,12 @@ class ObjectKeys:
 
     namespace: str
     name: str
+    shard: int = 0  # shard k > 0 of a sharded object has the tag {name#k}
 
     @property
     def base(self) -> str:
-        return f"{self.namespace}:{{{self.name}}}"
+        tag = self.name if self.shard == 0 else f"{self.name}#{self.shard}"
+        return f"{self.namespace}:{{{tag}}}"
 
     @property
     def views(self) -> str:

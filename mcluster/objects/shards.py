@@ -1,0 +1,90 @@
+"""Objects split into shards: one hash slot per shard, so a big object spreads over masters.
+
+``Replicate "outbound_domains" { shards = 8 }`` stores the object as 8 sub-objects: shard 0
+keeps the tag ``{outbound_domains}`` (so ``shards = 1``, the default, is the plain layout)
+and shard k > 0 has the tag ``{outbound_domains#k}``. A key lives in shard
+``crc32(key) % shards``; each shard has its own views, seq, stream and global view, so a
+batch (one per shard) is still one script in one slot, and global == sum of the node
+views holds shard by shard, hence for the whole. A node registers its view in every shard.
+Reads gather: a key's count is one read in its shard, a listing merges the shards' sorted
+rows, figures (distinct keys, anomalies) are summed.
+
+Gauge tables only in this release: a CIDR tree's listing rows above /8 join addresses of
+different /8s, which would need a merge of the per-shard tries (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import heapq
+import zlib
+from collections.abc import Mapping, Sequence
+
+from redis.asyncio import Redis
+
+from mcluster.objects import gauge
+from mcluster.objects.cidrtree import Row
+from mcluster.objects.kinds import Kind
+from mcluster.store.keys import ClusterKeys, ObjectKeys
+
+#: The kinds that may be sharded (``kind.name``).
+SHARDED_KINDS = (gauge.KIND,)
+
+
+def shard_of(packed: bytes, shards: int) -> int:
+    """The shard of a key as stored (``kind.parse_key``)."""
+    return zlib.crc32(packed) % shards if shards > 1 else 0
+
+
+def box_name(name: str, shard: int) -> str:
+    """The outbox (and stats) name of one shard: the object's own name for shard 0."""
+    return name if shard == 0 else f"{name}#{shard}"
+
+
+def shard_keys(keys: ClusterKeys, name: str, shards: int) -> list[ObjectKeys]:
+    return [keys.object(name, shard) for shard in range(max(1, shards))]
+
+
+def check_kind(name: str, kind: Kind, shards: int) -> None:
+    if shards > 1 and kind.name not in SHARDED_KINDS:
+        raise ValueError(
+            f"object {name!r}: shards = {shards} is supported for gauge tables only "
+            f"(a {kind.name} is one slot); remove the option"
+        )
+
+
+async def count(client: Redis, kind: Kind, parts: Sequence[ObjectKeys], view: str, key: str) -> int:
+    """A key's count: one read in the key's shard."""
+    okeys = parts[shard_of(kind.parse_key(key), len(parts))]
+    return await kind.count(client, okeys, view, key)
+
+
+async def meta(client: Redis, parts: Sequence[ObjectKeys], view: str) -> dict[bytes, bytes]:
+    """The view's figures summed over the shards (every meta field is a count)."""
+    total: dict[bytes, int] = {}
+    async with client.pipeline(transaction=False) as pipe:
+        for okeys in parts:
+            pipe.hgetall(okeys.meta(view))
+        replies: list[Mapping[bytes, bytes]] = await pipe.execute()
+    for reply in replies:
+        for field, value in reply.items():
+            try:
+                total[field] = total.get(field, 0) + int(value)
+            except ValueError:
+                continue
+    return {k: str(v).encode() for k, v in total.items()}
+
+
+async def rows(
+    client: Redis, kind: Kind, parts: Sequence[ObjectKeys], view: str, limit: int | None
+) -> list[Row]:
+    """The view's rows in key order, merged from every shard (shards hold disjoint keys)."""
+    per_shard = []
+    for okeys in parts:
+        per_shard.append([row async for row in kind.rows(client, okeys, view)])
+    merged = heapq.merge(*per_shard, key=lambda row: row.key.encode("utf-8", "surrogatepass"))
+    out: list[Row] = []
+    for row in merged:
+        if limit is not None and len(out) >= limit:
+            break
+        out.append(row)
+    return out
