@@ -3,9 +3,12 @@
 In one run, on this machine: a standalone redis-server (the baseline) and a local Redis
 Cluster of 3 masters + 3 replicas (tests/redis_cluster.py, cluster-node-timeout 1000 ms).
 
-(1) ingest: one Node records into 4 objects (CIDR trees and gauge tables, which the Cluster
-    spreads over its masters), yielding every 256 events, then flushes: applied events/s
-    on each, and the ratio Cluster / standalone. The global totals must be exact.
+Throughput cases run 3 rounds (--quick: 1), standalone and Cluster interleaved; the rate
+is the median (the machine is shared: single rounds swing by 2x or more).
+
+(1) ingest: one Node records 100k fresh keys into 4 objects (2 CIDR trees, 2 gauge tables,
+    which the Cluster spreads over its masters), yielding every 256 events, then flushes:
+    applied events/s on each, and the ratio Cluster / standalone. Totals must be exact.
 (2) throttles: exact-mode ``acquire`` of one throttle and of 3 throttles at once (all-or-
     nothing: one script, the family shares one slot), 50 concurrent callers: decisions/s
     on each, and the ratio.
@@ -13,7 +16,8 @@ Cluster of 3 masters + 3 replicas (tests/redis_cluster.py, cluster-node-timeout 
     ``{inbound_cidr}``; the seconds until a replica serves the slot, and until every view is
     exact again (global == sum of node views == what was recorded). The killed node is
     restarted (it rejoins as a replica) before the next run.
-    Sentinel failover rows: see ``FAILOVERS`` below (the Sentinel benchmark adds its own).
+    Sentinel failover times are measured by benchmarks/sentinel.py; ``FAILOVERS`` below
+    takes more cases of this shape.
 
     /work/venv/bin/python benchmarks/cluster.py [--quick] [--strict] [--runs 5]
 """
@@ -139,7 +143,7 @@ async def cluster_failover(cluster: RedisCluster, runs: int, report: Report) -> 
 
 
 # Failover cases of this benchmark: name -> coroutine(cluster, runs, report) -> seconds.
-# The Sentinel case (master + replica + 3 sentinels) belongs here as "Sentinel".
+# (Sentinel failover: benchmarks/sentinel.py.)
 FAILOVERS: dict[str, Failover] = {"Cluster (kill -9 a master)": cluster_failover}
 
 
