@@ -7,6 +7,7 @@
     GET  /v1/objects/{name}/count?key=PREFIX_OR_KEY&view=...   -> {"count": N}
     GET  /v1/stats    -> per-object counters of this agent
     GET  /v1/membership -> [{...}, ...]           (as ``cluster membership --json``)
+    GET  /v1/duravip  -> the DuraVIPs this node believes it owns (fencing tokens)
     GET  /healthz     -> 200 once the agent has joined, else 503
     GET  /metrics     -> Prometheus text format (see ``prometheus``)
     /v1/throttles...  -> see ``http_throttles``
@@ -163,6 +164,10 @@ async def get_membership(request: web.Request) -> web.Response:
     return web.json_response(await membership_json(node.client, node.keys))
 
 
+async def get_duravip(request: web.Request) -> web.Response:
+    return web.json_response(request.app[NODE_KEY].duravip.status())
+
+
 async def healthz(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     if node.member is None:
@@ -182,6 +187,7 @@ def make_app(node: Node, policy: PolicyService | None = None) -> web.Application
     app.router.add_get("/v1/objects/{name}/count", get_count)
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/v1/membership", get_membership)
+    app.router.add_get("/v1/duravip", get_duravip)
     app.router.add_get("/healthz", healthz)
     http_throttles.add_routes(app)
     http_caches.add_routes(app)

@@ -32,6 +32,7 @@ from mcluster.agent.slots import SlotDecision
 from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
+from mcluster.duravip.agent import DuraVipAgent
 from mcluster.objects import outbound, shards, throttle, views
 from mcluster.objects.kinds import GAUGE_TABLE, Kind, kind_for_type
 from mcluster.objects.outbound import OutboundPolicy, Route
@@ -105,6 +106,7 @@ class Node:
             self.config, self.keys, self.name, lambda: self.scripts, self.max_buffered
         )
         throttle.config_throttles(self.config)  # a bad Shared_Throttle fails here, not later
+        self.duravip = DuraVipAgent(self)  # and a bad DuraVIP too
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -180,6 +182,7 @@ class Node:
             await self._audit.publish()
             self._tasks.append(asyncio.create_task(self._audit.run(), name="audit"))
         self._tasks.append(asyncio.create_task(self._reap_loop()))
+        self._tasks.append(asyncio.create_task(self.duravip.run(), name="duravip"))
 
     def _add_outbox(
         self, name: str, kind: Kind, max_pending: int, max_delay: float, shard: int = 0
@@ -334,6 +337,7 @@ class Node:
         logs it; its contribution then stays until it is reaped.
         """
         self._stopping = True
+        await self.duravip.stop()  # unplumb and release its addresses: others take over now
         for box in self.outboxes.values():
             box.stopping = True  # ends after the batch it is sending: nothing half-sent
             box.wake.set()

@@ -258,3 +258,8 @@ from mcluster.console import cluster_ops  # noqa: E402  (its handlers use the na
 
 _HANDLERS.update(cluster_ops.HANDLERS)
 _MODULE_HANDLERS: dict[tuple[str, ...], Handler] = dict.fromkeys(audit_commands.HANDLERS, _audit)
+
+# DuraVIP and ARP commands live in their own module (it imports this one).
+from mcluster.console.duravip_commands import HANDLERS as _DURAVIP_HANDLERS  # noqa: E402
+
+_HANDLERS.update(_DURAVIP_HANDLERS)

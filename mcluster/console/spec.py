@@ -36,18 +36,15 @@ class CommandSpec:
 
 
 _LEASES = "membership and leases"
-_DURAVIP = "DuraVIP"
 
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(("help",), "", "Display the available console commands."),
     CommandSpec(("abort",), "ID", "Abort the job with the specified id."),
-    CommandSpec(("arp", "show"), "", "Show the MAC addresses of the cluster.", _DURAVIP),
-    CommandSpec(
-        ("duravip", "show"), "[tables]", "Show DuraVIP bindings (or state tables).", _DURAVIP
-    ),
-    CommandSpec(("duravip", "move"), "FROM TO", "Move DuraVIP bindings between hosts.", _DURAVIP),
-    CommandSpec(("duravip", "announce", "view"), "", "Announce the local DuraVIP view.", _DURAVIP),
-    CommandSpec(("duravip", "debug"), "on|off", "Turn DuraVIP debugging on or off.", _DURAVIP),
+    CommandSpec(("arp", "show"), "", "Show the MAC addresses of the cluster."),
+    CommandSpec(("duravip", "show"), "[tables]", "Show DuraVIP bindings (or state tables)."),
+    CommandSpec(("duravip", "move"), "FROM TO", "Move FROM's DuraVIP addresses to TO."),
+    CommandSpec(("duravip", "announce", "view"), "", "Announce the local DuraVIP view."),
+    CommandSpec(("duravip", "debug"), "on|off", "Turn DuraVIP debugging on or off."),
     CommandSpec(("membership",), "", "Display every live member of the cluster."),
     CommandSpec(("info",), "", "Display operating status and parameters."),
     CommandSpec(("nodename",), "", "Show the name of the local node."),

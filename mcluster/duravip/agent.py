@@ -1,0 +1,308 @@
+"""The DuraVIP loop of one node: publish its config, elect, take, renew and give up.
+
+Four times per heartbeat the node reads the cluster's DuraVIP state (``store.snapshot``)
+and, for each address of its config:
+
+* it owns: once per heartbeat it renews the ownership lease (``duravip_renew``, fenced by
+  its token). Renewal refused -> it lost the address; a handoff asked (``duravip move``,
+  or the preferred node came back) -> it unplumbs, then releases it to that node.
+* nobody owns: the elected node (``state.elected``: the live preferred node, else the
+  rendezvous winner among live candidates) claims it (``duravip_claim``); any candidate
+  does once it has stayed unowned for a lease TTL (the elected one may be gone).
+* another owns, and this node is its live, uncontested preferred node: once per join it
+  asks for the address back (``duravip_move``).
+
+Belief is local and bounded: an owner believes it owns an address only until
+``sent + lease_ttl - margin`` of its last successful renewal (a watchdog drops it), and
+the lease in Redis lives at least ``sent + lease_ttl``. So a node cut off from Redis
+stops believing before anyone else can claim, and after the partition heals its renewal
+(an old token) is refused: two nodes never both believe they own an address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.duravip import arp, store
+from mcluster.duravip.command import Plumber
+from mcluster.duravip.config import DuraVipConfig, duravip_config
+from mcluster.duravip.state import VipState, elected, states, vip_record
+from mcluster.duravip.store import Owner, Snapshot, VipKeys
+from mcluster.store.members import server_time_ms
+
+if TYPE_CHECKING:
+    from mcluster.agent.node import Node
+
+log = logging.getLogger("mcluster.duravip")
+
+ARP_REFRESH = 5.0  # seconds between refreshes of the published ARP entries
+
+
+class DuraVipAgent:
+    """Owns this node's share of the DuraVIPs; ``owned`` is what it believes it owns."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.cfg: DuraVipConfig = duravip_config(node.config)
+        self.vk = VipKeys(node.keys)
+        self.plumber = Plumber(self.cfg, node.name)
+        self.owned: dict[str, Owner] = {}
+        self.deadline: dict[str, float] = {}
+        self.interval = node.heartbeat_interval / 4
+        self.ttl_ms = int(node.lease_ttl * 1000)
+        self.margin = min(node.heartbeat_interval / 2, node.lease_ttl / 4)
+        self._busy: dict[str, asyncio.Task[None]] = {}
+        self._unowned_since: dict[str, float] = {}
+        self._asserted: set[tuple[str, str]] = set()
+        self._published = ""
+        self._announced: str | None = None
+        self._debug: str | None = None
+        self._renewed = 0.0
+        self._arp_at = 0.0
+        self._arp_owned: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The loop (a task of the node); unplumbs every address first, as Momentum does."""
+        self._task = asyncio.current_task()
+        for address in self.cfg.addresses:
+            self._spawn(address, self.plumber.run("down", address, quiet=True))
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            while not self._stopping:
+                try:
+                    async with asyncio.timeout(max(self.node.heartbeat_interval, 1.0)):
+                        await self.tick()
+                except (TimeoutError, *RETRY_ERRORS) as exc:
+                    log.debug("DuraVIP tick interrupted: %r", exc)
+                except Exception:  # never let the node stop managing its addresses
+                    log.exception("DuraVIP tick failed; trying again")
+                await asyncio.sleep(self.interval)
+        finally:
+            watchdog.cancel()
+
+    async def stop(self) -> None:
+        """Unplumb and release every owned address so others take them over at once."""
+        self._stopping = True
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for address, owner in list(self.owned.items()):
+            self._drop(address, "this node is stopping")
+            await self.plumber.run("down", address)
+            with contextlib.suppress(*RETRY_ERRORS):
+                await store.release(self.node.scripts, self.vk, address, owner, "", 0)
+        for busy in list(self._busy.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await busy
+        if self._published:  # it talked to Redis: take its ARP entries away
+            with contextlib.suppress(*RETRY_ERRORS):
+                await self.node.client.hdel(self.vk.arp, self.node.name)
+
+    def _spawn(self, address: str, work: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(work, name=f"duravip:{address}")
+        self._busy[address] = task
+        task.add_done_callback(lambda t: self._done(address, t))
+
+    def _done(self, address: str, task: asyncio.Task[None]) -> None:
+        if self._busy.get(address) is task:
+            del self._busy[address]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("DuraVIP %s: %r", address, task.exception())
+
+    # -- belief ---------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """Drop the belief in an address once its local lease deadline has passed."""
+        while True:
+            await asyncio.sleep(min(0.05, self.interval))
+            now = time.monotonic()
+            for address in [a for a, d in self.deadline.items() if d <= now]:
+                owner = self.owned.get(address)
+                if owner is not None:
+                    self._give_up(address, owner, "its lease could not be renewed in time")
+
+    def _drop(self, address: str, why: str) -> None:
+        owner = self.owned.pop(address, None)
+        self.deadline.pop(address, None)
+        if owner is not None:
+            log.warning("DuraVIP %s: giving it up (token %d): %s", address, owner.token, why)
+
+    def _give_up(self, address: str, owner: Owner, why: str, to: str | None = None) -> None:
+        """Stop believing now; unplumb; then release the lease (to ``to`` if given)."""
+        self._drop(address, why)
+
+        async def work() -> None:
+            await self.plumber.run("down", address)
+            reserve = 2 * self.ttl_ms + int(self.cfg.timeout * 1000)
+            released = await store.release(
+                self.node.scripts, self.vk, address, owner, to or "", reserve
+            )
+            if released and to:
+                log.info("DuraVIP %s: handed to %s", address, to)
+
+        self._spawn(address, work())
+
+    # -- one round --------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        member = self.node.member
+        if member is None:
+            return
+        if self._published != member.private_name:
+            await self.publish()
+        snap = await store.snapshot(self.node.client, self.vk)
+        await self._control(snap)
+        if time.monotonic() - self._renewed >= self.node.heartbeat_interval:
+            self._renewed = time.monotonic()
+            await self._renew_all()
+        for state in states(snap):
+            if state.address in self.cfg.addresses and not self._stopping:
+                await self._decide(state, snap, member.private_name)
+        await self._refresh_arp(snap.now_ms)
+
+    async def publish(self) -> None:
+        """Publish this node's DuraVIP config (``config_since`` kept for what is unchanged)."""
+        member = self.node.member
+        if member is None:
+            return
+        client = self.node.client
+        previous = await store.read_record(client, self.vk, self.node.name) or {}
+        now = await server_time_ms(client)
+        addresses = {a: vip_record(v) for a, v in self.cfg.addresses.items()}
+        old = previous.get("addresses", {})
+        old_since = previous.get("config_since", {})
+        since = {a: old_since.get(a, now) if old.get(a) == r else now for a, r in addresses.items()}
+        record = {
+            "private_name": member.private_name,
+            "addresses": addresses,
+            "config_since": since,
+            "interface": self.cfg.interface,
+            "lease_ttl_ms": self.ttl_ms,
+            "command_timeout_ms": int(self.cfg.timeout * 1000),
+        }
+        await store.publish_record(client, self.vk, self.node.name, record)
+        self._published = member.private_name
+        log.debug("DuraVIP: published %d addresses as %s", len(addresses), member.private_name)
+
+    async def _control(self, snap: Snapshot) -> None:
+        """Console requests: ``duravip debug on|off`` and ``duravip announce view``."""
+        name = self.node.name
+        debug = snap.control.get(f"debug:{name}", snap.control.get("debug:*", "0"))
+        if debug != self._debug:
+            log.setLevel(logging.DEBUG if debug == "1" else logging.NOTSET)
+            if self._debug is not None:
+                log.info("DuraVIP debugging %s", "on" if debug == "1" else "off")
+            self._debug = debug
+        announce = snap.control.get(f"announce:{name}", "0")
+        if self._announced is None:
+            self._announced = announce
+        elif announce != self._announced:
+            self._asserted.clear()  # a new view: the preferred node asks for its own again
+            await self.publish()
+            await self.node.client.hset(self.vk.control, f"ack:{name}", announce)
+            self._announced = announce
+            log.info("DuraVIP: announced this node's view")
+
+    async def _renew_all(self) -> None:
+        for address, owner in list(self.owned.items()):
+            sent = time.monotonic()
+            held, handoff = await store.renew(
+                self.node.scripts, self.vk, address, owner, self.ttl_ms
+            )
+            if self.owned.get(address) is not owner:
+                continue  # dropped meanwhile (the watchdog): never re-adopt
+            if not held:
+                self._drop(address, "its lease is no longer this node's (a newer token holds it)")
+                self._spawn(address, self.plumber.run("down", address))
+            elif handoff and handoff != self.node.name:
+                self._give_up(address, owner, f"handing it to {handoff}", handoff)
+            else:
+                self.deadline[address] = sent + self.node.lease_ttl - self.margin
+
+    async def _decide(self, state: VipState, snap: Snapshot, private: str) -> None:
+        address, me = state.address, self.node.name
+        owner = self.owned.get(address)
+        if owner is not None:
+            if state.broken:
+                self._give_up(address, owner, "BROKEN (a binding name is on two addresses)")
+            return
+        if address in self._busy:
+            return
+        current = state.owner
+        if current is None:
+            handoff = snap.handoff.get(address)
+            since = self._unowned_since.setdefault(address, time.monotonic())
+            if state.broken or me not in state.candidates:
+                return
+            dead = ""
+            if handoff is not None and handoff[0] not in snap.records:
+                dead, handoff = handoff[0], None  # handed to a node that died meanwhile
+            if handoff is not None and handoff[0] != me:
+                return
+            waited = time.monotonic() - since > self.node.lease_ttl
+            if handoff is not None or elected(state) == me or waited:
+                await self._take(address, private, dead)
+            return
+        self._unowned_since.pop(address, None)
+        if (
+            state.preferred == me
+            and current.node != me
+            and (address, private) not in self._asserted
+            and address not in snap.handoff
+        ):
+            self._asserted.add((address, private))
+            reserve = 2 * self.ttl_ms + int(self.cfg.timeout * 1000)
+            ok, why = await store.move(
+                self.node.scripts, self.vk, address, current.node, me, private, reserve
+            )
+            log.info("DuraVIP %s: preferred node asks it back from %s: %s",
+                     address, current.node, "ok" if ok else why)  # fmt: skip
+
+    async def _take(self, address: str, private: str, dead_reservation: str) -> None:
+        sent = time.monotonic()
+        token, why = await store.claim(
+            self.node.scripts, self.vk, address, self.node.name, private, self.ttl_ms,
+            dead_reservation,
+        )  # fmt: skip
+        if not token:
+            log.debug("DuraVIP %s: claim refused: %s", address, why)
+            return
+        owner = Owner(self.node.name, private, token)
+        self.owned[address] = owner
+        self.deadline[address] = sent + self.node.lease_ttl - self.margin
+        self._unowned_since.pop(address, None)
+        self._asserted.add((address, private))
+        log.info("DuraVIP %s: taken (token %d)", address, token)
+        self._spawn(address, self.plumber.run("up", address))
+
+    async def _refresh_arp(self, now_ms: int) -> None:
+        """Publish this node's cluster addresses and owned DuraVIPs with their MACs."""
+        owned = sorted(self.owned)
+        if owned == self._arp_owned and time.monotonic() - self._arp_at < ARP_REFRESH:
+            return
+        entries = arp.cluster_entries(self.node.address)
+        vip_mac = arp.mac_of(self.cfg.interface)
+        entries += [(address, vip_mac) for address in owned]
+        self._arp_owned = owned
+        await store.publish_arp(self.node.client, self.vk, self.node.name, entries, now_ms)
+        self._arp_at = time.monotonic()
+
+    def status(self) -> dict[str, Any]:
+        """``GET /v1/duravip``: what this node believes it owns, and its last commands."""
+        return {
+            "node": self.node.name,
+            "addresses": sorted(self.cfg.addresses),
+            "owned": {a: o.token for a, o in sorted(self.owned.items())},
+            "commands": dict(sorted(self.plumber.last.items())),
+        }
