@@ -33,7 +33,8 @@ Binding_Group "g" {
                          Duravip_Preference = "labrat-4" }
   Binding "plain" { Bind_Address = "10.80.116.99" }
 }
-ESMTP_Listener { Listen "[2001:db8::0025]:25" { Enable_Duravip = yes } }
+ESMTP_Listener { Listen "[2001:db8::0025]:25" { Enable_Duravip = yes }
+                 Listen ":26" { Enable_Duravip = true } }
 cluster { duravip_interface = "bond0" }
 """
 
@@ -80,7 +81,7 @@ def test_config_command_template() -> None:
             'Binding "b" { Bind_Address = "10.0.0.2" Enable_Duravip = 1 }',
             't.conf:2:1: Binding "b" is a DuraVIP on 10.0.0.2, but also on 10.0.0.1 at 1:5',
         ),
-        ('L { Listen ":25" { Enable_Duravip = true } }', "needs a specific address"),
+        ('L { Listen "mail:25" { Enable_Duravip = true } }', "needs an IP address, e.g."),
         ('cluster { duravip_command = "vip {action} {addr}" }', "unknown placeholder {addr}"),
         ('cluster { duravip_command = "vip \'{action}" }', "duravip_command: No closing quotation"),
         ("cluster { duravip_command_timeout = 0 }", "duravip_command_timeout must be a number > 0"),

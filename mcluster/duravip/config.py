@@ -13,7 +13,8 @@
     }
 
 Every ``Binding`` (top level or in a ``Binding_Group``) and every ``Listen`` scope with
-``Enable_Duravip = true`` makes its address a DuraVIP. The services of an address are the
+``Enable_Duravip = true`` makes its address a DuraVIP (a ``Listen ":25"`` on every address
+names none: it serves whichever DuraVIPs are plumbed). The services of an address are the
 names of its bindings and listeners; nodes that disagree on them mark it UNSAFE.
 """
 
@@ -31,6 +32,7 @@ from mcluster.store.keys import check_name
 PLACEHOLDERS = ("action", "address", "interface")
 DEFAULT_INTERFACE = "eth0"
 DEFAULT_TIMEOUT = 10.0
+WILDCARDS = ("", "*", "0.0.0.0", "::")
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ def _service(scope: Scope, issues: list[ConfigIssue]) -> tuple[str, Service] | N
         pos, label = bind.pos, f"binding:{scope.name or ''}"
     else:
         raw = _listen_address(scope.name or "")
+        if raw in WILDCARDS:
+            return None  # a listener on every address serves whichever DuraVIPs are plumbed
         pos, label = scope.pos, f"listen:{scope.name or ''}"
     if raw is None:
         return None
@@ -133,7 +137,7 @@ def _service(scope: Scope, issues: list[ConfigIssue]) -> tuple[str, Service] | N
     except ValueError:
         why = f"DuraVIP address {raw!r} is not an IP address"
         if scope.is_("Listen"):
-            why += " (a DuraVIP listener needs a specific address, e.g. 10.0.0.1:25)"
+            why += " (a DuraVIP listener needs an IP address, e.g. 10.0.0.1:25)"
         issues.append(_issue(pos, f"{scope.label}: {why}"))
         return None
     return address, Service(label, preference, scope.pos)
