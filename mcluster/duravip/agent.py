@@ -72,12 +72,15 @@ class DuraVipAgent:
 
     async def run(self) -> None:
         """The loop (a task of the node); unplumbs every address first, as Momentum does."""
-        self._task = asyncio.current_task()
+        me = self._task = asyncio.current_task()
+        assert me is not None
         for address in self.cfg.addresses:
             self._spawn(address, self.plumber.run("down", address, quiet=True))
         watchdog = asyncio.create_task(self._watchdog())
         try:
             while not self._stopping:
+                if me.cancelling():  # a cancel swallowed by a timeout (Python 3.11) or a client
+                    raise asyncio.CancelledError
                 try:
                     async with asyncio.timeout(max(self.node.heartbeat_interval, 1.0)):
                         await self.tick()
