@@ -317,8 +317,11 @@ class Node:
 
     async def _reap_loop(self) -> None:
         """The leader looks for dead views four times per heartbeat and reaps them."""
+        me = asyncio.current_task()
         while not self._stopping:
             await asyncio.sleep(self.heartbeat_interval / 4)
+            if me is not None and me.cancelling():  # a cancel swallowed while reaping
+                raise asyncio.CancelledError
             if not self.is_leader:
                 continue
             try:
