@@ -183,6 +183,7 @@ def _config_check(path: str) -> int:
     """The grammar and models, then what the objects read from the config (throttles,
     outbound caps): every problem as ``FILE:LINE:COL: message``, exit 1."""
     from mcluster.duravip.config import duravip_config
+    from mcluster.logs.config import log_files
     from mcluster.objects.outbound import OutboundPolicy
     from mcluster.objects.policy import policy_config
     from mcluster.objects.throttle import config_throttles
@@ -193,7 +194,7 @@ def _config_check(path: str) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     issues = []
-    for check in (config_throttles, OutboundPolicy, policy_config, duravip_config):
+    for check in (config_throttles, OutboundPolicy, policy_config, duravip_config, log_files):
         try:
             check(config)
         except ConfigError as exc:

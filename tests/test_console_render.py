@@ -190,6 +190,7 @@ def test_help_marks_what_this_release_lacks() -> None:
         "nodeaddr",
         "shared",
         "shared",
+        "show",
         "jobs",
         "broadcast",
         "unicast",

@@ -206,6 +206,7 @@ async def run_manager(
 ) -> None:
     """``mcluster manager``: run in the foreground until SIGTERM/SIGINT; SIGHUP reloads."""
     from mcluster.console.serve import serve_console  # the manager answers the console
+    from mcluster.logs.collector import collect_logs
 
     manager = Manager(config, redis_url, name=name, namespace=namespace)
     manager.add_service(
@@ -219,6 +220,7 @@ async def run_manager(
             MANAGER_TYPE,
         ),
     )
+    manager.add_service("logs", lambda: collect_logs(manager))  # the nodes' log streams
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

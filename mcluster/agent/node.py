@@ -33,6 +33,8 @@ from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.duravip.agent import DuraVipAgent
+from mcluster.logs.config import DEFAULT_STREAM_MAX, log_files
+from mcluster.logs.shipper import ship_logs
 from mcluster.objects import outbound, shards, throttle, views
 from mcluster.objects.kinds import GAUGE_TABLE, Kind, kind_for_type
 from mcluster.objects.outbound import OutboundPolicy, Route
@@ -107,6 +109,7 @@ class Node:
         )
         throttle.config_throttles(self.config)  # a bad Shared_Throttle fails here, not later
         self.duravip = DuraVipAgent(self)  # and a bad DuraVIP too
+        self.log_files = log_files(self.config, self.name)  # and a bad logs dictionary
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -183,6 +186,9 @@ class Node:
             self._tasks.append(asyncio.create_task(self._audit.run(), name="audit"))
         self._tasks.append(asyncio.create_task(self._reap_loop()))
         self._tasks.append(asyncio.create_task(self.duravip.run(), name="duravip"))
+        max_len = self.config.get_int("log_stream_max", DEFAULT_STREAM_MAX, minimum=1)
+        ship = ship_logs(self.client, self.scripts, self.keys, self.name, self.log_files, max_len)
+        self._tasks.append(asyncio.create_task(ship, name="logs"))
 
     def _add_outbox(
         self, name: str, kind: Kind, max_pending: int, max_delay: float, shard: int = 0

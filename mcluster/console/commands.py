@@ -263,3 +263,6 @@ _MODULE_HANDLERS: dict[tuple[str, ...], Handler] = dict.fromkeys(audit_commands.
 from mcluster.console.duravip_commands import HANDLERS as _DURAVIP_HANDLERS  # noqa: E402
 
 _HANDLERS.update(_DURAVIP_HANDLERS)
+from mcluster.console.logs_commands import HANDLERS as _LOGS_HANDLERS  # noqa: E402
+
+_HANDLERS.update(_LOGS_HANDLERS)

@@ -56,7 +56,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "OBJ [from NODE] [all | limit N]",
         "Display a shared object (global or from a node).",
     ),
-    CommandSpec(("show", "logs"), "", "Show the cluster logs and their sizes.", "logs"),
+    CommandSpec(("show", "logs"), "", "Show the cluster logs and their sizes."),
     CommandSpec(("jobs",), "", "List the jobs (re-syncs, reaping, broadcasts) and their progress."),
     CommandSpec(
         ("broadcast",), "COMMAND", "Run a command on every node; print each answer.", top=True

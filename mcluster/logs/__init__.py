@@ -1,0 +1,1 @@
+"""Cluster logs: nodes ship their MTA log files into Redis streams, the manager writes them."""
