@@ -7,14 +7,17 @@ of a window, then places events whole windows before it.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from mcluster.agent.audit_recorder import AuditRecorder
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
 from mcluster.objects import audit
@@ -216,3 +219,39 @@ async def test_outbound_by_domain_and_binding(redis_server: RedisServer, namespa
         with pytest.raises(ValueError, match="count must be"):
             node.audit.record("connect", "10.0.0.3", count=0)
         assert node.stats()["audit"]["recorded"] == 6  # nothing of the bad events
+
+
+class Interrupting(Scripts):
+    """Scripts whose call number ``at`` is cancelled before it is sent, or (``lost``)
+    after Redis applied it, as if the reply never came."""
+
+    def __init__(self, client: Redis, at: int, lost: bool) -> None:
+        super().__init__(client)
+        self.calls, self.at, self.lost = 0, at, lost
+
+    async def run(self, name: str, keys: list[Any], args: list[Any]) -> Any:
+        self.calls += 1
+        if self.calls == self.at and not self.lost:
+            raise asyncio.CancelledError
+        reply = await super().run(name, keys, args)
+        if self.calls == self.at:
+            raise asyncio.CancelledError
+        return reply
+
+
+@pytest.mark.parametrize(("at", "lost"), [(1, False), (5, False), (1, True), (5, True)])
+async def test_a_shipment_cut_short_loses_and_doubles_nothing(
+    scripts: Scripts, namespace: str, at: int, lost: bool
+) -> None:
+    keys = ClusterKeys(namespace)
+    interrupting = Interrupting(scripts.client, at, lost)
+    recorder = AuditRecorder(SETTINGS, keys, "a", lambda: interrupting)
+    for i in range(3000):
+        recorder.record("connect", f"10.{i % 7}.{i % 251}.{i % 13}")
+    with pytest.raises(asyncio.CancelledError):
+        await recorder.ship()
+    assert recorder.stats.batches == at - 1 and recorder.unsent  # cut short at batch `at`
+    await recorder.ship()  # the batch cut short goes again with its seq, then the rest
+    assert recorder.stats.repeats == int(lost)
+    shown = await show_ip(scripts, keys, SETTINGS, "10.0.0.0/8")
+    assert recent(shown["monitors"][0]["connections"]) == 3000

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -55,6 +55,8 @@ BATCH_COST = 512
 KNOWN_LIMIT = 65536
 #: Buffer key: (group, form, field prefix, key).
 Pending = tuple[int, str, str, bytes]
+#: A numbered batch: (seq, [(targets, item -> count)]).
+Batch = tuple[int, list[tuple[list[Target], dict[Item, int]]]]
 
 
 class AuditRecorder:
@@ -77,7 +79,7 @@ class AuditRecorder:
         self.origin = f"{node}:{uuid.uuid4().hex[:16]}"
         self.seq = 0
         self.buffer: dict[Pending, int] = {}
-        self.unsent: list[tuple[int, list[tuple[list[Target], dict[Item, int]]]]] = []
+        self.unsent: list[Batch] = []
         self.groups: list[tuple[Target, ...]] = []
         self._group_ids: dict[tuple[Target, ...], int] = {}
         self._event_groups = {
@@ -217,40 +219,46 @@ class AuditRecorder:
 
     # -- shipping ----------------------------------------------------------------------
 
-    def _batches(
-        self, items: dict[Pending, int]
-    ) -> list[tuple[int, list[tuple[list[Target], dict[Item, int]]]]]:
-        """Split pending counts into script calls of at most BATCH_COST increments."""
-        batches = []
+    def _take(self, pending: Iterator[tuple[Pending, int]]) -> Batch | None:
+        """The next batch of at most BATCH_COST increments from ``pending``, numbered."""
         groups: dict[int, dict[Item, int]] = {}
         cost = 0
-        for (gid, form, prefix, key), n in items.items():
+        for (gid, form, prefix, key), n in pending:
             item = Item(form, prefix, key)
             groups.setdefault(gid, {})[item] = n
             cost += audit.item_cost(item) * len(self.groups[gid])
             if cost >= BATCH_COST:
-                batches.append(self._numbered(groups))
-                groups, cost = {}, 0
-        if groups:
-            batches.append(self._numbered(groups))
-        return batches
+                break
+        return self._numbered(groups) if groups else None
 
-    def _numbered(
-        self, groups: dict[int, dict[Item, int]]
-    ) -> tuple[int, list[tuple[list[Target], dict[Item, int]]]]:
+    def _numbered(self, groups: dict[int, dict[Item, int]]) -> Batch:
         self.seq += 1
         return self.seq, [(list(self.groups[g]), items) for g, items in groups.items()]
 
     async def ship(self) -> None:
-        """Send everything pending now; returns once Redis applied it (exactly once)."""
+        """Send everything pending now; returns once Redis applied it (exactly once).
+
+        Batches are cut one at a time, so the event loop is never held for long however
+        much waits. A batch cut short (cancelled) stays in ``unsent`` and is re-sent with
+        its seq; what was not cut yet goes back to the buffer.
+        """
         async with self.lock:
             items, self.buffer = self.buffer, {}
             self.wake.clear()
-            self.unsent += self._batches(items)
-            while self.unsent:  # a batch cut short (cancelled) is re-sent with its seq
-                seq, groups = self.unsent[0]
-                await self._send(seq, groups)
-                self.unsent.pop(0)
+            pending = iter(items.items())
+            try:
+                while True:
+                    if not self.unsent:
+                        batch = self._take(pending)
+                        if batch is None:
+                            return
+                        self.unsent.append(batch)
+                    seq, groups = self.unsent[0]
+                    await self._send(seq, groups)
+                    self.unsent.pop(0)
+            finally:
+                for key, n in pending:
+                    self.buffer[key] = self.buffer.get(key, 0) + n
 
     async def _send(
         self, seq: int, groups: list[tuple[list[Target], dict[Item, int]]], backoff: float = 2.0
@@ -262,6 +270,9 @@ class AuditRecorder:
                 applied, _ = await audit.apply(scripts, self.okeys, self.origin, seq, groups)
                 break
             except RETRY_ERRORS as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # a cancel seen as a lost reply
+                    raise asyncio.CancelledError from exc
                 self.stats.retries += 1
                 log.warning("audit: batch %d not confirmed (%s); retrying", seq, exc)
                 await asyncio.sleep(delay)

@@ -350,6 +350,8 @@ class Node:
         for box in self.outboxes.values():
             box.stopping = True  # ends after the batch it is sending: nothing half-sent
             box.wake.set()
+        if self._audit is not None:
+            self._audit.stopping = True
         shipping = [t for t in self._tasks if t.get_name().startswith("outbox:")]
         if shipping:
             await asyncio.wait(shipping, timeout=min(timeout, 5.0))
