@@ -176,6 +176,23 @@ class Traffic:
 # --------------------------------------------------------------------------- the farm
 
 
+def spawn(name: str, args: list[str], url: str, workdir: Path, port: int = 0) -> Agent:
+    """``mcluster ARGS`` in the background, logging to ``workdir/NAME.log``."""
+    log = workdir / f"{name}.log"
+    env = os.environ | {ENV_REDIS_URL: url}  # not on the command line: it may hold a password
+    with log.open("wb") as fh:
+        # A session of its own: the terminal's Ctrl-C reaches the demo, not the agents.
+        proc = Popen(
+            [sys.executable, "-m", "mcluster", *args],
+            stdin=DEVNULL,
+            stdout=fh,
+            stderr=fh,
+            env=env,
+            start_new_session=True,
+        )
+    return Agent(name, port, log, proc)
+
+
 def spawn_agents(n: int, config: Path, url: str, workdir: Path, agents: list[Agent]) -> None:
     """Start ``n`` agents (appended to ``agents`` one by one, so cleanup sees every one)."""
     with contextlib.ExitStack() as stack:  # hold every port until all are chosen
@@ -183,15 +200,10 @@ def spawn_agents(n: int, config: Path, url: str, workdir: Path, agents: list[Age
         for s in socks:
             s.bind(("127.0.0.1", 0))
         ports = [int(s.getsockname()[1]) for s in socks]
-    env = os.environ | {ENV_REDIS_URL: url}  # not on the command line: it may hold a password
     for k, port in enumerate(ports, start=1):
-        name, log = f"relay-0-{k}", workdir / f"relay-0-{k}.log"
-        argv = [sys.executable, "-m", "mcluster", "agent", "--config", str(config)]
-        argv += ["--node", name, "--listen", f"127.0.0.1:{port}"]
-        with log.open("wb") as fh:
-            # A session of its own: the terminal's Ctrl-C reaches the demo, not the agents.
-            proc = Popen(argv, stdin=DEVNULL, stdout=fh, stderr=fh, env=env, start_new_session=True)
-        agents.append(Agent(name, port, log, proc))
+        name = f"relay-0-{k}"
+        args = ["agent", "--config", str(config), "--node", name, "--listen", f"127.0.0.1:{port}"]
+        agents.append(spawn(name, args, url, workdir, port))
 
 
 class Farm:
@@ -402,6 +414,7 @@ def run_demo(nodes: int, seconds: float | None, dashboard: bool, redis_url: str 
     namespace = f"demo-{secrets.token_hex(4)}"
     workdir = Path(tempfile.mkdtemp(prefix="mcluster-demo-"))
     agents: list[Agent] = []
+    manager: list[Agent] = []
     code = 1
     try:
         config = workdir / "mcluster.conf"
@@ -412,6 +425,9 @@ def run_demo(nodes: int, seconds: float | None, dashboard: bool, redis_url: str 
         spawn_agents(nodes, config, url, workdir, agents)
         for agent in agents:
             print(f"  {agent.name}  pid {agent.proc.pid}  {agent.url}", flush=True)
+        args = ["manager", "--config", str(config), "--name", "manager"]
+        manager.append(spawn("manager", args, url, workdir))
+        print(f"  manager  pid {manager[0].proc.pid}", flush=True)
         live = (url, namespace) if dashboard else None
         ok, verdict = asyncio.run(Farm(agents, seconds, live).run())
         show_views(url, namespace)
@@ -425,7 +441,7 @@ def run_demo(nodes: int, seconds: float | None, dashboard: bool, redis_url: str 
     finally:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleanup has deadlines
         try:
-            problems = cleanup(agents, workdir, url, namespace)
+            problems = cleanup([*agents, *manager], workdir, url, namespace)
         finally:
             signal.signal(signal.SIGINT, previous)
     for problem in problems:
@@ -441,7 +457,7 @@ def cleanup(agents: list[Agent], workdir: Path, url: str, namespace: str) -> lis
     """SIGTERM the agents (they flush and leave), kill them after a deadline, remove the
     work dir, then UNLINK the keys left in the demo namespace; return what went wrong."""
     if agents:
-        print(f"stopping {len(agents)} agents", flush=True)
+        print(f"stopping {len(agents)} processes (agents, manager)", flush=True)
     for agent in agents:
         if agent.proc.poll() is None:
             agent.proc.send_signal(signal.SIGTERM)

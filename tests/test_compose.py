@@ -45,10 +45,10 @@ def argv(service: dict[str, Any]) -> list[str]:
 
 def test_the_topology(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    expected = {"redis", "console", *NODES, *SMTP}
+    expected = {"redis", "console", "manager", *NODES, *SMTP}
     assert expected <= set(services), sorted(services)
     assert services["console"]["profiles"] == ["tools"]  # a one-off: compose run
-    for name in (*NODES, *SMTP, "console"):
+    for name in (*NODES, *SMTP, "console", "manager"):
         assert services[name]["environment"]["MCLUSTER_REDIS_URL"] == "redis://redis:6379/0"
         assert services[name]["image"] == "mcluster:local"
     ports = [str(p) for s in services.values() for p in s.get("ports", [])]
@@ -70,6 +70,7 @@ def test_every_command_parses_with_the_cli(compose: dict[str, Any]) -> None:
             assert (args.command, args.agent) == ("smtp", f"http://{node}:4802")
             assert node in service["depends_on"]
     assert _parser().parse_args(argv(services["console"])).watch
+    assert _parser().parse_args(argv(services["manager"])).command == "manager"
 
 
 def test_the_dockerfile_copies_what_the_wheel_needs() -> None:

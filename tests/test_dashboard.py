@@ -220,3 +220,43 @@ def test_top_of_a_cidr_tree_is_its_widest_distinct_networks() -> None:
     top = [r.key for r in top_rows("cidrtree", rows, 5)]
     assert top == ["10.0.0.0/8", "127.0.0.0/8", "10.0.0.0/24", "10.0.1.0/24", "2001:db8::/32"]
     assert [r.key for r in top_rows("gauge table", [Row("a", 1), Row("b", 3)])] == ["b", "a"]
+
+
+async def test_the_manager_is_listed_but_has_no_column(
+    busy: dict[str, Node], redis_server: RedisServer, namespace: str
+) -> None:
+    from mcluster.agent.manager import Manager
+
+    manager = Manager(None, redis_server.url, name="mgr", namespace=namespace)
+    await manager.start()
+    try:
+        snap = await snapshot_of(redis_server, namespace)
+    finally:
+        await manager.stop()
+    assert "mgr" in [m.node for m in snap.members]
+    assert next(m for m in snap.members if m.node == "mgr").manager
+    assert snap.nodes == ("relay-0-1", "relay-0-2", "relay-0-3")
+    lines = screen(render(snap))
+    assert any(line.split()[:1] == ["mgr"] and "manager" in line for line in lines), lines
+
+
+async def test_a_kept_reader_shows_rows_that_appear_after_its_first_read(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    from mcluster.console.snapshot import SnapshotReader
+
+    client = make_async_client(redis_server.url)
+    node = Node(parse_config(CONFIG), "relay-0-1", redis_server.url, namespace=namespace)
+    try:
+        await node.start()
+        reader = SnapshotReader(client, ClusterKeys(namespace))
+        first = await reader.read()
+        assert all(not top.rows for top in first.objects)
+        node.record("inbound_cidr", "10.9.8.7", 3)
+        await node.flush()
+        later = await reader.read()  # well within the 10 s between full scans
+        cidr = next(top for top in later.objects if top.name == "inbound_cidr")
+        assert [(r.key, r.global_count, r.per_node) for r in cidr.rows] == [("10.0.0.0/8", 3, (3,))]
+    finally:
+        await node.stop()
+        await client.aclose()

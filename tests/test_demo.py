@@ -76,6 +76,7 @@ def processes_mentioning(text: str) -> list[int]:
 def assert_cleaned_up(out: str, server: RedisServer) -> None:
     pids = [int(p) for p in re.findall(r"relay-0-\d+ +pid (\d+)", out)]
     assert len(pids) == 3, out
+    pids += [int(p) for p in re.findall(r"^  manager +pid (\d+)$", out, re.M)]
     workdir = re.search(r"work dir (\S+)", out)
     namespace = re.search(r"namespace '(demo-[0-9a-f]+)'", out)
     assert workdir and namespace, out
@@ -163,6 +164,7 @@ def test_demo_farm_runs_10_s_and_its_figures_are_exact(
     assert rows["Redis (demo_totals)"] == clients, out  # read back from Redis by the demo
     assert all(clients[name] > 0 for name in FIGURES), clients  # the cap and throttle tripped
     assert "final figures exact: OK" in out
+    assert re.search(r"^  manager +pid \d+$", out, re.M), out  # stopped cleanly: exit 0
     assert re.search(r"^ +\d+s +events sent: .* smtp: [\d,]+ sessions", out, re.M), out
     smtp_ports = [
         int(p) for p in re.findall(r"^  smtp relay-0-\d+  127\.0\.0\.1:(\d+)$", out, re.M)

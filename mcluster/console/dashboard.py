@@ -97,7 +97,8 @@ def header(s: Snapshot) -> Text:
 def members_table(s: Snapshot, ascii_box: bool = False) -> Table:
     table = _table("Members", "node", "epoch", "lease", "", ascii_box=ascii_box)
     for m in s.members:
-        table.add_row(m.node, str(m.epoch), _ago(m.heartbeat_ms_ago), "leader" if m.leader else "")
+        role = "leader" if m.leader else "manager" if m.manager else ""
+        table.add_row(m.node, str(m.epoch), _ago(m.heartbeat_ms_ago), role)
     if not s.members:
         table.add_row(Text("no live members", style="dim"), "", "", "")
     return table

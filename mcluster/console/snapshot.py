@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from mcluster.agent.manager import MANAGER_TYPE
 from mcluster.objects import views
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.rates import parse_rate
@@ -37,6 +38,7 @@ class MemberLine:
     epoch: int
     heartbeat_ms_ago: int | None
     leader: bool
+    manager: bool = False  # the cluster manager: a member with no views
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class _Chosen:
 
     scanned_at: float
     keys: list[str]
+    total_rows: int  # the object's rows when they were chosen
 
 
 async def _object(
@@ -161,16 +164,21 @@ async def _object(
     rescan: float,
 ) -> tuple[ObjectTop, list[AnomalyLine]]:
     """An object's top rows and anomalies. The rows are chosen from a scan of up to
-    SCAN_ROWS rows, redone every ``rescan`` seconds; their counts are read every time, for
-    every node at once."""
+    SCAN_ROWS rows, redone every ``rescan`` seconds (and while fewer than TOP_ROWS were
+    found and the object changed); their counts are read every time, for every node."""
     assert info.kind is not None
     kind, okeys = info.kind, keys.object(info.name)
     head = await views.show(client, keys, info.name, None, 0)  # figures only, no rows
     now = time.monotonic()
     pick = chosen.get(info.name)
-    if pick is None or now - pick.scanned_at >= rescan:
+    if (
+        pick is None
+        or now - pick.scanned_at >= rescan
+        or (len(pick.keys) < TOP_ROWS and head.total_rows != pick.total_rows)  # filling up
+    ):
         listing = await views.show(client, keys, info.name, None, SCAN_ROWS)
-        pick = chosen[info.name] = _Chosen(now, [r.key for r in top_rows(head.type, listing.rows)])
+        top = [r.key for r in top_rows(head.type, listing.rows)]
+        pick = chosen[info.name] = _Chosen(now, top, head.total_rows)
     node_views = await asyncio.gather(*(_in_view(client, keys, info, n) for n in nodes))
     columns: list[str | None] = [GLOBAL, *node_views]
     counts = await asyncio.gather(
@@ -233,13 +241,14 @@ class SnapshotReader:
         every = await members.all_members(client, keys, live_only=True)
         lead = await members.leader(client, keys)
         leader = cluster_view.leader_node(lead[0]) if lead is not None else None
-        nodes = tuple(m.node for m in every)
+        nodes = tuple(m.node for m in every if m.node_type != MANAGER_TYPE)
         member_lines = tuple(
             MemberLine(
                 m.node,
                 m.epoch,
                 None if m.last_heartbeat_ms is None else max(0, now_ms - m.last_heartbeat_ms),
                 m.node == leader,
+                m.node_type == MANAGER_TYPE,
             )
             for m in every
         )
