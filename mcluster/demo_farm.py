@@ -27,7 +27,7 @@ from mcluster.store.urls import make_async_client
 
 TOTALS_OBJECT = "demo_totals"
 THROTTLE = "demo_messages"
-THROTTLE_RATE = "100/5"
+THROTTLE_RATE = "50/5"
 MAX_CONNECTIONS = 8  # per /24, cluster-wide
 #: The demo config's extra stanzas (inside its cluster scope).
 CONFIG_STANZAS = f"""\
