@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     smtp.add_argument("--max-connections", type=int, default=8, help="per /24, cluster-wide")
     smtp.add_argument("--throttle", default="demo_messages", help="shared throttle per message")
     smtp.add_argument("--rate", default="100/5", help="the throttle's rate (defined at start)")
+    smtp.add_argument("--audit", action="store_true", help='inbound audit (Replicate "metrics")')
 
     redis_cmd = sub.add_parser("redis", help="the embedded Redis server")
     redis_cmd.add_argument("action", choices=["start", "stop", "url"])
@@ -166,7 +167,12 @@ def _smtp(args: argparse.Namespace) -> int:
     if args.max_connections < 1:
         return _fail(f"--max-connections must be at least 1, got {args.max_connections}", 2)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limits = Limits(max_connections=args.max_connections, throttle=args.throttle, rate=args.rate)
+    limits = Limits(
+        max_connections=args.max_connections,
+        throttle=args.throttle,
+        rate=args.rate,
+        audit=args.audit,
+    )
     asyncio.run(serve(args.agent, args.listen, limits))
     return 0
 

@@ -36,8 +36,12 @@ CONFIG_STANZAS = f"""\
     max_delay = 0.2
   }}
   Shared_Throttle "{THROTTLE}" {{ rate = "{THROTTLE_RATE}" }}
+  Replicate "metrics" {{ parameters = "connect;reception;rejection" }}
 """
-LIMITS = Limits(max_connections=MAX_CONNECTIONS, throttle=THROTTLE, totals=TOTALS_OBJECT)
+LIMITS = Limits(
+    max_connections=MAX_CONNECTIONS, throttle=THROTTLE, totals=TOTALS_OBJECT, audit=True
+)
+SOURCES = "127.0.0.0/8"  # every SMTP client address (the audit is read for this block)
 
 Count = Callable[[str], Awaitable[int]]
 
@@ -123,7 +127,9 @@ class SmtpFarm:
             f"  {label:<24}" + "".join(f"{v[n]:>13,}" for n in FIGURES) for label, v in rows.items()
         ]
         errors = seen.errors + sum(s.gate.tally.agent_errors for s in self.servers)
-        agree = all(v == rows["SMTP clients saw"] for v in rows.values())
+        audit_ok, audit_line = await self.audit_figures(seen)
+        lines.append(audit_line)
+        agree = all(v == rows["SMTP clients saw"] for v in rows.values()) and audit_ok
         ok = agree and errors == 0
         verdict = "OK" if ok else f"FAIL ({'disagree' if not agree else ''} {errors} errors)"
         lines.append(f"final figures exact: {verdict}")
@@ -132,6 +138,24 @@ class SmtpFarm:
             f"throttle {THROTTLE} {THROTTLE_RATE} (451)"
         )
         return ok, lines
+
+    async def audit_figures(self, seen: Outcomes) -> tuple[bool, str]:
+        """Momentum's inbound audit in Redis for the clients' block, against the clients:
+        connect = sessions + refused, reception = messages, rejection = refused + deferred."""
+        found = await self.servers[0].gate.agent.inbound_audit(SOURCES)
+        monitor = found["monitors"][0]  # all windows: the run is far shorter than the span
+        got = {k: sum(monitor[f"{k}s"]) for k in ("connection", "reception", "rejection")}
+        want = {
+            "connection": seen.connections + seen.refused,
+            "reception": seen.messages,
+            "rejection": seen.refused + seen.deferred,
+        }
+        ok = got == want
+        shown = ", ".join(f"{k} {got[k]:,}" for k in got)
+        return (
+            ok,
+            f"  Redis (inbound_audit {SOURCES}): {shown}: {'OK' if ok else f'FAIL, want {want}'}",
+        )
 
 
 async def dashboard(url: str, namespace: str, seconds: float | None, stop: asyncio.Event) -> None:

@@ -46,6 +46,7 @@ class Limits:
     throttle: str | None = "demo_messages"  # a shared named throttle per message, or None
     rate: str | None = None  # define the throttle with this rate at start ("100/5")
     totals: str | None = None  # a gauge table to count the tally in, or None
+    audit: bool = False  # record connect/reception/rejection (needs Replicate "metrics")
 
 
 @dataclass
@@ -107,6 +108,15 @@ class AgentClient:
     async def flush(self) -> None:
         await self.call("POST", "/v1/flush")
 
+    async def audit(self, kind: str, ip: str) -> None:
+        body = {"events": [{"type": kind, "ip": ip, "count": 1}]}
+        await self.call("POST", "/v1/metrics/events", json=body)
+
+    async def inbound_audit(self, cidr: str) -> dict[str, Any]:
+        """``{"cidr": ..., "monitors": [{"connections": [...], ...}]}`` for a block."""
+        found: dict[str, Any] = await self.call("GET", "/v1/metrics/inbound", params={"cidr": cidr})
+        return found
+
 
 @dataclass
 class Gate:
@@ -143,11 +153,13 @@ class Gate:
             if full:
                 self.tally.refused += 1
                 self._later(self._count("refused"))
+                self._later(self._audit(ip, "connect", "rejection"))
                 return False
             self.mine[block] += 1
         self.tally.connections += 1
         self.tally.open += 1
         self._later(self._record([self._event("inbound_cidr", ip, 1), *self._total("connections")]))
+        self._later(self._audit(ip, "connect"))
         return True
 
     def release(self, ip: str) -> None:
@@ -168,6 +180,7 @@ class Gate:
         key = "messages" if allowed else "deferred"
         setattr(self.tally, key, getattr(self.tally, key) + 1)
         await self._count(key)
+        await self._audit(ip, "reception" if allowed else "rejection")
         return allowed
 
     @staticmethod
@@ -180,6 +193,17 @@ class Gate:
     async def _count(self, key: str) -> None:
         if self.limits.totals:
             await self._record(self._total(key))
+
+    async def _audit(self, ip: str, *kinds: str) -> None:
+        """Inbound audit metrics (Momentum's connect, reception, rejection) for ``ip``."""
+        if not self.limits.audit:
+            return
+        for kind in kinds:
+            try:
+                await self.agent.audit(kind, ip)
+            except AgentError as exc:
+                log.warning("could not record %s of %s: %s", kind, ip, exc)
+                self.tally.agent_errors += 1
 
     async def _record(self, events: list[dict[str, Any]]) -> None:
         try:

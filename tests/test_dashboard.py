@@ -260,3 +260,23 @@ async def test_a_kept_reader_shows_rows_that_appear_after_its_first_read(
     finally:
         await node.stop()
         await client.aclose()
+
+
+async def test_running_jobs_show_with_their_progress(
+    busy: dict[str, Node], redis_server: RedisServer, namespace: str
+) -> None:
+    from mcluster.store.jobs import Job
+
+    node = busy["relay-0-1"]
+    keys = ClusterKeys(namespace)
+    job = await Job.start(
+        node.client, keys, "resync", "lease lost", runner=node.name,
+        runner_private=node.private_name, total=10,
+    )  # fmt: skip
+    await job.step(4, force=True)
+    snap = await snapshot_of(redis_server, namespace)
+    assert snap.jobs == (JobLine(f"#{job.id}", "resync lease lost", 4, 10),)
+    await job.finish("done")
+    assert (await snapshot_of(redis_server, namespace)).jobs == ()  # finished: not shown
+    lines = screen(render(snap))
+    assert any("resync" in line and "4/10" in line for line in lines), lines

@@ -163,6 +163,16 @@ def test_demo_farm_runs_10_s_and_its_figures_are_exact(
     assert rows["SMTP servers counted"] == clients, out
     assert rows["Redis (demo_totals)"] == clients, out  # read back from Redis by the demo
     assert all(clients[name] > 0 for name in FIGURES), clients  # the cap and throttle tripped
+    audit = re.search(
+        r"Redis \(inbound_audit 127\.0\.0\.0/8\): connection ([\d,]+), reception ([\d,]+), "
+        r"rejection ([\d,]+): OK",
+        out,
+    )
+    assert audit, out  # Momentum's inbound audit metrics, read back from Redis
+    connect, reception, rejection = (int(n.replace(",", "")) for n in audit.groups())
+    assert connect == clients["connections"] + clients["refused"]
+    assert reception == clients["messages"]
+    assert rejection == clients["refused"] + clients["deferred"]
     assert "final figures exact: OK" in out
     assert re.search(r"^  manager +pid \d+$", out, re.M), out  # stopped cleanly: exit 0
     assert re.search(r"^ +\d+s +events sent: .* smtp: [\d,]+ sessions", out, re.M), out

@@ -23,6 +23,7 @@ cluster {
   Replicate "inbound_cidr" { max_delay = 0.05 }
   Replicate "totals" { type = "outbound_domains"  max_delay = 0.05 }
   Replicate "shared_named_throttles" {}
+  Replicate "metrics" { parameters = "connect;reception;rejection"  max_delay = 0.05 }
 }
 """
 CAP = 2
@@ -38,7 +39,7 @@ async def smtp(redis_server: RedisServer, namespace: str) -> AsyncIterator[tuple
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    limits = Limits(max_connections=CAP, throttle="msgs", rate=RATE, totals="totals")
+    limits = Limits(max_connections=CAP, throttle="msgs", rate=RATE, totals="totals", audit=True)
     async with aiohttp.ClientSession() as session:
         server = await start_server(f"http://127.0.0.1:{port}", session, limits, "127.0.0.1", 0)
         try:
@@ -88,4 +89,6 @@ async def test_cap_throttle_and_figures_in_redis(smtp: tuple[Node, SmtpServer]) 
     await node.flush()
     in_redis = {k: await node.count("totals", k) for k in seen.figures()}
     assert in_redis == seen.figures()
+    audit = (await server.gate.agent.inbound_audit("127.0.0.0/8"))["monitors"][0]
+    assert [sum(audit[k]) for k in ("connections", "receptions", "rejections")] == [4, 3, 2]
     assert server.gate.tally.open == 0

@@ -21,6 +21,7 @@ from mcluster.objects.cidrtree import Row
 from mcluster.objects.rates import parse_rate
 from mcluster.objects.views import NotFound, ObjectInfo
 from mcluster.store import cluster_view, members
+from mcluster.store.jobs import list_jobs
 from mcluster.store.keys import GLOBAL, ClusterKeys
 from mcluster.store.replication_view import view_activity
 
@@ -263,15 +264,10 @@ class SnapshotReader:
             anomalies += found
             for act in await view_activity(client, keys.object(info.name), now_ms):
                 lag.append(LagLine(info.name, act.node, act.seq, act.last_batch_ms_ago))
-        reaping = await cluster_view.reaping_progress(client, keys)
         jobs = [
-            JobLine(
-                f"reap {job['view']}",
-                f"reaping {job['object']}",
-                _int(job, "done"),
-                _int(job, "total"),
-            )
-            for job in reaping
+            JobLine(f"#{job.id}", f"{job.kind} {job.what}", job.done, job.total)
+            for job in await list_jobs(client, keys)
+            if job.state == "running"
         ]
         return Snapshot(
             namespace=keys.namespace,
@@ -286,8 +282,3 @@ class SnapshotReader:
             anomalies=tuple(anomalies),
             jobs=tuple(jobs),
         )
-
-
-def _int(job: dict[str, object], field: str) -> int:
-    value = job.get(field, 0)
-    return int(value) if isinstance(value, int | str) else 0
