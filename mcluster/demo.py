@@ -176,21 +176,31 @@ class Traffic:
 # --------------------------------------------------------------------------- the farm
 
 
-def spawn(name: str, args: list[str], url: str, workdir: Path, port: int = 0) -> Agent:
-    """``mcluster ARGS`` in the background, logging to ``workdir/NAME.log``."""
+def spawn(
+    name: str, args: list[str], url: str, workdir: Path, into: list[Agent], port: int = 0
+) -> None:
+    """``mcluster ARGS`` in the background, logging to ``workdir/NAME.log``, appended to
+    ``into`` before a Ctrl-C can interrupt (so cleanup always sees the process)."""
     log = workdir / f"{name}.log"
     env = os.environ | {ENV_REDIS_URL: url}  # not on the command line: it may hold a password
-    with log.open("wb") as fh:
-        # A session of its own: the terminal's Ctrl-C reaches the demo, not the agents.
-        proc = Popen(
-            [sys.executable, "-m", "mcluster", *args],
-            stdin=DEVNULL,
-            stdout=fh,
-            stderr=fh,
-            env=env,
-            start_new_session=True,
-        )
-    return Agent(name, port, log, proc)
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda sig, _frame: interrupted.append(sig))
+    try:
+        with log.open("wb") as fh:
+            # A session of its own: the terminal's Ctrl-C reaches the demo, not the agents.
+            proc = Popen(
+                [sys.executable, "-m", "mcluster", *args],
+                stdin=DEVNULL,
+                stdout=fh,
+                stderr=fh,
+                env=env,
+                start_new_session=True,
+            )
+        into.append(Agent(name, port, log, proc))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def spawn_agents(n: int, config: Path, url: str, workdir: Path, agents: list[Agent]) -> None:
@@ -203,7 +213,7 @@ def spawn_agents(n: int, config: Path, url: str, workdir: Path, agents: list[Age
     for k, port in enumerate(ports, start=1):
         name = f"relay-0-{k}"
         args = ["agent", "--config", str(config), "--node", name, "--listen", f"127.0.0.1:{port}"]
-        agents.append(spawn(name, args, url, workdir, port))
+        spawn(name, args, url, workdir, agents, port)
 
 
 class Farm:
@@ -426,7 +436,7 @@ def run_demo(nodes: int, seconds: float | None, dashboard: bool, redis_url: str 
         for agent in agents:
             print(f"  {agent.name}  pid {agent.proc.pid}  {agent.url}", flush=True)
         args = ["manager", "--config", str(config), "--name", "manager"]
-        manager.append(spawn("manager", args, url, workdir))
+        spawn("manager", args, url, workdir, manager)
         print(f"  manager  pid {manager[0].proc.pid}", flush=True)
         live = (url, namespace) if dashboard else None
         ok, verdict = asyncio.run(Farm(agents, seconds, live).run())
