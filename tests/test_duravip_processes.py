@@ -174,6 +174,8 @@ async def test_three_nodes_four_addresses(farm: Farm, tmp_path: Path) -> None:
         lambda: settled(farm), farm.lease_ttl + 1, what=f"{victim}'s addresses re-elected"
     )
     assert took <= farm.lease_ttl + 1
+    ttl = farm.lease_ttl
+    print(f"re-elected {len(lost)} address(es) {took:.2f} s after kill -9 (lease TTL {ttl} s)")
     assert time.monotonic() - killed < farm.lease_ttl + 1.5
     moved = await owners(farm)
     assert all(moved[a] not in (None, victim) for a in lost)
