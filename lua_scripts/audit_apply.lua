@@ -77,5 +77,5 @@ for _ = 1, tonumber(ARGV[5]) do
 end
 for key, life in pairs(expire) do redis.call('PEXPIRE', key, life) end
 redis.call('HSET', KEYS[1], origin, seq)
-redis.call('EXPIRE', KEYS[1], 86400)
+redis.call('PEXPIRE', KEYS[1], 86400000)
 return {1, now, seq}

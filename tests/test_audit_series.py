@@ -188,3 +188,28 @@ async def test_event_types_for_the_manager_only(redis_server: RedisServer, names
         for key in manager:
             fields = await a.client.hkeys(key)
             assert fields and all(f.startswith(b"c") for f in fields)
+
+
+async def test_audit_as_the_documented_acl_user(redis_server: RedisServer, namespace: str) -> None:
+    """Everything the audit metrics run in Redis is allowed to README's ACL user."""
+    from tests.test_redis_access import documented_acl
+
+    rules = [r.replace("~mc:", f"~{namespace}:").replace("&mc:", f"&{namespace}:")
+             for r in documented_acl()[1:]]  # fmt: skip
+    rules = [">pw-Secret-1" if r.startswith(">") else r for r in rules]
+    admin = redis_server.client()
+    user = f"audit-{namespace}"
+    admin.execute_command("ACL", "SETUSER", user, "reset", *rules)
+    url = f"redis://{user}:pw-Secret-1@127.0.0.1:{redis_server.port}/0"
+    conf = CONF.replace('"audit_series"', '"connect;audit_series"')
+    try:
+        async with nodes(url, namespace, conf) as (a, _):
+            await a.audit.define("acl", "string", 60, 2, "manager")
+            a.audit.series_add("acl", "bob", 3)
+            a.audit.record("connect", "10.9.8.7")
+            await a.flush()
+            assert await a.audit.count("acl", "bob", 0, 1) == 3
+            assert await a.audit.ip_cluster("connect", "10.9.8.7") > 0
+            assert a.audit.stats.dropped == 0 and a.audit.stats.applied == 2
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
