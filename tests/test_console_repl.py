@@ -27,7 +27,10 @@ FIRST = sorted([*FIRST, "jobs", "reset", "shared", "show"])
 @pytest.mark.parametrize(
     ("buffer", "expected"),
     [
-        ("", sorted(["cluster", *FIRST, "broadcast", "unicast", "exit", "quit", "watch"])),
+        (
+            "",
+            sorted(["cluster", *FIRST, "broadcast", "unicast", "config", "exit", "quit", "watch"]),
+        ),
         ("broadcast ", sorted(["cluster", *FIRST])),
         ("broadcast cluster shared ", ["list", "show"]),
         ("unicast ", sorted(NODES)),

@@ -106,7 +106,10 @@ async def test_unicast(farm: tuple[Farm, ManagerProcess]) -> None:
     assert info["n1"]["ok"] and "Daemon: 127.0.0.1:" in info["n1"]["output"]
     bad = (await console(f, "unicast n1 cluster shared show nothing", "--json")).json()
     assert bad["n1"]["ok"] is False and "nothing" in bad["n1"]["error"]
+    reloaded = (await console(f, "unicast mgr config reload", "--json")).json()["mgr"]
+    assert reloaded["ok"] and reloaded["output"].startswith(f"reloaded {f.config_path}\n")
     missing = await console(f, "unicast n9 cluster nodename")
+
     assert missing.code == 2 and "unknown node 'n9'" in missing.err
 
 

@@ -9,6 +9,7 @@ import signal
 from aiohttp import web
 
 from mcluster.agent.http import make_app
+from mcluster.agent.manager import reload_in_background
 from mcluster.agent.node import Node
 from mcluster.agent.policy import PolicyService
 from mcluster.config import ClusterConfig
@@ -48,6 +49,7 @@ async def run_agent(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_in_background(node.reload))
     console: asyncio.Task[None] | None = None
     try:
         await node.start()

@@ -145,9 +145,10 @@ class Manager:
     async def reload(self) -> dict[str, Any]:
         """``config reload`` on the manager: re-read its config (services read it anew)."""
         if self.config is None or not self.config.source:
-            return {"node": self.name, "reloaded": False, "reason": "started without --config"}
+            return {"node": self.name, "file": None, "reason": "started without --config"}
         self.config = load_config(self.config.source)
-        return {"node": self.name, "reloaded": True}
+        return {"node": self.name, "file": self.config.source, "added": [], "removed": [],
+                "changed": [], "needs_restart": []}  # fmt: skip
 
     async def _keep(self, name: str, service: Service) -> None:
         while not self._stopping:

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from mcluster import __version__
-from mcluster.agent import membership, reaper, resync, slots
+from mcluster.agent import membership, reaper, reload, resync, slots
 from mcluster.agent.audit_recorder import AuditRecorder
 from mcluster.agent.caches import Caches
 from mcluster.agent.gauge_caches import GaugeCaches
@@ -84,6 +84,9 @@ class Node:
         self.resync_hold = self.config.get_float("resync_hold", 30.0, above=0)
         self.out_of_views = False  # after an aborted re-sync, until the next one
         self._retry_now = asyncio.Event()
+        self._reset_asked = False
+        #: Held by a re-sync and by a config reload: one changes the outboxes at a time.
+        self.reconfiguring = asyncio.Lock()
         self.member: members.Member | None = None
         self.incarnation = ""
         self.leader = ""
@@ -251,6 +254,7 @@ class Node:
         for box in self.outboxes.values():
             box.resyncing.set()  # a batch being retried gives up: the snapshot holds it
         async with contextlib.AsyncExitStack() as held:
+            await held.enter_async_context(self.reconfiguring)
             if self._slots is not None:  # no slot opened or closed while they move
                 await held.enter_async_context(self._slots.held_still())
             for box in self.outboxes.values():
@@ -274,6 +278,28 @@ class Node:
         async with self._joined:
             self.rejoins += 1
             self._joined.notify_all()
+
+    async def reset(self) -> dict[str, Any]:
+        """``cluster reset``: leave and rejoin with a new epoch, re-publish the state (a
+        ``reset`` job); returns once done. Retries an aborted re-sync at once."""
+        if self.member is None:
+            raise RuntimeError("the node has not joined yet")
+        rejoins = self.rejoins
+        self._reset_asked = not self.out_of_views
+        if self.out_of_views:
+            self._retry_now.set()
+        else:
+            self._resync_needed.set()
+        async with self._joined:
+            await self._joined.wait_for(lambda: not self._reset_asked and self.rejoins > rejoins)
+        assert self.member is not None
+        keys = sum(len(box.state) for box in self.outboxes.values())
+        return {"node": self.name, "private_name": self.member.private_name,
+                "epoch": self.member.epoch, "keys": keys}  # fmt: skip
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file and apply it (``agent/reload.py``; SIGHUP)."""
+        return await reload.reload_config(self)
 
     async def _heartbeat_loop(self) -> None:
         """Renew the lease; re-sync when it is lost or Redis lost data; reap when leader."""
@@ -308,8 +334,11 @@ class Node:
                 log.error("re-sync failed: %s; retrying", rejoin.exception())
                 self._resync_needed.set()
             rejoin = None
-            reason = None
-            if not beat.same_data:
+            reason, kind = None, "resync"
+            if self._reset_asked:
+                self._reset_asked = False
+                reason, kind = "an operator asked for it (cluster reset)", "reset"
+            elif not beat.same_data:
                 reason = "Redis lost its data (the incarnation marker changed)"
             elif not beat.lease:
                 reason = "this node's lease was lost (paused, partitioned or reaped)"
@@ -318,7 +347,7 @@ class Node:
             else:
                 reason = await membership.lost_batches(self.scripts, self.outboxes.values())
             if reason:
-                rejoin = asyncio.create_task(self._rejoin(reason))
+                rejoin = asyncio.create_task(self._rejoin(reason, kind))
                 self._tasks.append(rejoin)
 
     async def _reap_loop(self) -> None:
@@ -554,7 +583,11 @@ class Node:
         )
 
     def stats(self) -> dict[str, Any]:
-        shipped = {name: vars(box.stats) | {"seq": box.seq} for name, box in self.outboxes.items()}
+        shipped = {
+            name: vars(box.stats)
+            | {"seq": box.seq, "max_delay": box.max_delay, "max_pending": box.max_pending}
+            for name, box in self.outboxes.items()
+        }
         if self._audit is not None:
             shipped["audit"] = self._audit.stats_json()
         return shipped | self.caches.figures()

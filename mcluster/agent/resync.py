@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from mcluster.agent import reaper
+from mcluster.agent import membership, reaper
 from mcluster.agent.outbox import Outbox
 from mcluster.store.jobs import Job, JobAborted
 
@@ -49,6 +49,8 @@ async def resync(node: Node, reason: str, kind: str) -> None:
         runner_private=old.private_name if old is not None else None, total=total,
     )  # fmt: skip
     async with job:
+        if kind == "reset" and old is not None:  # it leaves: another node may lead
+            await membership.release_leader(node.scripts, node.keys, old)
         if old is not None:
             job.record.detail = "draining the old views"
             for box in boxes:

@@ -1,5 +1,6 @@
 """The manager's console commands: ``broadcast COMMAND``, ``unicast NODE COMMAND``,
-``cluster jobs`` and ``cluster abort ID``.
+``cluster jobs``, ``cluster abort ID``; and the commands that run inside a member
+process (``cluster reset``, ``config reload``), sent to the attached node over Redis.
 
 A console anywhere (``mcluster console``, a console attached to the manager) sends the
 command to the members over Redis (``store/requests``) and prints each member's answer;
@@ -15,6 +16,7 @@ import contextlib
 import os
 import socket
 
+from mcluster.config import ConfigError
 from mcluster.console.commands import (
     CommandError,
     ConsoleContext,
@@ -23,6 +25,7 @@ from mcluster.console.commands import (
     Result,
     UsageError,
 )
+from mcluster.console.local import LocalMember
 from mcluster.console.ops_views import AnswersView, JobsView
 from mcluster.console.render import Message
 from mcluster.console.spec import CommandSpec
@@ -137,9 +140,61 @@ async def _abort(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Res
     return Result(Message(message), job.model_dump())
 
 
+async def _in_member(
+    ctx: ConsoleContext, spec: CommandSpec, rest: list[str]
+) -> tuple[LocalMember | None, Result | None]:
+    """The member process to run ``spec`` in: this one (``ctx.local``), or the attached
+    node's, asked over Redis (then its answer is the result)."""
+    if rest:
+        raise UsageError(f"{spec.name} takes no arguments, got {' '.join(rest)!r}")
+    if ctx.local is not None:
+        return ctx.local, None
+    if ctx.node is None:
+        raise CommandError(
+            f"{spec.name} needs --node NAME (the member to run it in), or: broadcast {spec.name}"
+        )
+    answer = (await ask_members(ctx, [ctx.node], spec.name))[ctx.node]
+    if not answer["ok"]:
+        raise CommandError(f"{ctx.node}: {answer['error']}")
+    return None, Result(Message(str(answer["output"])), {"node": ctx.node, **answer})
+
+
+async def _reset(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    member, forwarded = await _in_member(ctx, spec, rest)
+    if member is None:
+        assert forwarded is not None
+        return forwarded
+    done = await member.reset()
+    message = (
+        f"reset: rejoined as {done['private_name']} (epoch {done['epoch']}); "
+        f"{done['keys']:,} keys re-published"
+    )
+    return Result(Message(message), done)
+
+
+async def _reload(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    member, forwarded = await _in_member(ctx, spec, rest)
+    if member is None:
+        assert forwarded is not None
+        return forwarded
+    try:
+        done = await member.reload()
+    except (ConfigError, ValueError) as exc:
+        raise CommandError(f"config reload failed, nothing changed: {exc}") from None
+    if not done.get("file"):
+        return Result(Message(f"nothing to reload: {done.get('reason', '')}"), done)
+    lines = [f"reloaded {done['file']}"]
+    for what in ("added", "removed", "changed", "needs_restart"):
+        names = done.get(what) or []
+        lines.append(f"{what.replace('_', ' ')}: {', '.join(names) if names else 'none'}")
+    return Result(Message("\n".join(lines)), done)
+
+
 HANDLERS: dict[tuple[str, ...], Handler] = {
     ("broadcast",): _broadcast,
     ("unicast",): _unicast,
     ("jobs",): _jobs,
     ("abort",): _abort,
+    ("reset",): _reset,
+    ("config", "reload"): _reload,
 }

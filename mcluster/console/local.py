@@ -8,7 +8,7 @@ itself.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["LocalMember"]
 
@@ -18,3 +18,11 @@ class LocalMember(Protocol):
 
     @property
     def name(self) -> str: ...
+
+    async def reset(self) -> dict[str, Any]:
+        """Leave and rejoin with a new epoch; re-publish the state (``cluster reset``)."""
+        ...
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file and apply it (``config reload``)."""
+        ...

@@ -35,8 +35,6 @@ class CommandSpec:
         return f"{self.name} {self.args}" if self.args else self.name
 
 
-_LEASES = "membership and leases"
-
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(("help",), "", "Display the available console commands."),
     CommandSpec(("abort",), "ID", "Abort the job with the specified id."),
@@ -49,7 +47,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(("info",), "", "Display operating status and parameters."),
     CommandSpec(("nodename",), "", "Show the name of the local node."),
     CommandSpec(("nodeaddr",), "", "Show the node's cluster address."),
-    CommandSpec(("reset",), "", "Reset the node's cluster membership.", _LEASES),
+    CommandSpec(("reset",), "", "Leave and rejoin with a new epoch; re-publish the state."),
     CommandSpec(("shared", "list"), "", "Display the currently managed objects."),
     CommandSpec(
         ("shared", "show"),
@@ -62,6 +60,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         ("broadcast",), "COMMAND", "Run a command on every node; print each answer.", top=True
     ),
     CommandSpec(("unicast",), "NODE COMMAND", "Run a command on one member.", top=True),
+    CommandSpec(("config", "reload"), "", "Re-read the config file and apply it.", top=True),
 )
 
 #: Commands of Momentum's modules (``inbound_audit ...``, not ``cluster ...``): they run

@@ -1,0 +1,128 @@
+"""Config reload (SIGHUP on ``mcluster agent``, ``config reload`` on the console): re-read
+the config file and apply what changed to the running node, losing no counts.
+
+* a new ``Replicate`` object gets its outbox and this node's view at once;
+* a removed object stops taking events, and this node's view of it is drained out of
+  the global view (retired, then zeroed chunk by chunk), so the cluster no longer counts
+  what this node had recorded there;
+* changed ``max_delay`` / ``max_pending`` apply from the next batch; pending deltas stay
+  where they are, so nothing recorded is lost;
+* new ``Shared_Throttle`` scopes are defined; the outbound caps and OBTM/OBTC rates
+  (``Domain``/``Binding`` options) are read from the new file from the next decision.
+
+What cannot change under a running node (the namespace, heartbeat and lease settings, an
+object's type, which derived objects exist: slots, OBTM/OBTC families, named throttles,
+caches) is left as it was and listed under ``needs_restart``. A config with errors
+changes nothing: the error names the file, line and column.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from mcluster.agent import resync
+from mcluster.config import ClusterConfig, ReplicateObject, load_config
+from mcluster.objects import throttle
+from mcluster.objects.kinds import kind_for_type
+from mcluster.objects.outbound import OutboundPolicy
+
+if TYPE_CHECKING:
+    from mcluster.agent.node import Node
+
+__all__ = ["reload_config"]
+
+log = logging.getLogger("mcluster.agent")
+
+#: Cluster options a running node cannot take up.
+_FIXED_OPTIONS = ("namespace", "heartbeat_interval", "lease_ttl", "max_buffered_keys")
+#: Types that build more than an outbox (slots, throttle families, caches).
+_DERIVED = {"outbound_binding_domains", "outbound_domains", "outbound_cidr", "OBTM", "OBTC",
+            "cache", throttle.OBJECT}  # fmt: skip
+
+
+def _replicated(config: ClusterConfig) -> dict[str, ReplicateObject]:
+    return {o.name: o for o in config.objects if kind_for_type(o.type) is not None}
+
+
+def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
+    """What differs that a running node cannot apply."""
+    changes = [
+        f"cluster option {key}"
+        for key in _FIXED_OPTIONS
+        if old.options.get(key) != new.options.get(key)
+    ]
+    old_types = {o.type for o in old.objects} & _DERIVED
+    new_types = {o.type for o in new.objects} & _DERIVED
+    if old_types != new_types:
+        changes.append(f"replication types {', '.join(sorted(old_types ^ new_types))}")
+    caches_old = {o.name: o for o in old.objects if o.type == "cache"}
+    caches_new = {o.name: o for o in new.objects if o.type == "cache"}
+    if caches_old != caches_new:
+        changes.append("caches")
+    return changes
+
+
+async def reload_config(node: Node) -> dict[str, Any]:
+    """Re-read ``node.config.source`` and apply it; returns what changed."""
+    path = node.config.source
+    if not path or not os.path.isfile(path):
+        raise ValueError(f"the config was not read from a file ({path!r}): nothing to reload")
+    new = load_config(path)  # ConfigError (FILE:LINE:COL: ...) leaves everything as it was
+    declared = throttle.config_throttles(new)
+    policy = OutboundPolicy(new)
+    old_objects, new_objects = _replicated(node.config), _replicated(new)
+    needs_restart = _fixed_changes(node.config, new)
+    added, removed, changed = [], [], []
+    for name, obj in new_objects.items():
+        before = old_objects.get(name)
+        if before is None:
+            added.append(name)
+        elif before.type != obj.type:
+            needs_restart.append(f"object {name}: type {before.type} -> {obj.type}")
+        elif (before.max_delay, before.max_pending) != (obj.max_delay, obj.max_pending):
+            changed.append(name)
+    removed = [name for name in old_objects if name not in new_objects]
+    async with node.reconfiguring:
+        for name in changed:
+            box, obj = node.outboxes[name], new_objects[name]
+            box.max_delay, box.max_pending = obj.max_delay, obj.max_pending
+            box.wake.set()  # the run loop takes the new max_delay from now
+        for name in added:
+            obj = new_objects[name]
+            kind = kind_for_type(obj.type)
+            assert kind is not None
+            await node.add_object(name, obj.type, kind, obj.max_pending, obj.max_delay)
+        for name in removed:
+            await _remove_object(node, name)
+        throttles = node._throttles
+        if throttles is not None:
+            await throttles.load([d for d in declared if d.name not in throttles.defs])
+        node.outbound.root, node.outbound.group_of = policy.root, policy.group_of
+        node.config = new
+    result = {"node": node.name, "file": path, "added": added, "removed": removed,
+              "changed": changed, "needs_restart": needs_restart}  # fmt: skip
+    log.info("config reloaded: %s", result)
+    return result
+
+
+async def _remove_object(node: Node, name: str) -> None:
+    """Stop recording ``name`` and drain this node's view of it out of the cluster."""
+    box = node.outboxes.pop(name)  # record() now refuses it as an unknown object
+    node._managed.pop(name, None)
+    box.stopping = True
+    box.wake.set()
+    runs = [t for t in node._tasks if t.get_name() == f"outbox:{name}"]
+    if runs:
+        await asyncio.wait(runs, timeout=5.0)
+    for task in runs:
+        task.cancel()
+    async with box.lock:
+        await resync.drain_own(node, box)
+    with contextlib.suppress(Exception):
+        if not await node.client.hlen(box.keys.views):
+            await node.client.hdel(node.keys.objects, name)
+    log.info("object %s removed from the config: this node's view drained", name)
