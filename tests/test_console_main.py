@@ -83,7 +83,7 @@ async def test_node_commands(
     [
         ("shared show inbound", 2, "unknown object 'inbound'; managed objects: inbound_cidr"),
         ("shared show inbound_cidr from x", 2, "unknown node 'x' for object 'inbound_cidr'"),
-        ("cluster reset", 1, "cluster reset: not in this release"),
+        ("cluster reset", 1, "cluster reset needs --node NAME (the member to run it in)"),
         ("cluster fly", 1, "unknown command 'cluster fly'; type 'cluster help'"),
         ("shared show inbound_cidr limit x", 1, "'limit' needs a whole number"),
     ],

@@ -64,6 +64,11 @@ async def test_job_progress_abort_and_lost(ctx: ConsoleContext) -> None:
     late = await jobs.Job.start(client, keys, "broadcast", "y", runner="c", deadline_ms=now - 9000)
     states = {j.id: j.state for j in await jobs.list_jobs(client, keys)}
     assert states == {job.id: "aborted", orphan.id: "lost", late.id: "lost"}
+    # The manager's job watcher records them as lost, ended: they are trimmed in time.
+    assert await jobs.settle_lost(client, keys) == [late.id, orphan.id]
+    stored = await client.hget(keys.jobs, str(orphan.id))
+    assert stored is not None and jobs.JobRecord.model_validate_json(stored).ended_ms
+    assert await jobs.settle_lost(client, keys) == []
     with pytest.raises(RuntimeError):
         async with orphan:
             raise RuntimeError("boom")
@@ -106,12 +111,11 @@ async def _views(farm: Farm, obj: str) -> dict[str, str]:
     return {text(k): text(v) for k, v in raw.items()}
 
 
-async def _running_resync(farm: Farm) -> dict[str, Any] | None:
-    found = (await console(farm, "cluster jobs", "--json")).json()["jobs"]
-    for job in found:
-        mine = job["kind"] == "resync" and job["state"] == "running" and job["runner"] == "n1"
-        if mine and job["detail"].startswith("publishing") and job["done"] > 0:
-            return dict(job)
+async def _running_resync(farm: Farm) -> jobs.JobRecord | None:
+    for job in await jobs.list_jobs(farm.client, farm.keys):
+        mine = job.kind == "resync" and job.state == "running" and job.runner == "n1"
+        if mine and job.detail.startswith("publishing") and job.done > 0:
+            return job
     return None
 
 
@@ -130,12 +134,12 @@ async def test_abort_a_long_resync_keeps_views_exact(tmp_path: Path) -> None:
         await farm.post("n2", farm.events("n2", 40))
         await until(farm.verdict, 10, what="exact before the re-sync")
         apply_sha = hashlib.sha1(script_source("cidrtree_apply").encode()).hexdigest()
-        proxy.delay_command[apply_sha.encode()] = 0.03  # every chunk of n1 takes 30 ms more
+        proxy.delay_command[apply_sha.encode()] = 0.05  # every chunk of n1 takes 50 ms more
         await farm.client.delete(farm.keys.lease("n1"))  # n1 finds its lease lost: re-sync
         job = await until_value(lambda: _running_resync(farm), 20, "n1's re-sync publishing")
-        aborted = await console(farm, f"cluster abort {job['id']}", "--json", timeout=5)
-        record = aborted.json()
-        assert record["state"] == "aborted", record
+        ctx = ConsoleContext(farm.client, farm.keys, timeout=10.0)
+        record = (await run_command(ctx, f"cluster abort {job.id}")).data
+        assert isinstance(record, dict) and record["state"] == "aborted", record
         assert record["detail"].startswith("rolled back"), record
         assert 0 < record["done"] < record["total"]
         # Rolled back: n1 has no view at all, and the global views hold n2's counts only.
@@ -155,8 +159,8 @@ async def test_abort_a_long_resync_keeps_views_exact(tmp_path: Path) -> None:
         await proxy.stop()
 
 
-async def until_value(probe: Any, timeout: float, what: str) -> dict[str, Any]:
-    found: list[dict[str, Any]] = []
+async def until_value(probe: Any, timeout: float, what: str) -> jobs.JobRecord:
+    found: list[jobs.JobRecord] = []
 
     async def check() -> bool:
         value = await probe()

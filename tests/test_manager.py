@@ -6,14 +6,16 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mcluster.agent import manager as manager_module
 from mcluster.agent.manager import Manager
 from mcluster.console import ConsoleContext, run_command
 from mcluster.console.commands import UsageError
 from mcluster.console.serve import answer
-from mcluster.store import members, requests
+from mcluster.store import jobs, members, requests
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.urls import make_async_client
 from tests.agents import Farm, until
@@ -54,6 +56,15 @@ async def test_manager_is_a_member_and_never_leads(farm: tuple[Farm, ManagerProc
     assert "Node Type: Manager\n" in text and "Address: 0.0.0.0:0\n" in text
     lead = await f.leader()
     assert lead is not None and lead[0].endswith(("#n1", "#n2", "#n3"))
+    # The manager's job watcher records a job whose runner is gone as lost.
+    orphan = await jobs.Job.start(f.client, f.keys, "reap", "x", runner="gone",
+                                  runner_private="#e0-1#gone")  # fmt: skip
+
+    async def settled() -> bool:
+        raw = await f.client.hget(f.keys.jobs, str(orphan.id))
+        return raw is not None and jobs.JobRecord.model_validate_json(raw).state == "lost"
+
+    await until(settled, manager_module.JOBS_EVERY + 5, what="the orphan job recorded as lost")
     assert manager.stop() == 0
     assert "mgr" not in await _member_types(f)  # it left at once, no lease to wait out
 
@@ -165,6 +176,12 @@ async def test_broadcast_usage(redis_server: RedisServer, namespace: str) -> Non
 
 class _Local:
     name = "a"
+
+    async def reset(self) -> dict[str, Any]:
+        return {}
+
+    async def reload(self) -> dict[str, Any]:
+        return {}
 
 
 async def test_manager_in_process_never_leads(any_redis: RedisServer, namespace: str) -> None:

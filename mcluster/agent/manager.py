@@ -2,7 +2,7 @@
 mail and no views, answers console requests, and runs the cluster's background services.
 
     manager = Manager(config, redis_url)
-    manager.add_service("jobs", lambda: watch_jobs(manager))   # any long-running coroutine
+    manager.add_service("jobs", lambda: settle_jobs(manager))  # any long-running coroutine
     await manager.start()
     ...
     await manager.stop()
@@ -31,7 +31,7 @@ from mcluster.agent import membership
 from mcluster.agent.outbox import RETRY_ERRORS, wait_event
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
-from mcluster.store import members
+from mcluster.store import jobs, members
 from mcluster.store.keys import ClusterKeys, check_name
 from mcluster.store.scripts import Scripts
 from mcluster.store.urls import make_async_client, resolve_redis_url
@@ -44,6 +44,8 @@ MANAGER_TYPE = "Manager"
 MANAGER_GROUPS = ("ec_cluster",)
 #: Seconds before a failed service is started again.
 RESTART_PAUSE = 1.0
+#: Seconds between two looks of the job watcher for jobs whose runner is gone.
+JOBS_EVERY = 5.0
 
 Service = Callable[[], Awaitable[None]]
 
@@ -183,6 +185,16 @@ class Manager:
                     log.error("manager heartbeat failed (%d in a row): %s", failures, exc)
 
 
+async def settle_jobs(manager: Manager, every: float = JOBS_EVERY) -> None:
+    """The manager's job watcher: jobs whose runner is gone are recorded as ``lost``."""
+    while not manager.stopping:
+        try:
+            await jobs.settle_lost(manager.client, manager.keys)
+        except RETRY_ERRORS as exc:
+            log.warning("job watcher: Redis error (%s)", exc)
+        await asyncio.sleep(every)
+
+
 def reload_in_background(reload: Callable[[], Awaitable[dict[str, Any]]]) -> None:
     """SIGHUP: reload without blocking the signal handler; the outcome goes to the log."""
 
@@ -222,6 +234,7 @@ async def run_manager(
         ),
     )
     manager.add_service("logs", lambda: collect_logs(manager))  # the nodes' log streams
+    manager.add_service("jobs", lambda: settle_jobs(manager))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from types import TracebackType
 from typing import Any, Literal, Self, cast
 
@@ -40,6 +41,7 @@ __all__ = [
     "get",
     "list_jobs",
     "request_abort",
+    "settle_lost",
 ]
 
 log = logging.getLogger("mcluster.jobs")
@@ -94,6 +96,7 @@ class Job:
         self.keys = keys
         self.record = record
         self._next = 0.0
+        self._offset_ms = record.started_ms - int(time.time() * 1000)
 
     @property
     def id(self) -> int:
@@ -134,7 +137,7 @@ class Job:
         if not force and loop.time() < self._next:
             return
         self._next = loop.time() + PROGRESS_EVERY
-        self.record.updated_ms = await members.server_time_ms(self.client)
+        self.record.updated_ms = self._now_ms()
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hset(self.keys.jobs, str(self.id), self.record.model_dump_json())
             pipe.sismember(self.keys.jobs_abort, str(self.id))
@@ -142,8 +145,12 @@ class Job:
         if asked:
             raise JobAborted(f"job {self.id} ({self.record.kind}) aborted by the operator")
 
+    def _now_ms(self) -> int:
+        """Redis time, from the offset measured when the job started (no round trip)."""
+        return int(time.time() * 1000) + self._offset_ms
+
     async def finish(self, state: State, detail: str = "") -> None:
-        now_ms = await members.server_time_ms(self.client)
+        now_ms = self._now_ms()
         self.record.state, self.record.detail = state, detail or self.record.detail
         self.record.updated_ms = self.record.ended_ms = now_ms
         async with self.client.pipeline(transaction=False) as pipe:
@@ -207,6 +214,28 @@ async def request_abort(client: Redis, keys: ClusterKeys, job_id: int) -> JobRec
     await client.sadd(keys.jobs_abort, str(job_id))
     log.info("abort of job %d requested", job_id)
     return job
+
+
+async def settle_lost(client: Redis, keys: ClusterKeys) -> list[int]:
+    """Record as ``lost`` the running jobs whose runner is gone (the manager does this
+    every few seconds), so they end like any other job and are trimmed in time."""
+    settled = []
+    now_ms = await members.server_time_ms(client)
+    for job in await list_jobs(client, keys):
+        if job.state != "lost" or job.ended_ms is not None:
+            continue
+        job.ended_ms = job.updated_ms = now_ms
+        job.detail = job.detail or "its runner went away"
+        # Only if still stored as running: a runner finishing meanwhile wins.
+        raw = await client.hget(keys.jobs, str(job.id))
+        if raw is not None and JobRecord.model_validate_json(raw).running:
+            await client.hset(keys.jobs, str(job.id), job.model_dump_json())
+            settled.append(job.id)
+            log.warning("job %d (%s %s) lost: its runner %s is gone", job.id, job.kind,
+                        job.what, job.runner)  # fmt: skip
+    if settled:
+        await _trim(client, keys)
+    return settled
 
 
 async def _trim(client: Redis, keys: ClusterKeys) -> None:
