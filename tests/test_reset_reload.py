@@ -116,6 +116,9 @@ async def test_bad_config_changes_nothing(farm: Farm) -> None:
     assert reply["ok"] is False and f"{farm.config_path}:" in reply["error"], reply
     farm.kill("n2", signal.SIGHUP)
     await until(lambda: farm.agents["n2"].log_lines("config reload failed"), 10, what="logged")
+    farm.config_path.write_text(good.replace("lease_ttl = 1.5", "lease_ttl = 2"))
+    reply = (await console(farm, "unicast n1 config reload", "--json")).json()["n1"]
+    assert reply["ok"] and "needs restart: cluster option lease_ttl" in reply["output"], reply
     farm.config_path.write_text(good)
     await farm.post("n1", farm.events("n1", 20))
     await until(farm.verdict, 10, what="still exact")

@@ -86,6 +86,7 @@ class Manager:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._wake = asyncio.Event()
+        self._membership = asyncio.Lock()
 
     @property
     def stopping(self) -> bool:
@@ -135,11 +136,12 @@ class Manager:
 
     async def reset(self) -> dict[str, Any]:
         """``cluster reset`` on the manager: rejoin with a new epoch (it has no views)."""
-        old = self.member
-        if old is not None:
-            await members.leave(self.client, self.keys, old)
-        await self._join()
-        self.rejoins += 1
+        async with self._membership:  # never at once with a heartbeat's rejoin
+            old = self.member
+            if old is not None:
+                await members.leave(self.client, self.keys, old)
+            await self._join()
+            self.rejoins += 1
         assert self.member is not None
         return {"node": self.name, "private_name": self.member.private_name,
                 "epoch": self.member.epoch, "keys": 0}  # fmt: skip
@@ -172,12 +174,15 @@ class Manager:
             if member is None:
                 continue
             try:
-                beat = await membership.beat(
-                    self.scripts, self.keys, member, self.lease_ttl, self.incarnation, 0
-                )
-                if not beat.lease or not beat.same_data:
-                    log.warning("the manager's lease was lost; rejoining")
-                    await self._join()
+                async with self._membership:
+                    if self.member is not member:  # a reset rejoined meanwhile
+                        continue
+                    beat = await membership.beat(
+                        self.scripts, self.keys, member, self.lease_ttl, self.incarnation, 0
+                    )
+                    if not beat.lease or not beat.same_data:
+                        log.warning("the manager's lease was lost; rejoining")
+                        await self._join()
                 failures = 0
             except RETRY_ERRORS as exc:
                 failures += 1

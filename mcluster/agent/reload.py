@@ -11,8 +11,9 @@ the config file and apply what changed to the running node, losing no counts.
   (``Domain``/``Binding`` options) are read from the new file from the next decision.
 
 What cannot change under a running node (the namespace, heartbeat and lease settings, an
-object's type, which derived objects exist: slots, OBTM/OBTC families, named throttles,
-caches) is left as it was and listed under ``needs_restart``. A config with errors
+object's type, the stanzas with machinery of their own: OBTM/OBTC, named throttles,
+caches, audit metrics, and whether connection slots exist) is left as it was and listed
+under ``needs_restart``. A config with errors
 changes nothing: the error names the file, line and column.
 """
 
@@ -39,13 +40,18 @@ log = logging.getLogger("mcluster.agent")
 
 #: Cluster options a running node cannot take up.
 _FIXED_OPTIONS = ("namespace", "heartbeat_interval", "lease_ttl", "max_buffered_keys")
-#: Types that build more than an outbox (slots, throttle families, caches).
-_DERIVED = {"outbound_binding_domains", "outbound_domains", "outbound_cidr", "OBTM", "OBTC",
-            "cache", throttle.OBJECT}  # fmt: skip
+#: Any of these types gives the node its connection slots (``outbound_slots``).
+_SLOT_TYPES = {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}
 
 
 def _replicated(config: ClusterConfig) -> dict[str, ReplicateObject]:
+    """The objects a node ships through an outbox (reloadable one by one)."""
     return {o.name: o for o in config.objects if kind_for_type(o.type) is not None}
+
+
+def _others(config: ClusterConfig) -> dict[str, ReplicateObject]:
+    """The objects with machinery of their own (throttles, OBTM/OBTC, caches, audit)."""
+    return {o.name: o for o in config.objects if kind_for_type(o.type) is None}
 
 
 def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
@@ -55,14 +61,13 @@ def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
         for key in _FIXED_OPTIONS
         if old.options.get(key) != new.options.get(key)
     ]
-    old_types = {o.type for o in old.objects} & _DERIVED
-    new_types = {o.type for o in new.objects} & _DERIVED
-    if old_types != new_types:
-        changes.append(f"replication types {', '.join(sorted(old_types ^ new_types))}")
-    caches_old = {o.name: o for o in old.objects if o.type == "cache"}
-    caches_new = {o.name: o for o in new.objects if o.type == "cache"}
-    if caches_old != caches_new:
-        changes.append("caches")
+    before, after = _others(old), _others(new)
+    differ = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+    if differ:
+        changes.append(f"objects {', '.join(differ)}")
+    slots = [bool({o.type for o in c.objects} & _SLOT_TYPES) for c in (old, new)]
+    if slots[0] != slots[1]:
+        changes.append("outbound connection slots")
     return changes
 
 
