@@ -19,6 +19,7 @@ from mcluster.objects.audit import Item
 from mcluster.objects.audit_views import AuditError, get_series, series_count
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.scripts import Scripts
+from tests.redis_cluster import RedisCluster
 from tests.redis_servers import RedisServer
 from tests.test_audit import mid_window_offset
 
@@ -213,3 +214,20 @@ async def test_audit_as_the_documented_acl_user(redis_server: RedisServer, names
             assert a.audit.stats.dropped == 0 and a.audit.stats.applied == 2
     finally:
         admin.execute_command("ACL", "DELUSER", user)
+
+
+async def test_audit_on_redis_cluster(redis_cluster: RedisCluster, namespace: str) -> None:
+    """Every audit key shares the slot of {audit}: the scripts run on a real Cluster."""
+    conf = CONF.replace('"audit_series"', '"connect;reception;audit_series"')
+    async with nodes(redis_cluster.url, namespace, conf) as (a, b):
+        await a.audit.define("rc", "cidr", 60, 3, "cluster")
+        a.audit.series_add("rc", "10.1.2.3", 2)
+        b.audit.record("connect", "10.1.2.3", count=5)
+        a.audit.record("reception", "10.1.2.4")
+        await a.flush()
+        await b.flush()
+        assert await b.audit.count("rc", "10.1.0.0/16", 0, 1) == 2
+        shown = await a.audit.show_ip("10.1.2.0/24")
+        monitor = shown["monitors"][0]
+        assert sum(monitor["connections"]) == 5 and sum(monitor["receptions"]) == 1
+        assert a.audit.stats.dropped == b.audit.stats.dropped == 0
