@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis.asyncio.cluster
 import redis.cluster
@@ -105,3 +107,24 @@ async def test_objects_land_on_different_masters(
         for name in names:
             master = redis_cluster.node_of(keys.object(name).views).client()
             assert master.hlen(keys.object(name).views) == 1  # the key lives where routed
+
+
+async def test_documented_acl_line_works_on_cluster(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    """docs/redis.md's ACL line plus its Cluster extras is enough for a node on a Cluster."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "redis.md").read_text()
+    line = doc.split("user mcluster on >PASSWORD ")[1].split("\n")[0].split()
+    extra = doc.split("the line above plus `")[1].split("`")[0].split()
+    line = [rule.replace("~mc:*", f"~{namespace}:*").replace("&mc:*", f"&{namespace}:*")
+            for rule in line]  # fmt: skip
+    for node in redis_cluster.live():
+        node.client().acl_setuser(f"u{namespace}", enabled=True, reset=True)
+        node.client().execute_command("ACL", "SETUSER", f"u{namespace}", "on", ">pw", *line, *extra)
+    url = redis_cluster.url.replace("redis+cluster://", f"redis+cluster://u{namespace}:pw@")
+    async with Node(config(), "relay-0-1", url, namespace=namespace) as node:
+        node.record("inbound_cidr", "10.0.0.1", 2)
+        node.record("outbound_domains", "aol.com", 1)
+        await node.flush()
+        assert await node.count("inbound_cidr", "10.0.0.0/8") == 2
+        assert await node.count("outbound_domains", "aol.com") == 1
