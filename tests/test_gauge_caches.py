@@ -344,3 +344,14 @@ async def test_scripts_on_every_redis(any_redis: RedisServer, namespace: str) ->
         assert entries[-1][1][b"mode"] == b"x" and b"a" in entries[-1][1]
     finally:
         await client.aclose()
+
+
+async def test_replicated_define_waits_for_the_join(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    node = make_node(redis_server, namespace, "a")
+    async with TestClient(TestServer(make_app(node))) as api:
+        resp = await api.put("/v1/gauge-caches/g", json={"maxelems": 5, "replicate": True})
+        assert resp.status == 503 and "not joined yet" in (await resp.json())["error"]
+        local = await api.put("/v1/gauge-caches/l", json={"maxelems": 5})
+        assert local.status == 201  # a local one needs no cluster

@@ -104,6 +104,8 @@ async def put_gauge_cache(request: web.Request) -> web.Response:
         )
     except (ValueError, GaugeCacheError) as exc:
         return error(400, str(exc))
+    except RuntimeError as exc:  # a replicated one before the node has joined
+        return error(503, str(exc))
     definition = node.gauge_caches.defs[name].to_json()
     return web.json_response(definition | {"created": created}, status=201 if created else 200)
 
