@@ -4,7 +4,9 @@
 -- ARGV: uses ARGV[1] view id, ARGV[2] seq, ARGV[3] mode, ARGV[4] stream MAXLEN, ARGV[5] channel.
 -- Modes: "d" deltas, "s" absolute counts (snapshot), "r" reaping: absolute counts (zero) of
 -- a dead view, idempotent, so its seq is not checked nor recorded.
--- Return: batch_begin() returns the last applied seq when this batch is a repeat, else nil;
+-- Return: batch_begin() returns the last applied seq when this batch is a repeat, a STALE
+--         error when the view is not registered or batches before this one are missing
+--         (never applied on top of a gap: the node re-syncs), else nil;
 --         batch_finish() returns the script's reply {1, anomalies, seq}.
 -- Cost: O(1) plus one XADD of the changed entries.
 local view = ARGV[1]
@@ -18,6 +20,10 @@ local function batch_begin()
   if mode == 'r' then return nil end
   local last = tonumber(redis.call('HGET', KEYS[1], view) or '0')
   if seq <= last then return last end
+  if seq > last + 1 then  -- batches in between were lost (a failover to a stale replica)
+    return redis.error_reply('STALE view ' .. view .. ' lost batches: Redis holds batch ' ..
+      last .. ', this is batch ' .. seq)
+  end
   return nil
 end
 

@@ -331,7 +331,7 @@ async def test_scripts_on_every_redis(any_redis: RedisServer, namespace: str) ->
         await gauge_cache.define(scripts, okeys, GaugeCacheDef("g", 2, 0, True))
         views = {"v1": "n1", "v2": "n2"}
         await client.hset(okeys.views, mapping=views)
-        for seq, (view, key) in enumerate([("v1", b"a"), ("v2", b"a"), ("v2", b"b")], 1):
+        for view, key, seq in [("v1", b"a", 1), ("v2", b"a", 1), ("v2", b"b", 2)]:
             call_keys, args = GAUGE_CACHE.apply_call(okeys, view, {key: 2}, seq, "d")
             assert (await scripts.run(GAUGE_CACHE.script, call_keys, args))[0] == 1
         await client.hset(gauge_cache.conf_key(okeys), "maxelems", 1)
