@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 
@@ -38,6 +39,10 @@ def any_redis(request: pytest.FixtureRequest) -> RedisServer:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
     """A real Redis Cluster of 3 masters and 3 replicas on loopback ports (session-wide)."""
+    if path_redis_server() is None or shutil.which("redis-cli") is None:
+        pytest.skip(
+            "a Redis Cluster needs redis-server and redis-cli on PATH (Debian: redis-server)"
+        )
     cluster = start_cluster()
     yield cluster
     cluster.stop()
