@@ -1,6 +1,7 @@
 """Cluster-wide named throttles on a node: batched exact decisions with a deadline.
 
-A caller that finds no call in flight sends its request at once, in its own task.
+A caller that finds no call in flight sends at once, in its own task, its request and
+those of the callers that became ready in the same turn of the event loop.
 Concurrent ``acquire`` calls wait at most one round trip together: the worker sends every
 request pending at that moment in one ``throttle_acquire`` call (each request is still
 decided all-or-nothing, in order). When Redis does not answer within the throttle's
@@ -220,20 +221,35 @@ class Throttles:
         return decision
 
     async def _alone(self, request: Request, deadline: float) -> Decision | None:
+        """Send at once, in the caller's task, with the requests of callers that became
+        ready in the same turn of the event loop (so concurrent callers still batch)."""
         self._busy = True
+        batch: list[tuple[Request, asyncio.Future[Decision]]] = []
         try:
-            keys, args = throttle.plan(self.okeys, [request], self.defs, self.node)
+            await asyncio.sleep(0)
+            batch, self._pending = self._pending[: MAX_BATCH - 1], self._pending[MAX_BATCH - 1 :]
+            requests = [request, *(r for r, _ in batch)]
+            keys, args = throttle.plan(self.okeys, requests, self.defs, self.node)
             async with asyncio.timeout(deadline):
                 reply = await self._scripts().run("throttle_acquire", keys, args)
-        except (TimeoutError, *RETRY_ERRORS) as exc:
-            log.debug("throttle decision degraded (%s)", type(exc).__name__)
-            return None
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else TimeoutError())
+            if isinstance(exc, (TimeoutError, *RETRY_ERRORS)):
+                log.debug("throttle decision degraded (%s)", type(exc).__name__)
+                return None
+            raise
         finally:
             self._busy = False
             if self._pending:
                 self._start_worker()
         self.stats.batches += 1
-        return throttle.decisions([request], reply)[0]
+        decided = throttle.decisions(requests, reply)
+        for (_, future), decision in zip(batch, decided[1:], strict=True):
+            if not future.done():
+                future.set_result(decision)
+        return decided[0]
 
     async def _queued(self, request: Request, deadline: float) -> Decision | None:
         loop = asyncio.get_running_loop()
