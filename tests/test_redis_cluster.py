@@ -54,7 +54,10 @@ def test_cluster_url_parses(
         ("redis+cluster://h:70000", "no port in 1..65535"),
         ("redis+cluster://h:1,", "is not host:port"),
         ("redis+cluster://h:1/0", "no database or path"),
-        ("redis+cluster://h:1?x=1", "'?'"),
+        ("redis+cluster://h:1?x=1", "unknown option 'x' on a redis+cluster:// URL"),
+        ("redis+cluster://h:1#x", "'#'"),
+        ("redis+cluster://h:1?ssl_ca_certs=/c", "TLS is not supported on redis+cluster://"),
+        ("redis+cluster://h:1?password_file=", "option 'password_file' has no value"),
         ("redis+cluster://u:hunter2@h:x", "no port"),
     ],
 )
@@ -128,3 +131,42 @@ async def test_documented_acl_line_works_on_cluster(
         await node.flush()
         assert await node.count("inbound_cidr", "10.0.0.0/8") == 2
         assert await node.count("outbound_domains", "aol.com") == 1
+
+
+async def test_password_file_applies_to_cluster_urls(
+    redis_cluster: RedisCluster, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``?password_file=`` (and $MCLUSTER_REDIS_PASSWORD_FILE) log in to every node."""
+    user = f"u{namespace}"
+    for node in redis_cluster.live():
+        node.client().execute_command("ACL", "SETUSER", user, "on", ">s3cret", "~*", "&*", "+@all")
+    try:
+        (tmp_path / "pw").write_text("s3cret\n")
+        (tmp_path / "bad").write_text("wrong\n")
+        seeds = redis_cluster.url.removeprefix("redis+cluster://")
+        url = f"redis+cluster://{user}@{seeds}?password_file={tmp_path / 'pw'}"
+        assert validate_redis_url(url) == url
+        sync = make_sync_client(url)
+        try:
+            key = f"{namespace}:{{pw}}"
+            sync.set(key, b"1")
+            assert sync.acl_whoami() == user
+        finally:
+            sync.close()
+        async_client = make_async_client(url)
+        try:
+            assert await async_client.get(key) == b"1"
+        finally:
+            await async_client.aclose()
+        monkeypatch.setenv("MCLUSTER_REDIS_PASSWORD_FILE", str(tmp_path / "pw"))
+        async with Node(config(), "relay-0-1", f"redis+cluster://{user}@{seeds}",
+                        namespace=namespace) as node:  # fmt: skip
+            node.record("outbound_domains", "aol.com", 2)
+            await node.flush()
+            assert await node.count("outbound_domains", "aol.com") == 2
+        monkeypatch.setenv("MCLUSTER_REDIS_PASSWORD_FILE", str(tmp_path / "bad"))
+        with pytest.raises((redis.exceptions.RedisError, redis.exceptions.RedisClusterException)):
+            make_sync_client(f"redis+cluster://{user}@{seeds}").ping()
+    finally:
+        for node in redis_cluster.live():
+            node.client().execute_command("ACL", "DELUSER", user)

@@ -2,7 +2,9 @@
 
 The hosts are seed nodes: the client asks any of them for the slot map and then talks to
 every master itself. A Cluster has only database 0, so the URL has no path; user and
-password (percent-encoded) are the ACL credentials of every node.
+password (percent-encoded) are the ACL credentials of every node. The one query option is
+``password_file`` (``?password_file=/etc/mcluster/redis.pass``), as on every URL form, and
+``$MCLUSTER_REDIS_PASSWORD_FILE`` applies when the URL has no password.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ def is_cluster_url(url: str) -> bool:
 def parse_cluster_url(url: str) -> ClusterUrl:
     """The seeds and credentials of a Cluster URL; ValueError saying what is wrong."""
     rest = url.strip()[len(CLUSTER_SCHEME) :]
-    if any(c.isspace() for c in rest) or "?" in rest or "#" in rest:
-        raise ValueError("spaces, '?' and '#' are not allowed")
+    if any(c.isspace() for c in rest) or "#" in rest:
+        raise ValueError("spaces and '#' are not allowed")
+    rest = rest.partition("?")[0]  # the options: checked by url_options.query_problem
     at = rest.rfind("@")
     userinfo, hosts = (rest[:at], rest[at + 1 :]) if at != -1 else (None, rest)
     if hosts.endswith("/"):
@@ -65,8 +68,13 @@ def _seed(item: str) -> tuple[str, int]:
 
 
 def _options(url: str, common: dict[str, Any]) -> dict[str, Any]:
+    """The client's keyword arguments: ``common`` (which may hold the password read from a
+    password file) and the URL's credentials."""
     parsed = parse_cluster_url(url)
-    return dict(common, username=parsed.username, password=parsed.password)
+    options = dict(common, username=parsed.username)
+    if parsed.password is not None:
+        options["password"] = parsed.password
+    return options
 
 
 def cluster_async_client(url: str, **common: Any) -> redis.asyncio.Redis:

@@ -2,7 +2,10 @@
 
 The client asks the sentinels where the master is on every new connection (redis-py's
 Sentinel managed pool), so after a failover the next command reaches the new master.
-The credentials are the master's (and its replicas'); the sentinels are asked without.
+The URL's credentials (and ``password_file``) are the master's and its replicas'; the
+sentinels are asked with their own, when they need one: ``sentinel_username``,
+``sentinel_password`` or ``sentinel_password_file`` (redis-py's ``sentinel_kwargs``).
+No TLS: neither to the sentinels nor to the master (an ``ssl_*`` option is an error).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
+
+from mcluster.store.url_options import RedisUrlError, read_password_file
 
 __all__ = [
     "SCHEME",
@@ -83,7 +88,21 @@ def _options(url: str, common: Options) -> tuple[SentinelUrl, Options, Options]:
         kwargs["client_name"] = query["client_name"]
     timeout = common.get("socket_connect_timeout")
     to_sentinels = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
-    return parsed, kwargs, to_sentinels
+    return parsed, kwargs, to_sentinels | sentinel_login(query)
+
+
+def sentinel_login(query: dict[str, str]) -> Options:
+    """The sentinels' own username and password, from the URL's ``sentinel_*`` options."""
+    login: Options = {}
+    if "sentinel_username" in query:
+        login["username"] = query["sentinel_username"]
+    if "sentinel_password" in query and "sentinel_password_file" in query:
+        raise RedisUrlError("give sentinel_password or sentinel_password_file, not both")
+    if "sentinel_password" in query:
+        login["password"] = query["sentinel_password"]
+    elif "sentinel_password_file" in query:
+        login["password"] = read_password_file(query["sentinel_password_file"])
+    return login
 
 
 def sentinel_client(url: str, common: dict[str, Any]) -> redis.Redis:

@@ -1,9 +1,12 @@
 """What a Redis URL carries besides the address: its query options and the password.
 
 ``rediss://`` takes the TLS files ``ssl_ca_certs``, ``ssl_certfile`` and ``ssl_keyfile``;
-every URL may name a ``password_file`` (else ``$MCLUSTER_REDIS_PASSWORD_FILE`` is read
-when the URL has no password). The password never appears in a message: errors name the
-URL through :func:`mcluster.store.urls.redact_url`.
+every URL, ``redis+cluster://`` and ``redis+sentinel://`` included, may name a
+``password_file`` (else ``$MCLUSTER_REDIS_PASSWORD_FILE`` is read when the URL has no
+password). A Sentinel URL takes a few options of its own (:data:`SENTINEL_OPTIONS`), a
+Cluster URL only ``password_file``; any other option is an error naming it. The password
+never appears in a message: errors name the URL through
+:func:`mcluster.store.urls.redact_url`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 __all__ = [
     "ENV_PASSWORD_FILE",
     "PASSWORD_FILE",
+    "SENTINEL_OPTIONS",
     "TLS_OPTIONS",
     "RedisUrlError",
     "connection_options",
@@ -40,6 +44,18 @@ _GENERAL = (
     "protocol",
 )
 
+#: What a ``redis+sentinel://`` URL takes: the master's database, client name and
+#: password file, and the sentinels' own login (redis-py's ``sentinel_kwargs``).
+SENTINEL_OPTIONS = (
+    PASSWORD_FILE,
+    "db",
+    "client_name",
+    "sentinel_username",
+    "sentinel_password",
+    "sentinel_password_file",
+)
+_CLUSTER = (PASSWORD_FILE,)
+
 
 class RedisUrlError(ValueError):
     """A Redis URL is malformed, or none could be determined."""
@@ -48,13 +64,18 @@ class RedisUrlError(ValueError):
 def query_problem(url: str) -> str | None:
     """What is wrong with the query options of ``url``, or None when they are usable."""
     parts = urlsplit(url)
-    tls = parts.scheme == "rediss"
-    allowed = _GENERAL + (TLS_OPTIONS + _TLS_OTHERS if tls else ())
+    scheme = parts.scheme.lower()
+    tls = scheme == "rediss"
+    special = {"redis+sentinel": SENTINEL_OPTIONS, "redis+cluster": _CLUSTER}
+    allowed = special.get(scheme, _GENERAL + (TLS_OPTIONS + _TLS_OTHERS if tls else ()))
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in TLS_OPTIONS + _TLS_OTHERS and not tls:
+            if scheme in special:
+                return f"option {name!r}: TLS is not supported on {scheme}:// URLs"
             return f"option {name!r} needs a rediss:// URL"
         if name not in allowed:
-            return f"unknown option {name!r}: expected one of {', '.join(allowed)}"
+            where = f" on a {scheme}:// URL" if scheme in special else ""
+            return f"unknown option {name!r}{where}: expected one of {', '.join(allowed)}"
         if not value:
             return f"option {name!r} has no value"
     return None

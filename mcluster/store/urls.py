@@ -46,7 +46,7 @@ _CLIENT_OPTIONS: dict[str, Any] = {
     "health_check_interval": HEALTH_CHECK_INTERVAL,
 }
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(.*)$", re.DOTALL)
-_QUERY_PASSWORD_RE = re.compile(r"((?:^|[?&;])password=)[^&;#]*", re.IGNORECASE)
+_QUERY_PASSWORD_RE = re.compile(r"((?:^|[?&;])(?:sentinel_)?password=)[^&;#]*", re.IGNORECASE)
 
 
 def validate_redis_url(url: str) -> str:
@@ -55,10 +55,14 @@ def validate_redis_url(url: str) -> str:
     if cluster_urls.is_cluster_url(url):
         try:
             cluster_urls.parse_cluster_url(url)
+            problem = query_problem(url)
         except ValueError as exc:
+            problem = str(exc)
+        if problem:
             raise RedisUrlError(
-                f"bad Redis URL {redact_url(url)!r}: {exc}; expected {cluster_urls.CLUSTER_FORM}"
-            ) from None
+                f"bad Redis URL {redact_url(url)!r}: {problem}; "
+                f"expected {cluster_urls.CLUSTER_FORM}[?password_file=FILE]"
+            )
         return url
     if not _is_valid(url):
         raise RedisUrlError(f"bad Redis URL {redact_url(url)!r}: {_EXPECTED}")
@@ -114,10 +118,9 @@ def redact_url(url: str) -> str:
 
 def make_sync_client(url: str) -> redis.Redis:
     """A synchronous redis-py client for ``url`` (bytes responses, mcluster's timeouts)."""
-    url = validate_redis_url(url)
+    url, options = _client_options(validate_redis_url(url))
     if cluster_urls.is_cluster_url(url):
-        return cluster_urls.cluster_sync_client(url, **_CLIENT_OPTIONS)
-    url, options = _client_options(url)
+        return cluster_urls.cluster_sync_client(url, **options)
     if url.startswith(sentinel.SCHEME):
         return sentinel.sentinel_client(url, options)
     return redis.Redis.from_url(url, **options)
@@ -128,10 +131,9 @@ def make_async_client(url: str) -> redis.asyncio.Redis:
 
     For a ``redis+cluster://`` URL it is a ``redis.asyncio.cluster.RedisCluster``.
     """
-    url = validate_redis_url(url)
+    url, options = _client_options(validate_redis_url(url))
     if cluster_urls.is_cluster_url(url):
-        return cluster_urls.cluster_async_client(url, **_CLIENT_OPTIONS)
-    url, options = _client_options(url)
+        return cluster_urls.cluster_async_client(url, **options)
     if url.startswith(sentinel.SCHEME):
         return sentinel.sentinel_async_client(url, options)
     return redis.asyncio.Redis.from_url(url, **options)
