@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +39,8 @@ from mcluster.console import ConsoleContext, run_command  # noqa: E402
 from mcluster.console.commands import CommandError, NotFound  # noqa: E402
 from mcluster.console.dashboard import render_plain  # noqa: E402
 from mcluster.console.serve import serve_console  # noqa: E402
-from mcluster.console.snapshot import SnapshotReader  # noqa: E402
+from mcluster.console.snapshot import Snapshot, SnapshotReader  # noqa: E402
+from mcluster.store import node_status  # noqa: E402
 from mcluster.store.keys import ClusterKeys  # noqa: E402
 from mcluster.store.urls import make_async_client  # noqa: E402
 from tests.redis_servers import RedisServer, start_redis  # noqa: E402
@@ -96,6 +99,9 @@ _NORMALIZE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b1[6-9]\d{11}\b"), "1767268800000"),  # epoch milliseconds
     (re.compile(r"\b1[6-9]\d{8}(\.\d+)?\b"), "1767268800"),  # epoch seconds
     (re.compile(r"127\.0\.0\.1:(?!4802\b)\d{4,5}"), "127.0.0.1:6379"),  # 4802: the agent
+    # the first node to beat takes the leader lease: usually relay-0-1, not always
+    (re.compile(r"\(relay-0-\d is leader\)"), "(relay-0-1 is leader)"),
+    (re.compile(r"leader relay-0-\d \(epoch \d+\)"), "leader relay-0-1 (epoch 1)"),
 )
 
 
@@ -121,8 +127,27 @@ def fill(doc: str, samples: dict[str, str]) -> str:
     return SAMPLE.sub(body, doc)
 
 
+def _fixed_figures(snapshot: Snapshot) -> Snapshot:
+    """The snapshot with what varies between runs replaced by fixed values, as
+    ``normalize`` does for ages: the reported lags (and with them the object named), and
+    the leader (the first node to beat: usually relay-0-1, not always)."""
+    leader = "relay-0-1" if snapshot.leader is not None else None
+    every = tuple(dataclasses.replace(m, leader=m.node == leader) for m in snapshot.members)
+    epoch = next((m.epoch for m in every if m.leader), None)
+    lines = tuple(
+        dataclasses.replace(line, lag_ms=12.0, lag_object="inbound_cidr", reported_ms_ago=100)
+        if line.lag_ms is not None
+        else line
+        for line in snapshot.replication
+    )
+    return dataclasses.replace(
+        snapshot, replication=lines, members=every, leader=leader, epoch=epoch
+    )
+
+
 async def _frame(ctx: ConsoleContext) -> str:
     snapshot = await SnapshotReader(ctx.client, ctx.keys, ctx.configured).read()
+    snapshot = _fixed_figures(snapshot)
     buffer = io.StringIO()
     Console(file=buffer, width=80, highlight=False).print(render_plain(snapshot))
     return f"$ mcluster console --watch --seconds 0 | cat\n--- frame 1\n{buffer.getvalue()}"
@@ -197,6 +222,7 @@ async def _cluster(url: str) -> AsyncIterator[Sampler]:
             )
         nodes[0].audit.series_add("senders", "bob@example.com", 3)
         await nodes[0].flush()
+        await _reported(client, len(nodes))
         # a long broadcast timeout: answers come late on a loaded machine, the text is the same
         ctx = ConsoleContext(
             client, ClusterKeys(NAMESPACE), "relay-0-1", configured, timeout=30.0, config=config
@@ -210,6 +236,13 @@ async def _cluster(url: str) -> AsyncIterator[Sampler]:
         for node in nodes:
             await node.stop()
         await client.aclose()
+
+
+async def _reported(client: Redis, nodes: int, timeout: float = 30.0) -> None:
+    """Wait until every node reported its figures with a heartbeat (the dashboard's)."""
+    async with asyncio.timeout(timeout):
+        while len(await node_status.read_all(client, ClusterKeys(NAMESPACE))) < nodes:
+            await asyncio.sleep(0.05)
 
 
 AUDIT_WINDOW_S = 300

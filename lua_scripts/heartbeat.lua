@@ -1,10 +1,11 @@
 -- heartbeat: renew a node's lease, record its heartbeat, and take or keep the leader lease.
 -- KEYS[1] the node's lease key (value: private name)   KEYS[2] members hash
 -- KEYS[3] incarnation key (marker of this Redis data set)   KEYS[4] leader lease key
--- KEYS[5] leader fencing token counter
+-- KEYS[5] leader fencing token counter   KEYS[6] node status hash (node -> "MS JSON")
 -- ARGV[1] private name   ARGV[2] node name   ARGV[3] lease TTL (ms)
 -- ARGV[4] the incarnation this node joined under   ARGV[5] leader lease TTL (ms), 0 for a
---         member that never leads (the manager)
+--         member that never leads (the manager)   ARGV[6] optional: the node's status
+--         (JSON), stored with the Redis time (ms) it was renewed at; '' or absent: none
 -- Return: {lease, incarnation, token, leader}: lease 1 when renewed, 0 when the lease is
 --         lost (expired, taken by a newer epoch, or Redis lost its data); incarnation 1
 --         when it is unchanged; token the fencing token when this node is leader, else 0;
@@ -19,6 +20,9 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[2], node .. ':hb', now_ms)
+if ARGV[6] and ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[6], node, now_ms .. ' ' .. ARGV[6])
+end
 local leader = redis.call('GET', KEYS[4])
 local token = 0
 if not leader and leader_ttl > 0 then

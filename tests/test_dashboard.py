@@ -15,7 +15,13 @@ from rich.console import Console, RenderableType
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
 from mcluster.console.dashboard import render, render_plain, short_names
-from mcluster.console.snapshot import JobLine, Snapshot, read_snapshot, top_rows
+from mcluster.console.snapshot import (
+    JobLine,
+    ReplicationLine,
+    Snapshot,
+    read_snapshot,
+    top_rows,
+)
 from mcluster.store import members
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.urls import make_async_client
@@ -112,11 +118,7 @@ async def test_busy_cluster_snapshot_is_exact(
         ("outbound_domains", "global", 2),
         ("outbound_domains", "relay-0-3", 2),
     }
-    fed = [x for x in snap.lag if x.object in ("inbound_cidr", "outbound_domains")]
-    assert sorted((x.object, x.node) for x in fed) == [
-        (obj, n) for obj in ("inbound_cidr", "outbound_domains") for n in snap.nodes
-    ]
-    assert all(x.last_batch_ms_ago is not None and x.seq >= 1 for x in fed), fed
+    assert [x.node for x in snap.replication] == list(snap.nodes)  # one line per node
 
 
 async def test_busy_cluster_renders_at_80x24(
@@ -280,3 +282,90 @@ async def test_running_jobs_show_with_their_progress(
     assert (await snapshot_of(redis_server, namespace)).jobs == ()  # finished: not shown
     lines = screen(render(snap))
     assert any("resync" in line and "4/10" in line for line in lines), lines
+
+
+def test_replication_shows_each_nodes_lag_and_staleness() -> None:
+    lines = (
+        ReplicationLine("relay-0-1", 1234.0, "inbound_cidr", 37.5, "mycache", 200),
+        ReplicationLine("relay-0-2", 3.25, "outbound_domains", None, None, 300),
+        ReplicationLine("relay-0-3", 8.0, "inbound_cidr", 0.5, "mycache", 9_000),  # silent
+        ReplicationLine("relay-0-4"),  # never reported
+    )
+    nodes = tuple(x.node for x in lines)
+    snap = Snapshot("mc", 0, nodes, replication=lines)
+    rows = screen(render(snap))
+    assert len(rows) == 24 and max(map(len, rows)) <= 80
+    cells = {row.split()[0]: row.split()[1:3] for row in rows if row.startswith("relay-0-")}
+    assert cells == {
+        "relay-0-1": ["1.2s", "38ms"],
+        "relay-0-2": ["3.2ms", "-"],
+        "relay-0-3": ["?9.0s", "0.5ms"],  # its report is 9 s old: the lag is unknown
+        "relay-0-4": ["-", "-"],
+    }
+    plain = screen(render_plain(snap), height=100)
+    row = next(r for r in plain if r.startswith("|relay-0-1 "))
+    assert [c.strip() for c in row.strip("|").split("|")] == [
+        "relay-0-1", "1.2s", "inbound_cidr", "38ms", "mycache",
+    ]  # fmt: skip
+
+
+STATUS_CONFIG = """
+Datasource "mycache" {}
+cluster {
+  heartbeat_interval = 0.2
+  Replicate "inbound_cidr" { max_delay = 0.05 }
+  Replicate "mycache" { type = "cache" }
+}
+"""
+
+
+async def test_nodes_report_true_lag_and_staleness(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A delta held 0.5 s before its batch may ship: the lag its node reports is at least
+    that; a replica that applies every set 250 ms later than it is made: the staleness it
+    reports is at least that. The dashboard shows both."""
+    config = parse_config(STATUS_CONFIG)
+    a = Node(config, "relay-0-1", redis_server.url, namespace=namespace)
+    b = Node(config, "relay-0-2", redis_server.url, namespace=namespace)
+    found: list[Snapshot] = []
+    try:
+        await a.start()
+        await b.start()
+        b.caches.replica("mycache").clock_offset_ms += 250  # sees each set 250 ms later
+        box = a.outboxes["inbound_cidr"]
+        async with box.lock:  # the outbox cannot ship for 0.5 s
+            a.record("inbound_cidr", "10.1.2.3", 1)
+            await asyncio.sleep(0.5)
+        for i in range(5):
+            await a.caches.set("mycache", f"k{i}", "v")
+        await until(lambda: _true(box.stats.batches >= 1), 10, "the held batch shipped")
+        shipped_ms = await members.server_time_ms(a.client)
+
+        async def reported() -> bool:
+            snap = await snapshot_of(redis_server, namespace)
+            first, second = snap.replication
+            assert first.reported_ms_ago is not None
+            found[:] = [snap]
+            after = snap.server_time_ms - first.reported_ms_ago > shipped_ms
+            return after and second.staleness_ms is not None
+
+        await until(reported, 10, "both nodes reported after the batch shipped")
+    finally:
+        await a.stop()
+        await b.stop()
+    snap = found[0]
+    first, second = snap.replication
+    assert first.lag_object == "inbound_cidr"
+    assert first.lag_ms is not None and 500 <= first.lag_ms < 5_000, first
+    assert second.staleness_cache == "mycache"
+    assert second.staleness_ms is not None and 250 <= second.staleness_ms < 5_000, second
+    assert first.staleness_ms is None  # its own sets are no staleness sample
+    rows = {row.split()[0]: row.split()[1:3] for row in screen(render(snap)) if "relay-0" in row}
+    lag = f"{first.lag_ms / 1000:.1f}s" if first.lag_ms >= 1000 else f"{first.lag_ms:.0f}ms"
+    assert rows["relay-0-1"] == [lag, "-"], rows
+    assert rows["relay-0-2"][1] == f"{second.staleness_ms:.0f}ms", rows
+
+
+async def _true(value: bool) -> bool:
+    return value

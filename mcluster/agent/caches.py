@@ -81,7 +81,7 @@ class ReplicaStats:
     reloads: int = 0
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
@@ -292,8 +292,8 @@ class Replica:
             "max_size": self.obj.max_size,
             "staleness_ms": {
                 "samples": len(samples),
-                "p50": _percentile(samples, 50),
-                "p99": _percentile(samples, 99),
+                "p50": percentile(samples, 50),
+                "p99": percentile(samples, 99),
                 "max": max(samples) if samples else None,
             },
         } | vars(self.stats)

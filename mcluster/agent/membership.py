@@ -53,13 +53,17 @@ async def beat(
     ttl: float,
     incarnation: str,
     leader_ttl: float,
+    status: str = "",
 ) -> Beat:
-    """Renew the lease (and the leader lease, or take it when it is free)."""
+    """Renew the lease (and the leader lease, or take it when it is free); ``status`` (a
+    node's figures, ``store/node_status``) is stored with the renewal."""
     lease, same, token, leader = await scripts.run(
         "heartbeat",
-        [keys.lease(member.node), keys.members, keys.incarnation, keys.leader, keys.leader_token],
-        [member.private_name, member.node, int(ttl * 1000), incarnation, int(leader_ttl * 1000)],
-    )
+        [keys.lease(member.node), keys.members, keys.incarnation, keys.leader, keys.leader_token,
+         keys.status],
+        [member.private_name, member.node, int(ttl * 1000), incarnation, int(leader_ttl * 1000),
+         status],
+    )  # fmt: skip
     name = bytes(leader).decode().rsplit(" ", 1)[0] if leader else ""
     return Beat(bool(lease), bool(same), int(token), name)
 

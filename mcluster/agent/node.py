@@ -29,6 +29,7 @@ from mcluster.agent.caches import Caches
 from mcluster.agent.gauge_caches import GaugeCaches
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
 from mcluster.agent.slots import SlotDecision
+from mcluster.agent.status import StatusReporter
 from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
@@ -106,6 +107,7 @@ class Node:
         self._families: dict[str, Throttles] = {}
         self.outbound = OutboundPolicy(self.config)
         self.caches = Caches(self.config, self.keys, self.name, lambda: self.scripts)
+        self.status = StatusReporter()  # its figures go with each heartbeat
         self.gauge_caches = GaugeCaches(self)
         self._audit = AuditRecorder.from_config(
             self.config, self.keys, self.name, lambda: self.scripts, self.max_buffered
@@ -318,6 +320,7 @@ class Node:
                     self.lease_ttl,
                     self.incarnation,
                     self.leader_ttl,
+                    self.status.report(self.name, self.outboxes, self.caches.replicas).to_json(),
                 )
                 if failures:
                     log.warning("Redis answers again after %d failed heartbeats", failures)

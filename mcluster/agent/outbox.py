@@ -112,6 +112,9 @@ class Outbox:
     batch_keys: Histogram = field(default_factory=lambda: Histogram(SIZE_BOUNDS))
     pending_since: float = 0.0
     shipping_since: float = 0.0
+    #: The longest a delta waited from ``record`` to Redis applying it, since the node's
+    #: last heartbeat reported it (``take_lag``).
+    worst_lag: float = 0.0
 
     def admit(self, key: str) -> bytes:
         """Validate and pack a key (ValueError says why it is bad), remembering good ones."""
@@ -169,6 +172,8 @@ class Outbox:
         self.shipping_since = self.pending_since if items else 0.0
         try:
             await self.send_all(scripts, self.fold(items), "d")
+            if self.shipping_since:
+                self.worst_lag = max(self.worst_lag, time.monotonic() - self.shipping_since)
         finally:
             self.shipping_since = 0.0
 
@@ -176,6 +181,11 @@ class Outbox:
         """Seconds the oldest delta not yet applied in Redis has waited (0: none waits)."""
         waiting = [t for t in (self.shipping_since, self.pending_since if self.buffer else 0) if t]
         return max(0.0, now - min(waiting)) if waiting else 0.0
+
+    def take_lag(self, now: float) -> float:
+        """The worst lag since the last call (shipped or still waiting), and start anew."""
+        worst, self.worst_lag = max(self.worst_lag, self.lag(now)), 0.0
+        return worst
 
     async def snapshot_locked(self, scripts: Scripts, on_chunk: OnChunk | None = None) -> None:
         """Publish the absolute state into a fresh (empty) view: a re-sync.

@@ -26,15 +26,15 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from mcluster.console.snapshot import LagLine, ObjectTop, Snapshot, SnapshotReader
+from mcluster.console.snapshot import ObjectTop, Snapshot, SnapshotReader
 from mcluster.store.keys import ClusterKeys
 
 REFRESH = 1.0
 NEAR_LIMIT = 0.5  # throttles at or above this share of their limit are shown
-MAX_LINES = 4  # rows per small table (lag, throttles, anomalies, jobs)
+MAX_LINES = 4  # rows per small table (replication, throttles, anomalies, jobs)
 NODE_COLUMN = 6  # characters a node's count column takes
 KEY_AND_GLOBAL = 22  # the key and global columns of an object table, and the gutter
-STALE_MS = 5_000  # a node view whose last batch is older is shown in yellow
+STALE_MS = 5_000  # a lag above this, or a node's report older than this, is yellow
 
 
 def _ago(ms: int | None) -> str:
@@ -56,10 +56,13 @@ def short_names(nodes: Iterable[str]) -> list[str]:
     return [name[len(prefix) :] or name for name in names]
 
 
-def _table(title: str, *columns: str, ascii_box: bool = False, left: int = 1) -> Table:
+def _table(
+    title: str, *columns: str, ascii_box: bool = False, left: int = 1, text: tuple[int, ...] = ()
+) -> Table:
     """A compact table: borderless and as wide as its region on a screen (the first
     column takes the rest, cut with an ellipsis), boxed in ASCII for plain text. The first
-    ``left`` columns are text (left-justified), the others numbers."""
+    ``left`` columns and those numbered in ``text`` are text (left-justified), the others
+    numbers."""
     table = Table(
         title=title,
         title_justify="left",
@@ -74,7 +77,7 @@ def _table(title: str, *columns: str, ascii_box: bool = False, left: int = 1) ->
         first = i == 0
         table.add_column(
             name,
-            justify="left" if i < left else "right",
+            justify="left" if i < left or i in text else "right",
             no_wrap=True,
             overflow="ellipsis",
             min_width=6 if first else None,
@@ -104,23 +107,35 @@ def members_table(s: Snapshot, ascii_box: bool = False) -> Table:
     return table
 
 
-def lag_table(s: Snapshot, ascii_box: bool = False) -> Table:
-    """Per node, its stalest view: how long ago its last batch of that object landed."""
-    table = _table("Replication lag", "stalest object", "node", "last", ascii_box=ascii_box, left=2)
-    stalest: dict[str, LagLine] = {}
-    for line in s.lag:
-        if line.last_batch_ms_ago is None:
-            continue  # a view that never shipped anything (nothing recorded) is not late
-        seen = stalest.get(line.node)
-        if seen is None or (seen.last_batch_ms_ago or 0) < line.last_batch_ms_ago:
-            stalest[line.node] = line
-    for node in sorted(stalest)[:MAX_LINES]:
-        line = stalest[node]
-        stale = (line.last_batch_ms_ago or 0) > STALE_MS
-        age = Text(_ago(line.last_batch_ms_ago), style="yellow" if stale else "")
-        table.add_row(line.object, node, age)
-    if not stalest:
-        table.add_row(Text("no batches yet", style="dim"), "", "")
+def _ms(ms: float | None) -> str:
+    """12ms, 3.4ms, 1.2s: a lag or staleness, short."""
+    if ms is None:
+        return "-"
+    if ms >= 1000:
+        return _ago(int(ms))
+    return f"{ms:.1f}ms" if ms < 10 else f"{ms:.0f}ms"
+
+
+def replication_table(s: Snapshot, ascii_box: bool = False) -> Table:
+    """Per node, as it reported with its last heartbeat: its worst replication lag since
+    the previous one (a delta recorded -> applied in Redis, visible in the global view)
+    and the p99 staleness of its cache replicas (a set elsewhere -> visible here). With
+    ``ascii_box`` (plain text) the object and cache they come from too."""
+    wide = ("object", "stale", "cache") if ascii_box else ("stale",)
+    columns = ("node", "lag", *wide)
+    table = _table("Replication lag, staleness", *columns, ascii_box=ascii_box, text=(2, 4))
+    for line in s.replication[:MAX_LINES]:
+        old = line.reported_ms_ago is not None and line.reported_ms_ago > STALE_MS
+        if line.lag_ms is None or old:
+            # never reported, or its heartbeats stopped: its figures are unknown
+            lag = Text(f"?{_ago(line.reported_ms_ago)}" if old else "-", style="yellow")
+        else:
+            lag = Text(_ms(line.lag_ms), style="yellow" if line.lag_ms > STALE_MS else "")
+        stale = _ms(line.staleness_ms)
+        extra = (line.lag_object or "-", stale, line.staleness_cache or "-") if ascii_box else ()
+        table.add_row(line.node, lag, *(extra or (stale,)))
+    if not s.replication:
+        table.add_row(Text("no nodes", style="dim"), *["" for _ in columns[1:]])
     return table
 
 
@@ -182,7 +197,7 @@ def _side_panels(s: Snapshot, ascii_box: bool = False) -> list[RenderableType]:
         members_table(s, ascii_box),
         jobs_table(s, ascii_box),
         throttles_table(s, ascii_box),
-        lag_table(s, ascii_box),
+        replication_table(s, ascii_box),
         anomalies_table(s, ascii_box),
     ]
     return [t for t in tables if t is not None]

@@ -20,10 +20,9 @@ from mcluster.objects import views
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.rates import parse_rate
 from mcluster.objects.views import NotFound, ObjectInfo
-from mcluster.store import cluster_view, members
+from mcluster.store import cluster_view, members, node_status
 from mcluster.store.jobs import list_jobs
 from mcluster.store.keys import GLOBAL, ClusterKeys
-from mcluster.store.replication_view import view_activity
 
 #: Rows of an object's top shown per object, and global rows read to choose them from
 #: (a CIDR tree lists its rows depth first: a few thousand reach past the first /8).
@@ -73,13 +72,16 @@ class ThrottleLine:
 
 
 @dataclass(frozen=True)
-class LagLine:
-    """How long ago a node's last batch of an object was applied (its replication lag)."""
+class ReplicationLine:
+    """A node's replication lag and replica staleness, as it reported them with its last
+    heartbeat (``store/node_status``); ``reported_ms_ago`` is how old that report is."""
 
-    object: str
     node: str
-    seq: int
-    last_batch_ms_ago: int | None
+    lag_ms: float | None = None  # None: the node has not reported yet
+    lag_object: str | None = None
+    staleness_ms: float | None = None  # None: no cache replica change seen
+    staleness_cache: str | None = None
+    reported_ms_ago: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ class Snapshot:
     epoch: int | None = None
     objects: tuple[ObjectTop, ...] = ()
     throttles: tuple[ThrottleLine, ...] = ()
-    lag: tuple[LagLine, ...] = ()
+    replication: tuple[ReplicationLine, ...] = ()  # per node, in Snapshot.nodes order
     anomalies: tuple[AnomalyLine, ...] = ()
     jobs: tuple[JobLine, ...] = ()
     error: str | None = None  # why the snapshot is empty (Redis unreachable, ...)
@@ -208,6 +210,13 @@ async def _object(
     return ObjectTop(info.name, head.type, tuple(rows), head.total_rows), anomalies
 
 
+def _replication(node: str, r: node_status.NodeStatus | None, now_ms: int) -> ReplicationLine:
+    if r is None:
+        return ReplicationLine(node)
+    age = max(0, now_ms - r.at_ms)
+    return ReplicationLine(node, r.lag_ms, r.lag_object, r.staleness_ms, r.staleness_cache, age)
+
+
 async def _throttles(client: Redis, keys: ClusterKeys, info: ObjectInfo) -> list[ThrottleLine]:
     listing = await views.show(client, keys, info.name, None, None)
     found = []
@@ -254,7 +263,7 @@ class SnapshotReader:
             for m in every
         )
         epoch = next((m.epoch for m in every if m.node == leader), None)
-        objects, throttles, lag, anomalies = [], [], [], []
+        objects, throttles, anomalies = [], [], []
         for info in await views.list_objects(client, keys, self.configured):
             if info.kind is None:
                 throttles += await _throttles(client, keys, info)
@@ -262,8 +271,8 @@ class SnapshotReader:
             top, found = await _object(client, keys, info, nodes, self.chosen, self.rescan)
             objects.append(top)
             anomalies += found
-            for act in await view_activity(client, keys.object(info.name), now_ms):
-                lag.append(LagLine(info.name, act.node, act.seq, act.last_batch_ms_ago))
+        reported = await node_status.read_all(client, keys)
+        replication = [_replication(node, reported.get(node), now_ms) for node in nodes]
         jobs = [
             JobLine(f"#{job.id}", f"{job.kind} {job.what}", job.done, job.total)
             for job in await list_jobs(client, keys)
@@ -278,7 +287,7 @@ class SnapshotReader:
             epoch=epoch,
             objects=tuple(objects),
             throttles=tuple(sorted(throttles, key=lambda t: -t.fraction)),
-            lag=tuple(lag),
+            replication=tuple(replication),
             anomalies=tuple(anomalies),
             jobs=tuple(jobs),
         )

@@ -77,6 +77,11 @@ class ClusterKeys:
         return f"{self.base}:leader_token"
 
     @property
+    def status(self) -> str:
+        """What each node reports with its heartbeat: node -> "MS JSON" (store/node_status)."""
+        return f"{self.base}:status"
+
+    @property
     def reaping(self) -> str:
         """Progress of the reaping jobs: view id -> JSON."""
         return f"{self.base}:reaping"

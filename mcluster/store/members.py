@@ -48,6 +48,7 @@ async def leave(client: Redis, keys: ClusterKeys, member: Member) -> None:
     current = await get(client, keys, member.node)
     if current is not None and current.epoch == member.epoch:
         await client.hdel(keys.members, member.node, f"{member.node}:hb")
+        await client.hdel(keys.status, member.node)
     lease = await client.get(keys.lease(member.node))
     if lease is not None and text(lease) == member.private_name:
         await client.delete(keys.lease(member.node))
