@@ -670,6 +670,7 @@ def lua_costs(server: RedisServer, report: Report) -> None:
     client = server.client()
     source = script_source("throttle_acquire")
     variants = {
+        "throttle_one (1 request, 1 limit)": script_source("throttle_one"),
         "throttle_acquire, 1 request": source,
         "  the same, before the running sum (0.1)": OLD_ACQUIRE,
         "  a script returning 4 ints": "return {1, 1, 0, 5}",
@@ -682,6 +683,9 @@ def lua_costs(server: RedisServer, report: Report) -> None:
         script = client.register_script(text)
         if name.startswith("limits"):
             keys, args = ["lua-bench:incr"], [10, 1]
+        elif name.startswith("throttle_one"):
+            keys, args = ["{lua-bench}:w", "{lua-bench}:s"], [10**9, 100, 10, 1, 0]
+            client.delete(*keys)
         else:  # a 100 ms window of 10 ms buckets: filled with 11 buckets in 0.2 s
             keys, args = ["{lua-bench}:w", "{lua-bench}:s"], [1, 10**9, 100, 10, 0, 1, 1, 1]
             client.delete(*keys)

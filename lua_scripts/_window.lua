@@ -8,6 +8,8 @@
 --   that left the window (now - p, now] (usually none, at a bucket edge one).
 -- window_buckets(W) -> {bucket -> count} of the live buckets, this script's adds included
 --   (one HGETALL per window and script: only on a refusal, to say when to retry).
+-- window_retry_after(W, cost, now) -> ms until `cost` fits in W (W.n, W.p, W.w set by the
+--   caller), -1 when it never can (cost > N).
 -- window_write(W, ttl_ms): stores what the script added (W.add) and the new sum.
 -- window_share(key, W, add, ttl_ms): counts `add` in a node's share of the window.
 -- Cost: O(1) amortized; O(B) for B stored buckets on a window's first use or long idle.
@@ -53,6 +55,21 @@ local function window_buckets(W)
   for b, c in pairs(W.stored) do buckets[b] = c end
   buckets[W.cur] = (buckets[W.cur] or 0) + W.add
   return buckets
+end
+
+-- Each old bucket b leaves the window at (b+1)*w + p.
+local function window_retry_after(W, cost, now)
+  if cost > W.n then return -1 end
+  local excess = W.used + cost - W.n
+  local buckets = window_buckets(W)
+  local order = {}
+  for b in pairs(buckets) do order[#order + 1] = b end
+  table.sort(order)
+  for _, b in ipairs(order) do
+    excess = excess - buckets[b]
+    if excess <= 0 then return math.max(1, (b + 1) * W.w + W.p - now) end
+  end
+  return W.p
 end
 
 local function window_write(W, ttl_ms)

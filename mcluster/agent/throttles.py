@@ -18,11 +18,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.objects import throttle
 from mcluster.objects.throttle import Decision, Request, ThrottleDef, ThrottleError
 from mcluster.store.keys import ClusterKeys
+from mcluster.store.script_link import ScriptLink
 from mcluster.store.scripts import Scripts
 from mcluster.store.urls import SOCKET_TIMEOUT
 
@@ -81,6 +83,8 @@ class Throttles:
         self._quota: dict[str, Reservation] = {}
         self._worker: asyncio.Task[None] | None = None
         self._busy = False  # a throttle_acquire call is in flight
+        self._crowd = True  # callers came together lately (batches of more than one)
+        self._link: ScriptLink | None = None
 
     async def load(self, declared: Iterable[ThrottleDef] = ()) -> None:
         for tdef in declared:
@@ -95,6 +99,16 @@ class Throttles:
         else:
             self.defs[tdef.name] = tdef
         return created
+
+    async def _run_batch(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a decision script: on this family's own connection when the client allows
+        (one call in flight at a time, see ``_busy``), else through the pool."""
+        scripts = self._scripts()
+        if self._link is None or self._link.scripts is not scripts:
+            self._link = ScriptLink(scripts) if ScriptLink.usable(scripts) else None
+        if self._link is None:
+            return await scripts.run(script, keys, args)
+        return await self._link.run(script, keys, args)
 
     async def _known(self, names: Iterable[str]) -> None:
         missing = [n for n in names if n not in self.defs]
@@ -226,12 +240,17 @@ class Throttles:
         self._busy = True
         batch: list[tuple[Request, asyncio.Future[Decision]]] = []
         try:
-            await asyncio.sleep(0)
+            if self._crowd:  # let the callers that become ready in this turn join
+                await asyncio.sleep(0)
             batch, self._pending = self._pending[: MAX_BATCH - 1], self._pending[MAX_BATCH - 1 :]
             requests = [request, *(r for r, _ in batch)]
-            keys, args = throttle.plan(self.okeys, requests, self.defs, self.node)
+            if batch:
+                script = "throttle_acquire"
+                keys, args = throttle.plan(self.okeys, requests, self.defs, self.node)
+            else:
+                script, keys, args = throttle.plan_one(self.okeys, request, self.defs, self.node)
             async with asyncio.timeout(deadline):
-                reply = await self._scripts().run("throttle_acquire", keys, args)
+                reply = await self._run_batch(script, keys, args)
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -245,6 +264,7 @@ class Throttles:
             if self._pending:
                 self._start_worker()
         self.stats.batches += 1
+        self._crowd = len(requests) > 1 or bool(self._pending)
         decided = throttle.decisions(requests, reply)
         for (_, future), decision in zip(batch, decided[1:], strict=True):
             if not future.done():
@@ -278,13 +298,14 @@ class Throttles:
                 try:
                     # the decision client has no socket timeout: never wait forever
                     async with asyncio.timeout(STUCK_AFTER):
-                        reply = await self._scripts().run("throttle_acquire", keys, args)
+                        reply = await self._run_batch("throttle_acquire", keys, args)
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
                 self.stats.batches += 1
+                self._crowd = True
                 for (_, future), decision in zip(
                     batch, throttle.decisions(requests, reply), strict=True
                 ):

@@ -7,6 +7,7 @@ Cluster that is one slot: one EVALSHA per batch, whatever the number of throttle
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ class ThrottleDef(BaseModel):
     def _rate(cls, value: object) -> str:
         return str(parse_rate(cast(str, value)))
 
-    @property
+    @functools.cached_property
     def parsed(self) -> Rate:
         return parse_rate(self.rate)
 
@@ -157,6 +158,24 @@ def plan(
             tail += [k, cost]
     shares = [window_key(okeys, name, node) for name in number]
     return keys + shares, [len(keys), *head, *tail]
+
+
+def plan_one(
+    okeys: ObjectKeys, request: Request, defs: Mapping[str, ThrottleDef], node: str
+) -> tuple[str, list[str], list[int | str]]:
+    """Script, KEYS and ARGV deciding one request alone: ``throttle_one`` when it names
+    one throttle (the same reply for less work), else ``throttle_acquire``."""
+    if len(request.limits) != 1:
+        keys, args = plan(okeys, [request], defs, node)
+        return "throttle_acquire", keys, args
+    name, cost = request.limits[0]
+    rate = defs[name].parsed
+    keys = [window_key(okeys, name), window_key(okeys, name, node)]
+    return (
+        "throttle_one",
+        keys,
+        [rate.count, rate.period_ms, rate.bucket_ms, cost, int(request.force)],
+    )
 
 
 def decisions(requests: Sequence[Request], reply: Sequence[int]) -> list[Decision]:
