@@ -71,6 +71,7 @@ CONFIG = f"""cluster {{
 CALLERS = (1, 50)
 RATIO_TARGET = 2.5
 P99_TARGET_MS = 1.5
+LOCAL_TARGET = 20.0
 THREE = [("a", 1), ("b", 1), ("c", 1)]
 
 Call = Callable[[], Awaitable[Any]]
@@ -264,11 +265,19 @@ async def run(server: RedisServer, quick: bool, whatif: bool, report: Report) ->
                 f"{ratios[c]:.2f}x",
                 f"the faster strategy (/ the other: {main['exact', c].rate / slower:.2f}x)",
             )
+        local_vs_exact = {c: 0.0 for c in CALLERS}
         if has_local:
             for c in CALLERS:
                 report.figure(
                     f"local quota / limits {best_name[c]}, {who(c)}",
                     f"{main['local', c].rate / best[c]:.1f}x",
+                )
+            for c in CALLERS:
+                local_vs_exact[c] = main["local", c].rate / main["exact", c].rate
+                report.figure(
+                    f"local quota / exact, {who(c)}",
+                    f"{local_vs_exact[c]:.1f}x",
+                    "exact batches ~50 decisions per call at 50 callers" if c > 1 else "",
                 )
         ratio3 = three["exact3"].rate / three["seq3"].rate
         report.figure("acquire a+b+c / limits x3 in a row", f"{ratio3:.2f}x", "50 callers")
@@ -309,6 +318,11 @@ async def run(server: RedisServer, quick: bool, whatif: bool, report: Report) ->
         "3-limit acquire vs 3 hits in a row",
         ratio3 >= RATIO_TARGET,
         f"{ratio3:.2f}x >= {RATIO_TARGET}x at 50 callers",
+    )
+    report.target(
+        "local quota vs exact, 1 caller",
+        local_vs_exact[1] >= LOCAL_TARGET,
+        f"{local_vs_exact[1]:.1f}x >= {LOCAL_TARGET}x (50 callers: {local_vs_exact[50]:.1f}x)",
     )
     report.target(
         "every decision allowed",

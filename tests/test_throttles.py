@@ -101,6 +101,16 @@ async def test_bad_requests(node: Node) -> None:
             await th.acquire([("t1", cost)])
     with pytest.raises(ThrottleError, match="at least one"):
         await th.acquire([])
+    # a local quota reservation never takes a bad cost (a negative one would add tokens)
+    lq = ThrottleDef(name="lq", rate="1000/10", mode="local_quota", deadline_ms=5000)
+    await th.create(lq)  # a long deadline: the first reservation must not be degraded
+    assert (await th.acquire([("lq", 1)])).allowed
+    tokens = th._quota["lq"].tokens
+    assert tokens > 0, th.stats
+    for cost in (0, -5, 1.5, 10**9):
+        with pytest.raises(ThrottleError, match="cost for 'lq' must be an integer"):
+            await th.acquire([("lq", cost)])  # type: ignore[list-item]
+    assert th._quota["lq"].tokens == tokens
 
 
 async def test_http_throttles(node: Node) -> None:

@@ -117,14 +117,14 @@ class Throttles:
 
     async def acquire(self, limits: Sequence[tuple[str, int]], *, force: bool = False) -> Decision:
         """Count ``cost`` on every named throttle if all have room, else none."""
-        request = Request(tuple(limits), force)
-        if len(request.limits) == 1 and not force:
-            name, cost = request.limits[0]
+        if len(limits) == 1 and not force:  # local quota: decided in process when it can
+            name, cost = limits[0]
             res = self._quota.get(name)
-            if res is not None:
+            if res is not None and type(cost) is int and 0 < cost <= throttle.MAX_COST:
                 decision = self._spend(name, res, cost)
                 if decision is not None:
                     return decision
+        request = Request(tuple(limits), force)
         await self._known(n for n, _ in request.limits)
         throttle.check_request(request, self.defs)
         if len(request.limits) == 1 and not force:
