@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
+import pytest
+import redis.exceptions
+
+from mcluster.agent import membership
 from mcluster.agent.node import Node
+from mcluster.agent.outbox import Outbox
 from mcluster.config import parse_config
 from mcluster.store import members
 from mcluster.store.keys import ClusterKeys
+from mcluster.store.scripts import Scripts
 from tests.helpers import crash, until
 from tests.redis_cluster import AnyRedis
 
@@ -147,3 +154,33 @@ async def test_retired_view_rejoins_with_snapshot(shared_redis: AnyRedis, namesp
             )
 
         await until(exact, 2.0, "counted exactly once after the re-sync")
+
+
+async def test_heartbeat_outlives_a_redis_error_after_the_beat(
+    shared_redis: AnyRedis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis going away between the beat and the lost-batches check (as in back-to-back
+    Redis restarts) once ended the heartbeat task for good: the node never re-synced."""
+    cfg = parse_config(FAST)
+    failed = asyncio.Event()
+    real = membership.lost_batches
+
+    async def lost_once(scripts: Scripts, boxes: Iterable[Outbox]) -> str | None:
+        if not failed.is_set():
+            failed.set()
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        return await real(scripts, boxes)
+
+    monkeypatch.setattr(membership, "lost_batches", lost_once)
+    async with Node(cfg, "relay-0-1", shared_redis.url, namespace=namespace) as a:
+        a.record("inbound_cidr", "10.1.2.3", 2)
+        await a.flush()
+        await asyncio.wait_for(failed.wait(), 2.0)
+        old = a.private_name
+        shared_redis.client().delete(ClusterKeys(namespace).incarnation)  # Redis lost data
+
+        async def rejoined() -> bool:
+            return a.member is not None and a.private_name != old and a.rejoins == 1
+
+        await until(rejoined, 2.0, "the node still beats, and re-syncs")
+        assert await a.count("inbound_cidr", "10.1.2.3", "relay-0-1") == 2

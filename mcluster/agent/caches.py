@@ -216,6 +216,7 @@ class Replica:
         """Apply the change stream forever; reload on a gap or after Redis came back."""
         delay = 0.05
         while True:
+            stop_if_cancelled()
             try:
                 await self._follow_once(scripts)
                 delay = 0.05
@@ -297,6 +298,16 @@ class Replica:
                 "max": max(samples) if samples else None,
             },
         } | vars(self.stats)
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if the running task was asked to stop. An endless loop checks
+    this each turn: on Python 3.11 ``asyncio.wait_for`` swallows a cancel that arrives as
+    the awaited call ends, and redis-py writes every command through it (a client with a
+    socket timeout), so a follower being cancelled would otherwise read on for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:

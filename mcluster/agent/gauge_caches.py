@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 
-from mcluster.agent.caches import cancel_tasks
+from mcluster.agent.caches import cancel_tasks, stop_if_cancelled
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox
 from mcluster.objects import gauge, gauge_cache, views
 from mcluster.objects.gauge_cache import GaugeCacheDef
@@ -164,6 +164,7 @@ class GaugeCaches:
         moment it is dropped may lose that change from its counts: a rare race.)"""
         client = self.node.client
         while True:
+            stop_if_cancelled()
             try:
                 reply = await client.xread({box.keys.stream: last_id}, count=512, block=1000)
             except RETRY_ERRORS as exc:

@@ -304,24 +304,19 @@ class Node:
         return await reload.reload_config(self)
 
     async def _heartbeat_loop(self) -> None:
-        """Renew the lease; re-sync when it is lost or Redis lost data; reap when leader."""
+        """Renew the lease; re-sync when it is lost or Redis lost data; reap when leader.
+
+        Nothing but a cancel ends it: a node whose heartbeat stopped would never re-sync
+        again (its views reaped, its batches refused) while it still believed it led."""
         rejoin: asyncio.Task[None] | None = None
         failures = 0
         while not self._stopping:
-            await wait_event(self._resync_needed, self.heartbeat_interval)
-            member = self.member
-            if member is None:
-                continue
+            if (rejoin is not None and not rejoin.done()) or failures:
+                await asyncio.sleep(self.heartbeat_interval)  # no busy loop on a set event
+            else:
+                await wait_event(self._resync_needed, self.heartbeat_interval)
             try:
-                beat = await membership.beat(
-                    self.scripts,
-                    self.keys,
-                    member,
-                    self.lease_ttl,
-                    self.incarnation,
-                    self.leader_ttl,
-                    self.status.report(self.name, self.outboxes, self.caches.replicas).to_json(),
-                )
+                rejoin = await self._beat_once(rejoin)
                 if failures:
                     log.warning("Redis answers again after %d failed heartbeats", failures)
                 failures = 0
@@ -329,29 +324,47 @@ class Node:
                 failures += 1
                 if failures in (1, 10) or failures % 60 == 0:
                     log.error("heartbeat failed (%d in a row): %s", failures, exc)
-                continue
-            self.leader, self.is_leader = beat.leader, beat.is_leader
-            if self.member is not member or (rejoin is not None and not rejoin.done()):
-                continue  # a re-sync ran during the beat: this beat speaks of the old epoch
-            if rejoin is not None and rejoin.exception() is not None:
-                log.error("re-sync failed: %s; retrying", rejoin.exception())
-                self._resync_needed.set()
-            rejoin = None
-            reason, kind = None, "resync"
-            if self._reset_asked:
-                self._reset_asked = False
-                reason, kind = "an operator asked for it (cluster reset)", "reset"
-            elif not beat.same_data:
-                reason = "Redis lost its data (the incarnation marker changed)"
-            elif not beat.lease:
-                reason = "this node's lease was lost (paused, partitioned or reaped)"
-            elif self._resync_needed.is_set():
-                reason = "a batch was refused: this node's view was retired"
-            else:
-                reason = await membership.lost_batches(self.scripts, self.outboxes.values())
-            if reason:
-                rejoin = asyncio.create_task(self._rejoin(reason, kind))
-                self._tasks.append(rejoin)
+            except Exception:
+                failures += 1
+                log.exception("heartbeat failed; trying again")
+
+    async def _beat_once(self, rejoin: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
+        """One heartbeat, and the re-sync it calls for; returns the re-sync task running."""
+        member = self.member
+        if member is None:
+            return rejoin
+        beat = await membership.beat(
+            self.scripts,
+            self.keys,
+            member,
+            self.lease_ttl,
+            self.incarnation,
+            self.leader_ttl,
+            self.status.report(self.name, self.outboxes, self.caches.replicas).to_json(),
+        )
+        self.leader, self.is_leader = beat.leader, beat.is_leader
+        if self.member is not member or (rejoin is not None and not rejoin.done()):
+            return rejoin  # a re-sync ran during the beat: this beat speaks of the old epoch
+        if rejoin is not None and rejoin.exception() is not None:
+            log.error("re-sync failed: %s; retrying", rejoin.exception())
+            self._resync_needed.set()
+        reason, kind = None, "resync"
+        if self._reset_asked:
+            reason, kind = "an operator asked for it (cluster reset)", "reset"
+        elif not beat.same_data:
+            reason = "Redis lost its data (the incarnation marker changed)"
+        elif not beat.lease:
+            reason = "this node's lease was lost (paused, partitioned or reaped)"
+        elif self._resync_needed.is_set():
+            reason = "a batch was refused: this node's view was retired"
+        else:  # a Redis error here is a failed beat: the next one asks again
+            reason = await membership.lost_batches(self.scripts, self.outboxes.values())
+        if not reason:
+            return None
+        self._reset_asked = False
+        rejoin = asyncio.create_task(self._rejoin(reason, kind))
+        self._tasks.append(rejoin)
+        return rejoin
 
     async def _reap_loop(self) -> None:
         """The leader looks for dead views four times per heartbeat and reaps them."""
