@@ -160,6 +160,7 @@ class RedisProxy:
     connection is kept; other connections are not slowed. ``drop_reply_to = token``: Redis
     runs the next request containing ``token`` but its reply is swallowed and the client's
     connection closed (a lost reply); an error reply (NOSCRIPT) re-arms it for the retry.
+    ``holding`` counts the requests and replies held at this moment.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -167,6 +168,7 @@ class RedisProxy:
         self.delay_command: dict[bytes, float] = {}
         self.delay_reply: dict[bytes, float] = {}
         self.delayed = 0
+        self.holding = 0  # requests and replies being held right now
         self.drop_reply_to: bytes | None = None
         self.dropped = 0
         self._server: asyncio.Server | None = None
@@ -206,7 +208,11 @@ class RedisProxy:
             while data := await creader.read(65536):
                 if delay := self._match(self.delay_command, data):
                     self.delayed += 1
-                    await asyncio.sleep(delay)
+                    self.holding += 1
+                    try:
+                        await asyncio.sleep(delay)
+                    finally:
+                        self.holding -= 1
                 if delay := self._match(self.delay_reply, data):
                     self.delayed += 1
                     replies.put_nowait(delay)
@@ -228,7 +234,11 @@ class RedisProxy:
                         swriter.close()
                         return
                     else:
-                        await asyncio.sleep(delay)
+                        self.holding += 1
+                        try:
+                            await asyncio.sleep(delay)
+                        finally:
+                            self.holding -= 1
                 cwriter.write(data)
                 await cwriter.drain()
 

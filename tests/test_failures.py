@@ -470,8 +470,8 @@ async def test_leader_reaps_after_a_concurrent_drain(proxy: tuple[Farm, RedisPro
     code = await asyncio.to_thread(farm.agents["n2"].proc.wait, 20)
     farm.agents["n2"].killed = True
     farm.model.pop("n2")
-    await asyncio.sleep(1.6)  # the leader's slowed chunk script has reached Redis
-    slow.delay_command.clear()
+    slow.delay_command.clear()  # n2 closed its view: a chunk of the leader now is STALE
+    await until(lambda: slow.holding == 0, 5, what="the leader's slowed chunks reached Redis")
     print("n2 exit code", code, "leader reaped:", farm.agents["lead"].log_lines("reaped"))
     killed_at = farm.kill("n3")
     try:
