@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -156,6 +157,50 @@ async def test_requests_protocol(redis_server: RedisServer, namespace: str) -> N
         stopping.set()
         await asyncio.wait_for(server, 5)
         await client.aclose()
+
+
+async def test_finished_broadcast_job_shows_every_node(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A finished broadcast's progress is N/N (answers and timeouts), not N-1/N: the
+    job's last tick used to run before the last answer was counted."""
+    client = make_async_client(redis_server.url)
+    keys = ClusterKeys(namespace)
+    stopping = asyncio.Event()
+
+    async def handler(command: str) -> requests.Answer:
+        return {"ok": True, "output": command}
+
+    servers = [
+        asyncio.create_task(requests.serve(client, keys, node, handler, stopping.is_set))
+        for node in ("a", "b", "c")
+    ]
+    try:
+        await until(lambda: _responding(client, keys, 3), 5, what="three responders")
+        ctx = ConsoleContext(client, keys, timeout=2.0)
+        result = await run_command(ctx, "broadcast cluster nodename")
+        assert result.data == {n: {"ok": True, "output": "cluster nodename"} for n in "abc"}
+        [job] = [j for j in await jobs.list_jobs(client, keys) if j.kind == "broadcast"]
+        assert (job.state, job.done, job.total) == ("done", 3, 3)
+        # A node that does not answer counts too: it was given up on at the timeout.
+        await client.hset(keys.responders, "ghost", await _seen_now(client))
+        ctx = ConsoleContext(client, keys, timeout=0.5)
+        result = await run_command(ctx, "broadcast cluster nodename")
+        assert result.data["ghost"] == requests.timeout_answer()  # type: ignore[index]
+        newest = (await jobs.list_jobs(client, keys))[0]
+        assert (newest.state, newest.done, newest.total) == ("done", 4, 4)
+    finally:
+        stopping.set()
+        await asyncio.wait(servers, timeout=5)
+        await client.aclose()
+
+
+async def _responding(client: Any, keys: ClusterKeys, count: int) -> bool:
+    return len(await requests.responders(client, keys)) >= count
+
+
+async def _seen_now(client: Any) -> str:
+    return json.dumps({"type": "Momentum", "seen_ms": await members.server_time_ms(client)})
 
 
 async def test_broadcast_usage(redis_server: RedisServer, namespace: str) -> None:

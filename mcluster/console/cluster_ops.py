@@ -5,16 +5,15 @@ process (``cluster reset``, ``config reload``), sent to the attached node over R
 A console anywhere (``mcluster console``, a console attached to the manager) sends the
 command to the members over Redis (``store/requests``) and prints each member's answer;
 a member that does not answer within the console's timeout is reported, not waited for.
-A broadcast is a job (progress: nodes answered); aborting it stops the wait, and the
-nodes that had not answered are reported as ``aborted``.
+A broadcast is a job (progress: nodes answered or timed out, so a finished one shows
+N/N); aborting it stops the wait, and the nodes that had not answered are reported as
+``aborted``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 
 from mcluster.config import ConfigError
 from mcluster.console.commands import (
@@ -54,6 +53,8 @@ async def ask_members(
 
     async for node, answer in requests.ask(ctx.client, ctx.keys, nodes, command, ctx.timeout, tick):
         found[node] = answer
+    if job is not None:  # the last tick ran before the last answer was counted
+        job.record.done = len(found)
     return {node: found[node] for node in nodes}
 
 
@@ -80,7 +81,7 @@ async def _broadcast(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) ->
     nodes = sorted({node for node, kind in known if kind != MANAGER})
     deadline_ms = await members.server_time_ms(ctx.client) + int(ctx.timeout * 1000)
     job = await jobs.Job.start(
-        ctx.client, ctx.keys, "broadcast", command, runner=_console_name(ctx),
+        ctx.client, ctx.keys, "broadcast", command, runner=jobs.console_runner(ctx.node),
         total=len(nodes), deadline_ms=deadline_ms,
     )  # fmt: skip
     found: dict[str, requests.Answer] = {}
@@ -103,10 +104,6 @@ async def _unicast(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> R
         raise NotFound(f"unknown node {node!r}; cluster members: {known or 'none'}")
     answers = await ask_members(ctx, [node], command)
     return Result(AnswersView(answers, ctx.timeout), answers)
-
-
-def _console_name(ctx: ConsoleContext) -> str:
-    return f"console@{socket.gethostname()}:{os.getpid()}" if ctx.node is None else ctx.node
 
 
 async def _jobs(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:

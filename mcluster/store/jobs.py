@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
 from types import TracebackType
 from typing import Any, Literal, Self, cast
@@ -38,6 +40,7 @@ __all__ = [
     "JobAborted",
     "JobRecord",
     "JobUnknown",
+    "console_runner",
     "get",
     "list_jobs",
     "request_abort",
@@ -176,6 +179,11 @@ class Job:
                 await self.finish("failed", f"{type(e).__name__}: {e}")
             except Exception:  # Redis may be the reason it failed; the job stays listed
                 log.warning("job %d failed and could not be recorded as failed", self.id)
+
+
+def console_runner(node: str | None) -> str:
+    """The runner of a console's job: the attached node, or ``console@HOST:PID``."""
+    return f"console@{socket.gethostname()}:{os.getpid()}" if node is None else node
 
 
 async def list_jobs(client: Redis, keys: ClusterKeys) -> list[JobRecord]:
