@@ -22,6 +22,7 @@ import pytest
 
 from mcluster.duravip import store
 from mcluster.duravip.store import VipKeys
+from mcluster.store import jobs
 from tests.agents import Farm, RedisProxy, until
 
 ADDRESSES = ["10.80.116.50", "10.80.116.53", "10.80.116.54", "2001:db8::25"]
@@ -293,3 +294,62 @@ async def _move(farm: Farm, src: str, dst: str) -> Any:
 
 
 _ = signal
+
+
+SLOW_RECORDER = """#!/bin/sh
+if [ "$1" = down ] && [ -e {slow} ]; then sleep 1; fi
+echo "$(date +%s.%N) $MCLUSTER_NODE $*" >> {out}
+"""
+
+
+async def _running_move(farm: Farm) -> jobs.JobRecord | None:
+    for job in await jobs.list_jobs(farm.client, farm.keys):
+        if job.kind == "vip-move" and job.state == "running" and job.done >= 1:
+            return job
+    return None
+
+
+async def test_move_is_a_job_and_abort_stops_it_cleanly(farm: Farm, tmp_path: Path) -> None:
+    """``duravip move`` runs as a ``vip-move`` job, one address at a time; aborted, the
+    address in flight lands on TO and the rest stay with FROM: none is half-moved, and
+    every moved address has a newer fencing token."""
+    slow = tmp_path / "slow"
+    script, out = recorder(tmp_path)
+    script.write_text(SLOW_RECORDER.format(slow=slow, out=out))
+    await farm.start("n1", "n2", "n3")
+    await until(lambda: _owner_is(farm, "10.80.116.53", "n2"), 10, what="owned once, settled")
+    for src in ("n2", "n3"):  # everything on n1 first (a manual move away sticks)
+        if src in (await owners(farm)).values():
+            await _move(farm, src, "n1")
+    snap = await store.snapshot(farm.client, VipKeys(farm.keys))
+    before = {a: o.token for a, o in snap.owners.items() if o is not None and o.node == "n1"}
+    assert sorted(before) == sorted(ADDRESSES)
+    slow.touch()  # every unplumbing now takes 1 s: the job is caught mid-way
+    moving = asyncio.create_task(console(farm, "cluster duravip move n1 n3"))
+    job = None
+    while job is None:
+        assert not moving.done(), moving.result()
+        job = await _running_move(farm)
+        await asyncio.sleep(0.02)
+    assert job.total == len(ADDRESSES) and job.what.startswith("n1 -> n3: ")
+    await jobs.request_abort(farm.client, farm.keys, job.id)
+    result = await moving
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["job"] == job.id and not body["pending"] and not body["refused"]
+    assert 1 <= len(body["moved"]) < len(ADDRESSES), body
+    assert sorted(body["moved"] + body["kept"]) == sorted(ADDRESSES)
+    record = await jobs.get(farm.client, farm.keys, job.id)
+    assert record.state == "aborted" and record.detail.endswith("the rest kept by n1"), record
+    await until(lambda: settled(farm), 5, what="settled after the aborted move")
+    snap = await store.snapshot(farm.client, VipKeys(farm.keys))
+    for address, owner in snap.owners.items():
+        assert owner is not None
+        if address in body["moved"]:
+            assert owner.node == "n3" and owner.token > before[address]
+        else:
+            assert (owner.node, owner.token) == ("n1", before[address])
+    listed = await console(farm, "cluster jobs")
+    assert any(
+        j["id"] == job.id and j["kind"] == "vip-move" for j in json.loads(listed.stdout)["jobs"]
+    )

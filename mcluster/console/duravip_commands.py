@@ -8,6 +8,7 @@ there (a handoff, an announce counter, a debug flag) that the nodes act on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -28,6 +29,7 @@ from mcluster.console.spec import CommandSpec
 from mcluster.duravip import store
 from mcluster.duravip.state import VipState, states
 from mcluster.duravip.store import Snapshot, VipKeys
+from mcluster.store import jobs
 from mcluster.store.scripts import Scripts
 
 MODE = "multivip"  # Momentum's word for an address served by one node of several
@@ -108,7 +110,12 @@ def _reserve_ms(snap: Snapshot, node: str) -> int:
 
 
 async def duravip_move(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
-    """Hand every address FROM owns to TO; waits until TO owns them (or says what is left)."""
+    """Hand every address FROM owns to TO, one address at a time, as a ``vip-move`` job.
+
+    Progress is the addresses handled. ``cluster abort ID`` stops the job before the
+    next address: the address in flight lands on TO (FROM already unplumbed and released
+    it to TO), the rest stay with FROM. No address is ever half-moved: each handoff is
+    one fenced transition (release to TO, claim by TO with a newer token)."""
     if len(rest) != 2:
         raise UsageError(f"{spec.name} needs two node names; usage: {spec.usage}")
     src, dst = rest
@@ -123,36 +130,62 @@ async def duravip_move(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) 
         raise CommandError(f"{src} owns no DuraVIP address; nothing to move")
     if src == dst:
         raise CommandError(f"{src} already owns {', '.join(s.address for s in owned)}")
-    scripts = Scripts(ctx.client)
-    vk = VipKeys(ctx.keys)
     refused: dict[str, str] = {}
-    asked: list[str] = []
-    reserve = _reserve_ms(snap, dst)
     for state in owned:
         if dst not in state.candidates:
             refused[state.address] = f"{dst} is not a candidate (its config does not have it)"
-            continue
-        if state.broken:
+        elif state.broken:
             refused[state.address] = "the address is BROKEN (unmanaged)"
-            continue
-        private = str(snap.records[dst]["private_name"])
-        ok, why = await store.move(scripts, vk, state.address, src, dst, private, reserve)
-        if ok:
-            asked.append(state.address)
-        else:
-            refused[state.address] = {"target": f"{dst} is not a live cluster member",
-                                      "unowned": f"{src} no longer owns it"}.get(
-                why, f"now {why}")  # fmt: skip
-    if not asked:
-        reasons = "; ".join(f"{a}: {why}" for a, why in refused.items())
-        raise CommandError(f"cannot move from {src} to {dst}: {reasons}")
-    pending = await _wait_owned(ctx, asked, dst, reserve / 1000)
-    moved = [a for a in asked if a not in pending]
+    todo = [s.address for s in owned if s.address not in refused]
+    if not todo:
+        raise CommandError(f"cannot move from {src} to {dst}: {_reasons(refused)}")
+    reserve = _reserve_ms(snap, dst)
+    job = await jobs.Job.start(
+        ctx.client, ctx.keys, "vip-move", f"{src} -> {dst}: {', '.join(todo)}",
+        runner=jobs.console_runner(ctx.node), total=len(todo),
+        deadline_ms=snap.now_ms + len(todo) * reserve,
+    )  # fmt: skip
+    private = str(snap.records[dst]["private_name"])
+    moved: list[str] = []
+    pending: list[str] = []
+    with contextlib.suppress(jobs.JobAborted):  # recorded as aborted; report what was done
+        async with job:
+            for done, address in enumerate(todo):
+                job.record.detail = f"{len(moved)} moved to {dst}, the rest kept by {src}"
+                await job.step(done, force=True)  # an abort leaves the rest with FROM
+                ok, why = await store.move(
+                    Scripts(ctx.client), VipKeys(ctx.keys), address, src, dst, private, reserve
+                )
+                if not ok:
+                    refused[address] = _MOVE_REFUSED.get(why, f"now {why}").format(src=src, dst=dst)
+                elif await _wait_owned(ctx, [address], dst, reserve / 1000):
+                    pending.append(address)
+                else:
+                    moved.append(address)
+            job.record.done = len(todo)
+            job.record.detail = (
+                f"{len(moved)} moved, {len(pending)} pending, {len(refused)} refused"
+            )
+    kept = [a for a in todo if a not in moved + pending and a not in refused]
+    if not kept and not moved and not pending:
+        raise CommandError(f"cannot move from {src} to {dst}: {_reasons(refused)}")
     lines = [f"{a}: moved from {src} to {dst}" for a in moved]
     lines += [f"{a}: asked, not yet owned by {dst}" for a in pending]
+    lines += [f"{a}: kept by {src} (the move was aborted)" for a in kept]
     lines += [f"{a}: refused: {why}" for a, why in refused.items()]
-    data = {"from": src, "to": dst, "moved": moved, "pending": pending, "refused": refused}
+    data = {"from": src, "to": dst, "moved": moved, "pending": pending, "refused": refused,
+            "kept": kept, "job": job.id}  # fmt: skip
     return Result(Text("\n".join(lines)), data)
+
+
+_MOVE_REFUSED = {
+    "target": "{dst} is not a live cluster member",
+    "unowned": "{src} no longer owns it",
+}
+
+
+def _reasons(refused: dict[str, str]) -> str:
+    return "; ".join(f"{a}: {why}" for a, why in refused.items())
 
 
 async def _wait_owned(
