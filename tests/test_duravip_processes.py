@@ -353,3 +353,40 @@ async def test_move_is_a_job_and_abort_stops_it_cleanly(farm: Farm, tmp_path: Pa
     assert any(
         j["id"] == job.id and j["kind"] == "vip-move" for j in json.loads(listed.stdout)["jobs"]
     )
+
+
+async def _tokens(farm: Farm) -> dict[str, tuple[str, int]]:
+    snap = await store.snapshot(farm.client, VipKeys(farm.keys))
+    return {a: (o.node, o.token) for a, o in snap.owners.items() if o is not None}
+
+
+async def test_reset_renegotiates_ownership(farm: Farm, tmp_path: Path) -> None:
+    """``cluster reset`` forces a new negotiation, as in Momentum: the node gives its
+    addresses up (unplumbed, released), they are elected again under newer tokens, the
+    preferred node takes its own back; the other nodes' addresses are left alone."""
+    await farm.start("n1", "n2", "n3")
+    await until(lambda: _owner_is(farm, "10.80.116.53", "n2"), 10, what="owned once, settled")
+    if sorted(a for a, n in (await owners(farm)).items() if n == "n2") == ["10.80.116.53"]:
+        other = next(a for a, n in (await owners(farm)).items() if n != "n2")
+        await _move(farm, str((await owners(farm))[other]), "n2")  # n2 owns two, one preferred
+    before = await _tokens(farm)
+    given = sorted(a for a, (n, _) in before.items() if n == "n2")
+    assert "10.80.116.53" in given and len(given) >= 2
+    cut = time.time()
+    result = await console(farm, "cluster reset", node="n2")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["output"].startswith("reset: rejoined as #e")
+    await until(lambda: _owner_is(farm, "10.80.116.53", "n2"), farm.lease_ttl + 3,
+                what="the preferred node has its address back")  # fmt: skip
+    after = await _tokens(farm)
+    for address, (node, token) in before.items():
+        if address in given:  # elected again: a newer token, whoever won
+            assert after[address][1] > token, (address, before, after)
+        else:  # untouched
+            assert after[address] == (node, token), (address, before, after)
+    # n2 unplumbed each address it gave up before it (or another node) plumbed it again.
+    log = [entry for entry in commands(tmp_path) if entry[0] > cut]
+    for address in given:
+        down = min(t for t, n, a, x in log if (n, a, x) == ("n2", "down", address))
+        assert all(t > down for t, _, a, x in log if (a, x) == ("up", address)), address
+    assert "gave up" in farm.agents["n2"].log() and "for re-election" in farm.agents["n2"].log()

@@ -1,6 +1,7 @@
 """A node's re-sync as a job: retire and drain its old views, join with a new epoch, and
 publish its absolute state as a snapshot, with progress and abort (``cluster jobs``,
-``cluster abort ID``).
+``cluster abort ID``). A ``reset`` also gives up the node's DuraVIPs for re-election
+before it leaves; it is a candidate again once it has joined with its new epoch.
 
 Abort is clean at every point:
 
@@ -49,13 +50,16 @@ async def resync(node: Node, reason: str, kind: str) -> None:
         runner_private=old.private_name if old is not None else None, total=total,
     )  # fmt: skip
     async with job:
-        if kind == "reset" and old is not None:  # it leaves: another node may lead
+        if kind == "reset" and old is not None:  # it leaves: another node may lead,
             await membership.release_leader(node.scripts, node.keys, old)
+            # and its DuraVIPs are negotiated again (Momentum: a reset restarts Spread).
+            await node.duravip.leave("cluster reset")
         if old is not None:
             job.record.detail = "draining the old views"
             for box in boxes:
                 await drain_own(node, box, job)
         await node._join()
+        node.duravip.rejoin()  # a candidate again, as the new epoch
         assert node.member is not None
         job.record.runner_private = node.member.private_name
         job.record.detail = f"publishing the state as {node.member.private_name}"

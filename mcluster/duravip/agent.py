@@ -67,6 +67,7 @@ class DuraVipAgent:
         self._arp_owned: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._resetting = False
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -111,6 +112,31 @@ class DuraVipAgent:
         if self._published:  # it talked to Redis: take its ARP entries away
             with contextlib.suppress(*RETRY_ERRORS):
                 await self.node.client.hdel(self.vk.arp, self.node.name)
+
+    async def leave(self, why: str) -> list[str]:
+        """``cluster reset``: stop being a candidate (the record goes), unplumb and release
+        every owned address with no handoff, so the others elect new owners at once; the
+        node takes part again after ``rejoin`` (its new epoch). Returns what it gave up."""
+        self._resetting = True
+        with contextlib.suppress(*RETRY_ERRORS):
+            await self.node.client.hdel(self.vk.nodes, self.node.name)
+        released = sorted(self.owned)
+        for address, owner in list(self.owned.items()):
+            self._give_up(address, owner, why)
+        for busy in list(self._busy.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await busy
+        self._asserted.clear()  # the preferred node asks for its own again after the reset
+        self._published = ""
+        if released:
+            log.warning("DuraVIP: gave up %s for re-election (%s)", ", ".join(released), why)
+        return released
+
+    def rejoin(self) -> None:
+        """After ``leave``: publish again (as the new epoch) and take part in elections."""
+        if self._resetting:
+            self._resetting = False
+            log.info("DuraVIP: a candidate again after the reset")
 
     def _spawn(self, address: str, work: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work, name=f"duravip:{address}")
@@ -160,7 +186,7 @@ class DuraVipAgent:
 
     async def tick(self) -> None:
         member = self.node.member
-        if member is None:
+        if member is None or self._resetting:
             return
         if self._published != member.private_name:
             await self.publish()
@@ -273,6 +299,8 @@ class DuraVipAgent:
                      address, current.node, "ok" if ok else why)  # fmt: skip
 
     async def _take(self, address: str, private: str, dead_reservation: str) -> None:
+        if self._resetting:  # a tick that began before the reset
+            return
         sent = time.monotonic()
         token, why = await store.claim(
             self.node.scripts, self.vk, address, self.node.name, private, self.ttl_ms,
