@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from mcluster.agent import reaper
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
 from mcluster.console import ConsoleContext, run_command
@@ -77,16 +78,25 @@ async def test_job_progress_abort_and_lost(ctx: ConsoleContext) -> None:
     assert "lost" in str(text_out.data)
 
 
-async def test_reaping_is_a_job(redis_server: RedisServer, namespace: str) -> None:
-    cfg = parse_config(FAST)
-    a = Node(cfg, "a", redis_server.url, namespace=namespace)
-    b = Node(cfg, "b", redis_server.url, namespace=namespace)
+async def _a_and_b(
+    text: str, urls: tuple[str, str], namespace: str, addresses: list[str]
+) -> tuple[Node, Node]:
+    """Nodes a and b started (on ``urls``); b recorded each address once and flushed."""
+    cfg = parse_config(text)
+    a = Node(cfg, "a", urls[0], namespace=namespace)
+    b = Node(cfg, "b", urls[1], namespace=namespace)
     await a.start()
     await b.start()
+    for address in addresses:
+        b.record("inbound_cidr", address, 1)
+    await b.flush()
+    return a, b
+
+
+async def test_reaping_is_a_job(redis_server: RedisServer, namespace: str) -> None:
+    urls = (redis_server.url, redis_server.url)
+    a, b = await _a_and_b(FAST, urls, namespace, [f"10.1.{i}.1" for i in range(100)])
     try:
-        for i in range(100):
-            b.record("inbound_cidr", f"10.1.{i}.1", 1)
-        await b.flush()
         await crash(b)
         keys = a.keys
 
@@ -193,3 +203,68 @@ async def test_abort_a_broadcast(ctx: ConsoleContext) -> None:
     answered = await asyncio.wait_for(asking, 5)
     assert answered.data == {"ghost": {"ok": False, "error": "aborted"}}
     assert asyncio.get_running_loop().time() - started < 3  # not the 30 s timeout
+
+
+PAUSE = """
+cluster {
+  heartbeat_interval = 0.2
+  lease_ttl = 0.6
+  resync_hold = 2
+  Replicate "inbound_cidr" {}
+}
+"""
+
+
+async def test_abort_pauses_reaping_then_a_new_job_takes_the_rest(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Aborting a reap job stops it after its chunk (what it drained stays drained and the
+    global view stays the sum of the views), pauses that view for ``resync_hold`` s (no
+    new job meanwhile), then a new reap job drains the rest: a dead node's counts leave."""
+    proxy = RedisProxy(redis_server.port)
+    await proxy.start()
+    addresses = [f"10.2.{i // 250}.{i % 250}" for i in range(1000)]
+    a, b = await _a_and_b(PAUSE, (proxy.url, redis_server.url), namespace, addresses)
+    try:
+        view = b.private_name
+        apply_sha = hashlib.sha1(script_source("cidrtree_apply").encode()).hexdigest()
+        proxy.delay_command[apply_sha.encode()] = 0.05  # every chunk of a's takes 50 ms more
+        await crash(b)
+
+        async def reaping() -> jobs.JobRecord | None:
+            found = await jobs.list_jobs(a.client, a.keys)
+            return next((j for j in found if j.kind == "reap" and j.running and j.done), None)
+
+        job = await until_value(reaping, 10, "a reap job under way")
+        ctx = ConsoleContext(a.client, a.keys, timeout=5.0)
+        record = (await run_command(ctx, f"cluster abort {job.id}")).data
+        assert isinstance(record, dict) and record["state"] == "aborted", record
+        done = record["done"]
+        assert 0 < done < 1000 and record["total"] == 1000
+        assert (
+            record["detail"]
+            == f"paused for 2 s, then a new job reaps the {1000 - done:,} keys left"
+        )
+        # Consistent: exactly the drained keys left the global view; the view stays retired.
+        okeys = a.keys.object("inbound_cidr")
+        assert await a.count("inbound_cidr", "10.0.0.0/8") == 1000 - done
+        assert await a.client.hexists(okeys.reaping, view)
+        assert 0 < await a.client.pttl(reaper.paused_key(a.keys, okeys, view)) <= 2000
+        proxy.delay_command.clear()
+        # Paused: no reap job for that view while the pause key lives; then one drains the rest.
+        while await a.client.exists(reaper.paused_key(a.keys, okeys, view)):
+            found = await jobs.list_jobs(a.client, a.keys)
+            assert [j.id for j in found if j.kind == "reap"] == [job.id]
+            await asyncio.sleep(0.05)
+
+        async def resumed() -> jobs.JobRecord | None:
+            found = await jobs.list_jobs(a.client, a.keys)
+            return next((j for j in found if j.kind == "reap" and j.state == "done"), None)
+
+        again = await until_value(resumed, 10, "a new reap job done")
+        assert again.id > job.id and again.what == job.what
+        assert await a.count("inbound_cidr", "10.0.0.0/8") == 0
+        assert not await a.client.hexists(okeys.reaping, view)
+    finally:
+        await a.stop()
+        await proxy.stop()

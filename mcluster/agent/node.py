@@ -378,7 +378,8 @@ class Node:
             try:
                 objects = [(box.kind, box.keys) for box in self.outboxes.values()]
                 objects += await self.gauge_caches.maintain()  # defined at run time
-                await reaper.reap(self.scripts, self.keys, objects, (self.name, self.private_name))
+                runner = (self.name, self.private_name)
+                await reaper.reap(self.scripts, self.keys, objects, runner, self.resync_hold)
             except RETRY_ERRORS as exc:
                 log.warning("reaping interrupted: %s", exc)
             except Exception:  # never let the leader stop reaping for good

@@ -5,6 +5,13 @@ every view that is not live (``view_retire``: from then on a late batch of it is
 and drains it: each chunk of at most ``REAP_CHUNK`` keys sets the dead view's counts to
 zero and subtracts them from the global view in one script call, so Redis is never busy
 for long, whatever the size of the view. Progress is kept in ``{cluster}:reaping``.
+
+Aborting a reap job (``cluster abort ID``) pauses the drain of that view: it stops after
+the chunk in flight (what was drained stays drained: each chunk left global == sum of the
+views), the view stays retired (its late batches are refused), and no leader takes it up
+again for ``hold`` seconds (``resync_hold``, default 30; the key
+``{cluster}:reap_paused:OBJ#SHARD:VIEW`` expires then). A new ``reap`` job then drains the
+rest: a dead node's counts must leave the global views, so an abort never cancels that.
 """
 
 from __future__ import annotations
@@ -154,12 +161,13 @@ async def reap(
     keys: ClusterKeys,
     objects: Iterable[tuple[Kind, ObjectKeys]],
     runner: tuple[str, str] | None = None,
+    hold: float = 30.0,
 ) -> int:
     """One pass of the leader: retire dead views and drain every retired one.
 
     With ``runner`` (the leader's node and private name), each drain of a view that holds
-    keys is a job (``cluster jobs``); an aborted one stops after its chunk in flight and is
-    taken up again at the next pass (a dead node's counts must leave the global views)."""
+    keys is a job (``cluster jobs``); an aborted one stops after its chunk in flight, and
+    its view is skipped for ``hold`` seconds, then drained by a new job."""
     client = scripts.client
     removed = 0
     nodes = [text(f) for f in await client.hkeys(keys.members) if not text(f).endswith(":hb")]
@@ -176,8 +184,13 @@ async def reap(
         retired = cast(dict[bytes, bytes], await client.hgetall(okeys.reaping))
         for dead, owner in retired.items():
             target = (kind, okeys, text(dead), text(owner))
-            removed += await _reap_view(scripts, keys, target, runner)
+            removed += await _reap_view(scripts, keys, target, runner, hold)
     return removed
+
+
+def paused_key(keys: ClusterKeys, okeys: ObjectKeys, view: str) -> str:
+    """Set (with an expiry) while the reaping of ``view`` is paused by an abort."""
+    return f"{keys.base}:reap_paused:{okeys.name}#{okeys.shard}:{view}"
 
 
 async def _reap_view(
@@ -185,21 +198,32 @@ async def _reap_view(
     keys: ClusterKeys,
     target: tuple[Kind, ObjectKeys, str, str],
     runner: tuple[str, str] | None,
+    hold: float,
 ) -> int:
     """Drain one retired view (kind, object keys, view, node), as a job when it has keys."""
     kind, okeys, view, node = target
-    total = kind.distinct_keys(
-        cast(dict[bytes, bytes], await scripts.client.hgetall(okeys.meta(view)))
-    )
+    client = scripts.client
+    paused = paused_key(keys, okeys, view)
+    if await client.get(paused) is not None:  # GET: the documented ACL has no EXISTS
+        return 0
+    total = kind.distinct_keys(cast(dict[bytes, bytes], await client.hgetall(okeys.meta(view))))
     if runner is None or not total:
         return await drain(scripts, keys, kind, okeys, view, node)
     job = await Job.start(
-        scripts.client, keys, "reap", f"{okeys.name} view {view} of {node}",
+        client, keys, "reap", f"{okeys.name} view {view} of {node}",
         runner=runner[0], runner_private=runner[1], total=total,
     )  # fmt: skip
     try:
         async with job:
-            return await drain(scripts, keys, kind, okeys, view, node, job)
+            try:
+                return await drain(scripts, keys, kind, okeys, view, node, job)
+            except JobAborted:  # paused before the job ends: no leader takes it up meanwhile
+                await client.set(paused, str(job.id), px=max(1, int(hold * 1000)))
+                left = job.record.total - job.record.done
+                job.record.detail = (
+                    f"paused for {hold:g} s, then a new job reaps the {left:,} keys left"
+                )
+                raise
     except JobAborted:
-        log.warning("reaping %s of %s aborted; it goes on at the next pass", view, okeys.name)
+        log.warning("reaping %s of %s aborted: paused for %g s", view, okeys.name, hold)
         return 0
