@@ -45,3 +45,9 @@ def test_cluster_benchmark_quick() -> None:
     out = quick("cluster.py", timeout=300)  # starts a 6-node Redis Cluster too
     assert "PASS  ingest totals exact" in out
     assert "failover: Cluster" in out and "ratio" in out
+
+
+def test_broadcast_benchmark_quick() -> None:
+    out = quick("broadcast.py", "--runs", "5")
+    assert "PING round trip (baseline)" in out and "broadcast to 3 agents" in out
+    assert "PASS  silent node not waited for" in out
