@@ -126,13 +126,14 @@ class Ran:
     stderr: str
 
 
-async def console(farm: Farm, command: str, node: str | None = None) -> Ran:
+async def console(farm: Farm, command: str, node: str | None = None, *extra: str) -> Ran:
     """``mcluster console --json -c COMMAND`` as a process (the test's loop keeps running:
     the proxy lives in it)."""
     args = ["-m", "mcluster", "console", "--redis", farm.redis.url,
             "--namespace", farm.namespace, "--json", "-c", command]  # fmt: skip
     if node is not None:
         args += ["--node", node]
+    args += extra
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -373,7 +374,7 @@ async def test_reset_renegotiates_ownership(farm: Farm, tmp_path: Path) -> None:
     given = sorted(a for a, (n, _) in before.items() if n == "n2")
     assert "10.80.116.53" in given and len(given) >= 2
     cut = time.time()
-    result = await console(farm, "cluster reset", node="n2")
+    result = await console(farm, "cluster reset", "n2", "--timeout", "30")  # slow when loaded
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["output"].startswith("reset: rejoined as #e")
     await until(lambda: _owner_is(farm, "10.80.116.53", "n2"), farm.lease_ttl + 3,
