@@ -55,7 +55,9 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "Display a shared object (global or from a node).",
     ),
     CommandSpec(("show", "logs"), "", "Show the cluster logs and their sizes."),
-    CommandSpec(("jobs",), "", "List the jobs (re-syncs, reaping, broadcasts) and their progress."),
+    CommandSpec(
+        ("jobs",), "", "List jobs (re-syncs, reaping, broadcasts, DuraVIP moves) with progress."
+    ),
     CommandSpec(
         ("broadcast",), "COMMAND", "Run a command on every node; print each answer.", top=True
     ),

@@ -1,4 +1,4 @@
-"""Jobs: long operations (re-syncs, reaping, broadcasts, resets) with an id, a state and
+"""Jobs: long operations (re-syncs, reaping, broadcasts, resets, DuraVIP moves) with an id, a state and
 progress in Redis, listed by ``cluster jobs`` and stopped by ``cluster abort ID``.
 
     job = await Job.start(client, keys, "resync", "lease lost", runner="relay-0-1",
