@@ -1,5 +1,5 @@
-"""Jobs: long operations (re-syncs, reaping, broadcasts, resets, DuraVIP moves) with an id, a state and
-progress in Redis, listed by ``cluster jobs`` and stopped by ``cluster abort ID``.
+"""Jobs: long operations (re-syncs, reaping, broadcasts, resets, DuraVIP moves) with an
+id, a state and progress in Redis, listed by ``cluster jobs`` and stopped by ``cluster abort ID``.
 
     job = await Job.start(client, keys, "resync", "lease lost", runner="relay-0-1",
                           runner_private="#e7-41#relay-0-1", total=n)
