@@ -1,15 +1,22 @@
-"""Gauge tables split into shards (``shards = N``): exact views gathered across hash slots."""
+"""Gauge tables and CIDR trees split into shards (``shards = N``): exact views gathered
+across hash slots."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import random
+from collections.abc import AsyncIterator
 
 import pytest
 
+from mcluster.agent import reaper
 from mcluster.agent.node import Node
 from mcluster.config import ConfigError, parse_config
-from mcluster.objects import shards
-from mcluster.objects.kinds import GAUGE_TABLE
+from mcluster.console.snapshot import read_snapshot
+from mcluster.objects import cidr_shards, shards
+from mcluster.objects.cidrtree import bucket_key
+from mcluster.objects.kinds import CIDRTREE, GAUGE_TABLE
 from mcluster.store.keys import ClusterKeys
 from tests.helpers import Model, crash, until
 from tests.redis_cluster import AnyRedis, RedisCluster
@@ -41,22 +48,35 @@ async def check(node: Node, model: Model, nodes: int) -> None:
     assert first.rows == listing.rows[:5] and first.omitted == max(0, len(expected) - 5)
 
 
+@contextlib.asynccontextmanager
+async def two_nodes(text: str, url: str, namespace: str) -> AsyncIterator[tuple[Node, Node]]:
+    cfg = parse_config(text)
+    async with (
+        Node(cfg, "relay-0-1", url, namespace=namespace) as a,
+        Node(cfg, "relay-0-2", url, namespace=namespace) as b,
+    ):
+        yield a, b
+
+
+async def load(
+    nodes: tuple[Node, ...], model: Model, obj: str, keys: list[str], rng: random.Random, n: int
+) -> None:
+    """``n`` random events (increments, some decrements) over the nodes, all flushed."""
+    for _ in range(n):
+        i = rng.randrange(len(nodes))
+        key, delta = rng.choice(keys), rng.choice([1, 1, 2, -1])
+        nodes[i].record(obj, key, delta)
+        model.record(i, obj, key, delta)
+    for node in nodes:
+        await node.flush()
+    model.flush()
+
+
 async def test_sharded_gauge_table_is_exact(shared_redis: AnyRedis, namespace: str) -> None:
-    cfg = parse_config(CONFIG)
     rng = random.Random(3)
     model = Model()
-    async with (
-        Node(cfg, "relay-0-1", shared_redis.url, namespace=namespace) as a,
-        Node(cfg, "relay-0-2", shared_redis.url, namespace=namespace) as b,
-    ):
-        for _ in range(400):
-            i = rng.randrange(2)
-            domain, delta = rng.choice(DOMAINS), rng.choice([1, 1, 2, -1])
-            (a, b)[i].record(OBJ, domain, delta)
-            model.record(i, OBJ, domain, delta)
-        await a.flush()
-        await b.flush()
-        model.flush()
+    async with two_nodes(CONFIG, shared_redis.url, namespace) as (a, b):
+        await load((a, b), model, OBJ, DOMAINS, rng, 400)
         await check(a, model, 2)
         # every shard holds part of the keys, under its own hash tag
         parts = shards.shard_keys(ClusterKeys(namespace), OBJ, 4)
@@ -83,7 +103,7 @@ async def test_shards_spread_over_masters(redis_cluster: RedisCluster, namespace
 @pytest.mark.parametrize(
     ("stanza", "message"),
     [
-        ('Replicate "inbound_cidr" { shards = 4 }', "gauge tables only"),
+        ('Replicate "c" { type = "cache" shards = 4 }', "gauge tables and CIDR trees only"),
         ('Replicate "outbound_domains" { shards = 0 }', "an integer from 1 to 256"),
         ('Replicate "outbound_domains" { shards = "x" }', "an integer from 1 to 256"),
     ],
@@ -99,3 +119,124 @@ def test_shard_of_is_stable_and_spread() -> None:
     assert [shards.shard_of(k, 4) for k in keys] == [shards.shard_of(k, 4) for k in keys]
     assert len({shards.shard_of(k, 4) for k in keys}) == 4
     assert {shards.shard_of(k, 1) for k in keys} == {0}
+
+
+CIDR = "inbound_cidr"
+CIDR_CONFIG = """
+cluster {
+  heartbeat_interval = 0.2
+  lease_ttl = 0.8
+  Replicate "inbound_cidr" { shards = 5 }
+}
+"""
+ADDRESSES = (
+    [
+        f"{a}.{b}.{c}.{d}"
+        for a in (10, 11, 64, 127, 128, 200, 255)
+        for b, c, d in ((0, 0, 1), (0, 0, 2), (0, 1, 1), (7, 9, 200), (255, 255, 255))
+    ]
+    + ["0.0.0.0", "1.2.3.4"]
+    + [f"2001:db8:{n:x}::{h:x}" for n in (0, 1, 0x8000) for h in (1, 2, 0x100)]
+    + ["2a00:1450::1", "2a00:1451::1", "2600::5", "::1", "fe80::1", "ffff::1"]
+)
+PREFIXES = [
+    "0.0.0.0/0",
+    "0.0.0.0/1",
+    "10.0.0.0/7",
+    "64.0.0.0/2",
+    "10.0.0.0/8",
+    "10.0.0.0/16",
+    "10.0.0.0/24",
+    "10.0.0.1",
+    "128.0.0.0/1",
+    "::/0",
+    "2000::/3",
+    "2001:db8::/32",
+    "2001:db8::/31",
+    "2001:db8:1::/48",
+    "2001:db8::1",
+    "2a00::/15",
+    "fe80::/10",
+]
+
+
+async def check_cidr(node: Node, model: Model, nodes: int) -> None:
+    listing = await node.show(CIDR, limit=None)
+    expected = model.global_view(CIDR, nodes)
+    rows = CIDRTREE.model_rows(expected)
+    assert listing.rows == rows
+    assert listing.total_rows == len(rows) and listing.distinct_keys == len(expected)
+    for i in range(nodes):
+        mine = await node.show(CIDR, f"relay-0-{i + 1}", limit=None)
+        assert mine.rows == CIDRTREE.model_rows(model.node_view(i, CIDR))
+        assert mine.total_rows == len(mine.rows)
+    by_key = {row.key: row.count for row in rows}
+    for prefix in PREFIXES:
+        want = by_key.get(prefix if "/" in prefix else f"{prefix}/{32 if '.' in prefix else 128}")
+        got = await node.count(CIDR, prefix)
+        assert want is None or got == want, prefix
+        assert got == sum(c for a, c in expected.items() if _under(a, prefix)), prefix
+    first = await node.show(CIDR, limit=7)
+    assert first.rows == rows[:7] and first.omitted == max(0, len(rows) - 7)
+
+
+def _under(address: str, prefix: str) -> bool:
+    net = ipaddress.ip_network(prefix, strict=False)
+    ip = ipaddress.ip_address(address)
+    return ip.version == net.version and ip in net
+
+
+async def test_sharded_cidr_tree_is_exact(shared_redis: AnyRedis, namespace: str) -> None:
+    """A CIDR tree over 5 shards: listings (rows, order, limit, figures), prefix counts
+    below and above the block, node views, and a crashed node reaped from every shard."""
+    rng = random.Random(8)
+    model = Model()
+    async with two_nodes(CIDR_CONFIG, shared_redis.url, namespace) as (a, b):
+        for round_ in range(3):
+            await load((a, b), model, CIDR, ADDRESSES, rng, 300)
+            await check_cidr((a, b)[round_ % 2], model, 2)
+        # a re-sync (a's view retired in one shard, as if reaped) re-publishes every shard
+        owner = shards.shard_of(ipaddress.ip_address("10.0.0.1").packed, 5, CIDRTREE.name)
+        box = a.outboxes[shards.box_name(CIDR, owner)]
+        await reaper.retire(a.scripts, box.keys, box.view, "relay-0-1")
+        a.record(CIDR, "10.0.0.1", 2)
+        model.record(0, CIDR, "10.0.0.1", 2)
+        await a.flush()  # refused with STALE, then returns after the re-sync
+        model.flush()
+        assert a.rejoins == 1
+        await check_cidr(b, model, 2)
+        snapshot = await read_snapshot(a.client, ClusterKeys(namespace))  # the dashboard
+        (top,) = [o for o in snapshot.objects if o.name == CIDR]
+        expected = model.global_view(CIDR, 2)
+        assert len(top.rows) > 1
+        for row in top.rows:
+            assert row.global_count == sum(c for x, c in expected.items() if _under(x, row.key))
+        parts = shards.shard_keys(ClusterKeys(namespace), CIDR, 5)
+        client = shared_redis.client()
+        roots = [client.hlen(bucket_key(p, "g", b"", 4)) for p in parts]
+        assert all(roots) and sum(roots) == len({a.split(".")[0] for a in ADDRESSES if "." in a})
+        for address in ("10.0.0.1", "2001:db8::1"):  # a block lives in one shard only
+            packed = ipaddress.ip_address(address).packed
+            owner = shards.shard_of(packed, 5, CIDRTREE.name)
+            assert owner == cidr_shards.block_shard(packed, len(packed), 5)
+        await crash(b)
+
+        async def reaped() -> bool:
+            listing = await a.show(CIDR, limit=None)
+            return listing.rows == CIDRTREE.model_rows(model.node_view(0, CIDR))
+
+        await until(reaped, 20.0, "the crashed node's addresses reaped from every shard")
+        for okeys in parts:  # every shard's global view is node a's share of it alone
+            assert {v.decode() for v in client.hvals(okeys.views)} == {"relay-0-1"}
+        await check_cidr(a, _only(model, 0), 1)
+
+
+def _only(model: Model, node: int) -> Model:
+    alone = Model()
+    alone.counts[(0, CIDR)] = dict(model.counts[(node, CIDR)])
+    return alone
+
+
+async def test_cidr_shards_spread_over_masters(redis_cluster: RedisCluster, namespace: str) -> None:
+    parts = shards.shard_keys(ClusterKeys(namespace), CIDR, 8)
+    assert len({redis_cluster.node_of(p.views).port for p in parts}) > 1

@@ -156,7 +156,7 @@ class Node:
                 continue
             managed[obj.name] = obj.type
             self._add_outbox(obj.name, kind, obj.max_pending, obj.max_delay)
-            if obj.shards > 1:  # gauge tables only (checked by the config)
+            if obj.shards > 1:  # gauge tables and CIDR trees (checked by the config)
                 self._shards[obj.name] = [self.outboxes[obj.name]] + [
                     self._add_outbox(obj.name, kind, obj.max_pending, obj.max_delay, shard=k)
                     for k in range(1, obj.shards)
@@ -543,7 +543,7 @@ class Node:
         parts = self._shards.get(obj)
         if parts is None:
             return self.outboxes[obj]
-        return parts[shards.shard_of(packed, len(parts))]
+        return parts[shards.shard_of(packed, len(parts), parts[0].kind.name)]
 
     async def flush(self) -> None:
         """Return once everything recorded before this call is applied in Redis.

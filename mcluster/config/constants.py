@@ -43,5 +43,10 @@ REPLICATE_OPTIONS: tuple[str, ...] = (
     "shards",
 )
 """Options valid inside ``Replicate "name" { ... }``."""
-#: The types that may be split into shards (``shards = N``): the gauge tables.
-SHARDABLE_TYPES: tuple[str, ...] = ("outbound_domains", "outbound_binding_domains")
+#: The types that may be split into shards (``shards = N``): gauge tables and CIDR trees.
+SHARDABLE_TYPES: tuple[str, ...] = (
+    "outbound_domains",
+    "outbound_binding_domains",
+    "inbound_cidr",
+    "outbound_cidr",
+)

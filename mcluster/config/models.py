@@ -369,7 +369,7 @@ class _Builder:
         if shards is not None and shards > 1 and type_ not in SHARDABLE_TYPES:
             self.issue(
                 option.pos,
-                f"shards = {shards} is supported for gauge tables only "
+                f"shards = {shards} is supported for gauge tables and CIDR trees only "
                 f"({', '.join(SHARDABLE_TYPES)}), not {quote(type_ or '?')}",
             )
         return shards

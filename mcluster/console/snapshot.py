@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from mcluster.agent.manager import MANAGER_TYPE
-from mcluster.objects import views
+from mcluster.objects import shards, views
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.rates import parse_rate
 from mcluster.objects.views import NotFound, ObjectInfo
@@ -170,7 +170,7 @@ async def _object(
     SCAN_ROWS rows, redone every ``rescan`` seconds (and while fewer than TOP_ROWS were
     found and the object changed); their counts are read every time, for every node."""
     assert info.kind is not None
-    kind, okeys = info.kind, keys.object(info.name)
+    kind, parts = info.kind, shards.shard_keys(keys, info.name, info.shards)
     head = await views.show(client, keys, info.name, None, 0)  # figures only, no rows
     now = time.monotonic()
     pick = chosen.get(info.name)
@@ -186,7 +186,7 @@ async def _object(
     columns: list[str | None] = [GLOBAL, *node_views]
     counts = await asyncio.gather(
         *(
-            kind.count(client, okeys, view, key)
+            shards.count(client, kind, parts, view, key)  # gathered if sharded
             for key in pick.keys
             for view in columns
             if view is not None

@@ -144,7 +144,7 @@ def _children(bucket: Mapping[bytes, bytes]) -> list[tuple[int, int]]:
     return sorted((k[0], int(v)) for k, v in bucket.items() if len(k) == 1 and int(v) != 0)
 
 
-class _Walker:
+class Walker:
     """Depth-first walk of one view's buckets yielding rows in order."""
 
     def __init__(self, client: Redis, keys: ObjectKeys, view: str, family: int) -> None:
@@ -235,7 +235,7 @@ class _Walker:
 async def rows(client: Redis, keys: ObjectKeys, view: str) -> AsyncIterator[Row]:
     """All rows of a view in order: IPv4 first, then IPv6."""
     for family in (4, 16):
-        async for row in _Walker(client, keys, view, family).rows():
+        async for row in Walker(client, keys, view, family).rows():
             yield row
 
 
@@ -279,7 +279,7 @@ def _model_trie(
 async def leaves(client: Redis, keys: ObjectKeys, view: str) -> AsyncIterator[bytes]:
     """Every address with a non-zero count in a view (packed), reading buckets in batches."""
     for family in (4, 16):
-        walker = _Walker(client, keys, view, family)
+        walker = Walker(client, keys, view, family)
         stack = [b""]
         while stack:
             batch = stack[-256:]

@@ -2,37 +2,46 @@
 
 ``Replicate "outbound_domains" { shards = 8 }`` stores the object as 8 sub-objects: shard 0
 keeps the tag ``{outbound_domains}`` (so ``shards = 1``, the default, is the plain layout)
-and shard k > 0 has the tag ``{outbound_domains#k}``. A key lives in shard
-``crc32(key) % shards``; each shard has its own views, seq, stream and global view, so a
-batch (one per shard) is still one script in one slot, and global == sum of the node
-views holds shard by shard, hence for the whole. A node registers its view in every shard.
-Reads gather: a key's count is one read in its shard, a listing merges the shards' sorted
-rows, figures (distinct keys, anomalies) are summed.
+and shard k > 0 has the tag ``{outbound_domains#k}``. Each shard has its own views, seq,
+stream and global view, so a batch (one per shard) is still one script in one slot, and
+global == sum of the node views holds shard by shard, hence for the whole. A node
+registers its view in every shard, and the leader reaps a dead node's view in each.
 
-Gauge tables only in this release: a CIDR tree's listing rows above /8 join addresses of
-different /8s, which would need a merge of the per-shard tries (see docs/architecture.md).
+Which shard holds a key: for a gauge table ``crc32(key) % shards``; for a CIDR tree
+(``inbound_cidr``, ``outbound_cidr``) ``crc32(block) % shards`` where the block is the
+address's top forced prefix, its /8 (IPv4) or /32 (IPv6): a whole /8 or /32 lives in one
+shard. Reads gather: a gauge key's count is one read in its shard, a listing merges the
+shards' sorted rows; a CIDR prefix of /8 (/32) or longer is one read in its shard, a
+shorter one sums every shard's; a CIDR listing walks the sum of the shards' trees (see
+:mod:`mcluster.objects.cidr_shards`); figures (distinct keys, rows, anomalies) are summed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import zlib
 from collections.abc import Mapping, Sequence
 
 from redis.asyncio import Redis
 
-from mcluster.objects import gauge
+from mcluster.objects import cidr_shards, cidrtree, gauge
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.kinds import Kind
 from mcluster.store.keys import ClusterKeys, ObjectKeys
 
 #: The kinds that may be sharded (``kind.name``).
-SHARDED_KINDS = (gauge.KIND,)
+SHARDED_KINDS = (gauge.KIND, cidrtree.KIND)
 
 
-def shard_of(packed: bytes, shards: int) -> int:
-    """The shard of a key as stored (``kind.parse_key``)."""
-    return zlib.crc32(packed) % shards if shards > 1 else 0
+def shard_of(packed: bytes, shards: int, kind: str = gauge.KIND) -> int:
+    """The shard of a key as stored (``kind.parse_key``): a CIDR tree's address by its
+    block (/8 or /32), a gauge key by itself."""
+    if shards <= 1:
+        return 0
+    if kind == cidrtree.KIND:
+        return cidr_shards.block_shard(packed, len(packed), shards)
+    return zlib.crc32(packed) % shards
 
 
 def box_name(name: str, shard: int) -> str:
@@ -47,13 +56,20 @@ def shard_keys(keys: ClusterKeys, name: str, shards: int) -> list[ObjectKeys]:
 def check_kind(name: str, kind: Kind, shards: int) -> None:
     if shards > 1 and kind.name not in SHARDED_KINDS:
         raise ValueError(
-            f"object {name!r}: shards = {shards} is supported for gauge tables only "
-            f"(a {kind.name} is one slot); remove the option"
+            f"object {name!r}: shards = {shards} is supported for gauge tables and CIDR "
+            f"trees only (a {kind.name} is one slot); remove the option"
         )
 
 
 async def count(client: Redis, kind: Kind, parts: Sequence[ObjectKeys], view: str, key: str) -> int:
-    """A key's count: one read in the key's shard."""
+    """A key's count: one read in the key's shard (a CIDR prefix shorter than its block:
+    the sum of every shard's count)."""
+    if kind.name == cidrtree.KIND:
+        packed, plen = cidrtree.parse_prefix(key)
+        if plen < 8 * cidr_shards.BLOCK[len(packed)] and len(parts) > 1:
+            found = await asyncio.gather(*(kind.count(client, k, view, key) for k in parts))
+            return sum(found)
+        return await kind.count(client, parts[shard_of(packed, len(parts), kind.name)], view, key)
     okeys = parts[shard_of(kind.parse_key(key), len(parts))]
     return await kind.count(client, okeys, view, key)
 
@@ -78,6 +94,8 @@ async def rows(
     client: Redis, kind: Kind, parts: Sequence[ObjectKeys], view: str, limit: int | None
 ) -> list[Row]:
     """The view's rows in key order, merged from every shard (shards hold disjoint keys)."""
+    if kind.name == cidrtree.KIND:
+        return await cidr_shards.rows(client, parts, view, limit)
     per_shard = []
     for okeys in parts:
         per_shard.append([row async for row in kind.rows(client, okeys, view)])
