@@ -199,23 +199,38 @@ async def run(
         )
 
 
-def main() -> None:
-    parser = make_parser("Redis Cluster vs standalone: throughput and failover.")
-    parser.add_argument("--runs", type=int, default=5, help="failover runs (--quick: 1)")
-    args = parser.parse_args()
-    runs = 1 if args.quick else args.runs
+def on_both(
+    name: str,
+    quick: bool,
+    strict: bool,
+    body: Callable[[RedisServer, RedisCluster, Report], Awaitable[None]],
+) -> None:
+    """Run ``body`` on a fresh standalone server and a fresh local Cluster, print its report
+    (also used by benchmarks/shards.py)."""
     server = start_redis()
     cluster = start_cluster()
-    timer = watchdog(server, 300 if args.quick else 1200)
-    report = Report(f"cluster - redis {server.version()} - {machine()}")
+    timer = watchdog(server, 300 if quick else 1200)
+    report = Report(f"{name} - redis {server.version()} - {machine()}")
     try:
-        asyncio.run(run(server, cluster, args.quick, runs, report))
+        asyncio.run(body(server, cluster, report))
     finally:
         timer.cancel()
         cluster.stop()
         server.stop()
     report.print()
-    report.exit(args.strict)
+    report.exit(strict)
+
+
+def main() -> None:
+    parser = make_parser("Redis Cluster vs standalone: throughput and failover.")
+    parser.add_argument("--runs", type=int, default=5, help="failover runs (--quick: 1)")
+    args = parser.parse_args()
+    runs = 1 if args.quick else args.runs
+
+    async def body(server: RedisServer, cluster: RedisCluster, report: Report) -> None:
+        await run(server, cluster, args.quick, runs, report)
+
+    on_both("cluster", args.quick, args.strict, body)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
@@ -25,6 +26,8 @@ cluster {
   Replicate "outbound_domains" { max_delay = 0.05 }
 }
 """
+#: The same objects split into shards (over several masters on a Cluster).
+SHARDED_CONFIG = CONFIG.replace("max_delay = 0.05 }", "max_delay = 0.05 shards = 4 }")
 DOMAINS = ["aol.com", "gmail.com", "yahoo.com", "omniti.com"]
 OBJECTS = (("inbound_cidr", CIDRTREE), ("outbound_domains", GAUGE_TABLE))
 
@@ -32,8 +35,17 @@ OBJECTS = (("inbound_cidr", CIDRTREE), ("outbound_domains", GAUGE_TABLE))
 class Load:
     """``count`` nodes and a driver task recording random events until ``stop``."""
 
-    def __init__(self, url: str, namespace: str, count: int = 3, seed: int = 7) -> None:
-        cfg = parse_config(CONFIG)
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        count: int = 3,
+        seed: int = 7,
+        config: str = CONFIG,
+        blocks: tuple[int, ...] = (10,),
+    ) -> None:
+        cfg = parse_config(config)
+        self.blocks = blocks  # the /8s the addresses are drawn from
         self.nodes = [Node(cfg, f"relay-0-{i + 1}", url, namespace=namespace) for i in range(count)]
         self.model = Model()
         self.rng = random.Random(seed)
@@ -50,7 +62,8 @@ class Load:
         rng, nodes = self.rng, self.nodes
         while not self._stop.is_set():
             i = rng.randrange(len(nodes))
-            addr = f"10.{rng.randrange(3)}.{rng.randrange(256)}.{rng.randrange(256)}"
+            block = rng.choice(self.blocks)
+            addr = f"{block}.{rng.randrange(3)}.{rng.randrange(256)}.{rng.randrange(256)}"
             for obj, key in (("inbound_cidr", addr), ("outbound_domains", rng.choice(DOMAINS))):
                 nodes[i].record(obj, key, 1)
                 self.model.record(i, obj, key, 1)
@@ -88,9 +101,9 @@ class Load:
 
 
 @contextlib.asynccontextmanager
-async def under_load(url: str, namespace: str) -> AsyncIterator[Load]:
+async def under_load(url: str, namespace: str, **options: Any) -> AsyncIterator[Load]:
     """A running Load; when the block ends, every view must be exact within 60 s."""
-    load = Load(url, namespace)
+    load = Load(url, namespace, **options)
     await load.start()
     try:
         await asyncio.sleep(0.5)  # batches are flowing before Redis changes

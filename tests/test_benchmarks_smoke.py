@@ -51,3 +51,8 @@ def test_broadcast_benchmark_quick() -> None:
     out = quick("broadcast.py", "--runs", "5")
     assert "PING round trip (baseline)" in out and "broadcast to 3 agents" in out
     assert "PASS  silent node not waited for" in out
+
+
+def test_shards_benchmark_quick() -> None:
+    out = quick("shards.py", timeout=300)  # starts a 6-node Redis Cluster too
+    assert "PASS  listings and /0 counts exact" in out and "Cluster, shards = 8" in out

@@ -7,12 +7,14 @@ import contextlib
 import ipaddress
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from mcluster.agent import reaper
-from mcluster.agent.node import Node
-from mcluster.config import ConfigError, parse_config
+from mcluster.agent.node import Node, UnknownObject
+from mcluster.agent.reload import reload_config
+from mcluster.config import ConfigError, load_config, parse_config
 from mcluster.console.snapshot import read_snapshot
 from mcluster.objects import cidr_shards, shards
 from mcluster.objects.cidrtree import bucket_key
@@ -20,6 +22,7 @@ from mcluster.objects.kinds import CIDRTREE, GAUGE_TABLE
 from mcluster.store.keys import ClusterKeys
 from tests.helpers import Model, crash, until
 from tests.redis_cluster import AnyRedis, RedisCluster
+from tests.redis_servers import RedisServer
 
 CONFIG = """
 cluster {
@@ -240,3 +243,37 @@ def _only(model: Model, node: int) -> Model:
 async def test_cidr_shards_spread_over_masters(redis_cluster: RedisCluster, namespace: str) -> None:
     parts = shards.shard_keys(ClusterKeys(namespace), CIDR, 8)
     assert len({redis_cluster.node_of(p.views).port for p in parts}) > 1
+
+
+async def test_reload_drains_every_shard_and_keeps_the_layout(
+    redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    """A removed sharded object is drained from every shard; a changed shard count or a
+    new sharded object waits for a restart (the keys' layout never changes under a node)."""
+    path = tmp_path / "mc.conf"
+    path.write_text(CIDR_CONFIG.replace("}\n}", '}\n  Replicate "outbound_domains" {}\n}'))
+    async with Node(load_config(str(path)), "relay-0-1", redis_server.url,
+                    namespace=namespace) as node:  # fmt: skip
+        for address in ADDRESSES:
+            node.record(CIDR, address, 2)
+        node.record(OBJ, "aol.com", 1)
+        await node.flush()
+        assert await node.count(CIDR, "0.0.0.0/0") == 2 * sum("." in a for a in ADDRESSES)
+        path.write_text(
+            'cluster {\n  Replicate "outbound_domains" { shards = 2 }\n'
+            '  Replicate "outbound_cidr" { shards = 3 }\n}\n'
+        )
+        result = await reload_config(node)
+        assert result["removed"] == [CIDR] and result["added"] == []
+        assert "object outbound_domains: shards 1 -> 2" in result["needs_restart"]
+        assert "object outbound_cidr: new, with shards = 3" in result["needs_restart"]
+        client = redis_server.client()
+        for okeys in shards.shard_keys(ClusterKeys(namespace), CIDR, 5):
+            assert client.hlen(okeys.views) == 0  # this node's view left every shard
+            assert client.hlen(bucket_key(okeys, "g", b"", 4)) == 0  # and its counts too
+        assert not any(name.startswith(CIDR) for name in node.outboxes)
+        with pytest.raises(UnknownObject):
+            node.record(CIDR, "10.0.0.1")
+        node.record(OBJ, "aol.com", 1)  # unchanged: still one slot, still recording
+        await node.flush()
+        assert await node.count(OBJ, "aol.com") == 2

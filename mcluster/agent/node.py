@@ -538,6 +538,10 @@ class Node:
             box = self.shard_box(obj, packed)
         box.add(packed, delta)
 
+    def shard_names(self, obj: str) -> list[str]:
+        """The outbox names of an object: its own, then its shards' (``obj#k``) if split."""
+        return [obj] + [box.name for box in self._shards.get(obj, [])[1:]]
+
     def shard_box(self, obj: str, packed: bytes) -> Outbox:
         """The outbox of the shard holding ``packed`` (the object's own for one shard)."""
         parts = self._shards.get(obj)

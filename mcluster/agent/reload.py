@@ -7,13 +7,15 @@ the config file and apply what changed to the running node, losing no counts.
   what this node had recorded there;
 * changed ``max_delay`` / ``max_pending`` apply from the next batch; pending deltas stay
   where they are, so nothing recorded is lost;
+* a removed sharded object (``shards = N``) is drained from every shard;
 * new ``Shared_Throttle`` scopes are defined; the outbound caps and OBTM/OBTC rates
   (``Domain``/``Binding`` options) are read from the new file from the next decision.
 
 What cannot change under a running node (the namespace, heartbeat and lease settings, an
-object's type, the stanzas with machinery of their own: OBTM/OBTC, named throttles,
-caches, audit metrics, and whether connection slots exist) is left as it was and listed
-under ``needs_restart``. A config with errors
+object's type or ``shards``, a new object with ``shards`` > 1, the stanzas with
+machinery of their own: OBTM/OBTC, named throttles, caches, audit metrics, and whether
+connection slots exist) is left as it was and listed under ``needs_restart``. A config
+with errors
 changes nothing: the error names the file, line and column.
 """
 
@@ -84,10 +86,14 @@ async def reload_config(node: Node) -> dict[str, Any]:
     added, removed, changed = [], [], []
     for name, obj in new_objects.items():
         before = old_objects.get(name)
-        if before is None:
+        if before is None and obj.shards > 1:  # its shards' outboxes are made at start
+            needs_restart.append(f"object {name}: new, with shards = {obj.shards}")
+        elif before is None:
             added.append(name)
         elif before.type != obj.type:
             needs_restart.append(f"object {name}: type {before.type} -> {obj.type}")
+        elif before.shards != obj.shards:
+            needs_restart.append(f"object {name}: shards {before.shards} -> {obj.shards}")
         elif (before.max_delay, before.max_pending) != (obj.max_delay, obj.max_pending):
             changed.append(name)
     removed = [name for name in old_objects if name not in new_objects]
@@ -102,7 +108,9 @@ async def reload_config(node: Node) -> dict[str, Any]:
             assert kind is not None
             await node.add_object(name, obj.type, kind, obj.max_pending, obj.max_delay)
         for name in removed:
-            await _remove_object(node, name)
+            for part in node.shard_names(name):
+                await _remove_object(node, part)
+            node._shards.pop(name, None)
         throttles = node._throttles
         if throttles is not None:
             await throttles.load([d for d in declared if d.name not in throttles.defs])
@@ -115,7 +123,8 @@ async def reload_config(node: Node) -> dict[str, Any]:
 
 
 async def _remove_object(node: Node, name: str) -> None:
-    """Stop recording ``name`` and drain this node's view of it out of the cluster."""
+    """Stop recording ``name`` (an object, or one shard's ``name#k``) and drain this node's
+    view of it out of the cluster."""
     box = node.outboxes.pop(name)  # record() now refuses it as an unknown object
     node._managed.pop(name, None)
     box.stopping = True
@@ -128,6 +137,6 @@ async def _remove_object(node: Node, name: str) -> None:
     async with box.lock:
         await resync.drain_own(node, box)
     with contextlib.suppress(Exception):
-        if not await node.client.hlen(box.keys.views):
+        if "#" not in name and not await node.client.hlen(box.keys.views):
             await node.client.hdel(node.keys.objects, name)
     log.info("object %s removed from the config: this node's view drained", name)
