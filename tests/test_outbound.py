@@ -145,17 +145,19 @@ async def test_caps_never_exceeded_and_freed_by_reaping(
     route = Route("b1", "hotmail.com")
     results = await asyncio.gather(*(nodes[i % 3].open_connection(route) for i in range(100)))
     held = [(i % 3, r.slot) for i, r in enumerate(results) if r.allowed]
-    assert len(held) == 10
+    assert len(held) == 10, f"re-syncs {[n.rejoins for n in nodes]}"
     refused = next(r for r in results if not r.allowed)
     assert refused.reason is not None and "cluster_max_outbound_connections" in refused.reason
-    # close one held by node 0 twice: the second close changes nothing
-    n0 = [slot for n, slot in held if n == 0]
-    assert n0 and await nodes[0].close_connection(str(n0[0])) is True
-    assert await nodes[0].close_connection(str(n0[0])) is False
+    # close one twice (whichever node won it: the opens race): the second changes nothing
+    holder, closed = held[0]
+    assert await nodes[holder].close_connection(str(closed)) is True
+    assert await nodes[holder].close_connection(str(closed)) is False
     assert (await nodes[1].open_connection(route)).allowed
-    assert not (await nodes[1].open_connection(route)).allowed
+    # (a node starved past its 0.6 s lease is reaped and re-syncs: its slots leave then)
+    rejoins = [n.rejoins for n in nodes]
+    assert not (await nodes[1].open_connection(route)).allowed, f"re-syncs {rejoins}"
     # node 2 dies holding its slots: they come back within lease TTL + 1 s
-    dead = sum(1 for n, _ in held if n == 2)
+    dead = sum(1 for n, slot in held if n == 2 and slot != closed)
     await crash(nodes[2])
 
     async def freed() -> bool:
