@@ -475,7 +475,12 @@ async def test_leader_reaps_after_a_concurrent_drain(proxy: tuple[Farm, RedisPro
     print("n2 exit code", code, "leader reaped:", farm.agents["lead"].log_lines("reaped"))
     killed_at = farm.kill("n3")
     try:
-        await until(farm.verdict, farm.lease_ttl + 1, what="the leader reaps the killed n3")
+        await until(
+            farm.verdict,
+            farm.lease_ttl + 1,
+            what="the leader reaps the killed n3",
+            pids=farm.pids(),
+        )
         reaped = True
         report("kill -9 after a concurrent drain -> exact", time.monotonic() - killed_at)
     except AssertionError as exc:
