@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from mcluster.agent.caches import BLOCK_MS, UnknownCache, stop_if_cancelled
+from mcluster.agent.caches import BLOCK_MS, UnknownCache
 from mcluster.agent.http import make_app
 from mcluster.agent.node import Node
+from mcluster.agent.outbox import stop_if_cancelled
 from mcluster.config import ConfigError, parse_config
 from mcluster.objects import cache
 from mcluster.objects.cache import CacheKeys

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.agent.outbox import RETRY_ERRORS, stop_if_cancelled
 from mcluster.config import ClusterConfig, ReplicateObject
 from mcluster.objects import cache
 from mcluster.objects.cache import CacheKeys
@@ -298,16 +298,6 @@ class Replica:
                 "max": max(samples) if samples else None,
             },
         } | vars(self.stats)
-
-
-def stop_if_cancelled() -> None:
-    """Raise CancelledError if the running task was asked to stop. An endless loop checks
-    this each turn: on Python 3.11 ``asyncio.wait_for`` swallows a cancel that arrives as
-    the awaited call ends, and redis-py writes every command through it (a client with a
-    socket timeout), so a follower being cancelled would otherwise read on for ever."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 
-from mcluster.agent.caches import cancel_tasks, stop_if_cancelled
-from mcluster.agent.outbox import RETRY_ERRORS, Outbox
+from mcluster.agent.caches import cancel_tasks
+from mcluster.agent.outbox import RETRY_ERRORS, Outbox, stop_if_cancelled
 from mcluster.objects import gauge, gauge_cache, views
 from mcluster.objects.gauge_cache import GaugeCacheDef
 from mcluster.objects.kinds import GAUGE_CACHE, Kind

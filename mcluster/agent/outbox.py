@@ -64,6 +64,16 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     return event.is_set()
 
 
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if the running task was asked to stop. An endless loop checks
+    this each turn: on Python 3.11 ``asyncio.wait_for`` swallows a cancel that arrives as
+    the awaited call ends, and redis-py writes every command through it (a client with a
+    socket timeout), so a follower being cancelled would otherwise read on for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class StaleView(Exception):
     """Redis refused a batch: this node's view is not registered (stale epoch)."""
 

@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from redis.asyncio import Redis
 
-from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.agent.outbox import RETRY_ERRORS, stop_if_cancelled
 from mcluster.logs.config import LogKeys, registry
 from mcluster.store.keys import ClusterKeys, text
 from mcluster.store.scripts import Scripts
@@ -51,6 +51,7 @@ class Shipper:
     async def run(self) -> None:
         """Ship forever (cancel to stop); Redis errors are retried, never fatal."""
         while True:
+            stop_if_cancelled()
             try:
                 await self._ship()
             except RETRY_ERRORS as exc:
@@ -81,6 +82,7 @@ class Shipper:
             stream.seek(offset)
             rest = b""
             while True:
+                stop_if_cancelled()
                 offset, rest, got = await self._drain(stream, fid, offset, rest)
                 if got:
                     continue
