@@ -68,6 +68,7 @@ class Case:
     answers: dict[str, int] = field(default_factory=dict)
     requests: int = 0
     cpu: float = 0.0  # seconds of the agent process while measured
+    log: str = ""  # the agent's output
 
 
 def cpu_seconds(pid: int) -> float:
@@ -87,13 +88,15 @@ def spawn(name: str, rules: str, redis_url: str, workdir: Path, index: int) -> C
          "--listen", f"127.0.0.1:{http_port}", "--policy", f"127.0.0.1:{policy_port}"],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    return Case(name, policy_port, http_port, proc)
+    return Case(name, policy_port, http_port, proc, log=log.name)
 
 
 async def wait_ready(case: Case, session: aiohttp.ClientSession) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        assert case.proc.poll() is None, f"agent for {case.name!r} exited"
+        if case.proc.poll() is not None:
+            log = Path(case.log).read_text(errors="replace")[-2000:]
+            raise AssertionError(f"agent for {case.name!r} exited; its log ends:\n{log}")
         try:
             async with session.get(f"http://127.0.0.1:{case.http_port}/healthz") as resp:
                 if resp.status == 200:
