@@ -376,3 +376,44 @@ async def test_a_follower_stops_even_when_a_cancel_was_swallowed() -> None:
     task.cancel()
     await asyncio.wait([task], timeout=1.0)
     assert task.cancelled() and turns == 1
+
+
+async def test_caches_are_listed_by_cluster_shared_list(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Published by the agent (a console without the config sees them), from the config
+    otherwise; beside the view objects, in name order, in text and JSON."""
+    from mcluster.console import ConsoleContext, run_command
+    from mcluster.console.ops_views import plain_text
+    from mcluster.objects.views import NotFound
+
+    text = CONFIG.replace("cluster {", 'cluster {\n  Replicate "inbound_cidr" {}')
+    config = parse_config(text, "caches.conf")
+    client = make_async_client(redis_server.url)
+    keys = ClusterKeys(namespace)
+    expected = [
+        ("c1", "lazy, cache"),
+        ("inbound_cidr", "lazy, cidrtree w/ snapshots"),
+        ("small", "lazy, cache"),
+        ("snap", "lazy, cache w/ snapshots"),
+    ]
+    try:
+        configured = [(o.name, o.type) for o in config.objects]
+        offline = ConsoleContext(client, keys, configured=configured, config=config)
+        result = await run_command(offline, "cluster shared list")  # nothing in Redis yet
+        assert isinstance(result.data, dict)
+        assert [(o["name"], o["description"]) for o in result.data["objects"]] == expected
+        async with Node(config, "a", redis_server.url, namespace=namespace):
+            result = await run_command(ConsoleContext(client, keys), "shared list")
+        assert isinstance(result.data, dict)
+        assert [(o["name"], o["description"]) for o in result.data["objects"]] == expected
+        snap = next(o for o in result.data["objects"] if o["name"] == "snap")
+        assert (snap["type"], snap["snapshot"]) == ("cache", True)
+        lines = plain_text(result.renderable).splitlines()
+        assert lines[0] == "Currently managed objects:"
+        assert [line.strip() for line in lines[1:]] == [f"{n} [{d}]" for n, d in expected]
+        assert lines[4] == f"{'snap':>30} [lazy, cache w/ snapshots]"
+        with pytest.raises(NotFound, match="'snap' is a replicated cache: it has no views"):
+            await run_command(ConsoleContext(client, keys), "shared show snap")
+    finally:
+        await client.aclose()

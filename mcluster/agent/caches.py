@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from mcluster.agent.outbox import RETRY_ERRORS, stop_if_cancelled
 from mcluster.config import ClusterConfig, ReplicateObject
-from mcluster.objects import cache
+from mcluster.objects import cache, cache_registry
 from mcluster.objects.cache import CacheKeys
 from mcluster.objects.views import NotFound
 from mcluster.store.keys import ClusterKeys, text
@@ -320,6 +320,7 @@ class Caches:
         scripts: Callable[[], Scripts],
     ) -> None:
         self._scripts = scripts
+        self._keys = keys
         self.replicas = {
             obj.name: Replica(obj, CacheKeys(keys.object(obj.name)), node)
             for obj in config.of_type("cache")
@@ -340,6 +341,9 @@ class Caches:
     async def start(self) -> None:
         """Load every replica (snapshot caches read all live pairs), then follow."""
         scripts = self._scripts()
+        await cache_registry.publish(
+            scripts.client, self._keys, [r.obj for r in self.replicas.values()]
+        )
         for replica in self.replicas.values():
             await replica.load(scripts)
         self._tasks = [

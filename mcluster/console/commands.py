@@ -25,8 +25,9 @@ from mcluster.console.render import (
     ObjectListView,
 )
 from mcluster.console.spec import COMMANDS, CommandSpec, family, match
-from mcluster.objects import views
-from mcluster.objects.views import NotFound
+from mcluster.objects import cache_registry, views
+from mcluster.objects.cache_registry import CacheInfo
+from mcluster.objects.views import NotFound, ObjectInfo
 from mcluster.store import cluster_view, members
 from mcluster.store.keys import ClusterKeys
 
@@ -161,7 +162,9 @@ async def _help(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Resu
 async def _shared_list(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     _no_args(spec, rest)
     infos = await views.list_objects(ctx.client, ctx.keys, ctx.configured)
-    return Result(ObjectListView(infos), {"objects": [info.to_json() for info in infos]})
+    caches = await cache_registry.list_caches(ctx.client, ctx.keys, ctx.configured, ctx.config)
+    listed: list[ObjectInfo | CacheInfo] = sorted([*infos, *caches], key=lambda i: i.name)
+    return Result(ObjectListView(listed), {"objects": [info.to_json() for info in listed]})
 
 
 def parse_show_args(spec: CommandSpec, rest: list[str]) -> tuple[str, str | None, int | None]:
@@ -201,7 +204,16 @@ def parse_show_args(spec: CommandSpec, rest: list[str]) -> tuple[str, str | None
 
 async def _shared_show(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     obj, node, limit = parse_show_args(spec, rest)
-    listing = await views.show(ctx.client, ctx.keys, obj, node, limit, ctx.configured)
+    try:
+        listing = await views.show(ctx.client, ctx.keys, obj, node, limit, ctx.configured)
+    except NotFound:
+        caches = await cache_registry.list_caches(ctx.client, ctx.keys, ctx.configured, ctx.config)
+        if any(c.name == obj for c in caches):
+            raise NotFound(
+                f"{obj!r} is a replicated cache: it has no views; read a pair with "
+                f"GET /v1/caches/{obj}/KEY on an agent"
+            ) from None
+        raise
     return Result(ListingView(listing), listing.to_json())
 
 

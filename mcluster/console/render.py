@@ -13,6 +13,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
 
 from mcluster.console.spec import COMMANDS, CommandSpec
+from mcluster.objects.cache_registry import CacheInfo
 from mcluster.objects.views import Listing, ObjectInfo
 
 HEADER_STYLE = "bold"
@@ -87,7 +88,7 @@ class ListingView:
 class ObjectListView:
     """``cluster shared list``: the managed objects and what they are."""
 
-    def __init__(self, infos: Sequence[ObjectInfo]) -> None:
+    def __init__(self, infos: Sequence[ObjectInfo | CacheInfo]) -> None:
         self.infos = list(infos)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
