@@ -22,6 +22,9 @@ OBJECTS = ["inbound_cidr", "outbound_cidr", "outbound_domains"]
 NODES = ["relay-0-1", "relay-0-2", "mx-1"]
 FIRST = ["abort", "arp", "duravip", "help", "info", "membership", "nodeaddr", "nodename"]
 FIRST = sorted([*FIRST, "jobs", "reset", "shared", "show"])
+MODULES = ["audit_series", "inbound_audit"]
+TOP = ["broadcast", "unicast", "config"]
+SERIES = ["senders", "subjects"]
 
 
 @pytest.mark.parametrize(
@@ -29,9 +32,28 @@ FIRST = sorted([*FIRST, "jobs", "reset", "shared", "show"])
     [
         (
             "",
-            sorted(["cluster", *FIRST, "broadcast", "unicast", "config", "exit", "quit", "watch"]),
+            sorted(["cluster", *FIRST, *MODULES, *TOP, "exit", "quit", "watch"]),
         ),
-        ("broadcast ", sorted(["cluster", *FIRST])),
+        ("broadcast ", sorted(["cluster", *FIRST, *MODULES])),
+        ("broadcast inbound_audit ", ["show"]),
+        ("inb", ["inbound_audit"]),
+        ("inbound_audit ", ["show"]),
+        ("inbound_audit show ", ["ip"]),
+        ("INBOUND_AUDIT SHOW i", ["ip"]),
+        ("inbound_audit show ip ", []),
+        ("inbound_audit show ip 10.0.0.0/8 ", []),
+        ("audit_series ", ["count", "list"]),
+        ("audit_series l", ["list"]),
+        ("audit_series list ", []),
+        ("audit_series count ", SERIES),
+        ("audit_series count se", ["senders"]),
+        ("audit_series count senders ", []),
+        ("audit_series count senders bob@example.com ", ["from"]),
+        ("audit_series count senders bob@example.com 0 2 f", ["from"]),
+        ("audit_series count senders bob@example.com from ", sorted(NODES)),
+        ("audit_series count senders bob@example.com FROM relay", ["relay-0-1", "relay-0-2"]),
+        ("audit_series count senders bob@example.com from mx-1 ", []),
+        ("unicast mx-1 audit_series count ", SERIES),
         ("broadcast cluster shared ", ["list", "show"]),
         ("unicast ", sorted(NODES)),
         ("unicast mx-1 cluster node", ["nodeaddr", "nodename"]),
@@ -61,7 +83,7 @@ FIRST = sorted([*FIRST, "jobs", "reset", "shared", "show"])
     ],
 )
 def test_completions(buffer: str, expected: list[str]) -> None:
-    assert completions(buffer, OBJECTS, NODES) == expected
+    assert completions(buffer, OBJECTS, NODES, SERIES) == expected
 
 
 def test_history_lives_in_the_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,3 +183,27 @@ async def test_shared_list_refreshes_completion(
     objects, nodes = await asyncio.to_thread(session)
     assert objects == ["inbound_cidr", "outbound_domains", "outbound_slots"]
     assert nodes == ["gone-1", "relay-0-1", "relay-0-2", "relay-0-3"]
+
+
+async def test_the_session_completes_audit_series_it_read(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The REPL fetches the series names with the other names (and again after
+    ``audit_series list``); completion offers them after ``audit_series count``."""
+    from mcluster.config import parse_config
+
+    config = parse_config('cluster { Replicate "metrics" { parameters = "audit_series" } }')
+    node = Node(config, "relay-0-1", redis_server.url, namespace=namespace)
+    await node.start()
+    try:
+        await node.audit.define("senders", "string", 60, 10, "cluster")
+        code, out, _, repl, _ = await asyncio.to_thread(
+            drive, redis_server, namespace, "relay-0-1", ["audit_series list"]
+        )
+        assert code == 0 and "senders: string 60,10 replicate cluster" in out
+        assert repl.series == ["senders"]
+        assert completions("audit_series count s", repl.objects, repl.nodes, repl.series) == [
+            "senders"
+        ]
+    finally:
+        await node.stop()

@@ -303,7 +303,8 @@ def test_membership_and_info_are_implemented() -> None:
     implemented = {c.words for c in COMMANDS if c.implemented}
     assert {("membership",), ("info",)} <= implemented
     assert completions("cluster mem", [], []) == ["membership"]
-    assert completions("in", [], []) == ["info"]
+    assert completions("in", [], []) == ["inbound_audit", "info"]
+    assert completions("cluster in", [], []) == ["info"]
     assert completions("cluster membership ", [], ["relay-0-1"]) == []
     assert {"info", "membership"} <= set(completions("help ", [], []))
     lines = render(HelpView())

@@ -94,6 +94,26 @@ async def series_show(
     return Lines([f"{name} {key} {start}..{end}: {n}"]), data
 
 
+def candidates(
+    words: tuple[str, ...], rest: list[str], series: Sequence[str], nodes: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """Tab completion after the command ``words`` and the complete arguments ``rest``:
+    (keywords, names). ``inbound_audit show ip``; ``audit_series count NAME KEY [START
+    [END]] [from NODE]`` offers the series names, then ``from`` and the node names."""
+    if words == ("inbound_audit", "show"):
+        return (["ip"] if not rest else []), []
+    if words != ("audit_series", "count"):
+        return [], []
+    folded = [w.casefold() for w in rest]
+    if not rest:
+        return [], list(series)
+    if folded[-1] == "from":
+        return [], list(nodes)
+    if "from" in folded or len(rest) < 2:
+        return [], []
+    return ["from"], []
+
+
 Handler = Callable[[Redis, ClusterKeys, ClusterConfig | None, list[str]], Awaitable[Answer]]
 HANDLERS: dict[tuple[str, ...], Handler] = {
     ("inbound_audit", "show"): inbound_show,

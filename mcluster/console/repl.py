@@ -18,10 +18,19 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.text import Text
 
+from mcluster.console import audit_commands
 from mcluster.console.commands import CommandError, ConsoleContext, NotFound, run_command
 from mcluster.console.dashboard import watch
-from mcluster.console.spec import COMMANDS, REPL_WORDS, WATCH_WORD, match, next_words
+from mcluster.console.spec import (
+    COMMANDS,
+    MODULE_COMMANDS,
+    REPL_WORDS,
+    WATCH_WORD,
+    match,
+    next_words,
+)
 from mcluster.objects import views
+from mcluster.objects.audit_views import list_series
 from mcluster.store import members
 from mcluster.store.embedded import state_dir
 
@@ -33,28 +42,37 @@ except ImportError:  # pragma: no cover - platforms without GNU readline / libed
 HISTORY_FILE = "console_history"
 HISTORY_LENGTH = 1000
 _SHOW_OPTIONS = ("from", "all", "limit")
+#: Commands that run another command (completed as one after them).
+_FORWARDING = {("broadcast",), ("unicast",)}
 
 
-def completions(buffer: str, objects: Sequence[str], nodes: Sequence[str]) -> list[str]:
+def completions(
+    buffer: str, objects: Sequence[str], nodes: Sequence[str], series: Sequence[str] = ()
+) -> list[str]:
     """Words that may complete the last (partial) word of ``buffer``, sorted.
 
-    Command words match case-insensitively; object and node names exactly.
+    Command words match case-insensitively; object, node and audit series names exactly.
     """
     words = buffer.split()
     partial = "" if not buffer or buffer[-1].isspace() else words.pop()
-    verbs, names = _candidates(words, objects, nodes)
+    verbs, names = _candidates(words, objects, nodes, series)
     folded = partial.casefold()
     found = {w for w in verbs if w.casefold().startswith(folded)}
     found |= {n for n in names if n.startswith(partial)}
     return sorted(found)
 
 
+def _module_words() -> set[str]:
+    """``inbound_audit``, ``audit_series``: the first words of the modules' commands."""
+    return {spec.words[0] for spec in MODULE_COMMANDS}
+
+
 def _candidates(
-    words: list[str], objects: Sequence[str], nodes: Sequence[str]
+    words: list[str], objects: Sequence[str], nodes: Sequence[str], series: Sequence[str] = ()
 ) -> tuple[list[str], list[str]]:
     """(command words, names) that may come after the complete ``words``."""
     first_words = sorted({spec.words[0] for spec in COMMANDS if not spec.top})
-    top_words = sorted({spec.words[0] for spec in COMMANDS if spec.top})
+    top_words = sorted({spec.words[0] for spec in COMMANDS if spec.top} | _module_words())
     if not words:
         return sorted(["cluster", *first_words, *top_words, *REPL_WORDS, WATCH_WORD]), []
     if words[0].casefold() == "cluster":
@@ -62,16 +80,18 @@ def _candidates(
         if not words:
             return first_words, []
     spec, rest = match(words)
-    if spec is not None and spec.top:  # broadcast COMMAND, unicast NODE COMMAND
+    if spec is not None and spec.words in _FORWARDING:  # broadcast COMMAND, unicast NODE ...
         if spec.words == ("unicast",):
             if not rest:
                 return [], list(nodes)
             rest = rest[1:]
         if not rest:
-            return sorted(["cluster", *first_words]), []
-        return _candidates(rest, objects, nodes)
+            return sorted(["cluster", *first_words, *_module_words()]), []
+        return _candidates(rest, objects, nodes, series)
     if spec is None:
         return next_words(words), []
+    if spec in MODULE_COMMANDS:
+        return audit_commands.candidates(spec.words, rest, series, nodes)
     if spec.words == ("help",):
         return (first_words if not rest else []), []
     if spec.words != ("shared", "show"):
@@ -90,7 +110,7 @@ def _candidates(
 
 
 #: Commands after which the names offered for completion are fetched again.
-_REFRESHING = {("shared", "list"), ("membership",)}
+_REFRESHING = {("shared", "list"), ("membership",), ("audit_series", "list")}
 
 
 def _refreshes_names(text: str) -> bool:
@@ -127,6 +147,7 @@ class Repl:
         self.json_mode = json_mode
         self.objects: list[str] = []
         self.nodes: list[str] = []
+        self.series: list[str] = []  # audit series names (``audit_series count``)
 
     @property
     def prompt(self) -> str:
@@ -146,6 +167,7 @@ class Repl:
                 nodes.add(name.decode() if isinstance(name, bytes) else str(name))
         self.objects = [info.name for info in infos]
         self.nodes = sorted(nodes)
+        self.series = [s.name for s in await list_series(client, keys)]
 
     def error(self, message: str) -> None:
         self.err.print(Text(f"mcluster: {message}", style="red"), soft_wrap=True)
@@ -225,7 +247,8 @@ class _Completer:
             return None
         if state == 0:
             buffer = _readline.get_line_buffer()[: _readline.get_endidx()]
-            found = completions(buffer, self.repl.objects, self.repl.nodes)
+            repl = self.repl
+            found = completions(buffer, repl.objects, repl.nodes, repl.series)
             self.matches = [word + " " for word in found]
         return self.matches[state] if state < len(self.matches) else None
 

@@ -111,5 +111,9 @@ def next_words(words: list[str]) -> list[str]:
     """Fixed command words that may follow ``words`` (already typed, complete)."""
     folded = tuple(w.casefold() for w in words)
     n = len(folded)
-    found = {s.words[n] for s in COMMANDS if len(s.words) > n and s.words[:n] == folded}
+    found = {
+        s.words[n]
+        for s in (*COMMANDS, *MODULE_COMMANDS)
+        if len(s.words) > n and s.words[:n] == folded
+    }
     return sorted(found)
