@@ -19,8 +19,8 @@ import io
 import json
 import re
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -41,6 +41,7 @@ from mcluster.console.dashboard import render_plain  # noqa: E402
 from mcluster.console.serve import serve_console  # noqa: E402
 from mcluster.console.snapshot import Snapshot, SnapshotReader  # noqa: E402
 from mcluster.store import node_status  # noqa: E402
+from mcluster.store.jobs import Job, JobAborted  # noqa: E402
 from mcluster.store.keys import ClusterKeys  # noqa: E402
 from mcluster.store.urls import make_async_client  # noqa: E402
 from tests.redis_servers import RedisServer, start_redis  # noqa: E402
@@ -53,6 +54,7 @@ DOCS = tuple(
         "docs/audit-metrics.md",
         "docs/dashboard.md",
         "docs/http-api.md",
+        "docs/operations.md",
         "README.md",
     )
 )
@@ -66,10 +68,12 @@ WATCH = "watch"
 NAMESPACE = "docs"
 
 CONFIG = """
+Datasource "sessions" {}
 cluster {
   Replicate "inbound_cidr" {}
   Replicate "outbound_domains" {}
   Replicate "metrics" { parameters = "connect;reception;rejection;audit_series" }
+  Replicate "sessions" { type = "cache" parameters = "snapshot" }
 }
 inbound_audit { monitors = ("300,6") }
 """
@@ -82,10 +86,18 @@ HttpClient = TestClient[web.Request, web.Application]
 
 @dataclass(frozen=True)
 class Sampler:
-    """What the samples run against: a console attached to relay-0-1 and its HTTP API."""
+    """What the samples run against: a console attached to relay-0-1 and its HTTP API;
+    the nodes, their console responders, and tasks a setup started (cancelled at the end)."""
 
     ctx: ConsoleContext
     http: HttpClient
+    nodes: tuple[Node, ...] = ()
+    serving: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+Setup = Callable[[Sampler], Awaitable[Sampler]]
+"""Run on one file's cluster before its samples (``SETUPS``); returns the sampler to use."""
 
 
 _NORMALIZE: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -129,13 +141,19 @@ def fill(doc: str, samples: dict[str, str]) -> str:
 
 def _fixed_figures(snapshot: Snapshot) -> Snapshot:
     """The snapshot with what varies between runs replaced by fixed values, as
-    ``normalize`` does for ages: the reported lags (and with them the object named), and
-    the leader (the first node to beat: usually relay-0-1, not always)."""
+    ``normalize`` does for ages: the reported lags (and with them the object named) and
+    staleness, and the leader (the first node to beat: usually relay-0-1, not always)."""
     leader = "relay-0-1" if snapshot.leader is not None else None
     every = tuple(dataclasses.replace(m, leader=m.node == leader) for m in snapshot.members)
     epoch = next((m.epoch for m in every if m.leader), None)
     lines = tuple(
-        dataclasses.replace(line, lag_ms=12.0, lag_object="inbound_cidr", reported_ms_ago=100)
+        dataclasses.replace(
+            line,
+            lag_ms=12.0,
+            lag_object="inbound_cidr",
+            reported_ms_ago=100,
+            staleness_ms=None if line.staleness_ms is None else 3.0,
+        )
         if line.lag_ms is not None
         else line
         for line in snapshot.replication
@@ -196,7 +214,8 @@ async def _cluster(url: str) -> AsyncIterator[Sampler]:
     config = parse_config(CONFIG)
     nodes: list[Node] = []
     stopping = False
-    serving: list[asyncio.Task[None]] = []
+    serving: dict[str, asyncio.Task[None]] = {}
+    tasks: list[asyncio.Task[None]] = []
     configured = [(o.name, o.type) for o in config.objects]
     client = make_async_client(url)
     try:
@@ -213,35 +232,41 @@ async def _cluster(url: str) -> AsyncIterator[Sampler]:
                 await node.audit.define("senders", "string", 60, 10, "cluster")
                 node.audit.record("rejection", "10.0.0.181", count=2)
             await node.flush()
-            serving.append(
-                asyncio.create_task(
-                    serve_console(
-                        node.client, node.keys, node, lambda: configured, lambda: stopping
-                    )
-                )
+            serving[name] = asyncio.create_task(
+                serve_console(node.client, node.keys, node, lambda: configured, lambda: stopping)
             )
         nodes[0].audit.series_add("senders", "bob@example.com", 3)
         await nodes[0].flush()
-        await _reported(client, len(nodes))
+        await nodes[1].caches.set("sessions", "alice", "relay-0-2", "5M")
+        await _reported(client, [n.name for n in nodes], stale=("relay-0-1", "relay-0-3"))
         # a long broadcast timeout: answers come late on a loaded machine, the text is the same
         ctx = ConsoleContext(
             client, ClusterKeys(NAMESPACE), "relay-0-1", configured, timeout=30.0, config=config
         )
         async with TestClient(TestServer(make_app(nodes[0]))) as http:
-            yield Sampler(ctx, http)
+            yield Sampler(ctx, http, tuple(nodes), serving, tasks)
     finally:
         stopping = True
-        for task in serving:
+        for task in [*serving.values(), *tasks]:
             task.cancel()
         for node in nodes:
             await node.stop()
         await client.aclose()
 
 
-async def _reported(client: Redis, nodes: int, timeout: float = 30.0) -> None:
-    """Wait until every node reported its figures with a heartbeat (the dashboard's)."""
+async def _reported(
+    client: Redis, nodes: list[str], stale: tuple[str, ...], timeout: float = 30.0
+) -> None:
+    """Wait until every node reported its figures with a heartbeat (the dashboard's), the
+    ``stale`` ones with a cache staleness (they saw another node's set)."""
+
+    async def done() -> bool:
+        found = await node_status.read_all(client, ClusterKeys(NAMESPACE))
+        every = all(node in found for node in nodes)
+        return every and all(found[node].staleness_ms is not None for node in stale)
+
     async with asyncio.timeout(timeout):
-        while len(await node_status.read_all(client, ClusterKeys(NAMESPACE))) < nodes:
+        while not await done():
             await asyncio.sleep(0.05)
 
 
@@ -255,13 +280,46 @@ def _window(server: RedisServer) -> int:
     return int(seconds) // AUDIT_WINDOW_S
 
 
-async def generate(commands: list[str], redis_binary: str | None = None) -> dict[str, str]:
-    """Every command's sample, run against a fresh redis-server and three nodes."""
+async def _operations(sampler: Sampler) -> Sampler:
+    """docs/operations.md: relay-0-2 stops answering console requests (a silent node: still
+    a member), relay-0-3 runs a re-sync job (job 1) until it is aborted, and the console
+    waits its default 5 s for answers."""
+    sampler.serving["relay-0-2"].cancel()
+    node = sampler.nodes[2]
+    job = await Job.start(
+        node.client, node.keys, "resync", "this node's lease was lost (paused, partitioned or "
+        "reaped)", runner=node.name, runner_private=node.private_name, total=4060,
+    )  # fmt: skip
+    await job.step(1184, force=True)
+    sampler.tasks.append(asyncio.create_task(_until_aborted(job)))
+    return dataclasses.replace(sampler, ctx=dataclasses.replace(sampler.ctx, timeout=5.0))
+
+
+async def _until_aborted(job: Job) -> None:
+    """A running job: it records its progress until an operator aborts it."""
+    with contextlib.suppress(JobAborted):
+        async with job:
+            while True:
+                await asyncio.sleep(0.05)
+                await job.step(job.record.done, force=True)
+
+
+SETUPS: dict[str, Setup] = {"operations.md": _operations}
+"""A file's setup, by file name."""
+
+
+async def generate(
+    commands: list[str], redis_binary: str | None = None, setup: Setup | None = None
+) -> dict[str, str]:
+    """Every command's sample, run against a fresh redis-server and three nodes (after
+    ``setup``, when the file has one: ``SETUPS``)."""
     for _ in range(2):  # two boundaries are 300 s apart: the second run is within one
         server = start_redis(redis_binary)
         try:
             window = _window(server)
             async with _cluster(server.url) as sampler:
+                if setup is not None:
+                    sampler = await setup(sampler)
                 samples = {command: await _run(sampler, command) for command in commands}
             if _window(server) == window:
                 return samples
@@ -273,7 +331,7 @@ async def generate(commands: list[str], redis_binary: str | None = None) -> dict
 def main() -> None:
     for path in DOCS:
         doc = path.read_text()
-        samples = asyncio.run(generate(doc_commands(doc)))
+        samples = asyncio.run(generate(doc_commands(doc), setup=SETUPS.get(path.name)))
         path.write_text(fill(doc, samples))
         print(f"{path.relative_to(ROOT)}: {len(samples)} samples written")
 

@@ -43,7 +43,8 @@ async def test_doc_samples_are_what_the_console_prints(redis_server: RedisServer
         doc = path.read_text()
         commands = gen.doc_commands(doc)
         assert commands, f"{path.name} has no sample blocks"
-        fresh = gen.fill(doc, await gen.generate(commands, redis_server.binary))
+        setup = gen.SETUPS.get(path.name)
+        fresh = gen.fill(doc, await gen.generate(commands, redis_server.binary, setup))
         assert doc == fresh, f"{path.name} samples are stale: run `python docs/gen_samples.py`"
 
 
