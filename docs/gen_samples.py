@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mcluster.agent.http import make_app  # noqa: E402
+from mcluster.agent.manager import Manager  # noqa: E402
 from mcluster.agent.node import Node  # noqa: E402
 from mcluster.config import parse_config  # noqa: E402
 from mcluster.console import ConsoleContext, run_command  # noqa: E402
@@ -87,13 +88,16 @@ HttpClient = TestClient[web.Request, web.Application]
 @dataclass(frozen=True)
 class Sampler:
     """What the samples run against: a console attached to relay-0-1 and its HTTP API;
-    the nodes, their console responders, and tasks a setup started (cancelled at the end)."""
+    the nodes, their console responders, and tasks a setup started (cancelled at the end)
+    and what it must stop (``cleanups``, awaited at the end)."""
 
     ctx: ConsoleContext
     http: HttpClient
+    url: str = ""  # the redis-server's
     nodes: tuple[Node, ...] = ()
     serving: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 Setup = Callable[[Sampler], Awaitable[Sampler]]
@@ -216,6 +220,7 @@ async def _cluster(url: str) -> AsyncIterator[Sampler]:
     stopping = False
     serving: dict[str, asyncio.Task[None]] = {}
     tasks: list[asyncio.Task[None]] = []
+    cleanups: list[Callable[[], Awaitable[None]]] = []
     configured = [(o.name, o.type) for o in config.objects]
     client = make_async_client(url)
     try:
@@ -244,8 +249,10 @@ async def _cluster(url: str) -> AsyncIterator[Sampler]:
             client, ClusterKeys(NAMESPACE), "relay-0-1", configured, timeout=30.0, config=config
         )
         async with TestClient(TestServer(make_app(nodes[0]))) as http:
-            yield Sampler(ctx, http, tuple(nodes), serving, tasks)
+            yield Sampler(ctx, http, url, tuple(nodes), serving, tasks, cleanups)
     finally:
+        for cleanup in cleanups:
+            await cleanup()
         stopping = True
         for task in [*serving.values(), *tasks]:
             task.cancel()
@@ -281,9 +288,12 @@ def _window(server: RedisServer) -> int:
 
 
 async def _operations(sampler: Sampler) -> Sampler:
-    """docs/operations.md: relay-0-2 stops answering console requests (a silent node: still
-    a member), relay-0-3 runs a re-sync job (job 1) until it is aborted, and the console
-    waits its default 5 s for answers."""
+    """docs/operations.md: a manager (``manager-mx``) joins, relay-0-2 stops answering
+    console requests (a silent node: still a member), relay-0-3 runs a re-sync job (job 1)
+    until it is aborted, and the console waits its default 5 s for answers."""
+    manager = Manager(None, sampler.url, name="manager-mx", namespace=NAMESPACE)
+    await manager.start()
+    sampler.cleanups.append(manager.stop)
     sampler.serving["relay-0-2"].cancel()
     node = sampler.nodes[2]
     job = await Job.start(
