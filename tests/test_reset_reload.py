@@ -122,3 +122,27 @@ async def test_bad_config_changes_nothing(farm: Farm) -> None:
     farm.config_path.write_text(good)
     await farm.post("n1", farm.events("n1", 20))
     await until(farm.verdict, 10, what="still exact")
+
+
+def test_a_stanza_that_only_moved_needs_no_restart() -> None:
+    """A line added above the metrics and cache stanzas moves them in the file: that is no
+    change (it used to be listed under needs restart); a changed option is one."""
+    from mcluster.agent.reload import _fixed_changes
+    from mcluster.config import parse_config
+
+    text_ = """
+Datasource "sessions" {}
+cluster {
+  Replicate "inbound_cidr" {}
+  Replicate "metrics" { parameters = "connect" }
+  Replicate "sessions" { type = "cache" }
+}
+"""
+    moved = text_.replace(
+        '{}\n  Replicate "metrics"', '{}\n  # metrics for the audit\n  Replicate "metrics"'
+    )
+    assert moved != text_
+    assert _fixed_changes(parse_config(text_, "a.conf"), parse_config(moved, "a.conf")) == []
+    bigger = text_.replace('type = "cache" }', 'type = "cache" max_size = 10 }')
+    changes = _fixed_changes(parse_config(text_, "a.conf"), parse_config(bigger, "a.conf"))
+    assert changes == ["objects sessions"]

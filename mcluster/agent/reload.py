@@ -56,6 +56,12 @@ def _others(config: ClusterConfig) -> dict[str, ReplicateObject]:
     return {o.name: o for o in config.objects if kind_for_type(o.type) is None}
 
 
+def _stanza(objects: dict[str, ReplicateObject], name: str) -> dict[str, object] | None:
+    """What a stanza says, not where it is (a line added above it changes its source)."""
+    obj = objects.get(name)
+    return None if obj is None else obj.model_dump(exclude={"source"})
+
+
 def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
     """What differs that a running node cannot apply."""
     changes = [
@@ -64,7 +70,9 @@ def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
         if old.options.get(key) != new.options.get(key)
     ]
     before, after = _others(old), _others(new)
-    differ = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+    differ = sorted(
+        n for n in before.keys() | after.keys() if _stanza(before, n) != _stanza(after, n)
+    )
     if differ:
         changes.append(f"objects {', '.join(differ)}")
     slots = [bool({o.type for o in c.objects} & _SLOT_TYPES) for c in (old, new)]
