@@ -19,6 +19,7 @@ import io
 import json
 import re
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ if str(ROOT) not in sys.path:
 from mcluster.agent.http import make_app  # noqa: E402
 from mcluster.agent.manager import Manager  # noqa: E402
 from mcluster.agent.node import Node  # noqa: E402
-from mcluster.config import parse_config  # noqa: E402
+from mcluster.config import load_config, parse_config  # noqa: E402
 from mcluster.console import ConsoleContext, run_command  # noqa: E402
 from mcluster.console.commands import CommandError, NotFound  # noqa: E402
 from mcluster.console.dashboard import render_plain  # noqa: E402
@@ -115,6 +116,7 @@ _NORMALIZE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b1[6-9]\d{11}\b"), "1767268800000"),  # epoch milliseconds
     (re.compile(r"\b1[6-9]\d{8}(\.\d+)?\b"), "1767268800"),  # epoch seconds
     (re.compile(r"127\.0\.0\.1:(?!4802\b)\d{4,5}"), "127.0.0.1:6379"),  # 4802: the agent
+    (re.compile(r"reloaded \S+/mcluster\.conf"), "reloaded /etc/mcluster/mcluster.conf"),
     # the first node to beat takes the leader lease: usually relay-0-1, not always
     (re.compile(r"\(relay-0-\d is leader\)"), "(relay-0-1 is leader)"),
     (re.compile(r"leader relay-0-\d \(epoch \d+\)"), "leader relay-0-1 (epoch 1)"),
@@ -290,7 +292,8 @@ def _window(server: RedisServer) -> int:
 async def _operations(sampler: Sampler) -> Sampler:
     """docs/operations.md: a manager (``manager-mx``) joins, relay-0-2 stops answering
     console requests (a silent node: still a member), relay-0-3 runs a re-sync job (job 1)
-    until it is aborted, and the console waits its default 5 s for answers."""
+    until it is aborted, relay-0-1's config file changes (for ``config reload``), and the
+    console waits its default 5 s for answers."""
     manager = Manager(None, sampler.url, name="manager-mx", namespace=NAMESPACE)
     await manager.start()
     sampler.cleanups.append(manager.stop)
@@ -302,6 +305,14 @@ async def _operations(sampler: Sampler) -> Sampler:
     )  # fmt: skip
     await job.step(1184, force=True)
     sampler.tasks.append(asyncio.create_task(_until_aborted(job)))
+    # relay-0-1 runs from a file, which now adds outbound_cidr and changes outbound_domains
+    folder = tempfile.TemporaryDirectory()
+    sampler.cleanups.append(lambda: asyncio.to_thread(folder.cleanup))
+    path = Path(folder.name) / "mcluster.conf"
+    path.write_text(CONFIG)
+    sampler.nodes[0].config = load_config(path)
+    changed = 'Replicate "outbound_domains" { max_delay = 0.5 }\n  Replicate "outbound_cidr" {}'
+    path.write_text(CONFIG.replace('Replicate "outbound_domains" {}', changed))
     return dataclasses.replace(sampler, ctx=dataclasses.replace(sampler.ctx, timeout=5.0))
 
 
