@@ -589,8 +589,9 @@ class Node:
     async def count(self, obj: str, key: str, view: str = "global") -> int:
         """Exact count of a key or prefix in the global view or a node's view."""
         box = self.outboxes.get(obj)
-        if box is not None and obj not in self._shards and view in ("global", GLOBAL):  # 1 read
-            return await box.kind.count(self.client, box.keys, GLOBAL, key)
+        if box is not None and view in ("global", GLOBAL):  # 1 read (sharded: 1 per shard)
+            parts = [b.keys for b in self._shards.get(obj, [box])]
+            return await shards.count(self.client, box.kind, parts, GLOBAL, key)
         return await views.count(
             self.client, self.keys, obj, key, self._view_node(view), self._configured()
         )
