@@ -68,6 +68,11 @@ HTTP_METHODS = ("GET", "POST", "PUT")
 WATCH = "watch"
 """The sample block of one plain dashboard frame (``--watch`` when stdout is a pipe)."""
 NAMESPACE = "docs"
+PATIENT = ("cluster reset", "config reload")
+PATIENT_TIMEOUT = 30.0
+"""Commands whose answer waits for work in the member: the console waits for them up to
+30 s whatever a file's setup chose (a reset under load takes longer than operations.md's
+5 s; their text names no timeout)."""
 
 CONFIG = """
 Datasource "sessions" {}
@@ -192,6 +197,8 @@ async def _http(http: HttpClient, command: str) -> str:
 
 async def _run_one(sampler: Sampler, command: str) -> str:
     ctx = sampler.ctx
+    if command in PATIENT:
+        ctx = dataclasses.replace(ctx, timeout=max(ctx.timeout, PATIENT_TIMEOUT))
     if command == WATCH:
         return await _frame(ctx)
     if command.partition(" ")[0] in HTTP_METHODS:
