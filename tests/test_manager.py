@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import ReadOnlyError
 
 from mcluster.agent import manager as manager_module
 from mcluster.agent.manager import Manager
@@ -268,3 +269,35 @@ async def test_manager_in_process_never_leads(any_redis: RedisServer, namespace:
     check = make_async_client(any_redis.url)
     assert await check.hkeys(ClusterKeys(namespace).members) == []
     await check.aclose()
+
+
+async def test_manager_heartbeat_outlives_any_redis_error(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error other than a lost connection (a READONLY replica after a failover, OOM, a
+    script error) once ended the manager's heartbeat for good: it lost its lease silently."""
+    real = manager_module.membership.beat
+    calls: list[str] = []
+
+    async def beat(*args: Any, **kwargs: Any) -> Any:
+        if not calls:
+            calls.append("failed")
+            raise ReadOnlyError("You can't write against a read only replica.")
+        calls.append("ok")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(manager_module.membership, "beat", beat)
+    manager = Manager(None, redis_server.url, name="mgr", namespace=namespace)
+    await manager.start()
+    try:
+
+        async def beats_again() -> bool:
+            manager._wake.set()  # beat now
+            return calls.count("ok") >= 2
+
+        await until(beats_again, 5.0, what="the manager beats again after the error")
+        assert calls[0] == "failed"
+        every = await members.all_members(manager.client, manager.keys)
+        assert [(m.node, m.live) for m in every] == [("mgr", True)]
+    finally:
+        await manager.stop()

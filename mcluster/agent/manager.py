@@ -166,7 +166,8 @@ class Manager:
                 await asyncio.sleep(RESTART_PAUSE)
 
     async def _heartbeat_loop(self) -> None:
-        """Renew the lease (never the leader's); rejoin when the lease or the data is lost."""
+        """Renew the lease (never the leader's); rejoin when the lease or the data is lost.
+        Nothing but a cancel or stop ends it."""
         failures = 0
         while not self._stopping:
             await wait_event(self._wake, self.heartbeat_interval)
@@ -188,6 +189,10 @@ class Manager:
                 failures += 1
                 if failures in (1, 10) or failures % 60 == 0:
                     log.error("manager heartbeat failed (%d in a row): %s", failures, exc)
+            except Exception:  # any other error (READONLY, OOM, a script error): beat on,
+                failures += 1  # or the manager would silently lose its membership for good
+                if failures in (1, 10) or failures % 60 == 0:
+                    log.exception("manager heartbeat failed (%d in a row)", failures)
 
 
 async def settle_jobs(manager: Manager, every: float = JOBS_EVERY) -> None:
