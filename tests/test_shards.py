@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -277,3 +278,21 @@ async def test_reload_drains_every_shard_and_keeps_the_layout(
         node.record(OBJ, "aol.com", 1)  # unchanged: still one slot, still recording
         await node.flush()
         assert await node.count(OBJ, "aol.com") == 2
+
+
+async def test_nodes_with_different_shards_are_told(
+    redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node joining with another shard count than a live node's is logged as an error
+    naming the object and both counts; the same count is not."""
+    same, other = parse_config(CONFIG), parse_config('cluster { Replicate "outbound_domains" {} }')
+    with caplog.at_level(logging.ERROR, logger="mcluster.agent"):
+        async with (
+            Node(same, "relay-0-1", redis_server.url, namespace=namespace),
+            Node(same, "relay-0-2", redis_server.url, namespace=namespace),
+        ):
+            assert not [r for r in caplog.records if "shards" in r.getMessage()]
+            async with Node(other, "relay-0-3", redis_server.url, namespace=namespace):
+                pass
+    (line,) = [r.getMessage() for r in caplog.records if "shards" in r.getMessage()]
+    assert "object 'outbound_domains': shards = 1 here, 4 in Redis" in line

@@ -239,6 +239,9 @@ class Node:
             self.scripts, self.keys, member, self.lease_ttl
         )
         counts = {name: len(boxes) for name, boxes in self._shards.items()}
+        for problem in await shards.layout_conflicts(client, self.keys, self.name, counts,
+                                                      self._managed):  # fmt: skip
+            log.error("%s: give every node the same shards (docs/architecture.md)", problem)
         await views.publish_objects(client, self.keys, self._managed, counts)
         for box in self.outboxes.values():
             await client.hset(box.keys.views, member.private_name, self.name)

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
 
 from redis.asyncio import Redis
 
 from mcluster.objects import cidr_shards, cidrtree, gauge
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.kinds import Kind
+from mcluster.store import members
 from mcluster.store.keys import ClusterKeys, ObjectKeys
 
 #: The kinds that may be sharded (``kind.name``).
@@ -106,3 +109,23 @@ async def rows(
             break
         out.append(row)
     return out
+
+
+async def layout_conflicts(
+    client: Redis, keys: ClusterKeys, node: str, split: Mapping[str, int], names: Iterable[str]
+) -> list[str]:
+    """The objects ``node`` splits into another number of shards than the registry says
+    (published by the last node to join), when another node is live: nodes that disagree
+    write different layouts, and the views are not exact."""
+    registry = cast(dict[bytes, bytes], await client.hgetall(keys.objects))
+    differ = []
+    for name in names:
+        raw = registry.get(name.encode())
+        theirs = int(json.loads(raw).get("shards", 1)) if raw is not None else None
+        if theirs is not None and theirs != split.get(name, 1):
+            differ.append(f"object {name!r}: shards = {split.get(name, 1)} here, {theirs} in Redis")
+    if differ and any(
+        m.node != node for m in await members.all_members(client, keys, live_only=True)
+    ):
+        return differ
+    return []
