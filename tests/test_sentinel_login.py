@@ -15,6 +15,7 @@ from mcluster.store.url_options import RedisUrlError
 from mcluster.store.urls import make_async_client, make_sync_client, redact_url, validate_redis_url
 from tests.helpers import until
 from tests.redis_servers import RedisServer, free_port, path_redis_server
+from tests.redis_tls import make_certs, start_tls_redis
 
 MASTER = "m1"
 
@@ -24,7 +25,7 @@ MASTER = "m1"
     [
         ("socket_timeout=3", "unknown option 'socket_timeout' on a redis+sentinel:// URL"),
         ("sentinel_pasword=x", "unknown option 'sentinel_pasword'"),
-        ("ssl_ca_certs=/ca.crt", "TLS is not supported on redis+sentinel:// URLs"),
+        ("ssl_cert_reqs=none", "option 'ssl_cert_reqs' is not supported on redis+sentinel://"),
         ("sentinel_username=", "option 'sentinel_username' has no value"),
     ],
 )
@@ -102,3 +103,49 @@ async def test_sentinels_with_a_password(guarded_sentinel: int, tmp_path: Path) 
         assert await client_async.acl_whoami() == "sentuser"
     finally:
         await client_async.aclose()
+
+
+async def test_sentinel_and_master_over_tls(tmp_path: Path) -> None:
+    """The TLS files of a Sentinel URL give TLS to the sentinel and to the master: a
+    TLS-only master and a TLS-only sentinel watching it over TLS."""
+    binary = path_redis_server()
+    if binary is None:
+        pytest.skip("Sentinel needs redis-server on PATH")
+    certs = make_certs(tmp_path)
+    master = start_tls_redis(certs, "adminpw")
+    port = free_port()
+    (tmp_path / "s").mkdir()
+    conf = tmp_path / "s" / "sentinel.conf"
+    conf.write_text(
+        f"port 0\ntls-port {port}\nbind 127.0.0.1\ndir {tmp_path / 's'}\n"
+        f"tls-cert-file {certs.cert}\ntls-key-file {certs.key}\ntls-ca-cert-file {certs.ca}\n"
+        f"tls-replication yes\nsentinel monitor {MASTER} 127.0.0.1 {master.port} 1\n"
+        f"sentinel auth-pass {MASTER} adminpw\n"
+    )
+    proc = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        url = f"redis+sentinel://:adminpw@127.0.0.1:{port}/{MASTER}/0?{certs.query()}"
+        assert validate_redis_url(url) == url
+
+        async def answers() -> bool:
+            client = make_async_client(url)
+            try:
+                return bool(await client.ping())
+            except redis.RedisError:
+                return False
+            finally:
+                await client.aclose()
+
+        await until(answers, 15.0, "the master answers through the TLS sentinel")
+        with make_sync_client(url) as client:
+            client.set("mc-tls-sentinel", b"1")
+            assert client.get("mc-tls-sentinel") == b"1"
+            client.delete("mc-tls-sentinel")
+        plain = url.split("?")[0]  # without TLS the sentinel cannot be asked
+        with pytest.raises(redis.RedisError, match="No master found"):
+            make_sync_client(plain).ping()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        master.stop()

@@ -5,7 +5,8 @@ Sentinel managed pool), so after a failover the next command reaches the new mas
 The URL's credentials (and ``password_file``) are the master's and its replicas'; the
 sentinels are asked with their own, when they need one: ``sentinel_username``,
 ``sentinel_password`` or ``sentinel_password_file`` (redis-py's ``sentinel_kwargs``).
-No TLS: neither to the sentinels nor to the master (an ``ssl_*`` option is an error).
+TLS: ``ssl_ca_certs``, ``ssl_certfile`` and ``ssl_keyfile`` (any of them) turn it on to
+the sentinels and to the master alike, with the same files.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 
-from mcluster.store.url_options import RedisUrlError, read_password_file
+from mcluster.store.url_options import TLS_OPTIONS, RedisUrlError, read_password_file
 
 __all__ = [
     "SCHEME",
@@ -88,7 +89,11 @@ def _options(url: str, common: Options) -> tuple[SentinelUrl, Options, Options]:
         kwargs["client_name"] = query["client_name"]
     timeout = common.get("socket_connect_timeout")
     to_sentinels = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
-    return parsed, kwargs, to_sentinels | sentinel_login(query)
+    tls: Options = {name: query[name] for name in TLS_OPTIONS if name in query}
+    if tls:  # the same files for the sentinels and the master (redis-py's ssl=True pools)
+        tls["ssl"] = True
+        kwargs.update(tls)
+    return parsed, kwargs, to_sentinels | tls | sentinel_login(query)
 
 
 def sentinel_login(query: dict[str, str]) -> Options:

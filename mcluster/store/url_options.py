@@ -45,7 +45,8 @@ _GENERAL = (
 )
 
 #: What a ``redis+sentinel://`` URL takes: the master's database, client name and
-#: password file, and the sentinels' own login (redis-py's ``sentinel_kwargs``).
+#: password file, the sentinels' own login (redis-py's ``sentinel_kwargs``), and the TLS
+#: files, which turn on TLS to the sentinels and to the master alike.
 SENTINEL_OPTIONS = (
     PASSWORD_FILE,
     "db",
@@ -53,6 +54,7 @@ SENTINEL_OPTIONS = (
     "sentinel_username",
     "sentinel_password",
     "sentinel_password_file",
+    *TLS_OPTIONS,
 )
 _CLUSTER = (PASSWORD_FILE,)
 
@@ -69,7 +71,10 @@ def query_problem(url: str) -> str | None:
     special = {"redis+sentinel": SENTINEL_OPTIONS, "redis+cluster": _CLUSTER}
     allowed = special.get(scheme, _GENERAL + (TLS_OPTIONS + _TLS_OTHERS if tls else ()))
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in TLS_OPTIONS + _TLS_OTHERS and not tls:
+        if name in TLS_OPTIONS + _TLS_OTHERS and not tls and name not in allowed:
+            if scheme == "redis+sentinel":
+                files = ", ".join(TLS_OPTIONS)
+                return f"option {name!r} is not supported on {scheme}:// URLs (TLS takes {files})"
             if scheme in special:
                 return f"option {name!r}: TLS is not supported on {scheme}:// URLs"
             return f"option {name!r} needs a rediss:// URL"
