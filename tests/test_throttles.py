@@ -234,6 +234,33 @@ async def test_redis_away_decides_by_policy_within_deadline(namespace: str, how:
         server.stop()
 
 
+async def test_a_caller_cancelled_mid_decision_is_cancelled_not_degraded(namespace: str) -> None:
+    """The deadline watchdog turns only its own cancel into a degraded decision: a caller
+    cancelled from outside (its SMTP session closed) sees CancelledError, and the next
+    decision of the family still keeps its deadline."""
+    server = start_redis()
+    try:
+        async with Node(parse_config(CONF), "relay-0-1", server.url, namespace=namespace) as node:
+            th = node.throttles
+            assert (await th.acquire([("t1", 1)])).allowed
+            server.proc.send_signal(__import__("signal").SIGSTOP)
+            try:
+                caller = asyncio.create_task(th.acquire([("t1", 1)]))
+                await asyncio.sleep(0.01)  # the call is in flight on the stopped server
+                caller.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await caller
+                start = time.monotonic()
+                decision = await th.acquire([("strict", 1)])
+                assert decision.degraded and not decision.allowed
+                assert time.monotonic() - start < 1.0
+                assert th.stats.degraded_deny == 1 and th.stats.degraded_allow == 0
+            finally:
+                server.proc.send_signal(__import__("signal").SIGCONT)
+    finally:
+        server.stop()
+
+
 async def test_console_shows_the_throttle_table(node: Node) -> None:
     import io
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,9 @@ class Throttles:
         self._busy = False  # a throttle_acquire call is in flight
         self._crowd = True  # callers came together lately (batches of more than one)
         self._link: ScriptLink | None = None
+        self._inflight: tuple[asyncio.Task[Any], float] | None = None  # see _within
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._expired: asyncio.Task[Any] | None = None
 
     async def load(self, declared: Iterable[ThrottleDef] = ()) -> None:
         for tdef in declared:
@@ -249,8 +252,7 @@ class Throttles:
                 keys, args = throttle.plan(self.okeys, requests, self.defs, self.node)
             else:
                 script, keys, args = throttle.plan_one(self.okeys, request, self.defs, self.node)
-            async with asyncio.timeout(deadline):
-                reply = await self._run_batch(script, keys, args)
+            reply = await self._within(deadline, self._run_batch(script, keys, args))
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -270,6 +272,44 @@ class Throttles:
             if not future.done():
                 future.set_result(decision)
         return decided[0]
+
+    async def _within(self, deadline: float, call: Awaitable[Any]) -> Any:
+        """Await ``call`` (the one in flight) for at most ``deadline`` s; TimeoutError after.
+
+        One watchdog timer per family, re-armed only when it fires while a call is still
+        in flight, instead of a timer per call: ``asyncio.timeout`` costs about 5 us, a
+        third of a lone decision's Python."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        due = loop.time() + deadline
+        self._inflight = (task, due)
+        if self._watchdog is None or due < self._watchdog.when():
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watchdog = loop.call_at(due, self._check_deadline)
+        try:
+            return await call
+        except asyncio.CancelledError:
+            if self._expired is task:  # our deadline, not someone cancelling the caller
+                self._expired = None
+                task.uncancel()
+                raise TimeoutError from None
+            raise
+        finally:
+            self._inflight = None
+
+    def _check_deadline(self) -> None:
+        self._watchdog = None
+        if self._inflight is None:
+            return
+        task, due = self._inflight
+        loop = asyncio.get_running_loop()
+        if loop.time() >= due:
+            self._expired = task
+            task.cancel()  # lands in _within's await: the call is still in flight
+        else:
+            self._watchdog = loop.call_at(due, self._check_deadline)
 
     async def _queued(self, request: Request, deadline: float) -> Decision | None:
         loop = asyncio.get_running_loop()
