@@ -1,13 +1,18 @@
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from tests.redis_cluster import RedisCluster, start_cluster
-from tests.redis_servers import RedisServer, bundled_redis_server, path_redis_server, start_redis
+from tests.redis_servers import (
+    RedisServer,
+    bundled_redis_server,
+    path_redis_cli,
+    path_redis_server,
+    start_redis,
+)
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +44,7 @@ def any_redis(request: pytest.FixtureRequest) -> RedisServer:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
     """A real Redis Cluster of 3 masters and 3 replicas on loopback ports (session-wide)."""
-    if path_redis_server() is None or shutil.which("redis-cli") is None:
+    if path_redis_server() is None or path_redis_cli() is None:
         pytest.skip(
             "a Redis Cluster needs redis-server and redis-cli on PATH (Debian: redis-server)"
         )

