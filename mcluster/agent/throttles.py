@@ -123,7 +123,7 @@ class Throttles:
         if len(limits) == 1 and not force:  # local quota: decided in process when it can
             name, cost = limits[0]
             res = self._quota.get(name)
-            if res is not None and type(cost) is int and 0 < cost <= throttle.MAX_COST:
+            if res is not None and throttle.valid_cost(cost):
                 decision = self._spend(name, res, cost)
                 if decision is not None:
                     return decision
@@ -274,7 +274,8 @@ class Throttles:
         return decided[0]
 
     async def _within(self, deadline: float, call: Awaitable[Any]) -> Any:
-        """Await ``call`` (the one in flight) for at most ``deadline`` s; TimeoutError after.
+        """Await ``call`` (the one in flight: ``_alone``'s or the worker's, never both, see
+        ``_busy``) for at most ``deadline`` s; TimeoutError after.
 
         One watchdog timer per family, re-armed only when it fires while a call is still
         in flight, instead of a timer per call: ``asyncio.timeout`` costs about 5 us, a
@@ -337,8 +338,8 @@ class Throttles:
                 keys, args = throttle.plan(self.okeys, requests, self.defs, self.node)
                 try:
                     # the decision client has no socket timeout: never wait forever
-                    async with asyncio.timeout(STUCK_AFTER):
-                        reply = await self._run_batch("throttle_acquire", keys, args)
+                    call = self._run_batch("throttle_acquire", keys, args)
+                    reply = await self._within(STUCK_AFTER, call)
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():

@@ -124,6 +124,11 @@ class Decision:
         }
 
 
+def valid_cost(cost: object) -> bool:
+    """A cost is an integer 1..MAX_COST (a bool or float is not)."""
+    return type(cost) is int and 0 < cost <= MAX_COST
+
+
 def check_request(request: Request, defs: Mapping[str, ThrottleDef]) -> None:
     if not request.limits:
         raise ThrottleError("a request must name at least one throttle")
@@ -131,7 +136,7 @@ def check_request(request: Request, defs: Mapping[str, ThrottleDef]) -> None:
         if name not in defs:
             known = ", ".join(sorted(defs)[:20]) or "none"
             raise ThrottleError(f"unknown throttle {name!r}; defined: {known}")
-        if type(cost) is not int or not 0 < cost <= MAX_COST:
+        if not valid_cost(cost):
             raise ThrottleError(f"cost for {name!r} must be an integer 1..{MAX_COST}, got {cost!r}")
 
 
