@@ -10,7 +10,7 @@ the next call reconnects, so a deadline that cancels a call never leaves a stale
 on the wire. Closing the client (``aclose``) closes this connection with the pool's.
 
 Clients without a plain connection pool (Redis Cluster, Sentinel) run through
-``Scripts.run``: ``ScriptLink.for_scripts`` says which.
+``Scripts.run``: ``ScriptLink.usable`` says which.
 """
 
 from __future__ import annotations
