@@ -11,8 +11,9 @@ the sentinels and to the master alike, with the same files.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
 
 import redis
@@ -113,20 +114,16 @@ def sentinel_login(query: dict[str, str]) -> Options:
 def sentinel_client(url: str, common: dict[str, Any]) -> redis.Redis:
     """A synchronous client of the master ``url`` names."""
     parsed, kwargs, to_sentinels = _options(url, common)
-    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        list(parsed.sentinels), sentinel_kwargs=to_sentinels
-    )
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        parsed.master, **kwargs
-    )
-    return client
+    # Typed as Callable[..., Any]: redis-py's stubs type these calls in some releases
+    # and not in others, and a cast works under both (a type: ignore does not).
+    make: Callable[..., Any] = redis.sentinel.Sentinel
+    sentinel = make(list(parsed.sentinels), sentinel_kwargs=to_sentinels)
+    return cast(redis.Redis, sentinel.master_for(parsed.master, **kwargs))
 
 
 def sentinel_async_client(url: str, common: dict[str, Any]) -> redis.asyncio.Redis:
     """An asyncio client of the master ``url`` names."""
     parsed, kwargs, to_sentinels = _options(url, common)
-    sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        list(parsed.sentinels), sentinel_kwargs=to_sentinels
-    )
-    client: redis.asyncio.Redis = sentinel.master_for(parsed.master, **kwargs)
-    return client
+    make: Callable[..., Any] = redis.asyncio.sentinel.Sentinel
+    sentinel = make(list(parsed.sentinels), sentinel_kwargs=to_sentinels)
+    return cast(redis.asyncio.Redis, sentinel.master_for(parsed.master, **kwargs))
