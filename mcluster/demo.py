@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 from mcluster.agent.outbox import wait_event
 from mcluster.console import console_main
 from mcluster.demo_farm import CONFIG_STANZAS, SmtpFarm, dashboard
+from mcluster.errors import Error
 from mcluster.store.embedded import embedded_socket_path, embedded_url, ensure_embedded_redis
 from mcluster.store.urls import ENV_REDIS_URL, make_sync_client, redact_url, validate_redis_url
 
@@ -87,7 +88,7 @@ TOTALS = ("0.0.0.0/0", "::/0")
 Event = dict[str, Any]
 
 
-class DemoError(Exception):
+class DemoError(Error):
     """The demo cannot go on; the message says why (with an agent's log tail if relevant)."""
 
 

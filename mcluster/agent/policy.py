@@ -27,9 +27,10 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from mcluster.agent.node import Node, UnknownObject
+from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.throttles import Throttles
+from mcluster.errors import Error, UnknownObject
 from mcluster.objects.policy import FAMILY, Address, PolicyConfig, WindowDefs, parse_client
 from mcluster.objects.throttle import Decision
 
@@ -44,7 +45,7 @@ END_OF_MESSAGE = "END-OF-MESSAGE"
 _BINARY = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-class Garbage(Exception):
+class Garbage(Error):
     """What a client sent is not the policy protocol; the connection is closed."""
 
 

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 
 from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, Option, Scope, to_python
+from mcluster.errors import InvalidValue
 from mcluster.objects.rates import Rate, parse_rate
 
 OBTM_OPTION = "cluster_outbound_throttle_messages"
@@ -195,9 +196,9 @@ def _limit(option: Option) -> int:
     try:
         limit = int(str(value))
     except ValueError:
-        raise ValueError(
+        raise InvalidValue(
             f"expected a whole number of connections (-1 = unlimited), got {value!r}"
         ) from None
     if limit < -1:
-        raise ValueError(f"expected a whole number >= -1 (-1 = unlimited), got {limit}")
+        raise InvalidValue(f"expected a whole number >= -1 (-1 = unlimited), got {limit}")
     return limit
