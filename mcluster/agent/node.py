@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import Any, Self
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from mcluster import __version__
 from mcluster.agent import membership, reaper, reload, resync, slots
@@ -34,6 +33,7 @@ from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.duravip.agent import DuraVipAgent
+from mcluster.errors import InvalidType, NotJoined, StaleReply, UnknownObject
 from mcluster.logs.config import DEFAULT_STREAM_MAX, log_files
 from mcluster.logs.shipper import ship_logs
 from mcluster.objects import outbound, shards, throttle, views
@@ -47,13 +47,6 @@ from mcluster.store.scripts import Scripts
 from mcluster.store.urls import decision_client, make_async_client, resolve_redis_url
 
 log = logging.getLogger("mcluster.agent")
-
-
-class UnknownObject(KeyError):
-    """An object this node does not record, or a feature its config does not enable."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class Node:
@@ -144,7 +137,7 @@ class Node:
     @property
     def private_name(self) -> str:
         if self.member is None:
-            raise RuntimeError("the node has not joined yet")
+            raise NotJoined("the node has not joined yet")
         return self.member.private_name
 
     async def start(self) -> None:
@@ -218,7 +211,7 @@ class Node:
         if box is not None:
             return box
         if self.member is None:
-            raise RuntimeError(f"cannot add object {name!r}: the node has not joined yet")
+            raise NotJoined(f"cannot add object {name!r}: the node has not joined yet")
         box = self._add_outbox(name, kind, max_pending, max_delay)
         self._managed[name] = type_
         await views.publish_objects(self.client, self.keys, {name: type_})
@@ -292,7 +285,7 @@ class Node:
         """``cluster reset``: leave and rejoin with a new epoch, re-publish the state (a
         ``reset`` job); returns once done. Retries an aborted re-sync at once."""
         if self.member is None:
-            raise RuntimeError("the node has not joined yet")
+            raise NotJoined("the node has not joined yet")
         rejoins = self.rejoins
         self._reset_asked = not self.out_of_views
         if self.out_of_views:
@@ -519,9 +512,8 @@ class Node:
         rejoins = self.rejoins
         try:
             return await slots_.open(route, views)
-        except ResponseError as exc:
-            if not str(exc).startswith("STALE"):
-                raise
+        except StaleReply:
+            pass
         try:  # this node's view was retired: re-sync, retry once
             await self._wait_resync(rejoins)
         except TimeoutError:
@@ -558,7 +550,7 @@ class Node:
         """Count ``delta`` on ``key`` of object ``obj``: O(1), in memory, no network."""
         box = self.outboxes.get(obj) or self.outbox(obj)
         if type(delta) is not int:
-            raise TypeError(f"delta must be an integer, got {delta!r}")
+            raise InvalidType(f"delta must be an integer, got {delta!r}")
         packed = box.known.get(key) or box.admit(key)
         if self._shards:  # inline: the hot path of every MTA event
             box = self.shard_box(obj, packed)

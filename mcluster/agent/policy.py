@@ -33,9 +33,10 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from mcluster.agent.node import Node, UnknownObject
+from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.throttles import Throttles
+from mcluster.errors import Error, UnknownObject
 from mcluster.objects.policy import (
     FAMILY,
     Address,
@@ -63,7 +64,7 @@ def admits(action: str) -> bool:
     return action == "DUNNO" or action.startswith("WARN ")
 
 
-class Garbage(Exception):
+class Garbage(Error):
     """What a client sent is not the policy protocol; the connection is closed."""
 
 
