@@ -23,6 +23,7 @@ from typing import Literal
 
 from mcluster.config import ConfigIssue, ListValue, Option, Scope, Value
 from mcluster.config.values import describe, scalar_text
+from mcluster.errors import InvalidValue
 from mcluster.objects.rates import Rate, parse_rate
 from mcluster.quotas.keys import KeySpec, normalize, parse_key
 
@@ -44,11 +45,11 @@ def parse_limit(text: str, count: Count) -> Rate:
         n = int(match.group(1)) * _UNITS[match.group(2).upper()]
         rate = parse_rate(f"{n}/{match.group(3)}" if match.group(3) else str(n))
     elif match and match.group(2):
-        raise ValueError(f'bad limit {text!r}: K, M and G are for count = "bytes" only')
+        raise InvalidValue(f'bad limit {text!r}: K, M and G are for count = "bytes" only')
     else:
         rate = parse_rate(text)
     if rate.unlimited:
-        raise ValueError(f"bad limit {text!r}: a limit of 0 (unlimited) limits nothing")
+        raise InvalidValue(f"bad limit {text!r}: a limit of 0 (unlimited) limits nothing")
     return rate
 
 

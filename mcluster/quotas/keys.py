@@ -20,6 +20,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from mcluster.errors import InvalidValue
+
 PREFIX = "q."
 MAX_NAME = 200  # a throttle name's length (mcluster.objects.throttle)
 _ATTRIBUTE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -101,10 +103,12 @@ def parse_key(text: str) -> KeySpec:
         most = 128 if ipv6 else 32
         prefix = int(match.group(2))
         if not 0 <= prefix <= most:
-            raise ValueError(f"bad key {text!r}: the prefix of {match.group(1)} must be 0..{most}")
+            raise InvalidValue(
+                f"bad key {text!r}: the prefix of {match.group(1)} must be 0..{most}"
+            )
         return KeySpec(key, "client_address", prefix=prefix, ipv6=ipv6)
     if not _ATTRIBUTE.match(key):
-        raise ValueError(
+        raise InvalidValue(
             f"bad key {text!r}: expected a policy attribute (sasl_username, sender, recipient, "
             "client_address, client_name, helo_name, ...), sender_domain, recipient_domain, "
             "client_address/N or client_address_ipv6/N"
