@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from redis.exceptions import ResponseError
@@ -79,8 +79,9 @@ class Slots:
         return [f"{k.base}:slots", k.views, k.data(GLOBAL), k.data(self.box.view),
                 k.meta(GLOBAL), k.meta(self.box.view)]  # fmt: skip
 
-    async def open(self, route: Route) -> SlotDecision:
-        caps = self.policy.caps(route)
+    async def open(self, route: Route, extra: Sequence[Cap] = ()) -> SlotDecision:
+        """A slot under every cap of ``route`` and the ``extra`` ones (shaping's)."""
+        caps = [*self.policy.caps(route), *extra]
         slot = uuid.uuid4().hex
         async with self._op():
             allowed, full = await self._open(slot, caps, force=False)
