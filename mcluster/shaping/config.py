@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, Option, Pos, Scope, to_python
+from mcluster.errors import InvalidValue
 from mcluster.objects.rates import Rate, parse_rate
 
 ACTIONS = ("suspend", "rate", "connections")
@@ -47,7 +48,7 @@ class Destination:
         """``domain:yahoo.test`` -> Destination; ValueError names what is wrong."""
         kind, sep, value = text.partition(":")
         if not sep or kind not in DEST_KINDS or not value:
-            raise ValueError(
+            raise InvalidValue(
                 f"bad destination {text!r}: expected domain:NAME, provider:NAME or host:NAME"
             )
         return Destination(kind, value.casefold())

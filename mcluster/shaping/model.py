@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mcluster.errors import InvalidValue
+
 OutcomeEvent = Literal["delivery", "transfail", "permfail"]
 #: What a matched rule did with one report (see lua_scripts/shaping_outcome.lua).
 FireStatus = Literal["fired", "active", "counted"]
 
 
-class ShapingError(ValueError):
+class ShapingError(InvalidValue):
     """A bad shaping request: a malformed outcome report, an unknown rule or destination."""
 
 

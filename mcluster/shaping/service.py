@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from mcluster.agent.outbox import RETRY_ERRORS
-from mcluster.objects.audit_views import AuditError
+from mcluster.errors import AuditError
 from mcluster.objects.outbound import OBTM_OPTION, Cap, Route
 from mcluster.objects.rates import Rate
 from mcluster.objects.throttle import Decision, ThrottleDef
