@@ -221,13 +221,19 @@ class Throttles:
 
     async def acquire_bucket(self, tdef: ThrottleDef, cost: int = 1) -> Decision:
         """Count on a bucket defined by the config (OBTM, OBTC)."""
-        if self.defs.get(tdef.name) != tdef:  # first use, or the config changed its rate
-            self.defs[tdef.name] = tdef
-            with contextlib.suppress(*RETRY_ERRORS):  # so the console can list it
-                await self._scripts().client.hset(
-                    throttle.defs_key(self.okeys), tdef.name, tdef.model_dump_json()
-                )
-        return await self._decide(Request(((tdef.name, cost),)))
+        return await self.acquire_buckets([tdef], cost)
+
+    async def acquire_buckets(self, tdefs: Sequence[ThrottleDef], cost: int = 1) -> Decision:
+        """Count ``cost`` on every bucket if all have room, else none (one decision): the
+        config's buckets, and those shaping adds (adaptive, warm-up, a rate action's)."""
+        for tdef in tdefs:
+            if self.defs.get(tdef.name) != tdef:  # first use, or its rate changed
+                self.defs[tdef.name] = tdef
+                with contextlib.suppress(*RETRY_ERRORS):  # so the console can list it
+                    await self._scripts().client.hset(
+                        throttle.defs_key(self.okeys), tdef.name, tdef.model_dump_json()
+                    )
+        return await self._decide(Request(tuple((t.name, cost) for t in tdefs)))
 
     async def _decide(self, request: Request) -> Decision:
         tdefs = [self.defs[n] for n, _ in request.limits]

@@ -110,14 +110,18 @@ class Decision:
     remaining: tuple[tuple[str, int], ...]
     degraded: bool = False
     at_ms: int = 0  # Redis server time of the decision (0 when degraded)
+    reason: str | None = None  # why it was refused, when a rule says (shaping)
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "allowed": self.allowed,
             "retry_after_ms": self.retry_after_ms,
             "degraded": self.degraded,
             "limits": [{"name": n, "remaining": r} for n, r in self.remaining],
         }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
 
 
 def valid_cost(cost: object, most: int = MAX_COST) -> bool:
