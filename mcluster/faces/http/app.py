@@ -13,6 +13,7 @@
     /v1/throttles...  -> see ``http_throttles``
     /v1/caches...     -> see ``http_caches``
     /v1/metrics..., /v1/series...  -> see ``http_audit``
+    /v1/outbound/outcome, /v1/shaping...  -> see ``mcluster.shaping.http``
 
 A request with a bad event is refused whole (400 naming the first bad event by index and
 why); nothing of it is recorded. Bodies over 1 MiB get 413.
@@ -38,6 +39,7 @@ from mcluster.faces.http import throttles as http_throttles
 from mcluster.faces.http.common import NODE_KEY, error, read_json
 from mcluster.faces.policy import PolicyService
 from mcluster.objects.views import DEFAULT_LIMIT
+from mcluster.shaping import http as shaping_http
 from mcluster.store.cluster_view import membership_json
 
 log = logging.getLogger("mcluster.agent")
@@ -197,4 +199,5 @@ def make_app(node: Node, policy: PolicyService | None = None) -> web.Application
     http_caches.add_routes(app)
     prometheus.add_routes(app, node, policy)
     http_audit.add_routes(app)
+    shaping_http.add_routes(app)
     return app
