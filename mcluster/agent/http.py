@@ -30,10 +30,11 @@ from aiohttp import web
 
 from mcluster.agent import http_audit, http_caches, http_throttles, prometheus
 from mcluster.agent.http_common import NODE_KEY, error, read_json
-from mcluster.agent.node import Node, UnknownObject
+from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.policy import PolicyService
-from mcluster.objects.views import DEFAULT_LIMIT, NotFound
+from mcluster.errors import Error, NotFound, UnknownObject
+from mcluster.objects.views import DEFAULT_LIMIT
 from mcluster.store.cluster_view import membership_json
 
 log = logging.getLogger("mcluster.agent")
@@ -44,7 +45,7 @@ FLUSH_TIMEOUT = 30.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class BadEvent(ValueError):
+class BadEvent(Error, ValueError):
     pass
 
 

@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import Any, Self
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from mcluster import __version__
 from mcluster.agent import membership, reaper, reload, resync, slots
@@ -34,25 +33,20 @@ from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.duravip.agent import DuraVipAgent
+from mcluster.errors import InvalidType, NotJoined, StaleReply, UnknownObject
 from mcluster.logs.config import DEFAULT_STREAM_MAX, log_files
 from mcluster.logs.shipper import ship_logs
 from mcluster.objects import outbound, shards, throttle, views
 from mcluster.objects.kinds import GAUGE_TABLE, Kind, kind_for_type
 from mcluster.objects.outbound import OutboundPolicy, Route
 from mcluster.objects.throttle import Decision, ThrottleDef
+from mcluster.outbound.views import ConnectionViews
 from mcluster.store import members
 from mcluster.store.keys import GLOBAL, ClusterKeys, check_name
 from mcluster.store.scripts import Scripts
 from mcluster.store.urls import decision_client, make_async_client, resolve_redis_url
 
 log = logging.getLogger("mcluster.agent")
-
-
-class UnknownObject(KeyError):
-    """An object this node does not record, or a feature its config does not enable."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class Node:
@@ -106,6 +100,7 @@ class Node:
         self._slots: slots.Slots | None = None
         self._families: dict[str, Throttles] = {}
         self.outbound = OutboundPolicy(self.config)
+        self.connection_views = ConnectionViews(self.config)
         self.caches = Caches(self.config, self.keys, self.name, lambda: self.scripts)
         self.status = StatusReporter()  # its figures go with each heartbeat
         self.gauge_caches = GaugeCaches(self)
@@ -142,7 +137,7 @@ class Node:
     @property
     def private_name(self) -> str:
         if self.member is None:
-            raise RuntimeError("the node has not joined yet")
+            raise NotJoined("the node has not joined yet")
         return self.member.private_name
 
     async def start(self) -> None:
@@ -166,7 +161,9 @@ class Node:
         if types & {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}:
             box = self._add_outbox(slots.OBJECT, GAUGE_TABLE, 100, 1.0)
             self._managed[slots.OBJECT] = "outbound_binding_domains"
-            self._slots = slots.Slots(lambda: self.scripts, box, self.outbound)
+            self._slots = slots.Slots(
+                lambda: self.scripts, box, self.outbound, self._count_connection
+            )
         for family in ("OBTM", "OBTC"):
             if family in types:
                 self._families[family] = Throttles(
@@ -214,7 +211,7 @@ class Node:
         if box is not None:
             return box
         if self.member is None:
-            raise RuntimeError(f"cannot add object {name!r}: the node has not joined yet")
+            raise NotJoined(f"cannot add object {name!r}: the node has not joined yet")
         box = self._add_outbox(name, kind, max_pending, max_delay)
         self._managed[name] = type_
         await views.publish_objects(self.client, self.keys, {name: type_})
@@ -288,7 +285,7 @@ class Node:
         """``cluster reset``: leave and rejoin with a new epoch, re-publish the state (a
         ``reset`` job); returns once done. Retries an aborted re-sync at once."""
         if self.member is None:
-            raise RuntimeError("the node has not joined yet")
+            raise NotJoined("the node has not joined yet")
         rejoins = self.rejoins
         self._reset_asked = not self.out_of_views
         if self.out_of_views:
@@ -494,27 +491,45 @@ class Node:
         return await throttles.acquire_bucket(ThrottleDef(name=path, rate=str(rate)))
 
     async def open_connection(self, route: Route) -> SlotDecision:
-        """OBTC and the connection caps: a slot when every one has room, else a reason."""
+        """OBTC and the connection caps: a slot when every one has room, else a reason.
+
+        Once admitted, the connection counts in every outbound view it belongs to
+        (``mcluster/outbound/views.py``) until ``close_connection``, or until this node's
+        views are reaped."""
         if self._slots is None:
             raise UnknownObject(
                 'connection caps need Replicate "outbound_binding_domains" {} (or '
                 "outbound_domains / outbound_cidr) in the cluster scope"
             )
+        slots_ = self._slots
         decision = await self._throttle_route("OBTC", outbound.OBTC_OPTION, route)
         if not decision.allowed:
+            slots_.stats.refused[outbound.OBTC_OPTION] += 1
             reason = f"{outbound.OBTC_OPTION}: retry after {decision.retry_after_ms} ms"
             return SlotDecision(False, None, reason)
+        group = self.outbound.group(route)
+        views = self.connection_views.targets(route.binding, route.domain, group, route.ip)
         rejoins = self.rejoins
         try:
-            return await self._slots.open(route)
-        except ResponseError as exc:
-            if not str(exc).startswith("STALE"):
-                raise
+            return await slots_.open(route, views)
+        except StaleReply:
+            pass
         try:  # this node's view was retired: re-sync, retry once
             await self._wait_resync(rejoins)
         except TimeoutError:
+            slots_.stats.refused["re-syncing"] += 1
             return SlotDecision(False, None, "this node is re-syncing with the cluster")
-        return await self._slots.open(route)
+        return await slots_.open(route, views)
+
+    def connection_stats(self) -> slots.SlotStats | None:
+        """Opens, closes and refusals of this node's connection slots (None: no slots)."""
+        return self._slots.stats if self._slots is not None else None
+
+    def _count_connection(self, obj: str, key: str, delta: int) -> None:
+        """Count an open (+1) or closed (-1) connection in one view; an object a config
+        reload removed since is skipped (its views were drained)."""
+        if obj in self.outboxes:
+            self.record(obj, key, delta)
 
     async def close_connection(self, slot: str) -> bool:
         """Give a connection slot back; a second close changes nothing."""
@@ -535,7 +550,7 @@ class Node:
         """Count ``delta`` on ``key`` of object ``obj``: O(1), in memory, no network."""
         box = self.outboxes.get(obj) or self.outbox(obj)
         if type(delta) is not int:
-            raise TypeError(f"delta must be an integer, got {delta!r}")
+            raise InvalidType(f"delta must be an integer, got {delta!r}")
         packed = box.known.get(key) or box.admit(key)
         if self._shards:  # inline: the hot path of every MTA event
             box = self.shard_box(obj, packed)

@@ -22,14 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from mcluster.agent.node import Node, UnknownObject
+from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.throttles import Throttles
+from mcluster.errors import Error, UnknownObject
 from mcluster.objects.policy import FAMILY, Address, PolicyConfig, WindowDefs, parse_client
 from mcluster.objects.throttle import Decision
 
@@ -44,7 +46,7 @@ END_OF_MESSAGE = "END-OF-MESSAGE"
 _BINARY = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-class Garbage(Exception):
+class Garbage(Error):
     """What a client sent is not the policy protocol; the connection is closed."""
 
 
@@ -280,7 +282,9 @@ class PolicyService:
             if left < 1
         ] or rules
         rule, block = tripped[0]
-        wait = max(1, -(-decision.retry_after_ms // 1000))
+        # The window's buckets can put the reckoned retry past the window's end; room is
+        # certain again within one window, so the answer never says more than that.
+        wait = min(max(1, -(-decision.retry_after_ms // 1000)), math.ceil(rule.rate.period))
         return (
             f"DEFER_IF_PERMIT 4.7.1 too many mail transactions from {block} "
             f"(cluster limit {rule.rate.count} per {rule.rate.period:g} s); try again in {wait} s"

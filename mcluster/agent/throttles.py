@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.errors import ThrottleError
 from mcluster.objects import throttle
-from mcluster.objects.throttle import Decision, Request, ThrottleDef, ThrottleError
+from mcluster.objects.throttle import Decision, Request, ThrottleDef
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.script_link import ScriptLink
 from mcluster.store.scripts import Scripts

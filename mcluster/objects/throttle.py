@@ -15,9 +15,9 @@ from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, Option, to_python
+from mcluster.errors import ConflictReply, InvalidValue, ThrottleError
 from mcluster.objects.rates import Rate, parse_rate
 from mcluster.store.keys import ObjectKeys, text
 from mcluster.store.scripts import Scripts
@@ -27,10 +27,6 @@ OBJECT = "shared_named_throttles"
 FAMILIES = (OBJECT, "OBTM", "OBTC")
 MAX_COST = 1_000_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}$")
-
-
-class ThrottleError(ValueError):
-    """A bad throttle request: unknown name, bad cost, bad rate, conflicting rate."""
 
 
 class ThrottleConflict(ThrottleError):
@@ -53,7 +49,9 @@ class ThrottleDef(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         if not _NAME.match(value):
-            raise ValueError(f"bad throttle name {value!r}: 1-200 letters, digits or . _ : @ / + -")
+            raise InvalidValue(
+                f"bad throttle name {value!r}: 1-200 letters, digits or . _ : @ / + -"
+            )
         return value
 
     @field_validator("rate", mode="before")
@@ -81,13 +79,11 @@ async def define(scripts: Scripts, okeys: ObjectKeys, tdef: ThrottleDef) -> bool
         created = await scripts.run(
             "throttle_define", [defs_key(okeys)], [tdef.name, tdef.model_dump_json(), tdef.rate]
         )
-    except ResponseError as exc:
-        if str(exc).startswith("CONFLICT"):
-            existing = str(exc).split(" ", 1)[1]
-            raise ThrottleConflict(
-                f"throttle {tdef.name!r} exists with rate {existing!r}, not {tdef.rate!r}"
-            ) from None
-        raise
+    except ConflictReply as exc:
+        existing = str(exc).split(" ", 1)[1]
+        raise ThrottleConflict(
+            f"throttle {tdef.name!r} exists with rate {existing!r}, not {tdef.rate!r}"
+        ) from None
     return bool(created)
 
 
