@@ -13,6 +13,7 @@
     /v1/throttles...  -> see ``http_throttles``
     /v1/caches...     -> see ``http_caches``
     /v1/metrics..., /v1/series...  -> see ``http_audit``
+    /v1/outbound/outcome, /v1/shaping...  -> see ``mcluster.shaping.http``
 
 A request with a bad event is refused whole (400 naming the first bad event by index and
 why); nothing of it is recorded. Bodies over 1 MiB get 413.
@@ -35,6 +36,7 @@ from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.policy import PolicyService
 from mcluster.errors import Error, NotFound, UnknownObject
 from mcluster.objects.views import DEFAULT_LIMIT
+from mcluster.shaping import http as shaping_http
 from mcluster.store.cluster_view import membership_json
 
 log = logging.getLogger("mcluster.agent")
@@ -194,4 +196,5 @@ def make_app(node: Node, policy: PolicyService | None = None) -> web.Application
     http_caches.add_routes(app)
     prometheus.add_routes(app, node, policy)
     http_audit.add_routes(app)
+    shaping_http.add_routes(app)
     return app

@@ -33,7 +33,7 @@ from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.duravip.agent import DuraVipAgent
-from mcluster.errors import InvalidType, NotJoined, StaleReply, UnknownObject
+from mcluster.errors import AuditError, InvalidType, NotJoined, StaleReply, UnknownObject
 from mcluster.logs.config import DEFAULT_STREAM_MAX, log_files
 from mcluster.logs.shipper import ship_logs
 from mcluster.objects import outbound, shards, throttle, views
@@ -41,6 +41,8 @@ from mcluster.objects.kinds import GAUGE_TABLE, Kind, kind_for_type
 from mcluster.objects.outbound import OutboundPolicy, Route
 from mcluster.objects.throttle import Decision, ThrottleDef
 from mcluster.outbound.views import ConnectionViews
+from mcluster.shaping.model import Outcome, OutcomeResult
+from mcluster.shaping.service import Shaper
 from mcluster.store import members
 from mcluster.store.keys import GLOBAL, ClusterKeys, check_name
 from mcluster.store.scripts import Scripts
@@ -108,6 +110,8 @@ class Node:
             self.config, self.keys, self.name, lambda: self.scripts, self.max_buffered
         )
         throttle.config_throttles(self.config)  # a bad Shared_Throttle fails here, not later
+        #: Adaptive shaping (``Shaping``/``Adaptive``/``Warmup`` scopes), None without them.
+        self.shaping = Shaper.from_node(self)
         self.duravip = DuraVipAgent(self)  # and a bad DuraVIP too
         self.log_files = log_files(self.config, self.name)  # and a bad logs dictionary
 
@@ -165,7 +169,7 @@ class Node:
                 lambda: self.scripts, box, self.outbound, self._count_connection
             )
         for family in ("OBTM", "OBTC"):
-            if family in types:
+            if family in types or (family == "OBTM" and self.shaping is not None):
                 self._families[family] = Throttles(
                     lambda: self.decision_scripts, self.keys, family, self.name
                 )
@@ -187,6 +191,8 @@ class Node:
             await self._audit.publish()
             self._tasks.append(asyncio.create_task(self._audit.run(), name="audit"))
         self._tasks.append(asyncio.create_task(self._reap_loop()))
+        if self.shaping is not None:  # AIMD steps, on whichever node leads
+            self._tasks.append(asyncio.create_task(self.shaping.run(), name="shaping"))
         self._tasks.append(asyncio.create_task(self.duravip.run(), name="duravip"))
         max_len = self.config.get_int("log_stream_max", DEFAULT_STREAM_MAX, minimum=1)
         ship = ship_logs(self.client, self.scripts, self.keys, self.name, self.log_files, max_len)
@@ -478,9 +484,29 @@ class Node:
             )
         return self._audit
 
+    @property
+    def audit_recorder(self) -> AuditRecorder | None:
+        """The audit recorder when the config counts audit metrics, else None."""
+        return self._audit
+
     async def outbound_message(self, route: Route) -> Decision:
         """OBTM: may one more message go out on this route? (cluster-wide, exact)"""
+        if self.shaping is not None and self.shaping.shaped(route):  # suspensions, AIMD, ...
+            return await self.shaping.message(route)
         return await self._throttle_route("OBTM", outbound.OBTM_OPTION, route)
+
+    async def outbound_outcome(self, outcome: Outcome) -> OutcomeResult:
+        """Record a delivery attempt's result: the delivery/transfail/permfail metrics, and
+        the shaping rules it matches (``POST /v1/outbound/outcome``)."""
+        if self.shaping is None:
+            result = OutcomeResult(outcome.checked().event, False, None, ())
+            if self._audit is not None:
+                with contextlib.suppress(AuditError):  # an event type the config skips
+                    self._audit.record(outcome.event, domain=outcome.domain,
+                                       binding=outcome.binding)  # fmt: skip
+                    result = OutcomeResult(outcome.event, True, None, ())
+            return result
+        return await self.shaping.outcome(outcome)
 
     async def _throttle_route(self, family: str, option: str, route: Route) -> Decision:
         throttles = self._families.get(family)
@@ -509,9 +535,10 @@ class Node:
             return SlotDecision(False, None, reason)
         group = self.outbound.group(route)
         views = self.connection_views.targets(route.binding, route.domain, group, route.ip)
+        shaped = await self.shaping.connection_caps(route) if self.shaping is not None else []
         rejoins = self.rejoins
         try:
-            return await slots_.open(route, views)
+            return await slots_.open(route, views, shaped)
         except StaleReply:
             pass
         try:  # this node's view was retired: re-sync, retry once
@@ -519,7 +546,7 @@ class Node:
         except TimeoutError:
             slots_.stats.refused["re-syncing"] += 1
             return SlotDecision(False, None, "this node is re-syncing with the cluster")
-        return await slots_.open(route, views)
+        return await slots_.open(route, views, shaped)
 
     def connection_stats(self) -> slots.SlotStats | None:
         """Opens, closes and refusals of this node's connection slots (None: no slots)."""
