@@ -15,10 +15,14 @@ from redis.exceptions import RedisError
 from mcluster import __version__
 from mcluster.config import ClusterConfig, ConfigError, check_command, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
-from mcluster.store.access import RedisAccessError, check_access
-from mcluster.store.embedded import EmbeddedRedisError, ensure_embedded_redis, stop_embedded_redis
+from mcluster.store.connect.access import RedisAccessError, check_access
+from mcluster.store.connect.embedded import (
+    EmbeddedRedisError,
+    ensure_embedded_redis,
+    stop_embedded_redis,
+)
+from mcluster.store.connect.urls import RedisUrlError, redact_url, resolve_redis_url
 from mcluster.store.keys import ClusterKeys
-from mcluster.store.urls import RedisUrlError, redact_url, resolve_redis_url
 
 ENV_NODE = "MCLUSTER_NODE"
 ENV_CONFIG = "MCLUSTER_CONFIG"
@@ -73,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
     demo.add_argument("--no-dashboard", action="store_true", help="plain progress output")
     demo.add_argument("--redis", help="Redis URL (default: the embedded one)")
+    demo.add_argument(
+        "--keep-redis",
+        action="store_true",
+        help="leave the embedded Redis running if the demo started it (default: stop it)",
+    )
 
     smtp = sub.add_parser("smtp", help="the demo SMTP server (aiosmtpd) beside an agent")
     smtp.add_argument("--agent", default="http://127.0.0.1:4802", help="its agent's HTTP API")
@@ -92,7 +101,7 @@ def _agent(args: argparse.Namespace) -> int:
         return _fail("agent needs --config FILE (or $MCLUSTER_CONFIG)", 2)
     if not args.node:
         return _fail("agent needs --node NAME (or $MCLUSTER_NODE)", 2)
-    from mcluster.agent.main import run_agent, split_listen
+    from mcluster.faces.main import run_agent, split_listen
 
     split_listen(args.listen)
     if args.policy:
@@ -129,7 +138,7 @@ def _console(args: argparse.Namespace) -> int:
 
 
 def _manager(args: argparse.Namespace) -> int:
-    from mcluster.agent.manager import run_manager
+    from mcluster.manager.manager import run_manager
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -154,14 +163,14 @@ def _checked_redis(args: argparse.Namespace, config: ClusterConfig | None) -> tu
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mcluster.demo import run_demo
+    from mcluster.demo.run import run_demo
 
-    return run_demo(args.nodes, args.seconds, not args.no_dashboard, args.redis)
+    return run_demo(args.nodes, args.seconds, not args.no_dashboard, args.redis, args.keep_redis)
 
 
 def _smtp(args: argparse.Namespace) -> int:
-    from mcluster.agent.main import split_listen
-    from mcluster.demo_smtp import Limits, serve
+    from mcluster.demo.smtp import Limits, serve
+    from mcluster.faces.main import split_listen
 
     split_listen(args.listen)
     if args.max_connections < 1:
@@ -193,6 +202,7 @@ def _config_check(path: str) -> int:
     from mcluster.objects.outbound import OutboundPolicy
     from mcluster.objects.policy import policy_config
     from mcluster.objects.throttle import config_throttles
+    from mcluster.shaping.config import shaping_config
 
     try:
         config = load_config(path)
@@ -200,7 +210,9 @@ def _config_check(path: str) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     issues = []
-    for check in (config_throttles, OutboundPolicy, policy_config, duravip_config, log_files):
+    checks = (config_throttles, OutboundPolicy, policy_config, duravip_config, log_files,
+              shaping_config)  # fmt: skip
+    for check in checks:
         try:
             check(config)
         except ConfigError as exc:
