@@ -1,41 +1,62 @@
 -- _window: shared fragment (not a script of its own), included by the throttle scripts.
--- A throttle's window is a hash: "<bucket number>" -> count, plus "s" -> the sum of the
--- counts stored and "o" -> no bucket below this number is stored. The running sum makes a
--- decision read three fields instead of every bucket.
+-- A throttle's window is a hash: "<bucket number>" -> count, "m<bucket number>" -> the time
+-- (ms) of the bucket's last count, plus "s" -> the sum of the counts stored and "o" -> no
+-- bucket below this number is stored. The running sum makes a decision read a few fields
+-- instead of every bucket. A bucket leaves the window when its last count has been in it for
+-- a whole period: so a count is held for exactly one period, never more, and a retry hint
+-- never exceeds the period (a bucket without its time, written by an older release, is
+-- held until the bucket's end plus a period, as before).
 -- KEYS, ARGV: none of its own; the including script passes the window's key.
 -- Return: the functions below (window_open returns W, the others nothing).
--- window_open(key, p, w, now) -> W {key, cur, oldest, curc, used, add}: drops the buckets
---   that left the window (now - p, now] (usually none, at a bucket edge one).
--- window_buckets(W) -> {bucket -> count} of the live buckets, this script's adds included
---   (one HGETALL per window and script: only on a refusal, to say when to retry).
+-- window_open(key, p, w, now) -> W {key, now, cur, oldest, curc, used, add}: drops the
+--   buckets that left the window (usually none, at a bucket edge one).
+-- window_buckets(W) -> {bucket -> count}, {bucket -> last count ms} of the live buckets,
+--   this script's adds included (one HGETALL per window and script: only on a refusal, to
+--   say when to retry).
 -- window_retry_after(W, cost, now) -> ms until `cost` fits in W (W.n, W.p, W.w set by the
---   caller), -1 when it never can (cost > N).
--- window_write(W, ttl_ms): stores what the script added (W.add) and the new sum.
+--   caller), at most W.p; -1 when it never can (cost > N).
+-- window_write(W, ttl_ms): stores what the script added (W.add, counted at W.last, default
+--   now; a bucket's time only ever grows) and the new sum.
 -- window_share(key, W, add, ttl_ms): counts `add` in a node's share of the window.
 -- Cost: O(1) amortized; O(B) for B stored buckets on a window's first use or long idle.
 local function window_open(key, p, w, now)
-  local W = {key = key, cur = math.floor(now / w), oldest = math.floor((now - p) / w), add = 0}
-  local r = redis.call('HMGET', key, 's', 'o', W.cur)
+  local W = {key = key, now = now, cur = math.floor(now / w), oldest = math.floor((now - p) / w),
+             add = 0}
+  local r = redis.call('HMGET', key, 's', 'o', W.cur, W.oldest, 'm' .. W.oldest, 'm' .. W.cur)
   local s, o = tonumber(r[1]), tonumber(r[2])
-  W.curc = tonumber(r[3]) or 0
+  W.curc, W.curm = tonumber(r[3]) or 0, tonumber(r[6]) or 0
   if s == nil or o == nil or W.oldest - o > 64 then
     -- new, long idle, or written without a sum: add up what is stored, once
     s = 0
     local h = redis.call('HGETALL', key)
     for i = 1, #h, 2 do
-      local b = tonumber(h[i])
-      if b ~= nil then
-        if b < W.oldest then redis.call('HDEL', key, h[i]) else s = s + tonumber(h[i + 1]) end
+      local f = h[i]
+      local b = tonumber(f) or (string.sub(f, 1, 1) == 'm' and tonumber(string.sub(f, 2)))
+      if b then
+        if b < W.oldest then redis.call('HDEL', key, f)
+        elseif f == tostring(b) then s = s + tonumber(h[i + 1]) end
       end
     end
     W.dirty = true
   elseif o < W.oldest then
-    local gone = {}
-    for b = o, W.oldest - 1 do gone[#gone + 1] = b end
+    local gone, times = {}, {}
+    for b = o, W.oldest - 1 do
+      gone[#gone + 1] = b
+      times[#times + 1] = 'm' .. b
+    end
     for _, c in ipairs(redis.call('HMGET', key, unpack(gone))) do
       if c then s = s - tonumber(c) end
     end
     redis.call('HDEL', key, unpack(gone))
+    redis.call('HDEL', key, unpack(times))
+    W.dirty = true
+  end
+  -- The oldest bucket overlaps the window; once its last count is a period old it is out.
+  local last = tonumber(r[5])
+  if last and last + p <= now then
+    s = s - (tonumber(r[4]) or 0)
+    redis.call('HDEL', key, W.oldest, 'm' .. W.oldest)
+    W.oldest = W.oldest + 1
     W.dirty = true
   end
   W.used = s
@@ -44,40 +65,53 @@ end
 
 local function window_buckets(W)
   if W.stored == nil then
-    W.stored = {}
+    W.stored, W.times = {}, {}
     local h = redis.call('HGETALL', W.key)
     for i = 1, #h, 2 do
-      local b = tonumber(h[i])
-      if b ~= nil and b >= W.oldest then W.stored[b] = tonumber(h[i + 1]) end
+      local f = h[i]
+      local b = tonumber(f)
+      if b ~= nil and b >= W.oldest then
+        W.stored[b] = tonumber(h[i + 1])
+      elseif string.sub(f, 1, 1) == 'm' then
+        W.times[tonumber(string.sub(f, 2))] = tonumber(h[i + 1])
+      end
     end
   end
-  local buckets = {}
+  local buckets, times = {}, {}
   for b, c in pairs(W.stored) do buckets[b] = c end
+  for b, m in pairs(W.times) do times[b] = m end
   buckets[W.cur] = (buckets[W.cur] or 0) + W.add
-  return buckets
+  if W.add > 0 then times[W.cur] = math.max(times[W.cur] or 0, W.last or W.now) end
+  return buckets, times
 end
 
--- Each old bucket b leaves the window at (b+1)*w + p.
+-- Each old bucket b leaves the window a period after its last count: at times[b] + p (a
+-- bucket without its time, from an older release: at (b+1)*w + p, cut to the period).
 local function window_retry_after(W, cost, now)
   if cost > W.n then return -1 end
   local excess = W.used + cost - W.n
-  local buckets = window_buckets(W)
+  local buckets, times = window_buckets(W)
   local order = {}
   for b in pairs(buckets) do order[#order + 1] = b end
   table.sort(order)
   for _, b in ipairs(order) do
     excess = excess - buckets[b]
-    if excess <= 0 then return math.max(1, (b + 1) * W.w + W.p - now) end
+    if excess <= 0 then
+      local leaves = (times[b] or ((b + 1) * W.w)) + W.p
+      return math.min(W.p, math.max(1, leaves - now))
+    end
   end
   return W.p
 end
 
 local function window_write(W, ttl_ms)
   if W.add ~= 0 then
+    local last = math.max(W.curm, W.last or W.now)  -- a reservation's end may be later
     if W.dirty then
-      redis.call('HSET', W.key, W.cur, W.curc + W.add, 's', W.used, 'o', W.oldest)
+      redis.call('HSET', W.key, W.cur, W.curc + W.add, 'm' .. W.cur, last, 's', W.used,
+                 'o', W.oldest)
     else
-      redis.call('HSET', W.key, W.cur, W.curc + W.add, 's', W.used)
+      redis.call('HSET', W.key, W.cur, W.curc + W.add, 'm' .. W.cur, last, 's', W.used)
     end
     -- set at a bucket's first count, the expiry outlives it in the window: enough
     if W.curc == 0 then redis.call('PEXPIRE', W.key, ttl_ms) end

@@ -19,6 +19,9 @@ local left = n - W.used
 local grant = math.min(want, math.max(1, math.floor(eps * left)), left)
 if grant < 1 then grant = 0 end
 W.add, W.used = grant, W.used + grant
+-- the tokens may be spent until the bucket ends: they are counted as of its last ms (a
+-- retry hint that waits on them is cut to the period, so it may be early by < one bucket)
+W.last = (W.cur + 1) * w - 1
 window_write(W, p + w)
 window_share(KEYS[2], W, grant, p + w)
 return {grant, (W.cur + 1) * w - now, W.cur, now}

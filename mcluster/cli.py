@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
     demo.add_argument("--no-dashboard", action="store_true", help="plain progress output")
     demo.add_argument("--redis", help="Redis URL (default: the embedded one)")
+    demo.add_argument(
+        "--keep-redis",
+        action="store_true",
+        help="leave the embedded Redis running if the demo started it (default: stop it)",
+    )
 
     smtp = sub.add_parser("smtp", help="the demo SMTP server (aiosmtpd) beside an agent")
     smtp.add_argument("--agent", default="http://127.0.0.1:4802", help="its agent's HTTP API")
@@ -170,7 +175,7 @@ def _checked_redis(args: argparse.Namespace, config: ClusterConfig | None) -> tu
 def _demo(args: argparse.Namespace) -> int:
     from mcluster.demo import run_demo
 
-    return run_demo(args.nodes, args.seconds, not args.no_dashboard, args.redis)
+    return run_demo(args.nodes, args.seconds, not args.no_dashboard, args.redis, args.keep_redis)
 
 
 def _smtp(args: argparse.Namespace) -> int:

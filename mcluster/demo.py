@@ -38,7 +38,13 @@ from redis.exceptions import RedisError
 from mcluster.agent.outbox import wait_event
 from mcluster.console import console_main
 from mcluster.demo_farm import CONFIG_STANZAS, SmtpFarm, dashboard
-from mcluster.store.embedded import embedded_socket_path, embedded_url, ensure_embedded_redis
+from mcluster.store.embedded import (
+    EmbeddedRedisError,
+    embedded_socket_path,
+    embedded_url,
+    ensure_embedded_redis,
+    stop_embedded_redis,
+)
 from mcluster.store.urls import ENV_REDIS_URL, make_sync_client, redact_url, validate_redis_url
 
 # config/mcluster.conf is not in the wheel: its cluster scope, with a namespace per run.
@@ -405,9 +411,19 @@ def show_views(url: str, namespace: str) -> None:
     print()
 
 
-def run_demo(nodes: int, seconds: float | None, dashboard: bool, redis_url: str | None) -> int:
+def run_demo(
+    nodes: int,
+    seconds: float | None,
+    dashboard: bool,
+    redis_url: str | None,
+    keep_redis: bool = False,
+) -> int:
     """Run the demo farm; 0 when the views and figures add up, 1 on a failure, 130 when
-    interrupted. The dashboard is shown only on a terminal (plain progress otherwise)."""
+    interrupted. The dashboard is shown only on a terminal (plain progress otherwise).
+
+    An embedded Redis the demo started is stopped when it ends, however it ends (the
+    demo deletes its keys, so a Redis kept running would serve nothing), unless
+    ``keep_redis``; one that was running before the demo began is left running."""
     dashboard = dashboard and sys.stdout.isatty()
     if not 1 <= nodes <= MAX_NODES:
         print(f"mcluster: --nodes must be between 1 and {MAX_NODES}, got {nodes}", file=sys.stderr)
@@ -452,15 +468,28 @@ def run_demo(nodes: int, seconds: float | None, dashboard: bool, redis_url: str 
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleanup has deadlines
         try:
             problems = cleanup([*agents, *manager], workdir, url, namespace)
+            if started_redis and not keep_redis:
+                problems += stop_started_redis()
         finally:
             signal.signal(signal.SIGINT, previous)
     for problem in problems:
         print(f"mcluster: {problem}", file=sys.stderr, flush=True)
-    if not redis_url:
-        how = "started by this demo" if started_redis else "already running"
-        print(f"The embedded Redis ({how}) keeps running so 'mcluster console' can reuse it;")
+    if started_redis and keep_redis:
+        print("The embedded Redis started by this demo keeps running (--keep-redis);")
         print("stop it with: mcluster redis stop", flush=True)
+    elif not redis_url and not started_redis:
+        print("The embedded Redis was running before the demo: left running", flush=True)
     return code or (1 if problems else 0)
+
+
+def stop_started_redis() -> list[str]:
+    """Stop the embedded Redis this demo started; what went wrong, if anything."""
+    try:
+        stop_embedded_redis()
+    except (OSError, EmbeddedRedisError) as exc:
+        return [f"could not stop the embedded Redis ({exc}); stop it with: mcluster redis stop"]
+    print("stopped the embedded Redis this demo started", flush=True)
+    return []
 
 
 def cleanup(agents: list[Agent], workdir: Path, url: str, namespace: str) -> list[str]:

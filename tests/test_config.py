@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -724,8 +725,54 @@ def test_check_command_ok(capsys: pytest.CaptureFixture[str]) -> None:
 def test_check_command_counts_other_scopes(capsys: pytest.CaptureFixture[str]) -> None:
     assert check_command(str(ROOT / "config" / "mcluster.conf")) == 0
     out = capsys.readouterr().out
-    assert "other scopes kept (not used by mcluster): 2 (Domain x1, ESMTP_Listener x1)" in out
+    # Domain (its outbound caps) and ESMTP_Listener (a Listen with Enable_Duravip) are read.
+    assert "scopes used: Domain x1, ESMTP_Listener x1" in out
+    assert "other scopes kept: none" in out
     assert "heartbeat_interval, lease_ttl, namespace" in out
+
+
+def test_check_command_lists_every_scope_it_reads_as_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "all.conf"
+    path.write_text(
+        """
+        cluster {
+          Replicate "inbound_cidr" {}
+          Shared_Throttle "t" { rate = "10/60" }
+        }
+        inbound_audit { monitors = ("60,5") }
+        Policy { client_rates = ("32,5/60") }
+        Datasource "ds" { uri = ("sqlite:/tmp/x.db") }
+        Domain "example.com" { cluster_max_outbound_connections = 5 }
+        Binding_Group "G" { Binding "b1" {} }
+        Unknown_Scope { x = 1 }
+        """
+    )
+    assert check_command(str(path)) == 0
+    out = capsys.readouterr().out
+    used = next(line for line in out.splitlines() if line.startswith("scopes used: "))
+    for kind in ("inbound_audit", "Policy", "Datasource", "Domain", "Binding_Group"):
+        assert f"{kind} x1" in used, out
+    assert "other scopes kept (not used by mcluster): 1 (Unknown_Scope x1)" in out
+    assert "Shared_Throttle" not in out.split("scopes used: ")[1].split("other scopes")[1]
+
+
+def test_every_scope_kind_the_code_reads_is_listed_as_used() -> None:
+    """A feature that reads a new top-level scope must add it to USED_SCOPES, or config
+    check would call it unused: scan the package for the kinds it asks config trees for."""
+    from mcluster.config.constants import USED_SCOPES
+
+    asked = re.compile(
+        r"""(?:\.scopes?|_child)\((?:[^()"]*,\s*)?"([A-Za-z_]+)"|\.is_\("([A-Za-z_]+)"\)"""
+    )
+    kinds: set[str] = set()
+    for path in (ROOT / "mcluster").rglob("*.py"):
+        for match in asked.finditer(path.read_text()):
+            kinds.add(match[1] or match[2])
+    known = {k.casefold() for k in USED_SCOPES} | {"replicate", "shared_throttle", "quota"}
+    missing = sorted(k for k in kinds if k.casefold() not in known)
+    assert not missing, f"add these scope kinds to USED_SCOPES in config/constants.py: {missing}"
 
 
 def test_check_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -183,3 +183,58 @@ def test_demo_farm_runs_10_s_and_its_figures_are_exact(
     assert len(smtp_ports) == 3 and len(agent_ports) == 3, out
     assert all(refuses(port) for port in smtp_ports + agent_ports)  # nothing left listening
     assert_cleaned_up(out, redis_server)
+
+
+def run_embedded_demo(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The demo as a new user runs it: a fresh HOME, no Redis URL (the embedded Redis)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MCLUSTER_", "XDG_"))}
+    env["HOME"] = str(home)
+    argv = [sys.executable, "-m", "mcluster", "demo", "--seconds", "2", "--no-dashboard"]
+    return subprocess.run(
+        [*argv, "--nodes", "2", *args], capture_output=True, text=True, env=env, timeout=90
+    )
+
+
+def embedded_socket(home: Path) -> Path:
+    return home / ".local" / "state" / "mcluster" / "redis.sock"
+
+
+def test_demo_stops_the_embedded_redis_it_started(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    done = run_embedded_demo(home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "stopped the embedded Redis this demo started" in done.stdout
+    sock = embedded_socket(home)
+    assert processes_mentioning(str(sock)) == [], "a redis-server outlived the demo"
+    assert not sock.exists()
+
+
+def test_demo_leaves_a_redis_that_was_already_running(tmp_path: Path) -> None:
+    from mcluster.store.embedded import ensure_embedded_redis, stop_embedded_redis
+
+    home = tmp_path / "home"
+    state = home / ".local" / "state" / "mcluster"
+    ensure_embedded_redis(state)
+    try:
+        before = processes_mentioning(str(embedded_socket(home)))
+        assert before, "the embedded Redis did not start"
+        done = run_embedded_demo(home)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "was running before the demo: left running" in done.stdout
+        assert processes_mentioning(str(embedded_socket(home))) == before
+    finally:
+        assert stop_embedded_redis(state)
+
+
+def test_keep_redis_leaves_the_started_redis_running(tmp_path: Path) -> None:
+    from mcluster.store.embedded import stop_embedded_redis
+
+    home = tmp_path / "home"
+    done = run_embedded_demo(home, "--keep-redis")
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "keeps running (--keep-redis)" in done.stdout
+        assert processes_mentioning(str(embedded_socket(home)))
+    finally:
+        stop_embedded_redis(home / ".local" / "state" / "mcluster")
+    assert processes_mentioning(str(embedded_socket(home))) == []

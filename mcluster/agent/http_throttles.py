@@ -6,8 +6,10 @@ GET  /v1/throttles          -> {"throttles": [{"name", "rate", "used", ...}]}
 POST /v1/throttles/acquire  {"limits": [{"name": "t1", "cost": 1}, ...]}
                             -> {"allowed", "retry_after_ms", "degraded", "limits": [...]}
 POST /v1/outbound/message   {"binding", "domain"[, "binding_group"]} -> OBTM, as acquire
-POST /v1/connections/open   {"binding", "domain"[, "binding_group", "host"]}
-                            -> {"allowed", "slot", "reason"}   (OBTC and the caps)
+POST /v1/connections/open   {"binding", "domain"[, "binding_group", "host", "ip",
+                             "mx_hosts": [...]]}
+                            -> {"allowed", "slot", "reason", "spill_over": [...]}
+                            (OBTC and the caps; once allowed, counted in the outbound views)
 POST /v1/connections/close  {"slot": "..."} -> {"closed": bool}
 """
 
@@ -100,19 +102,26 @@ def add_routes(app: web.Application) -> None:
 def parse_route(body: Any) -> Route:
     if not isinstance(body, dict):
         raise ThrottleError('body must be a JSON object {"binding": ..., "domain": ...}')
-    unknown = set(body) - {"binding", "domain", "binding_group", "host"}
+    unknown = set(body) - {"binding", "domain", "binding_group", "host", "ip", "mx_hosts"}
     if unknown:
         raise ThrottleError(f"unknown field(s): {', '.join(sorted(unknown))}")
     for field in ("binding", "domain"):
         if not isinstance(body.get(field), str) or not body[field]:
             raise ThrottleError(f"{field} must be a non-empty string")
-    for field in ("binding_group", "host"):
+    for field in ("binding_group", "host", "ip"):
         if body.get(field) is not None and not isinstance(body[field], str):
             raise ThrottleError(f"{field} must be a string")
-    for field, value in body.items():
+    mx_hosts = body.get("mx_hosts") or []
+    if not isinstance(mx_hosts, list) or not all(isinstance(h, str) and h for h in mx_hosts):
+        raise ThrottleError("mx_hosts must be a list of non-empty strings")
+    for field, value in [*body.items(), *(("mx_hosts", h) for h in mx_hosts)]:
         if isinstance(value, str) and (len(value) > 255 or not value.isprintable()):
             raise ThrottleError(f"{field} must be at most 255 printable characters")
-    return Route(body["binding"], body["domain"], body.get("binding_group"), body.get("host"))
+    try:
+        return Route(body["binding"], body["domain"], body.get("binding_group"),
+                     body.get("host"), body.get("ip"), tuple(mx_hosts))  # fmt: skip
+    except ValueError as exc:  # a bad ip, too many mx_hosts
+        raise ThrottleError(str(exc)) from None
 
 
 async def post_message(request: web.Request) -> web.Response:

@@ -40,6 +40,7 @@ from mcluster.objects import outbound, shards, throttle, views
 from mcluster.objects.kinds import GAUGE_TABLE, Kind, kind_for_type
 from mcluster.objects.outbound import OutboundPolicy, Route
 from mcluster.objects.throttle import Decision, ThrottleDef
+from mcluster.outbound.views import ConnectionViews
 from mcluster.store import members
 from mcluster.store.keys import GLOBAL, ClusterKeys, check_name
 from mcluster.store.scripts import Scripts
@@ -106,6 +107,7 @@ class Node:
         self._slots: slots.Slots | None = None
         self._families: dict[str, Throttles] = {}
         self.outbound = OutboundPolicy(self.config)
+        self.connection_views = ConnectionViews(self.config)
         self.caches = Caches(self.config, self.keys, self.name, lambda: self.scripts)
         self.status = StatusReporter()  # its figures go with each heartbeat
         self.gauge_caches = GaugeCaches(self)
@@ -166,7 +168,9 @@ class Node:
         if types & {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}:
             box = self._add_outbox(slots.OBJECT, GAUGE_TABLE, 100, 1.0)
             self._managed[slots.OBJECT] = "outbound_binding_domains"
-            self._slots = slots.Slots(lambda: self.scripts, box, self.outbound)
+            self._slots = slots.Slots(
+                lambda: self.scripts, box, self.outbound, self._count_connection
+            )
         for family in ("OBTM", "OBTC"):
             if family in types:
                 self._families[family] = Throttles(
@@ -494,27 +498,46 @@ class Node:
         return await throttles.acquire_bucket(ThrottleDef(name=path, rate=str(rate)))
 
     async def open_connection(self, route: Route) -> SlotDecision:
-        """OBTC and the connection caps: a slot when every one has room, else a reason."""
+        """OBTC and the connection caps: a slot when every one has room, else a reason.
+
+        Once admitted, the connection counts in every outbound view it belongs to
+        (``mcluster/outbound/views.py``) until ``close_connection``, or until this node's
+        views are reaped."""
         if self._slots is None:
             raise UnknownObject(
                 'connection caps need Replicate "outbound_binding_domains" {} (or '
                 "outbound_domains / outbound_cidr) in the cluster scope"
             )
+        slots_ = self._slots
         decision = await self._throttle_route("OBTC", outbound.OBTC_OPTION, route)
         if not decision.allowed:
+            slots_.stats.refused[outbound.OBTC_OPTION] += 1
             reason = f"{outbound.OBTC_OPTION}: retry after {decision.retry_after_ms} ms"
             return SlotDecision(False, None, reason)
+        group = self.outbound.group(route)
+        views = self.connection_views.targets(route.binding, route.domain, group, route.ip)
         rejoins = self.rejoins
         try:
-            return await self._slots.open(route)
+            return await slots_.open(route, views)
         except ResponseError as exc:
             if not str(exc).startswith("STALE"):
                 raise
         try:  # this node's view was retired: re-sync, retry once
             await self._wait_resync(rejoins)
         except TimeoutError:
+            slots_.stats.refused["re-syncing"] += 1
             return SlotDecision(False, None, "this node is re-syncing with the cluster")
-        return await self._slots.open(route)
+        return await slots_.open(route, views)
+
+    def connection_stats(self) -> slots.SlotStats | None:
+        """Opens, closes and refusals of this node's connection slots (None: no slots)."""
+        return self._slots.stats if self._slots is not None else None
+
+    def _count_connection(self, obj: str, key: str, delta: int) -> None:
+        """Count an open (+1) or closed (-1) connection in one view; an object a config
+        reload removed since is skipped (its views were drained)."""
+        if obj in self.outboxes:
+            self.record(obj, key, delta)
 
     async def close_connection(self, slot: str) -> bool:
         """Give a connection slot back; a second close changes nothing."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from collections import Counter, OrderedDict
@@ -280,7 +281,9 @@ class PolicyService:
             if left < 1
         ] or rules
         rule, block = tripped[0]
-        wait = max(1, -(-decision.retry_after_ms // 1000))
+        # The window's buckets can put the reckoned retry past the window's end; room is
+        # certain again within one window, so the answer never says more than that.
+        wait = min(max(1, -(-decision.retry_after_ms // 1000)), math.ceil(rule.rate.period))
         return (
             f"DEFER_IF_PERMIT 4.7.1 too many mail transactions from {block} "
             f"(cluster limit {rule.rate.count} per {rule.rate.period:g} s); try again in {wait} s"

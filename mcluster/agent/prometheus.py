@@ -80,6 +80,7 @@ class NodeCollector(Collector):
         yield from self._outboxes()
         yield from self._membership()
         yield from self._throttles()
+        yield from self._connections()
         yield from self._caches()
         if self.policy is not None:
             yield from self._policy(self.policy)
@@ -192,6 +193,27 @@ class NodeCollector(Collector):
         yield decisions
         yield local
         yield batches
+
+    def _connections(self) -> Iterator[Metric]:
+        stats = self.node.connection_stats()
+        if stats is None:
+            return
+        yield CounterMetricFamily(
+            "mcluster_connections_opened", "Outbound connection slots taken", value=stats.opened
+        )
+        yield CounterMetricFamily(
+            "mcluster_connections_closed", "Outbound connection slots given back",
+            value=stats.closed,
+        )  # fmt: skip
+        refused = CounterMetricFamily(
+            "mcluster_connections_refused",
+            "Outbound connection opens refused, by what refused: the cap's option and scope "
+            "(e.g. 'cluster_max_outbound_connections (host)'), OBTC, or re-syncing",
+            labels=["refused_by"],
+        )
+        for by, value in sorted(stats.refused.items()):
+            refused.add_metric([by], value)
+        yield refused
 
     def _caches(self) -> Iterator[Metric]:
         staleness = GaugeMetricFamily(

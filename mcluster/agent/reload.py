@@ -32,6 +32,7 @@ from mcluster.config import ClusterConfig, ReplicateObject, load_config
 from mcluster.objects import throttle
 from mcluster.objects.kinds import kind_for_type
 from mcluster.objects.outbound import OutboundPolicy
+from mcluster.outbound.views import ConnectionViews
 
 if TYPE_CHECKING:
     from mcluster.agent.node import Node
@@ -122,7 +123,8 @@ async def reload_config(node: Node) -> dict[str, Any]:
         throttles = node._throttles
         if throttles is not None:
             await throttles.load([d for d in declared if d.name not in throttles.defs])
-        node.outbound.root, node.outbound.group_of = policy.root, policy.group_of
+        node.outbound.adopt(policy)
+        node.connection_views.objects = ConnectionViews(new).objects
         node.config = new
     result = {"node": node.name, "file": path, "added": added, "removed": removed,
               "changed": changed, "needs_restart": needs_restart}  # fmt: skip

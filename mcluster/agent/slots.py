@@ -6,6 +6,14 @@ gives it back. Slots are counted in this node's view of the ``outbound_slots`` o
 A slot closed twice, or after its view was reaped, changes nothing. On a re-sync the
 node re-opens the slots it still holds, under its new view, without checking the caps
 (the connections are open already).
+
+A slot taken also counts its connection in the outbound views (``mcluster/outbound/
+views.py``) through ``count``, the node's ``record``: +1 when taken, -1 when given back,
+once per slot; the views' own re-sync snapshots carry the connections still open.
+
+Decision points (for adaptive shaping, issue 17): ``Node.open_connection`` asks OBTC,
+then ``Slots.open`` takes the slot under ``OutboundPolicy.caps(route)`` in one script;
+``SlotStats`` counts every outcome by the option that refused it.
 """
 
 from __future__ import annotations
@@ -13,13 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.exceptions import ResponseError
 
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox
 from mcluster.objects.outbound import Cap, OutboundPolicy, Route
+from mcluster.outbound.views import Targets
 from mcluster.store.keys import GLOBAL
 from mcluster.store.scripts import Scripts
 
@@ -28,22 +38,57 @@ OBJECT = "outbound_slots"
 
 @dataclass(frozen=True)
 class SlotDecision:
+    """The answer to a connection open: a slot to close later, or why not. ``spill_over``
+    names the report's sibling MX hosts that still have room when an MX host's cap
+    refused it."""
+
     allowed: bool
     slot: str | None
     reason: str | None
+    spill_over: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
-        return {"allowed": self.allowed, "slot": self.slot, "reason": self.reason}
+        return {"allowed": self.allowed, "slot": self.slot, "reason": self.reason,
+                "spill_over": list(self.spill_over)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Held:
+    """A slot this node holds: the caps it counts under and the views it counts in."""
+
+    caps: list[Cap]
+    views: Targets
+
+
+@dataclass
+class SlotStats:
+    """Connection opens and closes of this node (``GET /metrics``)."""
+
+    opened: int = 0
+    closed: int = 0
+    refused: Counter[str] = field(default_factory=Counter)  # by what refused: "OPTION (SCOPE)"
+
+
+def no_count(obj: str, key: str, delta: int) -> None:
+    """``count`` of Slots that counts nowhere (no outbound views)."""
 
 
 class Slots:
     """The connection slots this node holds."""
 
-    def __init__(self, scripts: Callable[[], Scripts], box: Outbox, policy: OutboundPolicy):
+    def __init__(
+        self,
+        scripts: Callable[[], Scripts],
+        box: Outbox,
+        policy: OutboundPolicy,
+        count: Callable[[str, str, int], None] = no_count,
+    ):
         self._scripts = scripts
         self.box = box
         self.policy = policy
-        self.held: dict[str, list[Cap]] = {}
+        self.count = count
+        self.stats = SlotStats()
+        self.held: dict[str, Held] = {}
         self._open_gate = asyncio.Event()  # cleared while a re-sync moves the slots
         self._open_gate.set()
         self._busy = 0  # opens and closes in flight
@@ -79,16 +124,21 @@ class Slots:
         return [f"{k.base}:slots", k.views, k.data(GLOBAL), k.data(self.box.view),
                 k.meta(GLOBAL), k.meta(self.box.view)]  # fmt: skip
 
-    async def open(self, route: Route) -> SlotDecision:
+    async def open(self, route: Route, views: Targets = ()) -> SlotDecision:
+        """Take a slot under every cap of ``route``; on success count it in ``views``."""
         caps = self.policy.caps(route)
         slot = uuid.uuid4().hex
         async with self._op():
             allowed, full = await self._open(slot, caps, force=False)
             if allowed:
-                self.held[slot] = caps
+                self.held[slot] = Held(caps, views)
+                for obj, key in views:
+                    self.count(obj, key, 1)
         if not allowed:
             cap = next(c for c in caps if c.key == full)
+            self.stats.refused[cap.source] += 1
             return SlotDecision(False, None, f"{cap.source}: {cap.key} holds {cap.limit}")
+        self.stats.opened += 1
         return SlotDecision(True, slot, None)
 
     async def _open(self, slot: str, caps: list[Cap], *, force: bool) -> tuple[bool, str]:
@@ -103,7 +153,12 @@ class Slots:
         not answer, the error is raised and the close is retried in the background until
         it is done or a re-sync drains the view it was counted in: never a leaked slot."""
         async with self._op():
-            held = self.held.pop(slot, None) is not None
+            record = self.held.pop(slot, None)
+            held = record is not None
+            if record is not None:  # the views count it out now, once, whatever Redis says
+                self.stats.closed += 1
+                for obj, key in record.views:
+                    self.count(obj, key, -1)
             view = self.box.view
             try:
                 done = await self._scripts().run("slot_close", self._keys(), [view, slot])
@@ -132,5 +187,5 @@ class Slots:
 
     async def reopen(self) -> None:
         """After a re-sync (inside ``held_still``): count the slots held under the new view."""
-        for slot, caps in list(self.held.items()):
-            await self._open(slot, caps, force=True)
+        for slot, record in list(self.held.items()):
+            await self._open(slot, record.caps, force=True)

@@ -9,8 +9,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mcluster.config.constants import NESTED_USED_OPTIONS, USED_SCOPES
 from mcluster.config.errors import ConfigError
 from mcluster.config.models import ClusterConfig, load_config
+from mcluster.config.tree import Scope
 
 
 def _objects_table(config: ClusterConfig) -> Table:
@@ -32,17 +34,34 @@ def _objects_table(config: ClusterConfig) -> Table:
     return table
 
 
-def _other_scopes(config: ClusterConfig) -> str:
+def _is_used(scope: Scope) -> bool:
+    """Whether some part of mcluster reads this top-level scope or a scope inside it."""
+    if any(scope.is_(kind) for kind in USED_SCOPES):
+        return True
+    return any(
+        inner.get(option) is not None for _, inner in scope.walk() for option in NESTED_USED_OPTIONS
+    )
+
+
+def _count(scopes: list[Scope]) -> str:
     counts: Counter[str] = Counter()
     spelling: dict[str, str] = {}
-    for scope in config.tree.scopes():
-        if not scope.is_("cluster"):
-            spelling.setdefault(scope.kind.casefold(), scope.kind)
-            counts[scope.kind.casefold()] += 1
-    if not counts:
-        return "other scopes kept: none"
-    parts = ", ".join(f"{spelling[k]} x{n}" for k, n in sorted(counts.items()))
-    return f"other scopes kept (not used by mcluster): {sum(counts.values())} ({parts})"
+    for scope in scopes:
+        spelling.setdefault(scope.kind.casefold(), scope.kind)
+        counts[scope.kind.casefold()] += 1
+    return ", ".join(f"{spelling[k]} x{n}" for k, n in sorted(counts.items()))
+
+
+def _scope_lines(config: ClusterConfig) -> list[str]:
+    """``scopes used: ...`` and ``other scopes kept (not used by mcluster): ...``: top-level
+    scopes besides ``cluster``, each kind counted once per line, every scope in one of them."""
+    top = [scope for scope in config.tree.scopes() if not scope.is_("cluster")]
+    used = [scope for scope in top if _is_used(scope)]
+    kept = [scope for scope in top if not _is_used(scope)]
+    lines = [f"scopes used: {_count(used)}"] if used else []
+    if not kept:
+        return [*lines, "other scopes kept: none"]
+    return [*lines, f"other scopes kept (not used by mcluster): {len(kept)} ({_count(kept)})"]
 
 
 def check_command(path: str) -> int:
@@ -68,5 +87,6 @@ def check_command(path: str) -> int:
         console.print(Text(f"inbound_audit monitors: {monitors}"))
     if config.datasources:
         console.print(Text(f"datasources: {', '.join(config.datasources)}"))
-    console.print(Text(_other_scopes(config)))
+    for line in _scope_lines(config):
+        console.print(Text(line))
     return 0

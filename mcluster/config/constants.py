@@ -50,3 +50,23 @@ SHARDABLE_TYPES: tuple[str, ...] = (
     "inbound_cidr",
     "outbound_cidr",
 )
+
+#: Top-level scope kinds that some part of mcluster reads. ``mcluster config check`` lists
+#: these as used and every other top-level scope as kept but not used. A feature that reads a
+#: new top-level kind adds it here (tests/test_config.py checks that every kind the code
+#: asks a config tree for is listed).
+USED_SCOPES: tuple[str, ...] = (
+    "cluster",
+    "Policy",
+    "inbound_audit",
+    "Datasource",
+    "Domain",
+    "Host",
+    "Binding",
+    "Binding_Group",
+    "Listen",
+)
+
+#: Scopes read wherever they are nested, when they hold one of these options (DuraVIP's
+#: ``Listen``/``Binding`` inside an ``ESMTP_Listener``): their top-level ancestor is used.
+NESTED_USED_OPTIONS: tuple[str, ...] = ("Enable_Duravip",)

@@ -23,6 +23,7 @@ scope it is one bucket shared by all the domains that fall to it.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -36,14 +37,33 @@ SERVER_MAX = "cluster_server_max_outbound_connections"
 SCOPE_MAX = "cluster_scope_max_outbound_connections"
 
 
+MAX_MX_HOSTS = 32
+
+
 @dataclass(frozen=True)
 class Route:
-    """Where a message or connection goes."""
+    """Where a message or connection goes: the binding (source IP) and destination domain,
+    and optionally the binding's group (else from ``Binding_Group`` scopes), the MX host
+    connected to, its address ``ip`` (counted in ``outbound_cidr``), and the domain's MX
+    hosts ``mx_hosts`` (siblings to spill over to when ``host`` is full)."""
 
     binding: str
     domain: str
     binding_group: str | None = None
     host: str | None = None
+    ip: str | None = None
+    mx_hosts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.ip is not None:
+            try:
+                ipaddress.ip_address(self.ip)
+            except ValueError:
+                raise ValueError(f"ip: {self.ip!r} is not an IPv4 or IPv6 address") from None
+        if not isinstance(self.mx_hosts, tuple):
+            object.__setattr__(self, "mx_hosts", tuple(self.mx_hosts))
+        if len(self.mx_hosts) > MAX_MX_HOSTS:
+            raise ValueError(f"mx_hosts: at most {MAX_MX_HOSTS} hosts, got {len(self.mx_hosts)}")
 
 
 @dataclass(frozen=True)
@@ -124,6 +144,10 @@ class OutboundPolicy:
                     issues.append(ConfigIssue(pos.file, pos.line, pos.col, f"{option.key}: {exc}"))
         if issues:
             raise ConfigError(issues)
+
+    def adopt(self, other: OutboundPolicy) -> None:
+        """Take ``other``'s rules (a config reload): the slots keep this same object."""
+        self.__dict__.update(other.__dict__)
 
     def group(self, route: Route) -> str | None:
         return route.binding_group or self.group_of.get(route.binding.casefold())
