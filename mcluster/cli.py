@@ -213,6 +213,7 @@ def _config_check(path: str) -> int:
     from mcluster.objects.outbound import OutboundPolicy
     from mcluster.objects.policy import policy_config
     from mcluster.objects.throttle import config_throttles
+    from mcluster.shaping.config import shaping_config
 
     try:
         config = load_config(path)
@@ -220,7 +221,9 @@ def _config_check(path: str) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     issues = []
-    for check in (config_throttles, OutboundPolicy, policy_config, duravip_config, log_files):
+    checks = (config_throttles, OutboundPolicy, policy_config, duravip_config, log_files,
+              shaping_config)  # fmt: skip
+    for check in checks:
         try:
             check(config)
         except ConfigError as exc:

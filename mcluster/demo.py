@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 from mcluster.agent.outbox import wait_event
 from mcluster.console import console_main
 from mcluster.demo_farm import CONFIG_STANZAS, SmtpFarm, dashboard
+from mcluster.errors import Error
 from mcluster.store.embedded import (
     EmbeddedRedisError,
     embedded_socket_path,
@@ -93,7 +94,7 @@ TOTALS = ("0.0.0.0/0", "::/0")
 Event = dict[str, Any]
 
 
-class DemoError(Exception):
+class DemoError(Error):
     """The demo cannot go on; the message says why (with an agent's log tail if relevant)."""
 
 

@@ -28,6 +28,7 @@ import aiohttp
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mcluster.demo_traffic import figures
+from mcluster.errors import Error
 from mcluster.security.token import ApiToken
 
 log = logging.getLogger("mcluster.smtp")
@@ -65,7 +66,7 @@ class Tally:
         return figures(self)
 
 
-class AgentError(Exception):
+class AgentError(Error):
     """The agent answered with an error status, or not at all."""
 
 

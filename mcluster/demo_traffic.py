@@ -16,6 +16,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mcluster.errors import Error
+
 SESSION_TIMEOUT = 20.0
 #: What both sides count: sessions admitted and refused, messages accepted and deferred.
 FIGURES = ("connections", "refused", "messages", "deferred")
@@ -45,7 +47,7 @@ def figures(counts: object) -> dict[str, int]:
     return {name: int(getattr(counts, name)) for name in FIGURES}
 
 
-class SmtpReplyError(Exception):
+class SmtpReplyError(Error):
     """The server answered something the client did not expect."""
 
 

@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 
 from mcluster.agent.outbox import RETRY_ERRORS, Stats, wait_event
 from mcluster.config import ClusterConfig
+from mcluster.errors import AuditError
 from mcluster.objects import audit
 from mcluster.objects.audit import (
     BY_BINDING,
@@ -32,7 +33,6 @@ from mcluster.objects.audit import (
     Target,
 )
 from mcluster.objects.audit_views import (
-    AuditError,
     AuditSettings,
     SeriesDef,
     define_series,

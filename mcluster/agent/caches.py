@@ -25,9 +25,9 @@ from typing import Any, cast
 
 from mcluster.agent.outbox import RETRY_ERRORS, stop_if_cancelled
 from mcluster.config import ClusterConfig, ReplicateObject
+from mcluster.errors import CacheError, NotFound
 from mcluster.objects import cache, cache_registry
 from mcluster.objects.cache import CacheKeys
-from mcluster.objects.views import NotFound
 from mcluster.store.keys import ClusterKeys, text
 from mcluster.store.scripts import Scripts
 
@@ -45,7 +45,7 @@ READ_COUNT = 512
 BLOCK_MS = 1000
 
 
-class UnknownCache(NotFound):
+class UnknownCache(NotFound, CacheError):
     """A cache that the config does not define."""
 
 

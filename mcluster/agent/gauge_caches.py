@@ -26,10 +26,11 @@ from redis.asyncio import Redis
 
 from mcluster.agent.caches import cancel_tasks
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, stop_if_cancelled
+from mcluster.errors import CacheError, InvalidType, NotFound
 from mcluster.objects import gauge, gauge_cache, views
 from mcluster.objects.gauge_cache import GaugeCacheDef
 from mcluster.objects.kinds import GAUGE_CACHE, Kind
-from mcluster.objects.views import Listing, NotFound
+from mcluster.objects.views import Listing
 from mcluster.store.keys import GLOBAL, ObjectKeys, text
 
 log = logging.getLogger("mcluster.gauge_caches")
@@ -48,11 +49,11 @@ if TYPE_CHECKING:
 __all__ = ["GaugeCacheError", "GaugeCaches", "LocalGaugeCache", "UnknownGaugeCache"]
 
 
-class UnknownGaugeCache(NotFound):
+class UnknownGaugeCache(NotFound, CacheError):
     """A gauge cache this node has not defined."""
 
 
-class GaugeCacheError(ValueError):
+class GaugeCacheError(CacheError, ValueError):
     """A definition this node cannot take (replication off, a name in use, a conflict)."""
 
 
@@ -195,7 +196,7 @@ class GaugeCaches:
     def inc(self, name: str, key: str, by: int = 1) -> None:
         """Count ``by`` up on ``key`` (created if missing): O(1), in memory."""
         if type(by) is not int:
-            raise TypeError(f"by must be an integer, got {by!r}")
+            raise InvalidType(f"by must be an integer, got {by!r}")
         definition = self._def(name)
         if definition.replicate:
             self.node.record(name, key, by)
@@ -206,7 +207,7 @@ class GaugeCaches:
     def dec(self, name: str, key: str, by: int = 1) -> None:
         """Count ``by`` down on ``key`` (never below zero)."""
         if type(by) is not int:
-            raise TypeError(f"by must be an integer, got {by!r}")
+            raise InvalidType(f"by must be an integer, got {by!r}")
         self.inc(name, key, -by)
 
     async def get(self, name: str, key: str, view: str = "global") -> int:

@@ -13,6 +13,7 @@
     /v1/throttles...  -> see ``http_throttles``
     /v1/caches...     -> see ``http_caches``
     /v1/metrics..., /v1/series...  -> see ``http_audit``
+    /v1/outbound/outcome, /v1/shaping...  -> see ``mcluster.shaping.http``
 
 A request with a bad event is refused whole (400 naming the first bad event by index and
 why); nothing of it is recorded. The guard (``mcluster.security.http_guard``) runs before
@@ -32,11 +33,13 @@ from aiohttp import web
 
 from mcluster.agent import http_audit, http_caches, http_throttles, prometheus
 from mcluster.agent.http_common import NODE_KEY, error, read_json
-from mcluster.agent.node import Node, UnknownObject
+from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.policy import PolicyService
-from mcluster.objects.views import DEFAULT_LIMIT, NotFound
+from mcluster.errors import Error, NotFound, UnknownObject
+from mcluster.objects.views import DEFAULT_LIMIT
 from mcluster.security.http_guard import GUARD_KEY, HttpGuard, check_batch
+from mcluster.shaping import http as shaping_http
 from mcluster.store.cluster_view import membership_json
 
 log = logging.getLogger("mcluster.agent")
@@ -45,7 +48,7 @@ FLUSH_TIMEOUT = 30.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class BadEvent(ValueError):
+class BadEvent(Error, ValueError):
     pass
 
 
@@ -200,4 +203,5 @@ def make_app(
     http_caches.add_routes(app)
     prometheus.add_routes(app, node, policy, guard.refusals)
     http_audit.add_routes(app)
+    shaping_http.add_routes(app)
     return app

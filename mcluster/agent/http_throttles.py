@@ -23,9 +23,10 @@ from pydantic import ValidationError
 
 from mcluster.agent.http_common import NODE_KEY, error, read_json
 from mcluster.agent.slots import SlotDecision
+from mcluster.errors import ThrottleError
 from mcluster.objects import throttle
 from mcluster.objects.outbound import Route
-from mcluster.objects.throttle import Decision, ThrottleConflict, ThrottleDef, ThrottleError
+from mcluster.objects.throttle import Decision, ThrottleConflict, ThrottleDef
 
 MAX_LIMITS = 32
 

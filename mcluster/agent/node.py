@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import Any, Self
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from mcluster import __version__
 from mcluster.agent import membership, reaper, reload, resync, slots
@@ -34,6 +33,7 @@ from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.duravip.agent import DuraVipAgent
+from mcluster.errors import AuditError, InvalidType, NotJoined, StaleReply, UnknownObject
 from mcluster.logs.config import DEFAULT_STREAM_MAX, log_files
 from mcluster.logs.shipper import ship_logs
 from mcluster.objects import outbound, shards, throttle, views
@@ -41,19 +41,14 @@ from mcluster.objects.kinds import GAUGE_TABLE, Kind, kind_for_type
 from mcluster.objects.outbound import OutboundPolicy, Route
 from mcluster.objects.throttle import Decision, ThrottleDef
 from mcluster.outbound.views import ConnectionViews
+from mcluster.shaping.model import Outcome, OutcomeResult
+from mcluster.shaping.service import Shaper
 from mcluster.store import members
 from mcluster.store.keys import GLOBAL, ClusterKeys, check_name
 from mcluster.store.scripts import Scripts
 from mcluster.store.urls import decision_client, make_async_client, resolve_redis_url
 
 log = logging.getLogger("mcluster.agent")
-
-
-class UnknownObject(KeyError):
-    """An object this node does not record, or a feature its config does not enable."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class Node:
@@ -115,6 +110,8 @@ class Node:
             self.config, self.keys, self.name, lambda: self.scripts, self.max_buffered
         )
         throttle.config_throttles(self.config)  # a bad Shared_Throttle fails here, not later
+        #: Adaptive shaping (``Shaping``/``Adaptive``/``Warmup`` scopes), None without them.
+        self.shaping = Shaper.from_node(self)
         self.duravip = DuraVipAgent(self)  # and a bad DuraVIP too
         self.log_files = log_files(self.config, self.name)  # and a bad logs dictionary
 
@@ -144,7 +141,7 @@ class Node:
     @property
     def private_name(self) -> str:
         if self.member is None:
-            raise RuntimeError("the node has not joined yet")
+            raise NotJoined("the node has not joined yet")
         return self.member.private_name
 
     async def start(self) -> None:
@@ -172,7 +169,7 @@ class Node:
                 lambda: self.scripts, box, self.outbound, self._count_connection
             )
         for family in ("OBTM", "OBTC"):
-            if family in types:
+            if family in types or (family == "OBTM" and self.shaping is not None):
                 self._families[family] = Throttles(
                     lambda: self.decision_scripts, self.keys, family, self.name
                 )
@@ -194,6 +191,8 @@ class Node:
             await self._audit.publish()
             self._tasks.append(asyncio.create_task(self._audit.run(), name="audit"))
         self._tasks.append(asyncio.create_task(self._reap_loop()))
+        if self.shaping is not None:  # AIMD steps, on whichever node leads
+            self._tasks.append(asyncio.create_task(self.shaping.run(), name="shaping"))
         self._tasks.append(asyncio.create_task(self.duravip.run(), name="duravip"))
         max_len = self.config.get_int("log_stream_max", DEFAULT_STREAM_MAX, minimum=1)
         ship = ship_logs(self.client, self.scripts, self.keys, self.name, self.log_files, max_len)
@@ -218,7 +217,7 @@ class Node:
         if box is not None:
             return box
         if self.member is None:
-            raise RuntimeError(f"cannot add object {name!r}: the node has not joined yet")
+            raise NotJoined(f"cannot add object {name!r}: the node has not joined yet")
         box = self._add_outbox(name, kind, max_pending, max_delay)
         self._managed[name] = type_
         await views.publish_objects(self.client, self.keys, {name: type_})
@@ -292,7 +291,7 @@ class Node:
         """``cluster reset``: leave and rejoin with a new epoch, re-publish the state (a
         ``reset`` job); returns once done. Retries an aborted re-sync at once."""
         if self.member is None:
-            raise RuntimeError("the node has not joined yet")
+            raise NotJoined("the node has not joined yet")
         rejoins = self.rejoins
         self._reset_asked = not self.out_of_views
         if self.out_of_views:
@@ -485,9 +484,29 @@ class Node:
             )
         return self._audit
 
+    @property
+    def audit_recorder(self) -> AuditRecorder | None:
+        """The audit recorder when the config counts audit metrics, else None."""
+        return self._audit
+
     async def outbound_message(self, route: Route) -> Decision:
         """OBTM: may one more message go out on this route? (cluster-wide, exact)"""
+        if self.shaping is not None and self.shaping.shaped(route):  # suspensions, AIMD, ...
+            return await self.shaping.message(route)
         return await self._throttle_route("OBTM", outbound.OBTM_OPTION, route)
+
+    async def outbound_outcome(self, outcome: Outcome) -> OutcomeResult:
+        """Record a delivery attempt's result: the delivery/transfail/permfail metrics, and
+        the shaping rules it matches (``POST /v1/outbound/outcome``)."""
+        if self.shaping is None:
+            result = OutcomeResult(outcome.checked().event, False, None, ())
+            if self._audit is not None:
+                with contextlib.suppress(AuditError):  # an event type the config skips
+                    self._audit.record(outcome.event, domain=outcome.domain,
+                                       binding=outcome.binding)  # fmt: skip
+                    result = OutcomeResult(outcome.event, True, None, ())
+            return result
+        return await self.shaping.outcome(outcome)
 
     async def _throttle_route(self, family: str, option: str, route: Route) -> Decision:
         throttles = self._families.get(family)
@@ -516,18 +535,18 @@ class Node:
             return SlotDecision(False, None, reason)
         group = self.outbound.group(route)
         views = self.connection_views.targets(route.binding, route.domain, group, route.ip)
+        shaped = await self.shaping.connection_caps(route) if self.shaping is not None else []
         rejoins = self.rejoins
         try:
-            return await slots_.open(route, views)
-        except ResponseError as exc:
-            if not str(exc).startswith("STALE"):
-                raise
+            return await slots_.open(route, views, shaped)
+        except StaleReply:
+            pass
         try:  # this node's view was retired: re-sync, retry once
             await self._wait_resync(rejoins)
         except TimeoutError:
             slots_.stats.refused["re-syncing"] += 1
             return SlotDecision(False, None, "this node is re-syncing with the cluster")
-        return await slots_.open(route, views)
+        return await slots_.open(route, views, shaped)
 
     def connection_stats(self) -> slots.SlotStats | None:
         """Opens, closes and refusals of this node's connection slots (None: no slots)."""
@@ -558,7 +577,7 @@ class Node:
         """Count ``delta`` on ``key`` of object ``obj``: O(1), in memory, no network."""
         box = self.outboxes.get(obj) or self.outbox(obj)
         if type(delta) is not int:
-            raise TypeError(f"delta must be an integer, got {delta!r}")
+            raise InvalidType(f"delta must be an integer, got {delta!r}")
         packed = box.known.get(key) or box.admit(key)
         if self._shards:  # inline: the hot path of every MTA event
             box = self.shard_box(obj, packed)

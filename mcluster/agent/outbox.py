@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mcluster.agent.histogram import LATENCY_BOUNDS, SIZE_BOUNDS, Histogram
+from mcluster.errors import Error, StaleReply
 from mcluster.objects.kinds import Kind
 from mcluster.store.keys import ObjectKeys
 from mcluster.store.scripts import Scripts
@@ -74,7 +75,7 @@ def stop_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-class StaleView(Exception):
+class StaleView(Error):
     """Redis refused a batch: this node's view is not registered (stale epoch)."""
 
 
@@ -247,10 +248,8 @@ class Outbox:
                 if await wait_event(self.resyncing, delay):
                     raise StaleView(f"batch {self.seq} dropped: the node re-syncs") from exc
                 delay = min(backoff_max, delay * 2)
-            except ResponseError as exc:
-                if str(exc).startswith("STALE"):
-                    raise StaleView(str(exc)) from exc
-                raise
+            except StaleReply as exc:
+                raise StaleView(str(exc)) from exc
         self.stats.batches += 1
         self.batch_keys.observe(len(items))
         self.acked = self.seq

@@ -13,6 +13,10 @@ replicates it) as a lease on the client address, released at ``END-OF-MESSAGE``,
 the same smtpd connection starts another transaction or closes, or after
 ``transaction_timeout``: Postfix sends no event when a client disconnects.
 
+``Quota`` scopes (mcluster.quotas) count in the same call at the transaction's first
+request (messages, and a probe of bytes quotas), then at each RCPT (recipients) and at
+END-OF-MESSAGE (bytes); mcluster.quotas.engine decides, this module only asks it.
+
 Garbage on a connection (a line without ``=``, a line over 4 KiB, binary data) closes
 that connection with a logged reason; nothing else is affected.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import re
@@ -28,11 +33,20 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from mcluster.agent.node import Node, UnknownObject
+from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.throttles import Throttles
-from mcluster.objects.policy import FAMILY, Address, PolicyConfig, WindowDefs, parse_client
-from mcluster.objects.throttle import Decision
+from mcluster.errors import Error, UnknownObject
+from mcluster.objects.policy import (
+    FAMILY,
+    Address,
+    ClientRate,
+    PolicyConfig,
+    WindowDefs,
+    parse_client,
+)
+from mcluster.objects.rates import MAX_COUNT
+from mcluster.quotas.engine import MAIL_STATES, Limit, Outcome, QuotaEngine
 
 log = logging.getLogger("mcluster.policy")
 
@@ -45,7 +59,12 @@ END_OF_MESSAGE = "END-OF-MESSAGE"
 _BINARY = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-class Garbage(Exception):
+def admits(action: str) -> bool:
+    """Whether Postfix takes the mail on this answer (DUNNO, or a quota's WARN)."""
+    return action == "DUNNO" or action.startswith("WARN ")
+
+
+class Garbage(Error):
     """What a client sent is not the policy protocol; the connection is closed."""
 
 
@@ -69,6 +88,7 @@ class Transaction:
     action: str
     leased: bool
     started: float
+    quotas_due: bool = False  # asked before MAIL: the message quotas are still to count
 
 
 class RequestReader:
@@ -147,6 +167,8 @@ class PolicyService:
         self.config = config
         self.windows = Throttles(lambda: node.scripts, node.keys, FAMILY, node.name)
         self.windows.defs = WindowDefs(config)
+        self.windows.max_cost, self.windows.probes = MAX_COUNT, True  # bytes quotas
+        self.quotas = QuotaEngine(config.quotas)
         counted = node.config.of_type("inbound_cidr")
         self.count_object = counted[0].name if counted else None
         self.transactions: OrderedDict[str, Transaction] = OrderedDict()
@@ -226,68 +248,98 @@ class PolicyService:
             self._audit("connect", address)
         txn = self.transactions.get(instance) if instance else None
         if txn is None:
-            action = await self._decide(address, instance, state)
+            action = await self._decide(attrs, address, instance, state)
+        elif txn.action == "DUNNO" and self.quotas:  # admitted: recipients, bytes
+            action = await self._quota_stage(txn, attrs, state)
         else:
             action = txn.action
         if state == END_OF_MESSAGE:
-            if action == "DUNNO":
+            if admits(action):
                 self._audit("reception", address)
             self._release(instance, "end-of-message")
         self.stats.actions[action.split(" ", 1)[0]] += 1
         return action
 
-    async def _decide(self, address: str, instance: str, state: str) -> str:
-        """Count a new transaction in every window of its client; remember the answer."""
+    async def _decide(self, attrs: dict[str, str], address: str, instance: str, state: str) -> str:
+        """Count a new transaction in every window of its client (and its quotas);
+        remember the answer."""
         client = parse_client(address)
-        if client is None:  # no client address to limit (a local submission)
+        first = state in MAIL_STATES
+        limits = self._client_limits(client) if client is not None else []
+        if self.quotas:
+            limits += self.quotas.limits(attrs, state, first=first)
+        if client is None and not self.quotas:  # no client address to limit (local)
             return "DUNNO"
         self.stats.transactions += 1
-        try:
-            action = await self._limit(client)
-        except Exception:  # never let a request kill the connection or the agent
-            log.exception("policy decision failed for %s; answering %s", address, self._on_error())
-            self.stats.errors += 1
-            action = self._on_error()
-        if action != "DUNNO":
+        outcome = await self._limit(limits, address)
+        if outcome.transaction != "DUNNO":
             self._audit("rejection", address)
         if instance and state != END_OF_MESSAGE:
-            leased = action == "DUNNO" and self.count_object is not None
+            leased = outcome.transaction == "DUNNO" and self.count_object is not None
+            leased = leased and client is not None
             if leased:
                 self.node.record(self.count_object or "", str(client), +1)
-            self.transactions[instance] = Transaction(str(client), action, leased, time.monotonic())
+            self.transactions[instance] = Transaction(
+                str(client or ""), outcome.transaction, leased, time.monotonic(), not first
+            )
             if len(self.transactions) > MAX_TRANSACTIONS:
                 self._release(next(iter(self.transactions)), "overflow")
-        return action
+        return outcome.answer
 
-    async def _limit(self, client: Address) -> str:
-        rules = self.config.rules_for(client)
-        if not rules:
+    async def _quota_stage(self, txn: Transaction, attrs: dict[str, str], state: str) -> str:
+        """A later request of an admitted transaction: its recipient or bytes quotas (and
+        its message quotas when the first request came before MAIL)."""
+        first = txn.quotas_due and state in MAIL_STATES
+        if first:
+            txn.quotas_due = False
+        limits = self.quotas.limits(attrs, state, first=first)
+        if not limits:
             return "DUNNO"
-        limits = [(self.config.window_name(rule, block), 1) for rule, block in rules]
-        try:
-            async with asyncio.timeout(self.config.deadline_ms / 1000):
-                decision = await self.windows.acquire(limits)
-        except (TimeoutError, *RETRY_ERRORS) as exc:
-            log.debug("policy decision degraded (%s)", type(exc).__name__)
-            decision = Decision(self.config.on_error == "DUNNO", 0, (), degraded=True)
-        if decision.degraded:
-            self.stats.degraded += 1
-            return "DUNNO" if decision.allowed else self._on_error()
-        if decision.allowed:
-            return "DUNNO"
-        tripped = [
-            (rule, block)
-            for (rule, block), (_, left) in zip(rules, decision.remaining, strict=True)
-            if left < 1
-        ] or rules
-        rule, block = tripped[0]
+        outcome = await self._limit(limits, attrs.get("client_address", ""))
+        if outcome.transaction != "DUNNO":
+            txn.action = outcome.transaction
+        return outcome.answer
+
+    def _client_limits(self, client: Address) -> list[Limit]:
+        return [
+            Limit(
+                self.config.window_name(rule, block),
+                1,
+                refusal=functools.partial(self._client_refusal, rule, block),
+            )
+            for rule, block in self.config.rules_for(client)
+        ]
+
+    def _client_refusal(self, rule: ClientRate, block: str, retry_after_ms: int) -> str:
         # The window's buckets can put the reckoned retry past the window's end; room is
         # certain again within one window, so the answer never says more than that.
-        wait = min(max(1, -(-decision.retry_after_ms // 1000)), math.ceil(rule.rate.period))
+        wait = min(max(1, -(-retry_after_ms // 1000)), math.ceil(rule.rate.period))
         return (
             f"DEFER_IF_PERMIT 4.7.1 too many mail transactions from {block} "
             f"(cluster limit {rule.rate.count} per {rule.rate.period:g} s); try again in {wait} s"
         )
+
+    async def _limit(self, limits: list[Limit], address: str) -> Outcome:
+        """Acquire ``limits`` all-or-nothing within the deadline (``on_error`` answers
+        when Redis does not, or when anything fails)."""
+        if not limits:
+            return Outcome("DUNNO", "DUNNO")
+        try:
+            async with asyncio.timeout(self.config.deadline_ms / 1000):
+                outcome = await self.quotas.decide(limits, self.windows.acquire)
+        except (TimeoutError, *RETRY_ERRORS) as exc:
+            log.debug("policy decision degraded (%s)", type(exc).__name__)
+            outcome = Outcome("", "", degraded=True)
+        except Exception:  # never let a request kill the connection or the agent
+            log.exception("policy decision failed for %s; answering %s", address, self._on_error())
+            self.stats.errors += 1
+            action = self._on_error()
+            return Outcome(action, action)
+        if outcome.degraded:
+            self.stats.degraded += 1
+            action = self._on_error()
+            return Outcome(action, action)
+        return outcome
 
     def _on_error(self) -> str:
         if self.config.on_error == "DUNNO":

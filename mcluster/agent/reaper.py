@@ -23,9 +23,9 @@ from collections.abc import Iterable
 from typing import cast
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from mcluster.agent.outbox import key_cost
+from mcluster.errors import Error, StaleReply
 from mcluster.objects.kinds import Kind
 from mcluster.store.jobs import Job, JobAborted
 from mcluster.store.keys import ClusterKeys, ObjectKeys, text
@@ -37,7 +37,7 @@ log = logging.getLogger("mcluster.reaper")
 REAP_CHUNK = 32
 
 
-class Closed(Exception):
+class Closed(Error):
     """The view being drained was closed meanwhile (another node drained it)."""
 
 
@@ -129,10 +129,8 @@ async def _zero(
     call_keys, args = kind.apply_call(okeys, view, dict.fromkeys(chunk, 0), 0, "r")
     try:
         await scripts.run(kind.script, call_keys, args)
-    except ResponseError as exc:
-        if str(exc).startswith("STALE"):  # another drainer finished and closed it
-            raise Closed from None
-        raise
+    except StaleReply:  # another drainer finished and closed it
+        raise Closed from None
     done += len(chunk)
     progress["done"] = done
     if done % (REAP_CHUNK * 16) < len(chunk):

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from redis.exceptions import ResponseError
@@ -124,9 +124,12 @@ class Slots:
         return [f"{k.base}:slots", k.views, k.data(GLOBAL), k.data(self.box.view),
                 k.meta(GLOBAL), k.meta(self.box.view)]  # fmt: skip
 
-    async def open(self, route: Route, views: Targets = ()) -> SlotDecision:
-        """Take a slot under every cap of ``route``; on success count it in ``views``."""
-        caps = self.policy.caps(route)
+    async def open(
+        self, route: Route, views: Targets = (), extra: Sequence[Cap] = ()
+    ) -> SlotDecision:
+        """Take a slot under every cap of ``route`` and the ``extra`` ones (shaping's); on
+        success count it in ``views``."""
+        caps = [*self.policy.caps(route), *extra]
         slot = uuid.uuid4().hex
         async with self._op():
             allowed, full = await self._open(slot, caps, force=False)

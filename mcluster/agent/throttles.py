@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.errors import ThrottleError
 from mcluster.objects import throttle
-from mcluster.objects.throttle import Decision, Request, ThrottleDef, ThrottleError
+from mcluster.objects.throttle import Decision, Request, ThrottleDef
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.script_link import ScriptLink
 from mcluster.store.scripts import Scripts
@@ -78,6 +79,10 @@ class Throttles:
         self.node = node  # whose share of the windows this counts in
         self.okeys = keys.object(family)
         self.defs: dict[str, ThrottleDef] = {}
+        # The policy service counts bytes (costs up to a limit's N) and probes (negative
+        # costs, see throttle_acquire.lua); the HTTP API keeps the defaults.
+        self.max_cost = throttle.MAX_COST
+        self.probes = False
         self.stats = ThrottleStats()
         self._pending: list[tuple[Request, asyncio.Future[Decision]]] = []
         self._quota: dict[str, Reservation] = {}
@@ -129,7 +134,7 @@ class Throttles:
                     return decision
         request = Request(tuple(limits), force)
         await self._known(n for n, _ in request.limits)
-        throttle.check_request(request, self.defs)
+        throttle.check_request(request, self.defs, self.max_cost, self.probes)
         if len(request.limits) == 1 and not force:
             tdef = self.defs[request.limits[0][0]]
             if tdef.mode == "local_quota":
@@ -216,13 +221,19 @@ class Throttles:
 
     async def acquire_bucket(self, tdef: ThrottleDef, cost: int = 1) -> Decision:
         """Count on a bucket defined by the config (OBTM, OBTC)."""
-        if self.defs.get(tdef.name) != tdef:  # first use, or the config changed its rate
-            self.defs[tdef.name] = tdef
-            with contextlib.suppress(*RETRY_ERRORS):  # so the console can list it
-                await self._scripts().client.hset(
-                    throttle.defs_key(self.okeys), tdef.name, tdef.model_dump_json()
-                )
-        return await self._decide(Request(((tdef.name, cost),)))
+        return await self.acquire_buckets([tdef], cost)
+
+    async def acquire_buckets(self, tdefs: Sequence[ThrottleDef], cost: int = 1) -> Decision:
+        """Count ``cost`` on every bucket if all have room, else none (one decision): the
+        config's buckets, and those shaping adds (adaptive, warm-up, a rate action's)."""
+        for tdef in tdefs:
+            if self.defs.get(tdef.name) != tdef:  # first use, or its rate changed
+                self.defs[tdef.name] = tdef
+                with contextlib.suppress(*RETRY_ERRORS):  # so the console can list it
+                    await self._scripts().client.hset(
+                        throttle.defs_key(self.okeys), tdef.name, tdef.model_dump_json()
+                    )
+        return await self._decide(Request(tuple((t.name, cost) for t in tdefs)))
 
     async def _decide(self, request: Request) -> Decision:
         tdefs = [self.defs[n] for n, _ in request.limits]

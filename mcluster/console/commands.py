@@ -25,9 +25,10 @@ from mcluster.console.render import (
     ObjectListView,
 )
 from mcluster.console.spec import COMMANDS, CommandSpec, family, match
+from mcluster.errors import Error, NotFound
 from mcluster.objects import cache_registry, views
 from mcluster.objects.cache_registry import CacheInfo
-from mcluster.objects.views import NotFound, ObjectInfo
+from mcluster.objects.views import ObjectInfo
 from mcluster.store import cluster_view, members
 from mcluster.store.keys import ClusterKeys
 
@@ -52,7 +53,7 @@ EXIT_ERROR = 1
 EXIT_NOT_FOUND = 2
 
 
-class CommandError(Exception):
+class CommandError(Error):
     """A command that cannot run as typed (exit status 1); the message says why."""
 
     exit_code = EXIT_ERROR

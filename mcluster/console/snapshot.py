@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from mcluster.agent.manager import MANAGER_TYPE
+from mcluster.errors import NotFound
 from mcluster.objects import shards, views
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.rates import parse_rate
-from mcluster.objects.views import NotFound, ObjectInfo
+from mcluster.objects.views import ObjectInfo
 from mcluster.store import cluster_view, members, node_status
 from mcluster.store.jobs import list_jobs
 from mcluster.store.keys import GLOBAL, ClusterKeys

@@ -23,6 +23,7 @@ from typing import BinaryIO
 from redis.asyncio import Redis
 
 from mcluster.agent.outbox import RETRY_ERRORS, stop_if_cancelled
+from mcluster.errors import Error
 from mcluster.logs.config import LogKeys, registry
 from mcluster.store.keys import ClusterKeys, text
 from mcluster.store.scripts import Scripts
@@ -147,7 +148,7 @@ class Shipper:
             )
 
 
-class OutOfStep(RuntimeError):
+class OutOfStep(Error, RuntimeError):
     """Redis holds another shipping position than this shipper's."""
 
 

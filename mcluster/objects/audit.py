@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from mcluster.errors import InvalidValue
 from mcluster.objects.cidrtree import count_plan, parse_address, parse_prefix
 from mcluster.store.keys import ClusterKeys, ObjectKeys, check_name
 from mcluster.store.scripts import Scripts
@@ -99,9 +100,9 @@ class Item(NamedTuple):
 
 def check_string_key(key: str) -> str:
     if not isinstance(key, str) or not key:
-        raise ValueError("key must be a non-empty string")
+        raise InvalidValue("key must be a non-empty string")
     if len(key.encode()) > 1024:
-        raise ValueError(f"key is {len(key.encode())} bytes long; at most 1024")
+        raise InvalidValue(f"key is {len(key.encode())} bytes long; at most 1024")
     return key
 
 
@@ -161,7 +162,7 @@ class Plan:
 def address_plan(text: str) -> Plan:
     """An address or CIDR block: the one bucket holding it and the fields that add up."""
     if not isinstance(text, str):
-        raise ValueError(f"expected an IP address or CIDR block, got {text!r}")
+        raise InvalidValue(f"expected an IP address or CIDR block, got {text!r}")
     packed, plen = parse_prefix(text)
     prefix, fields = count_plan(packed, plen)
     net = ipaddress.ip_network((ipaddress.ip_address(packed), plen))
@@ -175,7 +176,7 @@ def string_plan(key: str) -> Plan:
 def window_range(target: Target, start: int, end: int) -> tuple[int, int] | None:
     """Windows start..end clamped to the target's span, or None when none is inside it."""
     if start < 0 or end < start:
-        raise ValueError(f"bad window range {start}..{end}: need 0 <= start <= end")
+        raise InvalidValue(f"bad window range {start}..{end}: need 0 <= start <= end")
     if start >= target.windows:
         return None
     return start, min(end, target.windows - 1)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from redis.asyncio import Redis
 
 from mcluster.config import ClusterConfig
+from mcluster.errors import AuditError
 from mcluster.objects import audit
 from mcluster.objects.audit import (
     BY_BINDING,
@@ -44,10 +45,6 @@ from mcluster.store.scripts import Scripts
 #: Monitors used when the config enables audit metrics but sets no inbound_audit monitors.
 DEFAULT_MONITORS = ((300, 6),)
 METRICS, ECCMGR = "metrics", "eccmgr_metrics"
-
-
-class AuditError(ValueError):
-    """A bad audit request: unknown or undefined series, disabled type, bad key."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from mcluster.errors import InvalidValue
 from mcluster.objects.gauge import parse_key
 from mcluster.store.keys import GLOBAL, ObjectKeys, text
 from mcluster.store.scripts import Scripts
@@ -52,13 +53,13 @@ def parse_ttl(ttl: str | int) -> int:
     ``0`` or ``"0"`` means the pair never expires. ValueError says what is wrong."""
     if type(ttl) is int:
         if ttl < 0:
-            raise ValueError(f"bad ttl {ttl}: must be >= 0 seconds (0 = never expires)")
+            raise InvalidValue(f"bad ttl {ttl}: must be >= 0 seconds (0 = never expires)")
         return ttl
     if not isinstance(ttl, str):
-        raise ValueError(f'bad ttl {ttl!r}: must be seconds or a string such as "5M"')
+        raise InvalidValue(f'bad ttl {ttl!r}: must be seconds or a string such as "5M"')
     match = _TTL.match(ttl)
     if match is None:
-        raise ValueError(
+        raise InvalidValue(
             f'bad ttl {ttl!r}: expected seconds ("300"), minutes ("5M"), hours ("2H") '
             'or "0" for never'
         )
@@ -68,10 +69,10 @@ def parse_ttl(ttl: str | int) -> int:
 def parse_value(value: str) -> str:
     """A cache value: text of at most 512 KiB."""
     if not isinstance(value, str):
-        raise ValueError(f"value must be a string, got {type(value).__name__}")
+        raise InvalidValue(f"value must be a string, got {type(value).__name__}")
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > MAX_VALUE_BYTES:
-        raise ValueError(f"value is {size} bytes long; the limit is {MAX_VALUE_BYTES}")
+        raise InvalidValue(f"value is {size} bytes long; the limit is {MAX_VALUE_BYTES}")
     return value
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from mcluster.errors import InvalidValue
 from mcluster.store.keys import ObjectKeys
 
 KIND = "cidrtree"
@@ -35,13 +36,13 @@ LARGE_BUCKET = 2048
 def parse_address(text: str) -> bytes:
     """Packed bytes of one IPv4/IPv6 address; ValueError names what is wrong."""
     if not isinstance(text, str):
-        raise ValueError(f"address must be a string, got {type(text).__name__}")
+        raise InvalidValue(f"address must be a string, got {type(text).__name__}")
     if "/" in text:
-        raise ValueError(f"{text!r} is a CIDR block; events need a single IP address")
+        raise InvalidValue(f"{text!r} is a CIDR block; events need a single IP address")
     try:
         return ipaddress.ip_address(text.strip()).packed
     except ValueError:
-        raise ValueError(f"{text!r} is not a valid IPv4 or IPv6 address") from None
+        raise InvalidValue(f"{text!r} is not a valid IPv4 or IPv6 address") from None
 
 
 def parse_prefix(text: str) -> tuple[bytes, int]:
@@ -49,7 +50,7 @@ def parse_prefix(text: str) -> tuple[bytes, int]:
     try:
         net = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
-        raise ValueError(f"{text!r} is not a valid IP address or CIDR block") from None
+        raise InvalidValue(f"{text!r} is not a valid IP address or CIDR block") from None
     return net.network_address.packed, net.prefixlen
 
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from redis.asyncio import Redis
 
+from mcluster.errors import InvalidValue
 from mcluster.objects.cidrtree import Row
 from mcluster.store.keys import ObjectKeys
 
@@ -21,14 +22,14 @@ _SCAN_PAGE = 1000
 def parse_key(text: str) -> bytes:
     """A gauge key as stored: UTF-8, 1 to 1024 bytes, no control characters."""
     if not isinstance(text, str):
-        raise ValueError(f"key must be a string, got {type(text).__name__}")
+        raise InvalidValue(f"key must be a string, got {type(text).__name__}")
     raw = text.encode("utf-8", "surrogatepass")
     if not raw:
-        raise ValueError("key must not be empty")
+        raise InvalidValue("key must not be empty")
     if len(raw) > MAX_KEY_BYTES:
-        raise ValueError(f"key is {len(raw)} bytes long; the limit is {MAX_KEY_BYTES}")
+        raise InvalidValue(f"key is {len(raw)} bytes long; the limit is {MAX_KEY_BYTES}")
     if any(ch < " " or ch == "\x7f" for ch in text):
-        raise ValueError(f"key {text[:40]!r} contains control characters")
+        raise InvalidValue(f"key {text[:40]!r} contains control characters")
     return raw
 
 

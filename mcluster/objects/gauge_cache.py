@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mcluster.errors import InvalidValue
 from mcluster.objects import cache
 from mcluster.store.keys import GLOBAL, ObjectKeys, check_name
 from mcluster.store.scripts import Scripts
@@ -54,12 +55,12 @@ def make_def(
 ) -> GaugeCacheDef:
     """A checked definition; ValueError names the bad argument."""
     if not isinstance(name, str):
-        raise ValueError(f"name must be a string, got {type(name).__name__}")
+        raise InvalidValue(f"name must be a string, got {type(name).__name__}")
     check_name("gauge cache", name)
     if type(maxelems) is not int or not 1 <= maxelems <= MAX_ELEMS:
-        raise ValueError(f"maxelems must be an integer 1..{MAX_ELEMS}, got {maxelems!r}")
+        raise InvalidValue(f"maxelems must be an integer 1..{MAX_ELEMS}, got {maxelems!r}")
     if type(replicate) is not bool:
-        raise ValueError(f"replicate must be true or false, got {replicate!r}")
+        raise InvalidValue(f"replicate must be true or false, got {replicate!r}")
     return GaugeCacheDef(name, maxelems, cache.parse_ttl(ttl), replicate)
 
 

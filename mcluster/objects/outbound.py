@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 
 from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, Option, Scope, to_python
+from mcluster.errors import InvalidValue
 from mcluster.objects.rates import Rate, parse_rate
 
 OBTM_OPTION = "cluster_outbound_throttle_messages"
@@ -59,11 +60,11 @@ class Route:
             try:
                 ipaddress.ip_address(self.ip)
             except ValueError:
-                raise ValueError(f"ip: {self.ip!r} is not an IPv4 or IPv6 address") from None
+                raise InvalidValue(f"ip: {self.ip!r} is not an IPv4 or IPv6 address") from None
         if not isinstance(self.mx_hosts, tuple):
             object.__setattr__(self, "mx_hosts", tuple(self.mx_hosts))
         if len(self.mx_hosts) > MAX_MX_HOSTS:
-            raise ValueError(f"mx_hosts: at most {MAX_MX_HOSTS} hosts, got {len(self.mx_hosts)}")
+            raise InvalidValue(f"mx_hosts: at most {MAX_MX_HOSTS} hosts, got {len(self.mx_hosts)}")
 
 
 @dataclass(frozen=True)
@@ -219,9 +220,9 @@ def _limit(option: Option) -> int:
     try:
         limit = int(str(value))
     except ValueError:
-        raise ValueError(
+        raise InvalidValue(
             f"expected a whole number of connections (-1 = unlimited), got {value!r}"
         ) from None
     if limit < -1:
-        raise ValueError(f"expected a whole number >= -1 (-1 = unlimited), got {limit}")
+        raise InvalidValue(f"expected a whole number >= -1 (-1 = unlimited), got {limit}")
     return limit

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mcluster.errors import InvalidValue
+
 BUCKETS = 10
 MAX_COUNT = 10**12
 MAX_PERIOD = 86400 * 366
@@ -45,23 +47,23 @@ class Rate:
 def parse_rate(text: str | int) -> Rate:
     """``"1000/10"`` -> Rate(1000, 10.0); ValueError names what is wrong."""
     if isinstance(text, bool):
-        raise ValueError(f'bad rate {text!r}: expected "N" or "N/S", e.g. "1000/10"')
+        raise InvalidValue(f'bad rate {text!r}: expected "N" or "N/S", e.g. "1000/10"')
     if isinstance(text, int):
         text = str(text)
     if not isinstance(text, str):
-        raise ValueError(f'bad rate {text!r}: expected a string such as "1000/10"')
+        raise InvalidValue(f'bad rate {text!r}: expected a string such as "1000/10"')
     match = _RATE.match(text)
     if not match:
-        raise ValueError(
+        raise InvalidValue(
             f'bad rate {text!r}: expected "N" (per second) or "N/S" (N per S seconds), '
             'N and S positive numbers, e.g. "1000/10"'
         )
     count = int(match.group(1))
     period = float(match.group(2)) if match.group(2) is not None else 1.0
     if count > MAX_COUNT:
-        raise ValueError(f"bad rate {text!r}: N must be at most {MAX_COUNT}")
+        raise InvalidValue(f"bad rate {text!r}: N must be at most {MAX_COUNT}")
     if period <= 0:
-        raise ValueError(f"bad rate {text!r}: the period S must be more than 0 seconds")
+        raise InvalidValue(f"bad rate {text!r}: the period S must be more than 0 seconds")
     if period > MAX_PERIOD or period * 1000 < BUCKETS:
-        raise ValueError(f"bad rate {text!r}: the period must be between 0.01 s and a year")
+        raise InvalidValue(f"bad rate {text!r}: the period must be between 0.01 s and a year")
     return Rate(count, period)

@@ -27,6 +27,7 @@ from typing import cast
 
 from redis.asyncio import Redis
 
+from mcluster.errors import InvalidValue
 from mcluster.objects import cidr_shards, cidrtree, gauge
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.kinds import Kind
@@ -58,7 +59,7 @@ def shard_keys(keys: ClusterKeys, name: str, shards: int) -> list[ObjectKeys]:
 
 def check_kind(name: str, kind: Kind, shards: int) -> None:
     if shards > 1 and kind.name not in SHARDED_KINDS:
-        raise ValueError(
+        raise InvalidValue(
             f"object {name!r}: shards = {shards} is supported for gauge tables and CIDR "
             f"trees only (a {kind.name} is one slot); remove the option"
         )

@@ -15,9 +15,9 @@ from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, Option, to_python
+from mcluster.errors import ConflictReply, InvalidValue, ThrottleError
 from mcluster.objects.rates import Rate, parse_rate
 from mcluster.store.keys import ObjectKeys, text
 from mcluster.store.scripts import Scripts
@@ -27,10 +27,6 @@ OBJECT = "shared_named_throttles"
 FAMILIES = (OBJECT, "OBTM", "OBTC")
 MAX_COST = 1_000_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}$")
-
-
-class ThrottleError(ValueError):
-    """A bad throttle request: unknown name, bad cost, bad rate, conflicting rate."""
 
 
 class ThrottleConflict(ThrottleError):
@@ -53,7 +49,9 @@ class ThrottleDef(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         if not _NAME.match(value):
-            raise ValueError(f"bad throttle name {value!r}: 1-200 letters, digits or . _ : @ / + -")
+            raise InvalidValue(
+                f"bad throttle name {value!r}: 1-200 letters, digits or . _ : @ / + -"
+            )
         return value
 
     @field_validator("rate", mode="before")
@@ -81,13 +79,11 @@ async def define(scripts: Scripts, okeys: ObjectKeys, tdef: ThrottleDef) -> bool
         created = await scripts.run(
             "throttle_define", [defs_key(okeys)], [tdef.name, tdef.model_dump_json(), tdef.rate]
         )
-    except ResponseError as exc:
-        if str(exc).startswith("CONFLICT"):
-            existing = str(exc).split(" ", 1)[1]
-            raise ThrottleConflict(
-                f"throttle {tdef.name!r} exists with rate {existing!r}, not {tdef.rate!r}"
-            ) from None
-        raise
+    except ConflictReply as exc:
+        existing = str(exc).split(" ", 1)[1]
+        raise ThrottleConflict(
+            f"throttle {tdef.name!r} exists with rate {existing!r}, not {tdef.rate!r}"
+        ) from None
     return bool(created)
 
 
@@ -114,30 +110,42 @@ class Decision:
     remaining: tuple[tuple[str, int], ...]
     degraded: bool = False
     at_ms: int = 0  # Redis server time of the decision (0 when degraded)
+    reason: str | None = None  # why it was refused, when a rule says (shaping)
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "allowed": self.allowed,
             "retry_after_ms": self.retry_after_ms,
             "degraded": self.degraded,
             "limits": [{"name": n, "remaining": r} for n, r in self.remaining],
         }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
 
 
-def valid_cost(cost: object) -> bool:
-    """A cost is an integer 1..MAX_COST (a bool or float is not)."""
-    return type(cost) is int and 0 < cost <= MAX_COST
+def valid_cost(cost: object, most: int = MAX_COST) -> bool:
+    """A cost is an integer 1..most (a bool or float is not)."""
+    return type(cost) is int and 0 < cost <= most
 
 
-def check_request(request: Request, defs: Mapping[str, ThrottleDef]) -> None:
+def check_request(
+    request: Request,
+    defs: Mapping[str, ThrottleDef],
+    max_cost: int = MAX_COST,
+    probes: bool = False,
+) -> None:
+    """ThrottleError unless every name is defined and every cost valid; with ``probes``
+    a negative cost -c (room for c, nothing counted; see throttle_acquire.lua) is too."""
     if not request.limits:
         raise ThrottleError("a request must name at least one throttle")
     for name, cost in request.limits:
         if name not in defs:
             known = ", ".join(sorted(defs)[:20]) or "none"
             raise ThrottleError(f"unknown throttle {name!r}; defined: {known}")
-        if not valid_cost(cost):
-            raise ThrottleError(f"cost for {name!r} must be an integer 1..{MAX_COST}, got {cost!r}")
+        probe = probes and type(cost) is int and cost < 0
+        if not valid_cost(-cost if probe else cost, max_cost):
+            raise ThrottleError(f"cost for {name!r} must be an integer 1..{max_cost}, got {cost!r}")
 
 
 def plan(
@@ -170,7 +178,7 @@ def plan_one(
 ) -> tuple[str, list[str], list[int | str]]:
     """Script, KEYS and ARGV deciding one request alone: ``throttle_one`` when it names
     one throttle (the same reply for less work), else ``throttle_acquire``."""
-    if len(request.limits) != 1:
+    if len(request.limits) != 1 or request.limits[0][1] < 0:  # throttle_one has no probes
         keys, args = plan(okeys, [request], defs, node)
         return "throttle_acquire", keys, args
     name, cost = request.limits[0]

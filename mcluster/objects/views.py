@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from mcluster.errors import NotFound
 from mcluster.objects import shards, throttle
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.kinds import Kind, kind_for_type
@@ -21,13 +22,6 @@ from mcluster.store.keys import GLOBAL, ClusterKeys, ObjectKeys
 
 DEFAULT_LIMIT = 200
 THROTTLE_TABLE = "throttle table"
-
-
-class NotFound(LookupError):
-    """An unknown object, node or view; the message names it and what exists."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

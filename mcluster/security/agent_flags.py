@@ -90,9 +90,6 @@ def guard_from_args(
     must not start: an open non-loopback API, an unusable token or TLS file, a bad limit."""
     check_listen(host, args.api_token_file)
     token = ApiToken(args.api_token_file) if args.api_token_file else None
-    try:
-        limits = HttpLimits(**{name: getattr(args, f"api_{name}") for name, *_ in LIMIT_FLAGS})
-    except ValueError as exc:
-        raise GuardError(str(exc)) from None
+    limits = HttpLimits(**{name: getattr(args, f"api_{name}") for name, *_ in LIMIT_FLAGS})
     guard = HttpGuard(token, limits, refusals or Refusals(), args.metrics_public)
     return guard, tls_context(args.api_tls_cert, args.api_tls_key)

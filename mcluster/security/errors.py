@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mcluster.errors import Error
 
-class GuardError(Exception):
+
+class GuardError(Error):
     """One line saying what is unsafe or unusable and how to fix it; the CLI exits 1."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from mcluster.security.errors import GuardError
 from mcluster.security.refusals import Refusals
 from mcluster.security.token import ApiToken
 
@@ -55,10 +56,10 @@ class HttpLimits:
     def __post_init__(self) -> None:
         for name in ("max_body", "max_events", "max_connections"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--api-{name.replace('_', '-')} must be at least 1")
+                raise GuardError(f"--api-{name.replace('_', '-')} must be at least 1")
         for name in ("header_timeout", "body_timeout", "idle_timeout"):
             if not 0 < getattr(self, name) < float("inf"):
-                raise ValueError(f"--api-{name.replace('_', '-')} must be a positive number")
+                raise GuardError(f"--api-{name.replace('_', '-')} must be a positive number")
 
 
 def _refusal(status: int, message: str, **headers: str) -> web.Response:

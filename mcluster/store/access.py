@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from redis import exceptions
 
+from mcluster.errors import RedisUnavailable
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.scripts import script_source
 from mcluster.store.urls import make_sync_client, redact_url
@@ -15,7 +16,7 @@ __all__ = ["ACL_HINT", "RedisAccessError", "check_access", "probe_keys"]
 ACL_HINT = "see the ACL line in docs/redis.md"
 
 
-class RedisAccessError(Exception):
+class RedisAccessError(RedisUnavailable):
     """Redis cannot be used: unreachable, the login is refused, or a permission is missing."""
 
 

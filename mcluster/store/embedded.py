@@ -27,6 +27,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from mcluster.errors import RedisUnavailable
+
 __all__ = [
     "LOCKFILE_NAME",
     "LOGFILE_NAME",
@@ -70,7 +72,7 @@ _VERSION_RE = re.compile(r"\bv(?:=|ersion\s+)(\d+)\.(\d+)(?:\.(\d+))?")
 _Probe = Literal["up", "down", "busy"]
 
 
-class EmbeddedRedisError(RuntimeError):
+class EmbeddedRedisError(RedisUnavailable, RuntimeError):
     """The embedded Redis server could not be found, started, reached or stopped."""
 
 

@@ -31,6 +31,7 @@ from typing import Any, Literal, Self, cast
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from mcluster.errors import JobError
 from mcluster.store import members
 from mcluster.store.keys import ClusterKeys, text
 
@@ -58,11 +59,11 @@ KEEP_FINISHED = 100
 CONSOLE_GRACE_MS = 5_000
 
 
-class JobAborted(Exception):
+class JobAborted(JobError):
     """An operator asked to abort the job (``cluster abort ID``)."""
 
 
-class JobUnknown(LookupError):
+class JobUnknown(JobError, LookupError):
     """No job with that id (or it was removed long ago)."""
 
     def __str__(self) -> str:

@@ -19,8 +19,9 @@ from typing import Any
 
 import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
+from mcluster.errors import script_error
 from mcluster.store.scripts import Scripts
 
 
@@ -43,13 +44,19 @@ class ScriptLink:
             conn = self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         script = self.scripts.get(name)
         try:
-            await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return await conn.read_response()
-        except NoScriptError:  # SCRIPT FLUSH, or a new server after a failover
-            await conn.send_command("SCRIPT", "LOAD", script.script)
-            script.sha = (await conn.read_response()).decode()
-            await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return await conn.read_response()
+            try:
+                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                return await conn.read_response()
+            except NoScriptError:  # SCRIPT FLUSH, or a new server after a failover
+                await conn.send_command("SCRIPT", "LOAD", script.script)
+                script.sha = (await conn.read_response()).decode()
+                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                return await conn.read_response()
+        except ResponseError as exc:  # the same table as Scripts.run (mcluster/errors.py)
+            mapped = script_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from None
 
 
 __all__ = ["ScriptLink"]

@@ -16,6 +16,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
+
+from mcluster.errors import script_error
 
 _INCLUDE = re.compile(r"^--!include\s+(\S+)\s*$", re.MULTILINE)
 
@@ -56,4 +59,11 @@ class Scripts:
         return script
 
     async def run(self, name: str, keys: list[Any], args: list[Any]) -> Any:
-        return await self.get(name)(keys=keys, args=args)
+        """Run script ``name``; a Lua error reply is raised as its ``LUA_ERRORS`` class."""
+        try:
+            return await self.get(name)(keys=keys, args=args)
+        except ResponseError as exc:
+            mapped = script_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from None

@@ -21,7 +21,8 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 
-from mcluster.store.url_options import TLS_OPTIONS, RedisUrlError, read_password_file
+from mcluster.errors import RedisUrlError
+from mcluster.store.url_options import TLS_OPTIONS, read_password_file
 
 __all__ = [
     "SCHEME",

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from mcluster.errors import RedisUrlError
+
 __all__ = [
     "ENV_PASSWORD_FILE",
     "PASSWORD_FILE",
@@ -57,10 +59,6 @@ SENTINEL_OPTIONS = (
     *TLS_OPTIONS,
 )
 _CLUSTER = (PASSWORD_FILE,)
-
-
-class RedisUrlError(ValueError):
-    """A Redis URL is malformed, or none could be determined."""
 
 
 def query_problem(url: str) -> str | None:
