@@ -18,10 +18,14 @@ from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.security import agent_flags
 from mcluster.security.errors import GuardError
 from mcluster.security.token import ENV_TOKEN_FILE, ApiToken
-from mcluster.store.access import RedisAccessError, check_access
-from mcluster.store.embedded import EmbeddedRedisError, ensure_embedded_redis, stop_embedded_redis
+from mcluster.store.connect.access import RedisAccessError, check_access
+from mcluster.store.connect.embedded import (
+    EmbeddedRedisError,
+    ensure_embedded_redis,
+    stop_embedded_redis,
+)
+from mcluster.store.connect.urls import RedisUrlError, redact_url, resolve_redis_url
 from mcluster.store.keys import ClusterKeys
-from mcluster.store.urls import RedisUrlError, redact_url, resolve_redis_url
 
 ENV_NODE = "MCLUSTER_NODE"
 ENV_CONFIG = "MCLUSTER_CONFIG"
@@ -103,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from mcluster.agent.main import run_agent, split_listen
+    from mcluster.faces.main import run_agent, split_listen
 
     host, _ = split_listen(args.listen)
     agent_flags.check_listen(host, args.api_token_file)  # first: an open API never starts
@@ -148,7 +152,7 @@ def _console(args: argparse.Namespace) -> int:
 
 
 def _manager(args: argparse.Namespace) -> int:
-    from mcluster.agent.manager import run_manager
+    from mcluster.manager.manager import run_manager
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -173,14 +177,14 @@ def _checked_redis(args: argparse.Namespace, config: ClusterConfig | None) -> tu
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mcluster.demo import run_demo
+    from mcluster.demo.run import run_demo
 
     return run_demo(args.nodes, args.seconds, not args.no_dashboard, args.redis, args.keep_redis)
 
 
 def _smtp(args: argparse.Namespace) -> int:
-    from mcluster.agent.main import split_listen
-    from mcluster.demo_smtp import Limits, serve
+    from mcluster.demo.smtp import Limits, serve
+    from mcluster.faces.main import split_listen
 
     split_listen(args.listen)
     if args.max_connections < 1:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from mcluster import Node, parse_config
-from mcluster.agent.policy import PolicyService
 from mcluster.config import ConfigError
+from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import policy_config
 from mcluster.objects.rates import Rate
 from mcluster.quotas.config import parse_limit

@@ -20,9 +20,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from mcluster.agent.http import make_app
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
+from mcluster.faces.http.app import make_app
 from mcluster.objects import cache
 from mcluster.objects.cache import CacheKeys
 from mcluster.security.agent_flags import check_listen, tls_context

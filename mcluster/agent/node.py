@@ -44,9 +44,9 @@ from mcluster.outbound.views import ConnectionViews
 from mcluster.shaping.model import Outcome, OutcomeResult
 from mcluster.shaping.service import Shaper
 from mcluster.store import members
+from mcluster.store.connect.urls import decision_client, make_async_client, resolve_redis_url
 from mcluster.store.keys import GLOBAL, ClusterKeys, check_name
 from mcluster.store.scripts import Scripts
-from mcluster.store.urls import decision_client, make_async_client, resolve_redis_url
 
 log = logging.getLogger("mcluster.agent")
 

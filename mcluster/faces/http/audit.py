@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from mcluster.agent.audit_recorder import AuditRecorder, Pending
-from mcluster.agent.http_common import NODE_KEY, error, read_json
+from mcluster.faces.http.common import NODE_KEY, error, read_json
 from mcluster.objects.audit_views import list_series
 from mcluster.security.http_guard import check_batch
 

@@ -28,8 +28,8 @@ from prometheus_client.registry import Collector
 from mcluster.agent.histogram import Histogram
 from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
-from mcluster.agent.policy import PolicyService
 from mcluster.agent.throttles import Throttles
+from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import FAMILY as POLICY_FAMILY
 from mcluster.security.refusals import Refusals
 from mcluster.store import members

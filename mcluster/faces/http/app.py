@@ -31,12 +31,15 @@ from typing import Any
 
 from aiohttp import web
 
-from mcluster.agent import http_audit, http_caches, http_throttles, prometheus
-from mcluster.agent.http_common import NODE_KEY, error, read_json
 from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
-from mcluster.agent.policy import PolicyService
 from mcluster.errors import Error, NotFound, UnknownObject
+from mcluster.faces import prometheus
+from mcluster.faces.http import audit as http_audit
+from mcluster.faces.http import caches as http_caches
+from mcluster.faces.http import throttles as http_throttles
+from mcluster.faces.http.common import NODE_KEY, error, read_json
+from mcluster.faces.policy import PolicyService
 from mcluster.objects.views import DEFAULT_LIMIT
 from mcluster.security.http_guard import GUARD_KEY, HttpGuard, check_batch
 from mcluster.shaping import http as shaping_http

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mcluster.demo_traffic import figures
+from mcluster.demo.traffic import figures
 from mcluster.errors import Error
 from mcluster.security.token import ApiToken
 
@@ -327,7 +327,7 @@ async def serve(agent_url: str, listen: str, limits: Limits, token: ApiToken | N
     API token (its ``--api-token-file``)."""
     import signal
 
-    from mcluster.agent.main import split_listen
+    from mcluster.faces.main import split_listen
 
     host, port = split_listen(listen)
     stopping = asyncio.Event()

@@ -9,12 +9,12 @@ import ssl
 
 from aiohttp import web
 
-from mcluster.agent.http import make_app
-from mcluster.agent.manager import reload_in_background
 from mcluster.agent.node import Node
-from mcluster.agent.policy import PolicyService
 from mcluster.config import ClusterConfig
 from mcluster.console.serve import serve_console
+from mcluster.faces.http.app import make_app
+from mcluster.faces.policy import PolicyService
+from mcluster.manager.manager import reload_in_background
 from mcluster.objects.policy import policy_config
 from mcluster.security.http_guard import HttpGuard
 
