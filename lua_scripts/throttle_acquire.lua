@@ -3,7 +3,9 @@
 -- KEYS[K+1..2K] the deciding node's share of each window (what it admitted)
 -- ARGV[1] K   ARGV[2..1+3K] per limit: N (0 = unlimited), period ms, bucket ms
 -- then per request: flags (1 = force: count even over the limit, as Momentum's inc),
---   m (limits named), m pairs (limit number 1..K, cost >= 0)
+--   m (limits named), m pairs (limit number 1..K, cost); a negative cost -c is a probe:
+--   the limit must have room for c more (besides the costs counted), nothing is counted
+--   for it (the policy service's bytes quotas at a transaction's first request)
 -- Return: flat: the Redis time of the decision (ms), then per request: allowed (1/0), retry_after_ms (0 when allowed, -1 when the
 --   cost can never fit), then for each of its m limits the remaining budget (N - used,
 --   may be negative after a forced count; -1 for an unlimited limit)
@@ -32,20 +34,26 @@ while i <= #ARGV do
   local force = tonumber(ARGV[i]) == 1
   local m = tonumber(ARGV[i + 1])
   i = i + 2
-  local costs, order = {}, {}
+  local costs, needs, order = {}, {}, {}
   for j = 1, m do
     local k, cost = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
     i = i + 2
     order[j] = k
-    costs[k] = (costs[k] or 0) + cost
+    if cost < 0 then
+      needs[k] = math.max(needs[k] or 0, -cost)
+      costs[k] = costs[k] or 0
+    else
+      costs[k] = (costs[k] or 0) + cost
+    end
   end
   local ok, retry = true, 0
   if not force then
     for k, cost in pairs(costs) do
       local L = limits[k]
-      if L.n > 0 and L.used + cost > L.n then
+      local want = cost + (needs[k] or 0)
+      if L.n > 0 and L.used + want > L.n then
         ok = false
-        local r = window_retry_after(L, cost, now)
+        local r = window_retry_after(L, want, now)
         if r < 0 or retry < 0 then retry = -1 elseif r > retry then retry = r end
       end
     end

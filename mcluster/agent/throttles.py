@@ -24,10 +24,10 @@ from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.errors import ThrottleError
 from mcluster.objects import throttle
 from mcluster.objects.throttle import Decision, Request, ThrottleDef
+from mcluster.store.connect.urls import SOCKET_TIMEOUT
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.script_link import ScriptLink
 from mcluster.store.scripts import Scripts
-from mcluster.store.urls import SOCKET_TIMEOUT
 
 log = logging.getLogger("mcluster.throttles")
 
@@ -79,6 +79,10 @@ class Throttles:
         self.node = node  # whose share of the windows this counts in
         self.okeys = keys.object(family)
         self.defs: dict[str, ThrottleDef] = {}
+        # The policy service counts bytes (costs up to a limit's N) and probes (negative
+        # costs, see throttle_acquire.lua); the HTTP API keeps the defaults.
+        self.max_cost = throttle.MAX_COST
+        self.probes = False
         self.stats = ThrottleStats()
         self._pending: list[tuple[Request, asyncio.Future[Decision]]] = []
         self._quota: dict[str, Reservation] = {}
@@ -130,7 +134,7 @@ class Throttles:
                     return decision
         request = Request(tuple(limits), force)
         await self._known(n for n, _ in request.limits)
-        throttle.check_request(request, self.defs)
+        throttle.check_request(request, self.defs, self.max_cost, self.probes)
         if len(request.limits) == 1 and not force:
             tdef = self.defs[request.limits[0][0]]
             if tdef.mode == "local_quota":

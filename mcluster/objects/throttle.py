@@ -124,20 +124,28 @@ class Decision:
         return out
 
 
-def valid_cost(cost: object) -> bool:
-    """A cost is an integer 1..MAX_COST (a bool or float is not)."""
-    return type(cost) is int and 0 < cost <= MAX_COST
+def valid_cost(cost: object, most: int = MAX_COST) -> bool:
+    """A cost is an integer 1..most (a bool or float is not)."""
+    return type(cost) is int and 0 < cost <= most
 
 
-def check_request(request: Request, defs: Mapping[str, ThrottleDef]) -> None:
+def check_request(
+    request: Request,
+    defs: Mapping[str, ThrottleDef],
+    max_cost: int = MAX_COST,
+    probes: bool = False,
+) -> None:
+    """ThrottleError unless every name is defined and every cost valid; with ``probes``
+    a negative cost -c (room for c, nothing counted; see throttle_acquire.lua) is too."""
     if not request.limits:
         raise ThrottleError("a request must name at least one throttle")
     for name, cost in request.limits:
         if name not in defs:
             known = ", ".join(sorted(defs)[:20]) or "none"
             raise ThrottleError(f"unknown throttle {name!r}; defined: {known}")
-        if not valid_cost(cost):
-            raise ThrottleError(f"cost for {name!r} must be an integer 1..{MAX_COST}, got {cost!r}")
+        probe = probes and type(cost) is int and cost < 0
+        if not valid_cost(-cost if probe else cost, max_cost):
+            raise ThrottleError(f"cost for {name!r} must be an integer 1..{max_cost}, got {cost!r}")
 
 
 def plan(
@@ -170,7 +178,7 @@ def plan_one(
 ) -> tuple[str, list[str], list[int | str]]:
     """Script, KEYS and ARGV deciding one request alone: ``throttle_one`` when it names
     one throttle (the same reply for less work), else ``throttle_acquire``."""
-    if len(request.limits) != 1:
+    if len(request.limits) != 1 or request.limits[0][1] < 0:  # throttle_one has no probes
         keys, args = plan(okeys, [request], defs, node)
         return "throttle_acquire", keys, args
     name, cost = request.limits[0]

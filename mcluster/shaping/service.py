@@ -164,7 +164,7 @@ class Shaper:
 
     def _known_provider(self, route: Route) -> tuple[bool, str | None]:
         """(known, provider) of the route: from its MX host, else what this node learned."""
-        provider = self.config.provider_of(route.host)
+        provider = self.config.provider_of(route.host, route.mx_hosts)
         if provider is not None:
             self._providers[route.domain.casefold()] = (provider, float("inf"))
             return True, provider
@@ -248,7 +248,10 @@ class Shaper:
         or nothing in one decision."""
         state = await self.check(route)
         base = self.node.outbound.throttle(OBTM_OPTION, route)
-        tdefs = [ThrottleDef(name=base[0], rate=str(base[1]))] if base else []
+        tdefs = [  # the fall-back bucket, then any Host and Provider buckets of the route
+            ThrottleDef(name=path, rate=str(rate))
+            for path, rate in self.node.outbound.buckets(OBTM_OPTION, route)
+        ]
         if state is not None:
             suspended = [a for a in state.actions if a.action == "suspend"]
             if suspended:

@@ -13,6 +13,10 @@ replicates it) as a lease on the client address, released at ``END-OF-MESSAGE``,
 the same smtpd connection starts another transaction or closes, or after
 ``transaction_timeout``: Postfix sends no event when a client disconnects.
 
+``Quota`` scopes (mcluster.quotas) count in the same call at the transaction's first
+request (messages, and a probe of bytes quotas), then at each RCPT (recipients) and at
+END-OF-MESSAGE (bytes); mcluster.quotas.engine decides, this module only asks it.
+
 Garbage on a connection (a line without ``=``, a line over 4 KiB, binary data) closes
 that connection with a logged reason; nothing else is affected.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import re
@@ -32,18 +37,37 @@ from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.throttles import Throttles
 from mcluster.errors import Error, UnknownObject
-from mcluster.objects.policy import FAMILY, Address, PolicyConfig, WindowDefs, parse_client
-from mcluster.objects.throttle import Decision
+from mcluster.objects.policy import (
+    FAMILY,
+    RULES_CACHE,
+    Address,
+    ClientRate,
+    PolicyConfig,
+    WindowDefs,
+    parse_client,
+)
+from mcluster.objects.rates import MAX_COUNT
+from mcluster.quotas.engine import MAIL_STATES, Limit, Outcome, QuotaEngine
 
 log = logging.getLogger("mcluster.policy")
 
 MAX_LINE = 4096
 MAX_ATTRIBUTES = 256
 READ_SIZE = 16384
+MAX_REQUEST = MAX_ATTRIBUTES * (MAX_LINE + 2)
+# smtpd reads each answer before it asks again: more than this unsent is a client that
+# sends without reading (then wait for it, as drain() does, instead of buffering more)
+WRITE_BUFFER = 65536
 MAX_TRANSACTIONS = 200_000
 REQUEST = "smtpd_access_policy"
 END_OF_MESSAGE = "END-OF-MESSAGE"
 _BINARY = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
+_BINARY_LINES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")  # CRLF allowed
+
+
+def admits(action: str) -> bool:
+    """Whether Postfix takes the mail on this answer (DUNNO, or a quota's WARN)."""
+    return action == "DUNNO" or action.startswith("WARN ")
 
 
 class Garbage(Error):
@@ -70,58 +94,72 @@ class Transaction:
     action: str
     leased: bool
     started: float
+    quotas_due: bool = False  # asked before MAIL: the message quotas are still to count
 
 
 class RequestReader:
-    """Reads requests from one connection: a block at a time, split into lines here (one
-    ``read`` per request or less, not one per line)."""
+    """Reads requests from one connection: a block at a time, each request cut out of the
+    buffer whole and checked and split in one pass (no loop of awaits per line)."""
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self.reader = reader
         self.buffer = b""
-        self.pos = 0
-
-    async def _line(self, started: bool) -> bytes | None:
-        """The next line without its end; None at the end of the stream between requests."""
-        while (end := self.buffer.find(b"\n", self.pos)) < 0:
-            if len(self.buffer) - self.pos > MAX_LINE:
-                raise Garbage(f"a line longer than {MAX_LINE} bytes")
-            chunk = await self.reader.read(READ_SIZE)
-            if not chunk:
-                if started or self.pos < len(self.buffer):
-                    raise Garbage("the connection closed in the middle of a request")
-                return None
-            self.buffer = self.buffer[self.pos :] + chunk
-            self.pos = 0
-        line = self.buffer[self.pos : end]
-        self.pos = end + 1
-        return line[:-1] if line.endswith(b"\r") else line
 
     async def request(self) -> dict[str, str] | None:
         """One request's attributes; None when the client closed between requests."""
-        attrs: dict[str, str] = {}
+        buffer = self.buffer
         while True:
-            line = await self._line(bool(attrs))
-            if line is None:
-                return None
-            if not line:
-                if not attrs:
-                    raise Garbage("an empty request (no name=value line before the empty line)")
-                return attrs
-            if len(line) > MAX_LINE:
+            end = buffer.find(b"\n\n")
+            if end >= 0 or b"\r" in buffer:  # CRLF lines end with "\n\r\n"
+                crlf = buffer.find(b"\n\r\n")
+                if crlf >= 0 and (end < 0 or crlf < end):
+                    end = crlf
+            if end >= 0 or buffer.startswith((b"\n", b"\r\n")):
+                break
+            lines_end = buffer.rfind(b"\n") + 1
+            if len(buffer) - lines_end > MAX_LINE:
                 raise Garbage(f"a line longer than {MAX_LINE} bytes")
-            if _BINARY.search(line):
+            if _BINARY_LINES.search(buffer, 0, lines_end):  # not the protocol: say so now
                 raise Garbage("binary data (control characters)")
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError:
-                raise Garbage("binary data (not UTF-8 text)") from None
-            name, sep, value = text.partition("=")
-            if not sep or not name:
-                raise Garbage(f"a line that is not name=value: {text[:40]!r}")
-            if len(attrs) >= MAX_ATTRIBUTES:
+            if len(buffer) > MAX_REQUEST:
                 raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
-            attrs[name] = value
+            chunk = await self.reader.read(READ_SIZE)
+            if not chunk:
+                if buffer:
+                    raise Garbage("the connection closed in the middle of a request")
+                return None
+            buffer += chunk
+        if end < 0:  # an empty line first
+            raise Garbage("an empty request (no name=value line before the empty line)")
+        block = buffer[:end]
+        skip = 3 if buffer[end + 1 : end + 2] == b"\r" else 2
+        self.buffer = buffer[end + skip :]
+        return parse_request(block)
+
+
+def parse_request(block: bytes) -> dict[str, str]:
+    """The attributes of one request (its lines, without the empty line that ends it)."""
+    lines = block.split(b"\n")
+    if b"\r" in block:
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        block = b"\n".join(lines)
+    if len(lines) > MAX_ATTRIBUTES:
+        raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
+    if max(map(len, lines)) > MAX_LINE:
+        raise Garbage(f"a line longer than {MAX_LINE} bytes")
+    if _BINARY.search(block):
+        raise Garbage("binary data (control characters)")
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Garbage("binary data (not UTF-8 text)") from None
+    attrs: dict[str, str] = {}
+    for line in text.split("\n"):
+        name, sep, value = line.partition("=")
+        if not sep or not name:
+            raise Garbage(f"a line that is not name=value: {line[:40]!r}")
+        attrs[name] = value
+    return attrs
 
 
 def audit_events(node: Node) -> frozenset[str]:
@@ -148,9 +186,12 @@ class PolicyService:
         self.config = config
         self.windows = Throttles(lambda: node.scripts, node.keys, FAMILY, node.name)
         self.windows.defs = WindowDefs(config)
+        self.windows.max_cost, self.windows.probes = MAX_COUNT, True  # bytes quotas
+        self.quotas = QuotaEngine(config.quotas)
         counted = node.config.of_type("inbound_cidr")
         self.count_object = counted[0].name if counted else None
         self.transactions: OrderedDict[str, Transaction] = OrderedDict()
+        self._client_cache: dict[Address, tuple[Limit, ...]] = {}
         self.stats = PolicyStats()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -194,6 +235,7 @@ class PolicyService:
         self._writers.add(writer)
         self.stats.connections += 1
         current = ""  # the transaction this smtpd process is in
+        transport = writer.transport
         try:
             requests = RequestReader(reader)
             while (attrs := await requests.request()) is not None:
@@ -203,7 +245,8 @@ class PolicyService:
                     current = instance
                 action = await self.answer(attrs)
                 writer.write(f"action={action}\n\n".encode())
-                await writer.drain()
+                if transport.get_write_buffer_size() > WRITE_BUFFER:  # a client not reading
+                    await writer.drain()
         except Garbage as exc:
             self.stats.garbage += 1
             log.warning("policy client %s sent %s; connection closed", peer, exc)
@@ -227,68 +270,102 @@ class PolicyService:
             self._audit("connect", address)
         txn = self.transactions.get(instance) if instance else None
         if txn is None:
-            action = await self._decide(address, instance, state)
+            action = await self._decide(attrs, address, instance, state)
+        elif txn.action == "DUNNO" and self.quotas:  # admitted: recipients, bytes
+            action = await self._quota_stage(txn, attrs, state)
         else:
             action = txn.action
         if state == END_OF_MESSAGE:
-            if action == "DUNNO":
+            if admits(action):
                 self._audit("reception", address)
             self._release(instance, "end-of-message")
         self.stats.actions[action.split(" ", 1)[0]] += 1
         return action
 
-    async def _decide(self, address: str, instance: str, state: str) -> str:
-        """Count a new transaction in every window of its client; remember the answer."""
+    async def _decide(self, attrs: dict[str, str], address: str, instance: str, state: str) -> str:
+        """Count a new transaction in every window of its client (and its quotas);
+        remember the answer."""
         client = parse_client(address)
-        if client is None:  # no client address to limit (a local submission)
+        first = state in MAIL_STATES
+        limits = self._client_limits(client) if client is not None else []
+        if self.quotas:
+            limits += self.quotas.limits(attrs, state, first=first)
+        if client is None and not self.quotas:  # no client address to limit (local)
             return "DUNNO"
         self.stats.transactions += 1
-        try:
-            action = await self._limit(client)
-        except Exception:  # never let a request kill the connection or the agent
-            log.exception("policy decision failed for %s; answering %s", address, self._on_error())
-            self.stats.errors += 1
-            action = self._on_error()
-        if action != "DUNNO":
+        outcome = await self._limit(limits, address)
+        if outcome.transaction != "DUNNO":
             self._audit("rejection", address)
         if instance and state != END_OF_MESSAGE:
-            leased = action == "DUNNO" and self.count_object is not None
+            leased = outcome.transaction == "DUNNO" and self.count_object is not None
+            leased = leased and client is not None
             if leased:
                 self.node.record(self.count_object or "", str(client), +1)
-            self.transactions[instance] = Transaction(str(client), action, leased, time.monotonic())
+            self.transactions[instance] = Transaction(
+                str(client or ""), outcome.transaction, leased, time.monotonic(), not first
+            )
             if len(self.transactions) > MAX_TRANSACTIONS:
                 self._release(next(iter(self.transactions)), "overflow")
-        return action
+        return outcome.answer
 
-    async def _limit(self, client: Address) -> str:
-        rules = self.config.rules_for(client)
-        if not rules:
+    async def _quota_stage(self, txn: Transaction, attrs: dict[str, str], state: str) -> str:
+        """A later request of an admitted transaction: its recipient or bytes quotas (and
+        its message quotas when the first request came before MAIL)."""
+        first = txn.quotas_due and state in MAIL_STATES
+        if first:
+            txn.quotas_due = False
+        limits = self.quotas.limits(attrs, state, first=first)
+        if not limits:
             return "DUNNO"
-        limits = [(self.config.window_name(rule, block), 1) for rule, block in rules]
-        try:
-            async with asyncio.timeout(self.config.deadline_ms / 1000):
-                decision = await self.windows.acquire(limits)
-        except (TimeoutError, *RETRY_ERRORS) as exc:
-            log.debug("policy decision degraded (%s)", type(exc).__name__)
-            decision = Decision(self.config.on_error == "DUNNO", 0, (), degraded=True)
-        if decision.degraded:
-            self.stats.degraded += 1
-            return "DUNNO" if decision.allowed else self._on_error()
-        if decision.allowed:
-            return "DUNNO"
-        tripped = [
-            (rule, block)
-            for (rule, block), (_, left) in zip(rules, decision.remaining, strict=True)
-            if left < 1
-        ] or rules
-        rule, block = tripped[0]
+        outcome = await self._limit(limits, attrs.get("client_address", ""))
+        if outcome.transaction != "DUNNO":
+            txn.action = outcome.transaction
+        return outcome.answer
+
+    def _client_limits(self, client: Address) -> list[Limit]:
+        """The windows of a client's blocks (a new list: the caller adds its quotas),
+        remembered per address: a busy client asks again and again."""
+        found = self._client_cache.get(client)
+        if found is None:
+            found = tuple(
+                Limit(window, 1, refusal=functools.partial(self._client_refusal, rule, block))
+                for rule, block, window in self.config.rules_for(client)
+            )
+            if len(self._client_cache) >= RULES_CACHE:
+                self._client_cache.clear()
+            self._client_cache[client] = found
+        return list(found)
+
+    def _client_refusal(self, rule: ClientRate, block: str, retry_after_ms: int) -> str:
         # The window's buckets can put the reckoned retry past the window's end; room is
         # certain again within one window, so the answer never says more than that.
-        wait = min(max(1, -(-decision.retry_after_ms // 1000)), math.ceil(rule.rate.period))
+        wait = min(max(1, -(-retry_after_ms // 1000)), math.ceil(rule.rate.period))
         return (
             f"DEFER_IF_PERMIT 4.7.1 too many mail transactions from {block} "
             f"(cluster limit {rule.rate.count} per {rule.rate.period:g} s); try again in {wait} s"
         )
+
+    async def _limit(self, limits: list[Limit], address: str) -> Outcome:
+        """Acquire ``limits`` all-or-nothing within the deadline (``on_error`` answers
+        when Redis does not, or when anything fails)."""
+        if not limits:
+            return Outcome("DUNNO", "DUNNO")
+        try:
+            async with asyncio.timeout(self.config.deadline_ms / 1000):
+                outcome = await self.quotas.decide(limits, self.windows.acquire)
+        except (TimeoutError, *RETRY_ERRORS) as exc:
+            log.debug("policy decision degraded (%s)", type(exc).__name__)
+            outcome = Outcome("", "", degraded=True)
+        except Exception:  # never let a request kill the connection or the agent
+            log.exception("policy decision failed for %s; answering %s", address, self._on_error())
+            self.stats.errors += 1
+            action = self._on_error()
+            return Outcome(action, action)
+        if outcome.degraded:
+            self.stats.degraded += 1
+            action = self._on_error()
+            return Outcome(action, action)
+        return outcome
 
     def _on_error(self) -> str:
         if self.config.on_error == "DUNNO":

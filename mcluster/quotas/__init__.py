@@ -1,0 +1,7 @@
+"""Cluster-wide quotas of the Postfix policy service (``Quota "NAME" { ... }`` scopes).
+
+- ``keys``: what a quota counts by, derived from a policy request; window names;
+- ``config``: the ``Quota`` scopes, checked with every problem's place;
+- ``engine``: which windows each request counts in, and the answer Postfix gets;
+- ``usage``: reading and resetting what the windows hold (console, HTTP API).
+"""

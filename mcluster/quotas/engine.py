@@ -1,0 +1,222 @@
+"""Deciding quotas for the policy service: which windows a request counts in, and the answer.
+
+Every stage is one throttle request of the policy family, all-or-nothing:
+
+- a transaction's first request at MAIL or later counts 1 in every ``messages`` quota
+  that applies (with the ``client_rates`` windows the service adds), and probes every
+  ``bytes`` quota for room for the message (``size``, from ``MAIL FROM SIZE=``, or 1
+  byte: a spent quota refuses the next transaction at once) without counting it;
+- each RCPT counts 1 in every ``recipients`` quota; the recipient that would exceed is
+  refused, the ones before it stand (and the transaction goes on);
+- END-OF-MESSAGE counts ``size`` in every ``bytes`` quota; the message that would cross
+  the limit is refused there.
+
+When the first request is a RCPT, its recipient quotas go in the same call. A refusal
+says which windows had no room: a transaction window refuses the transaction; only
+recipient windows refuse this recipient, and the transaction's windows are asked again
+alone; only ``WARN`` quotas (shadow mode) let the mail through with a warning, the
+others asked again without them. Nothing is counted for a refused request, so a quota
+never over-admits across the cluster.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mcluster.objects.rates import Rate
+from mcluster.objects.throttle import Decision
+from mcluster.quotas.config import Quota
+from mcluster.quotas.keys import window_name
+
+Stage = Literal["transaction", "recipient"]
+#: protocol states at which a transaction has a sender (message quotas wait for one)
+MAIL_STATES = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "END-OF-MESSAGE"})
+END_OF_MESSAGE = "END-OF-MESSAGE"
+#: enhanced status codes of each refusing action (WARN, HOLD, DISCARD take none)
+CODES = {"DEFER_IF_PERMIT": "4.7.1", "DEFER": "4.7.1", "REJECT": "5.7.1"}
+MAX_SHOWN = 100  # characters of a key value quoted in an answer
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One window a request counts in: ``cost`` (negative: a probe for room, nothing
+    counted), the stage it belongs to, and whose it is (a quota, or a client rate whose
+    refusal text the policy service writes with ``refusal``)."""
+
+    window: str
+    cost: int
+    stage: Stage = "transaction"
+    quota: Quota | None = None
+    value: str = ""
+    refusal: Callable[[int], str] | None = None
+
+    @property
+    def warn_only(self) -> bool:
+        return self.quota is not None and self.quota.warn_only
+
+    @property
+    def need(self) -> int:
+        return abs(self.cost)
+
+
+@dataclass
+class QuotaStats:
+    """Refusals per (quota, action); WARN quotas' would-have-refused per quota."""
+
+    refused: Counter[tuple[str, str]] = field(default_factory=Counter)
+    warned: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a stage decided: ``transaction`` is the answer for the whole transaction
+    (DUNNO when admitted), ``answer`` the one for this request; ``degraded`` when Redis
+    did not answer in time (the caller answers its ``on_error``)."""
+
+    transaction: str
+    answer: str
+    degraded: bool = False
+
+
+ADMITTED = Outcome("DUNNO", "DUNNO")
+
+
+def _size(attrs: dict[str, str]) -> int:
+    try:
+        return max(0, int(attrs.get("size", "0") or "0"))
+    except ValueError:
+        return 0
+
+
+def retry_seconds(retry_ms: int, rate: Rate) -> int:
+    """Whole seconds to wait, at least 1, never more than the window."""
+    return max(1, min(-(-retry_ms // 1000), int(rate.period) or 1))
+
+
+def _shown(value: str) -> str:
+    text = value if value else "<>"
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def quota_reason(limit: Limit, retry_ms: int) -> str:
+    """``quota "per_user" exceeded for sasl_username alice (limit 3 messages per 60 s);
+    try again in 42 s``"""
+    quota = limit.quota
+    assert quota is not None
+    rate = quota.rate_for(limit.value)
+    head = f'quota "{quota.name}" exceeded for {quota.key} {_shown(limit.value)}'
+    if retry_ms < 0 or limit.need > rate.count:  # can never fit (a message over the limit)
+        return f"{head} (a {limit.need}-byte message is over the limit of {quota.limit_text(rate)})"
+    return (
+        f"{head} (limit {quota.limit_text(rate)}); try again in {retry_seconds(retry_ms, rate)} s"
+    )
+
+
+def quota_answer(limit: Limit, retry_ms: int) -> str:
+    """The action text Postfix gets: ``DEFER_IF_PERMIT 4.7.1 quota ...``."""
+    assert limit.quota is not None
+    action = limit.quota.action
+    code = CODES.get(action)
+    reason = quota_reason(limit, retry_ms)
+    return f"{action} {code} {reason}" if code else f"{action} {reason}"
+
+
+class QuotaEngine:
+    """The ``Quota`` scopes of one policy service: limits per request, and decisions."""
+
+    def __init__(self, quotas: Sequence[Quota]) -> None:
+        self.quotas = tuple(quotas)
+        self.by_name = {q.name.casefold(): q for q in self.quotas}
+        self.stats = QuotaStats()
+        self._messages = [q for q in self.quotas if q.count == "messages"]
+        self._recipients = [q for q in self.quotas if q.count == "recipients"]
+        self._bytes = [q for q in self.quotas if q.count == "bytes"]
+
+    def __bool__(self) -> bool:
+        return bool(self.quotas)
+
+    def _limit(
+        self, quota: Quota, attrs: dict[str, str], cost: int, stage: Stage = "transaction"
+    ) -> Limit | None:
+        value = quota.key.value(attrs)
+        if value is None or (value == "" and not quota.empty_counts):
+            return None
+        if quota.exempt:
+            probe = value
+            if quota.key.is_address and quota.key.prefix is not None:
+                probe = _client(attrs)
+            if probe in quota.exempt:
+                return None
+        return Limit(window_name(quota.name, value), cost, stage, quota, value)
+
+    def limits(self, attrs: dict[str, str], state: str, *, first: bool) -> list[Limit]:
+        """The quota windows one request counts in: with ``first`` (the transaction's
+        first request at MAIL or later) its messages quotas and bytes probes; at RCPT its
+        recipients quotas; at END-OF-MESSAGE its bytes."""
+        out: list[Limit | None] = []
+        size = _size(attrs)
+        if first:
+            out += (self._limit(q, attrs, 1) for q in self._messages)
+            if state != END_OF_MESSAGE:
+                out += (self._limit(q, attrs, -max(1, size)) for q in self._bytes)
+        if state == "RCPT":
+            out += (self._limit(q, attrs, 1, "recipient") for q in self._recipients)
+        if state == END_OF_MESSAGE and size > 0:
+            out += (self._limit(q, attrs, size) for q in self._bytes)
+        return [limit for limit in out if limit is not None]
+
+    def _refuse(self, limit: Limit, retry_ms: int) -> str:
+        if limit.refusal is not None:
+            return limit.refusal(retry_ms)
+        assert limit.quota is not None
+        self.stats.refused[(limit.quota.name, limit.quota.action)] += 1
+        return quota_answer(limit, retry_ms)
+
+    async def decide(
+        self,
+        limits: Sequence[Limit],
+        acquire: Callable[[list[tuple[str, int]]], Awaitable[Decision]],
+    ) -> Outcome:
+        """Acquire ``limits`` all-or-nothing (asking again as the module docstring says
+        after a refusal of recipient or WARN windows only)."""
+        active = list(limits)
+        recipient = warning = ""
+        while active:
+            decision = await acquire([(limit.window, limit.cost) for limit in active])
+            if decision.degraded:
+                return Outcome("", "", degraded=True)
+            if decision.allowed:
+                break
+            left = dict(decision.remaining)
+            tripped = [a for a in active if left.get(a.window, -1) < a.need] or active
+            enforcing = [a for a in tripped if not a.warn_only]
+            retry = decision.retry_after_ms
+            stopped = next((a for a in enforcing if a.stage == "transaction"), None)
+            if stopped is not None:
+                answer = self._refuse(stopped, retry)
+                return Outcome(answer, answer)
+            if enforcing:  # recipient windows only: this recipient is refused
+                recipient = recipient or self._refuse(enforcing[0], retry)
+                active = [a for a in active if a.stage != "recipient"]
+                continue
+            for limit in tripped:  # WARN quotas only: shadow mode
+                assert limit.quota is not None
+                self.stats.warned[limit.quota.name] += 1
+            warning = warning or f"WARN {quota_reason(tripped[0], retry)}"
+            active = [a for a in active if a not in tripped]
+        return Outcome("DUNNO", recipient or warning or "DUNNO")
+
+
+def _client(attrs: dict[str, str]) -> str:
+    """The client address as exempt blocks are matched (IPv4-mapped IPv6 as IPv4)."""
+    try:
+        address = ipaddress.ip_address(attrs.get("client_address", "").strip())
+    except ValueError:
+        return ""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)

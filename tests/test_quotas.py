@@ -1,0 +1,314 @@
+"""Quotas of the policy service: the Quota scopes, key derivation, and decisions over the
+policy protocol against a real redis-server with two agents (counts exact across both)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from mcluster import Node, parse_config
+from mcluster.config import ConfigError
+from mcluster.faces.policy import PolicyService
+from mcluster.objects.policy import policy_config
+from mcluster.objects.rates import Rate
+from mcluster.quotas.config import parse_limit
+from mcluster.quotas.keys import parse_key, split_window, window_name
+from tests.postfix import Smtpd
+from tests.postfix import request as smtpd_request
+from tests.redis_servers import RedisServer
+
+# The issue's interface contract, verbatim.
+CONTRACT = """
+Policy {
+  client_rates = ("32,30/60")                 # unchanged
+  Quota "per_user"  { key = "sasl_username"  limit = "3/60" }
+  Quota "rcpt"      { key = "sender"  limit = "5/60"  count = "recipients" }
+  Quota "size"      { key = "sasl_username"  limit = "10M/86400"  count = "bytes" }
+  Quota "trial"     { key = "sender_domain"  limit = "1/60"  action = "WARN" }
+}
+"""
+MB = 1024 * 1024
+
+
+# -- config --------------------------------------------------------------------------------
+
+
+def test_contract_config_parses() -> None:
+    config = policy_config(parse_config(CONTRACT))
+    per_user, rcpt, size, trial = config.quotas
+    assert (per_user.name, str(per_user.key), per_user.limit, per_user.count) == (
+        "per_user", "sasl_username", Rate(3, 60), "messages",
+    )  # fmt: skip
+    assert (rcpt.count, size.count, size.limit) == ("recipients", "bytes", Rate(10 * MB, 86400))
+    assert (trial.action, per_user.action) == ("WARN", "DEFER_IF_PERMIT")
+    assert str(trial.key) == "sender_domain" and not trial.empty_counts
+
+
+def test_limits_keys_exempt_and_overrides() -> None:
+    assert parse_limit("10M/86400", "bytes") == Rate(10 * MB, 86400)
+    assert parse_limit("512k/60", "bytes") == Rate(512 * 1024, 60)
+    assert parse_limit("2G/3600", "bytes") == Rate(2 * 1024 * MB, 3600)
+    with pytest.raises(ValueError, match='K, M and G are for count = "bytes" only'):
+        parse_limit("10M/60", "messages")
+    attrs = {
+        "sender": "Alice+Tag@Example.NET", "recipient": "bob@example.org",
+        "client_address": "10.1.2.3", "sasl_username": "", "helo_name": "mx.example.net",
+    }  # fmt: skip
+    assert parse_key("sender_domain").value(attrs) == "example.net"
+    assert parse_key("recipient_domain").value(attrs) == "example.org"
+    assert parse_key("sender").value(attrs) == "alice+tag@example.net"
+    assert parse_key("sasl_username").value(attrs) == ""
+    assert parse_key("client_address/24").value(attrs) == "10.1.2.0/24"
+    assert parse_key("client_address").value(attrs) == "10.1.2.3"
+    assert parse_key("client_address_ipv6/64").value(attrs) is None  # an IPv4 client
+    v6 = {"client_address": "2001:db8:1:2::7"}
+    assert parse_key("client_address_ipv6/48").value(v6) == "2001:db8:1::/48"
+    assert parse_key("client_address/24").value(v6) is None
+    assert parse_key("client_address/24").value({"client_address": "::ffff:10.9.8.7"}) == (
+        "10.9.8.0/24"
+    )
+    # Window names are valid throttle names and say which key value they count.
+    name = window_name("rcpt", "alice+tag@example.net")
+    assert name == "q.rcpt:alice+2Btag@example.net"
+    assert split_window(name) == ("rcpt", "alice+tag@example.net")
+    assert split_window(window_name("x", "")) == ("x", "")
+    assert split_window(window_name("x", "é: ü")) == ("x", "é: ü")
+    long = window_name("x", "a" * 300)
+    assert len(long) <= 200 and split_window(long) == ("x", f"(sha256 {long[6:]})")
+    config = policy_config(
+        parse_config("""
+Policy {
+  Quota "s" { key = "sender" limit = "2/60"
+              exempt = ("postmaster@example.com" "trusted.example" "@other.example")
+              overrides = ("Bulk@Example.com=100/3600") }
+  Quota "c" { key = "client_address/24" limit = "5/60" exempt = ("10.0.0.0/8" "192.0.2.7") }
+}
+""")
+    )
+    s, c = config.quotas
+    assert "postmaster@example.com" in s.exempt and "x@trusted.example" in s.exempt
+    assert "x@other.example" in s.exempt and "x@example.com" not in s.exempt
+    assert s.rate_for("bulk@example.com") == Rate(100, 3600) and s.rate_for("a@b") == Rate(2, 60)
+    assert config.definition(window_name("s", "bulk@example.com")).rate == "100/3600"  # type: ignore[union-attr]
+    assert config.definition(window_name("s", "a@b")).rate == "2/60"  # type: ignore[union-attr]
+    assert config.definition("q.nosuch:a") is None
+    assert "10.1.2.3" in c.exempt and "192.0.2.7" in c.exempt and "192.0.2.8" not in c.exempt
+
+
+def test_bad_quotas_list_every_problem_with_its_place() -> None:
+    text = (
+        "Policy {\n"
+        '  Quota "a b" { key = "sasl_username" limit = "3/60" }\n'
+        '  Quota "q1" { key = "no such key" limit = "0/60" count = "bytes" }\n'
+        '  Quota "q2" { key = "sender" limit = "10M/60" action = "BOUNCE" colour = red }\n'
+        '  Quota "q3" { limit = "3/60" empty = maybe overrides = ("x" "a@b=1/0") }\n'
+        '  Quota "q4" { key = "client_address/33" limit = "1/60" }\n'
+        '  Quota "q5" { key = "client_address/24" limit = "1/60" exempt = ("example.com") }\n'
+        '  Quota "Q1" { key = "sender" limit = "1/60" }\n'
+        "}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        policy_config(parse_config(text, "p.conf"))
+    assert str(caught.value).splitlines() == [
+        "p.conf:2:3: Quota name 'a b': expected 1-64 letters, digits, '_', '.' or '-', e.g. "
+        'Quota "per_user" { ... }',
+        "p.conf:3:16: bad key 'no such key': expected a policy attribute (sasl_username, "
+        "sender, recipient, client_address, client_name, helo_name, ...), sender_domain, "
+        "recipient_domain, client_address/N or client_address_ipv6/N",
+        "p.conf:3:36: bad limit '0/60': a limit of 0 (unlimited) limits nothing",
+        "p.conf:4:31: bad limit '10M/60': K, M and G are for count = \"bytes\" only",
+        "p.conf:4:48: action must be one of DEFER_IF_PERMIT, REJECT, DEFER, HOLD, DISCARD, "
+        "WARN, got 'BOUNCE'",
+        "p.conf:4:66: unknown option 'colour' in Quota \"q2\": expected key, limit, count, "
+        "action, empty, exempt, overrides",
+        'p.conf:5:3: Quota "q3" needs a key, e.g. key = "sasl_username"',
+        'p.conf:5:31: empty must be "count" or "skip", got \'maybe\'',
+        "p.conf:6:16: bad key 'client_address/33': the prefix of client_address must be 0..32",
+        "p.conf:7:67: exempt entry 'example.com': client_address/24 takes addresses or CIDR blocks",
+        'p.conf:8:3: duplicate Quota "Q1": first defined at p.conf:3:3',
+    ]
+
+
+def test_config_check_describes_quotas() -> None:
+    described = policy_config(parse_config(CONTRACT)).describe()
+    assert 'Quota "size": sasl_username 10485760 bytes per 86400 s' in described
+    assert 'Quota "trial": sender_domain 1 messages per 60 s action WARN' in described
+
+
+# -- over the protocol, two agents -----------------------------------------------------
+
+
+def attrs_of(state: str, client: str, instance: str, **extra: str) -> bytes:
+    """Every attribute smtpd sends (tests/postfix.py), some replaced."""
+    lines = smtpd_request(state, client, instance).decode().splitlines()
+    attrs = dict(line.split("=", 1) for line in lines if line)
+    attrs.update(extra)
+    return "".join(f"{k}={v}\n" for k, v in attrs.items()).encode() + b"\n"
+
+
+class Client(Smtpd):
+    """An smtpd connection that sets any attribute of a request."""
+
+    async def send(self, state: str, instance: str, client: str = "10.20.0.1", **kw: str) -> str:
+        assert self._reader is not None and self._writer is not None
+        self._writer.write(attrs_of(state, client, instance, **kw))
+        await self._writer.drain()
+        line = await self._reader.readline()
+        assert await self._reader.readline() == b"\n"
+        return line.decode().rstrip("\n").removeprefix("action=")
+
+    async def mail(
+        self, *, rcpts: int = 1, size: int = 1000, mail_size: int = 0, **kw: str
+    ) -> list[str]:
+        """One transaction: MAIL, RCPT per recipient, DATA, END-OF-MESSAGE (the policy in
+        smtpd_sender, recipient, data and end_of_data restrictions); every answer, and
+        it stops at the first refused transaction-wide."""
+        instance = self.new_instance()
+        answers = [await self.send("MAIL", instance, size=str(mail_size), **kw)]
+        for i in range(rcpts):
+            rcpt = {"recipient": f"r{i}@example.org", "size": str(mail_size), **kw}
+            answers.append(await self.send("RCPT", instance, **rcpt))
+        if not answers[0].startswith(("DUNNO", "WARN")):
+            return answers
+        answers.append(await self.send("DATA", instance, size=str(mail_size), **kw))
+        answers.append(await self.send("END-OF-MESSAGE", instance, size=str(size), **kw))
+        return answers
+
+
+@dataclass
+class Agents:
+    a: PolicyService
+    b: PolicyService
+
+
+@contextlib.asynccontextmanager
+async def two_agents(url: str, namespace: str, conf: str) -> AsyncIterator[Agents]:
+    config = parse_config(conf)
+    async with (
+        Node(config, "relay-1", url, namespace=namespace) as n1,
+        Node(config, "relay-2", url, namespace=namespace) as n2,
+    ):
+        a, b = PolicyService(n1, policy_config(config)), PolicyService(n2, policy_config(config))
+        await a.start("127.0.0.1", 0)
+        await b.start("127.0.0.1", 0)
+        try:
+            yield Agents(a, b)
+        finally:
+            await a.stop()
+            await b.stop()
+
+
+@pytest.fixture
+async def agents(redis_server: RedisServer, namespace: str) -> AsyncIterator[Agents]:
+    async with two_agents(redis_server.url, namespace, CONTRACT) as pair:
+        yield pair
+
+
+def deferred(answer: str, quota: str) -> bool:
+    return answer.startswith(f'DEFER_IF_PERMIT 4.7.1 quota "{quota}" exceeded for ')
+
+
+async def test_messages_per_user_exact_across_agents(agents: Agents) -> None:
+    async with Client(agents.a.port) as c1, Client(agents.b.port) as c2:
+        got = []
+        for i in range(6):  # alternate agents; each transaction from its own domain
+            c = (c1, c2)[i % 2]
+            kw = {"sasl_username": "Alice", "sender": f"alice@d{i}.example"}
+            got.append(await c.mail(rcpts=3, **kw))
+        assert got[:3] == [["DUNNO"] * 6] * 3  # counted once per transaction, not per RCPT
+        for refused in got[3:]:
+            assert len(refused) == 4 and len(set(refused)) == 1  # every request of it
+            assert deferred(refused[0], "per_user")
+        text = got[3][0]
+        assert "for sasl_username alice (limit 3 messages per 60 s); try again in " in text
+        assert 1 <= int(text.rsplit(" ", 2)[1]) <= 60  # never more than the window
+        # Another login, and no login at all (empty keys are not counted): unaffected.
+        for i in range(4):
+            assert await c2.mail(sasl_username="", sender=f"x@n{i}.example") == ["DUNNO"] * 4
+        assert await c1.mail(sasl_username="bob", sender="bob@bob.example") == ["DUNNO"] * 4
+    refused = agents.a.quotas.stats.refused + agents.b.quotas.stats.refused
+    assert refused[("per_user", "DEFER_IF_PERMIT")] == 3
+
+
+async def test_recipients_refused_one_by_one_and_earlier_stand(agents: Agents) -> None:
+    sender = {"sender": "bulk@rcpt.example", "sasl_username": ""}
+    async with Client(agents.a.port) as c1, Client(agents.b.port) as c2:
+        i1 = c1.new_instance()
+        assert await c1.send("MAIL", i1, **sender) == "DUNNO"
+        answers = [
+            await c1.send("RCPT", i1, recipient=f"r{i}@x.example", **sender) for i in (1, 2, 3)
+        ]
+        assert answers == ["DUNNO"] * 3
+        i2 = c2.new_instance()  # the other agent: 2 more fit, the 3rd is refused
+        answers = [
+            await c2.send("RCPT", i2, recipient=f"s{i}@x.example", **sender) for i in (1, 2, 3)
+        ]
+        # (the second transaction of rcpt.example: the WARN quota says so, and lets it be)
+        assert answers[0].startswith('WARN quota "trial" exceeded for sender_domain rcpt.')
+        assert answers[1] == "DUNNO" and deferred(answers[2], "rcpt")
+        assert "for sender bulk@rcpt.example (limit 5 recipients per 60 s)" in answers[2]
+        # The transaction stands: its accepted recipients get their mail.
+        assert await c2.send("DATA", i2, **sender) == "DUNNO"
+        assert await c2.send("END-OF-MESSAGE", i2, size="100", **sender) == "DUNNO"
+        assert deferred(await c1.send("RCPT", i1, recipient="r4@x.example", **sender), "rcpt")
+        assert await c1.send("END-OF-MESSAGE", i1, size="100", **sender) == "DUNNO"
+
+
+async def test_bytes_refused_at_end_of_message_then_at_first_request(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    user = {"sasl_username": "sizer"}
+    only_size = (
+        'Policy { Quota "size" { key = "sasl_username" limit = "10M/86400" count = bytes } }'
+    )
+    async with (
+        two_agents(redis_server.url, namespace, only_size) as agents,
+        Client(agents.a.port) as c1,
+        Client(agents.b.port) as c2,
+    ):
+        assert await c1.mail(size=6 * MB, sender="s@b1.example", **user) == ["DUNNO"] * 4
+        over = await c2.mail(size=5 * MB, sender="s@b2.example", **user)
+        assert over[:3] == ["DUNNO"] * 3 and deferred(over[3], "size")
+        assert "(limit 10485760 bytes per 86400 s); try again in " in over[3]
+        # MAIL FROM SIZE= over what is left: refused at once; without it, admitted.
+        sized = await c1.mail(mail_size=5 * MB, size=5 * MB, sender="s@b3.example", **user)
+        assert deferred(sized[0], "size") and len(sized) == 2
+        assert await c2.mail(size=4 * MB, sender="s@b4.example", **user) == ["DUNNO"] * 4
+        # Exactly spent: the next transaction is refused at its first request.
+        spent = await c1.mail(size=10, sender="s@b5.example", **user)
+        assert deferred(spent[0], "size") and len(set(spent)) == 1
+        # A message bigger than the whole limit can never pass: no retry time promised.
+        big = await c2.mail(size=11 * MB, sender="s@b6.example", sasl_username="fresh")
+        assert big[3].endswith("(a 11534336-byte message is over the limit of 10485760 bytes "
+                               "per 86400 s)")  # fmt: skip
+
+
+async def test_warn_is_shadow_mode(agents: Agents) -> None:
+    async with Client(agents.a.port) as c1, Client(agents.b.port) as c2:
+        kw = {"sender": "x@trial.example", "sasl_username": ""}
+        assert await c1.mail(**kw) == ["DUNNO"] * 4
+        warned = await c2.mail(**kw)
+        assert warned[0] == (
+            'WARN quota "trial" exceeded for sender_domain trial.example (limit 1 messages '
+            f"per 60 s); try again in {warned[0].rsplit(' ', 2)[1]} s"
+        )
+        assert warned[1:] == ["DUNNO"] * 3  # the mail goes through
+        assert agents.b.quotas.stats.warned["trial"] == 1
+        assert agents.b.stats.actions["WARN"] == 1
+
+
+async def test_first_request_before_mail_waits_for_the_sender(agents: Agents) -> None:
+    async with Client(agents.a.port) as c:
+        for i in range(4):
+            instance = c.new_instance()
+            assert await c.send("CONNECT", instance, sasl_username="", sender="") == "DUNNO"
+            kw = {"sasl_username": "early", "sender": f"e@e{i}.example"}
+            first = await c.send("RCPT", instance, recipient="r1@x.example", **kw)
+            second = await c.send("RCPT", instance, recipient="r2@x.example", **kw)
+            if i < 3:  # counted at the first RCPT, once
+                assert (first, second) == ("DUNNO", "DUNNO")
+            else:
+                assert deferred(first, "per_user") and second == first
