@@ -6,6 +6,7 @@
     duravip.py  duravip show/move/announce view/debug, arp show
     logs.py     show logs
     audit.py    inbound_audit show, audit_series list/count (Momentum's modules)
+    shaping.py  shaping show/history/clear
 
 A new command is one ``@command(...)``-decorated handler in its family's module (copy
 ``logs.py``); a new family is a new module, imported below so that it registers.
@@ -14,7 +15,7 @@ A new command is one ``@command(...)``-decorated handler in its family's module 
 from __future__ import annotations
 
 # Importing a family registers its commands; base imports none of them (no cycle).
-from mcluster.console.commands import audit, core, duravip, logs, ops  # noqa: F401
+from mcluster.console.commands import audit, core, duravip, logs, ops, shaping  # noqa: F401
 from mcluster.console.commands.base import (
     EXIT_ERROR,
     EXIT_NOT_FOUND,
