@@ -36,6 +36,7 @@ from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.policy import PolicyService
 from mcluster.errors import Error, NotFound, UnknownObject
 from mcluster.objects.views import DEFAULT_LIMIT
+from mcluster.quotas import http as quota_http
 from mcluster.shaping import http as shaping_http
 from mcluster.store.cluster_view import membership_json
 
@@ -196,5 +197,6 @@ def make_app(node: Node, policy: PolicyService | None = None) -> web.Application
     http_caches.add_routes(app)
     prometheus.add_routes(app, node, policy)
     http_audit.add_routes(app)
+    quota_http.add_routes(app)
     shaping_http.add_routes(app)
     return app

@@ -76,6 +76,13 @@ MODULE_COMMANDS: tuple[CommandSpec, ...] = (
     ),
     CommandSpec(("audit_series", "list"), "", "List the named audit series.", top=True),
     CommandSpec(
+        ("policy", "show"),
+        "[QUOTA [KEY]] [from NODE]",
+        "Postfix policy quotas: top keys by use against their limit, or one key.",
+        top=True,
+    ),
+    CommandSpec(("policy", "reset"), "QUOTA KEY", "Clear one key of a policy quota.", top=True),
+    CommandSpec(
         ("audit_series", "count"),
         "NAME KEY [START [END]] [from NODE]",
         "Sum a named audit series over windows START..END.",
