@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from mcluster import Node, parse_config
-from mcluster.agent.http import make_app
-from mcluster.agent.policy import PolicyService
+from mcluster.faces.http.app import make_app
+from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import policy_config
 from tests.helpers import until
 from tests.postfix import Smtpd, policy_agent

@@ -15,11 +15,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from mcluster import Node, parse_config
-from mcluster.agent.http import make_app
-from mcluster.agent.policy import PolicyService
 from mcluster.config import ConfigError
 from mcluster.console.commands import ConsoleContext, UsageError, run_command
 from mcluster.errors import NotFound
+from mcluster.faces.http.app import make_app
+from mcluster.faces.policy import PolicyService
 from mcluster.objects import throttle
 from mcluster.objects.policy import FAMILY, policy_config
 from mcluster.objects.rates import Rate

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mcluster import ConfigError, Node, parse_config
-from mcluster.agent.http import make_app
+from mcluster.faces.http.app import make_app
 from mcluster.objects.outbound import Route
 from mcluster.shaping.config import shaping_config
 from mcluster.shaping.model import Outcome

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from mcluster.agent.manager import MANAGER_TYPE
 from mcluster.errors import NotFound
+from mcluster.manager.manager import MANAGER_TYPE
 from mcluster.objects import shards, views
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.rates import parse_rate

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mcluster.agent.http_common import NODE_KEY, error
+from mcluster.faces.http.common import NODE_KEY, error
 from mcluster.errors import InvalidValue
 from mcluster.objects.policy import FAMILY
 from mcluster.quotas import usage

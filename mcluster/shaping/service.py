@@ -239,7 +239,10 @@ class Shaper:
         or nothing in one decision."""
         state = await self.check(route)
         base = self.node.outbound.throttle(OBTM_OPTION, route)
-        tdefs = [ThrottleDef(name=base[0], rate=str(base[1]))] if base else []
+        tdefs = [  # the fall-back bucket, then any Host and Provider buckets of the route
+            ThrottleDef(name=path, rate=str(rate))
+            for path, rate in self.node.outbound.buckets(OBTM_OPTION, route)
+        ]
         if state is not None:
             suspended = [a for a in state.actions if a.action == "suspend"]
             if suspended:

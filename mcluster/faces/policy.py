@@ -39,6 +39,7 @@ from mcluster.agent.throttles import Throttles
 from mcluster.errors import Error, UnknownObject
 from mcluster.objects.policy import (
     FAMILY,
+    RULES_CACHE,
     Address,
     ClientRate,
     PolicyConfig,
@@ -53,10 +54,15 @@ log = logging.getLogger("mcluster.policy")
 MAX_LINE = 4096
 MAX_ATTRIBUTES = 256
 READ_SIZE = 16384
+MAX_REQUEST = MAX_ATTRIBUTES * (MAX_LINE + 2)
+# smtpd reads each answer before it asks again: more than this unsent is a client that
+# sends without reading (then wait for it, as drain() does, instead of buffering more)
+WRITE_BUFFER = 65536
 MAX_TRANSACTIONS = 200_000
 REQUEST = "smtpd_access_policy"
 END_OF_MESSAGE = "END-OF-MESSAGE"
 _BINARY = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
+_BINARY_LINES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")  # CRLF allowed
 
 
 def admits(action: str) -> bool:
@@ -92,55 +98,68 @@ class Transaction:
 
 
 class RequestReader:
-    """Reads requests from one connection: a block at a time, split into lines here (one
-    ``read`` per request or less, not one per line)."""
+    """Reads requests from one connection: a block at a time, each request cut out of the
+    buffer whole and checked and split in one pass (no loop of awaits per line)."""
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self.reader = reader
         self.buffer = b""
-        self.pos = 0
-
-    async def _line(self, started: bool) -> bytes | None:
-        """The next line without its end; None at the end of the stream between requests."""
-        while (end := self.buffer.find(b"\n", self.pos)) < 0:
-            if len(self.buffer) - self.pos > MAX_LINE:
-                raise Garbage(f"a line longer than {MAX_LINE} bytes")
-            chunk = await self.reader.read(READ_SIZE)
-            if not chunk:
-                if started or self.pos < len(self.buffer):
-                    raise Garbage("the connection closed in the middle of a request")
-                return None
-            self.buffer = self.buffer[self.pos :] + chunk
-            self.pos = 0
-        line = self.buffer[self.pos : end]
-        self.pos = end + 1
-        return line[:-1] if line.endswith(b"\r") else line
 
     async def request(self) -> dict[str, str] | None:
         """One request's attributes; None when the client closed between requests."""
-        attrs: dict[str, str] = {}
+        buffer = self.buffer
         while True:
-            line = await self._line(bool(attrs))
-            if line is None:
-                return None
-            if not line:
-                if not attrs:
-                    raise Garbage("an empty request (no name=value line before the empty line)")
-                return attrs
-            if len(line) > MAX_LINE:
+            end = buffer.find(b"\n\n")
+            if end >= 0 or b"\r" in buffer:  # CRLF lines end with "\n\r\n"
+                crlf = buffer.find(b"\n\r\n")
+                if crlf >= 0 and (end < 0 or crlf < end):
+                    end = crlf
+            if end >= 0 or buffer.startswith((b"\n", b"\r\n")):
+                break
+            lines_end = buffer.rfind(b"\n") + 1
+            if len(buffer) - lines_end > MAX_LINE:
                 raise Garbage(f"a line longer than {MAX_LINE} bytes")
-            if _BINARY.search(line):
+            if _BINARY_LINES.search(buffer, 0, lines_end):  # not the protocol: say so now
                 raise Garbage("binary data (control characters)")
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError:
-                raise Garbage("binary data (not UTF-8 text)") from None
-            name, sep, value = text.partition("=")
-            if not sep or not name:
-                raise Garbage(f"a line that is not name=value: {text[:40]!r}")
-            if len(attrs) >= MAX_ATTRIBUTES:
+            if len(buffer) > MAX_REQUEST:
                 raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
-            attrs[name] = value
+            chunk = await self.reader.read(READ_SIZE)
+            if not chunk:
+                if buffer:
+                    raise Garbage("the connection closed in the middle of a request")
+                return None
+            buffer += chunk
+        if end < 0:  # an empty line first
+            raise Garbage("an empty request (no name=value line before the empty line)")
+        block = buffer[:end]
+        skip = 3 if buffer[end + 1 : end + 2] == b"\r" else 2
+        self.buffer = buffer[end + skip :]
+        return parse_request(block)
+
+
+def parse_request(block: bytes) -> dict[str, str]:
+    """The attributes of one request (its lines, without the empty line that ends it)."""
+    lines = block.split(b"\n")
+    if b"\r" in block:
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        block = b"\n".join(lines)
+    if len(lines) > MAX_ATTRIBUTES:
+        raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
+    if max(map(len, lines)) > MAX_LINE:
+        raise Garbage(f"a line longer than {MAX_LINE} bytes")
+    if _BINARY.search(block):
+        raise Garbage("binary data (control characters)")
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Garbage("binary data (not UTF-8 text)") from None
+    attrs: dict[str, str] = {}
+    for line in text.split("\n"):
+        name, sep, value = line.partition("=")
+        if not sep or not name:
+            raise Garbage(f"a line that is not name=value: {line[:40]!r}")
+        attrs[name] = value
+    return attrs
 
 
 def audit_events(node: Node) -> frozenset[str]:
@@ -172,6 +191,7 @@ class PolicyService:
         counted = node.config.of_type("inbound_cidr")
         self.count_object = counted[0].name if counted else None
         self.transactions: OrderedDict[str, Transaction] = OrderedDict()
+        self._client_cache: dict[Address, tuple[Limit, ...]] = {}
         self.stats = PolicyStats()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -220,6 +240,7 @@ class PolicyService:
         self._writers.add(writer)
         self.stats.connections += 1
         current = ""  # the transaction this smtpd process is in
+        transport = writer.transport
         try:
             requests = RequestReader(reader)
             while (attrs := await requests.request()) is not None:
@@ -229,7 +250,8 @@ class PolicyService:
                     current = instance
                 action = await self.answer(attrs)
                 writer.write(f"action={action}\n\n".encode())
-                await writer.drain()
+                if transport.get_write_buffer_size() > WRITE_BUFFER:  # a client not reading
+                    await writer.drain()
         except Garbage as exc:
             self.stats.garbage += 1
             log.warning("policy client %s sent %s; connection closed", peer, exc)
@@ -306,14 +328,18 @@ class PolicyService:
         return outcome.answer
 
     def _client_limits(self, client: Address) -> list[Limit]:
-        return [
-            Limit(
-                self.config.window_name(rule, block),
-                1,
-                refusal=functools.partial(self._client_refusal, rule, block),
+        """The windows of a client's blocks (a new list: the caller adds its quotas),
+        remembered per address: a busy client asks again and again."""
+        found = self._client_cache.get(client)
+        if found is None:
+            found = tuple(
+                Limit(window, 1, refusal=functools.partial(self._client_refusal, rule, block))
+                for rule, block, window in self.config.rules_for(client)
             )
-            for rule, block in self.config.rules_for(client)
-        ]
+            if len(self._client_cache) >= RULES_CACHE:
+                self._client_cache.clear()
+            self._client_cache[client] = found
+        return list(found)
 
     def _client_refusal(self, rule: ClientRate, block: str, retry_after_ms: int) -> str:
         # The window's buckets can put the reckoned retry past the window's end; room is

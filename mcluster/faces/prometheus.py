@@ -28,11 +28,12 @@ from prometheus_client.registry import Collector
 from mcluster.agent.histogram import Histogram
 from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
-from mcluster.agent.policy import PolicyService
 from mcluster.agent.throttles import Throttles
+from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import FAMILY as POLICY_FAMILY
 from mcluster.quotas.config import ACTIONS as QUOTA_ACTIONS
 from mcluster.quotas.metrics import quota_metrics
+from mcluster.security.refusals import Refusals
 from mcluster.store import members
 from mcluster.store.cluster_view import reaping_progress
 
@@ -58,9 +59,12 @@ def _histogram(name: str, doc: str, per_object: dict[str, Histogram]) -> Metric:
 class NodeCollector(Collector):
     """Every figure of one node (and its policy service, when it runs one)."""
 
-    def __init__(self, node: Node, policy: PolicyService | None = None) -> None:
+    def __init__(
+        self, node: Node, policy: PolicyService | None = None, refusals: Refusals | None = None
+    ) -> None:
         self.node = node
         self.policy = policy
+        self.refusals = refusals or Refusals()
         self.cluster = ClusterFigures()
 
     async def refresh(self) -> None:
@@ -82,6 +86,7 @@ class NodeCollector(Collector):
         yield from self._caches()
         if self.policy is not None:
             yield from self._policy(self.policy)
+        yield self.refusals.metric()
 
     def _outboxes(self) -> Iterator[Metric]:
         boxes = self.node.outboxes
@@ -279,8 +284,10 @@ class NodeCollector(Collector):
 class Metrics:
     """The registry of one node and the collector in it."""
 
-    def __init__(self, node: Node, policy: PolicyService | None = None) -> None:
-        self.collector = NodeCollector(node, policy)
+    def __init__(
+        self, node: Node, policy: PolicyService | None = None, refusals: Refusals | None = None
+    ) -> None:
+        self.collector = NodeCollector(node, policy, refusals)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
 
@@ -297,6 +304,11 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def add_routes(app: web.Application, node: Node, policy: PolicyService | None) -> None:
-    app[METRICS_KEY] = Metrics(node, policy)
+def add_routes(
+    app: web.Application,
+    node: Node,
+    policy: PolicyService | None,
+    refusals: Refusals | None = None,
+) -> None:
+    app[METRICS_KEY] = Metrics(node, policy, refusals)
     app.router.add_get("/metrics", get_metrics)

@@ -1,0 +1,380 @@
+'use strict'
+// haraka-plugin-mcluster: cluster-wide limits for a Haraka farm, decided by the local
+// mcluster agent (its HTTP API; every node of the farm runs one agent beside Haraka).
+//
+// Inbound: each connection is counted in the agent's `inbound_cidr` object while it is
+// open, and refused with 421 when its client block already has `max_connections` open
+// across the farm; MAIL FROM and RCPT TO spend named cluster-wide throttles.
+// Outbound: before each delivery the message spends OBTM (`POST /v1/outbound/message`) and
+// takes a connection slot (`POST /v1/connections/open`: OBTC and the connection caps); the
+// slot is given back when the delivery attempt is over AND its SMTP socket is closed, so the
+// farm never holds more connections than the caps allow. Outcomes are reported to
+// `POST /v1/outbound/outcome`. When the agent cannot be reached in time, `fail = open`
+// lets mail through and `fail = closed` defers it.
+
+const constants = require('haraka-constants')
+
+const { Agent, AgentUnavailable } = require('./lib/agent')
+const { block, client_ip } = require('./lib/cidr')
+
+// How long an unknown route (404: an agent older than mcluster issue 17) is left alone
+// before the plugin asks again.
+const OUTCOME_RETRY_MS = 60_000
+// A slot whose close the agent did not answer is asked again this many times (the agent
+// itself retries a close it has accepted; this covers a request that never reached it).
+const CLOSE_TRIES = 5
+
+exports.register = function () {
+  this.load_mcluster_ini()
+  this.agent = new Agent({ url: this.cfg.main.url, timeout_ms: this.cfg.main.timeout_ms })
+  this.throttles_made = new Map() // throttle name -> Promise of its creation
+  this.outcome_missing_until = 0
+  this.stats = { refused: {}, agent_errors: 0 }
+
+  if (this.cfg.inbound.enabled) {
+    this.register_hook('connect', 'inbound_connect')
+    this.register_hook('disconnect', 'inbound_disconnect')
+    if (Object.keys(this.cfg.inbound_messages).length) this.register_hook('mail', 'inbound_mail')
+    if (Object.keys(this.cfg.inbound_recipients).length) this.register_hook('rcpt', 'inbound_rcpt')
+  }
+  if (this.cfg.outbound.enabled) {
+    this.register_hook('send_email', 'outbound_send')
+    this.register_hook('delivered', 'outbound_delivered')
+    this.register_hook('deferred', 'outbound_deferred')
+    this.register_hook('bounce', 'outbound_bounce')
+    this.watch_sockets()
+  }
+}
+
+exports.load_mcluster_ini = function () {
+  const cfg = this.config.get(
+    'mcluster.ini',
+    { booleans: ['+inbound.enabled', '+outbound.enabled', '+outbound.report_outcomes'] },
+    () => this.load_mcluster_ini(),
+  )
+  const main = cfg.main || {}
+  const inbound = cfg.inbound || {}
+  const outbound = cfg.outbound || {}
+  const fail = String(main.fail || 'open').toLowerCase()
+  if (fail !== 'open' && fail !== 'closed') {
+    this.logerror(`mcluster.ini [main] fail = ${main.fail}: must be open or closed; using open`)
+  }
+  this.cfg = {
+    main: {
+      url: main.url || 'http://127.0.0.1:4802',
+      timeout_ms: num(main.timeout_ms, 500),
+      fail: fail === 'closed' ? 'closed' : 'open',
+      retry_seconds: num(main.retry_seconds, 60),
+    },
+    inbound: {
+      enabled: inbound.enabled,
+      object: inbound.object || 'inbound_cidr',
+      ipv4_prefix: num(inbound.ipv4_prefix, 24),
+      ipv6_prefix: num(inbound.ipv6_prefix, 64),
+      max_connections: num(inbound.max_connections, 0),
+    },
+    inbound_messages: cfg.inbound_messages || {},
+    inbound_recipients: cfg.inbound_recipients || {},
+    outbound: {
+      enabled: outbound.enabled,
+      binding: outbound.binding || 'default',
+      binding_group: outbound.binding_group || null,
+      cap_retry_seconds: num(outbound.cap_retry_seconds, 1),
+      report_outcomes: outbound.report_outcomes,
+    },
+  }
+  if (this.agent) {
+    this.agent.url = this.cfg.main.url.replace(/\/+$/, '')
+    this.agent.timeout_ms = this.cfg.main.timeout_ms
+  }
+}
+
+function num(value, fallback) {
+  const n = Number(value)
+  return value === undefined || value === '' || !Number.isFinite(n) ? fallback : n
+}
+
+exports.count_refusal = function (what) {
+  this.stats.refused[what] = (this.stats.refused[what] || 0) + 1
+}
+
+// The agent could not answer: log, count, and say whether to let the mail through.
+exports.agent_failed = function (err, what) {
+  this.stats.agent_errors++
+  if (!(err instanceof AgentUnavailable)) {
+    this.logerror(`${what}: ${err.message}`)
+  } else {
+    this.logwarn(`${what}: ${err.message}; fail = ${this.cfg.main.fail}`)
+  }
+  return this.cfg.main.fail === 'open'
+}
+
+// -- inbound ---------------------------------------------------------------------------------
+
+exports.inbound_connect = async function (next, connection) {
+  const { inbound } = this.cfg
+  const ip = client_ip(connection.remote.ip)
+  const cidr = block(ip, inbound.ipv4_prefix, inbound.ipv6_prefix)
+  if (!cidr) return next()
+  try {
+    await this.agent.events([{ object: inbound.object, key: ip, delta: 1 }])
+  } catch (err) {
+    if (this.agent_failed(err, 'count connection')) return next()
+    return next(constants.denysoftdisconnect, 'cluster limits unavailable; try again later')
+  }
+  connection.notes.mcluster_counted = { object: inbound.object, key: ip }
+  if (!inbound.max_connections) return next()
+  let open
+  try {
+    // Every count recorded before the flush is in Redis when it returns, this one too: of
+    // connections that overlap in time, the one applied last sees all the others, so the
+    // farm never holds more than max_connections (it may refuse a few too many).
+    await this.agent.flush()
+    open = await this.agent.count(inbound.object, cidr)
+  } catch (err) {
+    if (this.agent_failed(err, 'connection cap')) return next()
+    await this.inbound_uncount(connection)
+    return next(constants.denysoftdisconnect, 'cluster limits unavailable; try again later')
+  }
+  connection.results.add(this, { open_in_block: `${open}/${inbound.max_connections}` })
+  if (open <= inbound.max_connections) return next()
+  this.count_refusal('inbound_connections')
+  await this.inbound_uncount(connection)
+  next(
+    constants.denysoftdisconnect,
+    `too many connections from ${cidr} (cluster limit ${inbound.max_connections})`,
+  )
+}
+
+exports.inbound_uncount = async function (connection) {
+  const counted = connection.notes.mcluster_counted
+  if (!counted) return
+  delete connection.notes.mcluster_counted
+  try {
+    await this.agent.events([{ ...counted, delta: -1 }])
+  } catch (err) {
+    this.agent_failed(err, 'uncount connection')
+  }
+}
+
+exports.inbound_disconnect = async function (next, connection) {
+  await this.inbound_uncount(connection)
+  next()
+}
+
+// Throttles are created on first use with the rate from mcluster.ini (a name defined with
+// another rate elsewhere is a config error the agent names).
+exports.ensure_throttle = function (name, rate) {
+  let made = this.throttles_made.get(name)
+  if (!made) {
+    made = this.agent.create_throttle(name, rate)
+    this.throttles_made.set(name, made)
+    made.catch(() => this.throttles_made.delete(name))
+  }
+  return made
+}
+
+exports.inbound_limits = async function (section, connection) {
+  const { inbound } = this.cfg
+  const ip = client_ip(connection.remote.ip)
+  const cidr = block(ip, inbound.ipv4_prefix, inbound.ipv6_prefix) || ip
+  const limits = []
+  for (const [template, rate] of Object.entries(section)) {
+    const name = template.replaceAll('@block', cidr).replaceAll('@ip', ip)
+    await this.ensure_throttle(name, String(rate))
+    limits.push({ name, cost: 1 })
+  }
+  return limits
+}
+
+exports.inbound_rate = async function (next, connection, section, what) {
+  let decision
+  try {
+    decision = await this.agent.acquire(await this.inbound_limits(section, connection))
+  } catch (err) {
+    if (this.agent_failed(err, what)) return next()
+    return next(constants.denysoft, 'cluster limits unavailable; try again later')
+  }
+  if (decision.allowed) return next()
+  this.count_refusal(what)
+  const secs = Math.ceil((decision.retry_after_ms || 1000) / 1000)
+  next(constants.denysoft, `${what} rate limit reached; try again in ${secs} s`)
+}
+
+exports.inbound_mail = function (next, connection) {
+  return this.inbound_rate(next, connection, this.cfg.inbound_messages, 'message')
+}
+
+exports.inbound_rcpt = function (next, connection) {
+  return this.inbound_rate(next, connection, this.cfg.inbound_recipients, 'recipient')
+}
+
+// -- outbound --------------------------------------------------------------------------------
+
+function out_domain(hmail) {
+  return hmail?.todo?.domain || hmail?.domain
+}
+
+exports.route = function (hmail) {
+  const notes = hmail.todo?.notes || {}
+  const route = { binding: notes.mcluster_binding || this.cfg.outbound.binding, domain: out_domain(hmail) }
+  const group = notes.mcluster_binding_group || this.cfg.outbound.binding_group
+  if (group) route.binding_group = group
+  return route
+}
+
+// Haraka's send_email hook: OBTM, then a slot. A refusal defers the message by the
+// agent's retry time (seconds, fractions kept: Haraka waits delay * 1000 ms).
+exports.outbound_send = async function (next, hmail) {
+  const route = this.route(hmail)
+  if (!route.domain) return next()
+  const fail_delay = () => next(constants.delay, this.cfg.main.retry_seconds)
+  let decision
+  try {
+    decision = await this.agent.outbound_message(route)
+  } catch (err) {
+    return this.agent_failed(err, 'OBTM') ? next() : fail_delay()
+  }
+  if (!decision.allowed) {
+    this.count_refusal('outbound_message')
+    return next(constants.delay, Math.max(decision.retry_after_ms || 1000, 1) / 1000)
+  }
+  let slot
+  try {
+    slot = await this.agent.open_connection(route)
+  } catch (err) {
+    return this.agent_failed(err, 'connection slot') ? next() : fail_delay()
+  }
+  if (!slot.allowed) {
+    this.count_refusal('outbound_connection')
+    hmail.logdebug(this, `no slot for ${route.domain}: ${slot.reason}`)
+    const ms = slot.retry_after_ms || this.cfg.outbound.cap_retry_seconds * 1000
+    return next(constants.delay, Math.max(ms, 1) / 1000)
+  }
+  // Kept on the message object (not in its notes: Haraka shares one notes object between
+  // the messages of a transaction's domains).
+  hmail.mcluster_slot = { slot: slot.slot, route, sockets: 0, done: false, closed: false }
+  next()
+}
+
+// Haraka calls the delivered hook before it sends QUIT, so giving the slot back there
+// would let another node connect while this session is still open at the receiver. The
+// slot is given back when the attempt is over (an outcome hook ran) and every socket the
+// attempt opened is released. Haraka has no hook for sockets; the plugin wraps the two
+// functions of its outbound code that hand a socket to a message and release it. When
+// some recipients fail, Haraka splits them off into a new message and the outcome hooks
+// run on that one (the first may be discarded without any hook): the split-off message
+// carries its parent's attempt, a third wrapper.
+exports.watch_sockets = function () {
+  let HMailItem
+  let client_pool
+  try {
+    HMailItem = this.haraka_require('outbound/hmail')
+    client_pool = this.haraka_require('outbound/client_pool')
+  } catch (err) {
+    this.logerror(`cannot follow outbound sockets (${err.message}); slots close at the outcome`)
+    return
+  }
+  if (HMailItem.prototype.try_deliver_host_on_socket.mcluster) return // wrapped already (reload)
+  const plugin = this
+  const on_socket = HMailItem.prototype.try_deliver_host_on_socket
+  const wrapped = function (mx, host, port, socket) {
+    const state = this.mcluster_slot
+    if (state && !state.closed) {
+      state.sockets++
+      state.host = mx?.from_dns || mx?.exchange || host
+      state.ip = host
+      socket.mcluster_state = state
+    }
+    return on_socket.call(this, mx, host, port, socket)
+  }
+  wrapped.mcluster = true
+  HMailItem.prototype.try_deliver_host_on_socket = wrapped
+  const split = HMailItem.prototype.split_to_new_recipients
+  HMailItem.prototype.split_to_new_recipients = function (recipients, response, cb) {
+    const state = this.mcluster_slot || this.mcluster_parent
+    return split.call(this, recipients, response, (hmail) => {
+      if (hmail !== this && state && !state.done) hmail.mcluster_parent = state
+      return cb(hmail)
+    })
+  }
+  const release = client_pool.release_client
+  client_pool.release_client = function (socket, mx) {
+    const result = release.call(this, socket, mx)
+    const state = socket?.mcluster_state
+    if (state) {
+      delete socket.mcluster_state // released once per socket, whatever calls it again
+      state.sockets--
+      plugin.maybe_close(state)
+    }
+    return result
+  }
+}
+
+exports.maybe_close = function (state) {
+  if (state.closed || !state.done || state.sockets > 0) return
+  state.closed = true
+  this.close_slot(state.slot, 1)
+}
+
+exports.close_slot = function (slot, attempt) {
+  this.agent.close_connection(slot).catch((err) => {
+    if (attempt >= CLOSE_TRIES || !(err instanceof AgentUnavailable)) {
+      this.logerror(`slot ${slot} not given back: ${err.message}`)
+      return
+    }
+    setTimeout(() => this.close_slot(slot, attempt + 1), 200 * 2 ** attempt).unref()
+  })
+}
+
+// The end of an attempt: mark it done (the slot goes back once its socket is closed) and
+// report the outcome.
+exports.attempt_over = function (hmail, outcome) {
+  const state = hmail.mcluster_slot || hmail.mcluster_parent
+  delete hmail.mcluster_slot // the next attempt of this message opens its own
+  delete hmail.mcluster_parent
+  const route = state?.route || this.route(hmail)
+  if (state && !state.done) {
+    state.done = true
+    this.maybe_close(state)
+  }
+  if (!this.cfg.outbound.report_outcomes || Date.now() < this.outcome_missing_until) return
+  if (!route.domain) return
+  const report = { binding: route.binding, domain: route.domain, code: outcome.code, text: outcome.text }
+  const host = outcome.host || state?.host
+  if (host) report.host = host
+  this.agent
+    .outcome(report)
+    .then((known) => {
+      if (!known) this.outcome_missing_until = Date.now() + OUTCOME_RETRY_MS
+    })
+    .catch((err) => this.logdebug(`outcome not reported: ${err.message}`))
+}
+
+function reply_code(text, fallback) {
+  const m = /\b([245]\d\d)\b/.exec(String(text || ''))
+  return m ? Number(m[1]) : fallback
+}
+
+function reply_text(text) {
+  return String(text || '').slice(0, 1000)
+}
+
+exports.outbound_delivered = function (next, hmail, params) {
+  const [host, , response] = params || []
+  const text = Array.isArray(response) ? response.join(' ') : response
+  this.attempt_over(hmail, { host, code: reply_code(text, 250), text: reply_text(text) })
+  next()
+}
+
+exports.outbound_deferred = function (next, hmail, params) {
+  const text = params?.err?.message || params?.err
+  this.attempt_over(hmail, { code: reply_code(text, 451), text: reply_text(text) })
+  next()
+}
+
+exports.outbound_bounce = function (next, hmail, err) {
+  const text = err?.message || err
+  this.attempt_over(hmail, { code: reply_code(text, 550), text: reply_text(text) })
+  next()
+}

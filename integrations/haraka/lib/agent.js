@@ -1,0 +1,111 @@
+'use strict'
+// The local mcluster agent's HTTP API, as the plugin uses it (docs/http-api.md and
+// docs/throttles.md of mcluster). Every call has a deadline: a mail server must never wait
+// on a slow agent longer than it is told to, so a late answer counts as "unreachable" and
+// the caller applies its fail-open / fail-closed setting.
+
+class AgentUnavailable extends Error {
+  constructor(what, cause) {
+    super(`mcluster agent unavailable (${what}): ${cause}`)
+    this.name = 'AgentUnavailable'
+  }
+}
+
+class AgentRefused extends Error {
+  // The agent answered with an error status (4xx other than the ones a caller tolerates):
+  // a bug in the request or the config, never a reason to guess.
+  constructor(what, status, body) {
+    super(`mcluster agent refused ${what}: ${status} ${body}`)
+    this.name = 'AgentRefused'
+    this.status = status
+  }
+}
+
+class Agent {
+  constructor({ url = 'http://127.0.0.1:4802', timeout_ms = 250 } = {}) {
+    this.url = url.replace(/\/+$/, '')
+    this.timeout_ms = timeout_ms
+  }
+
+  // One request; answers {status, body}. Network errors, timeouts and 5xx throw
+  // AgentUnavailable (the agent cannot decide); other statuses are returned as they are.
+  async request(method, path, body) {
+    const what = `${method} ${path}`
+    let resp
+    let text
+    try {
+      resp = await fetch(this.url + path, {
+        method,
+        headers: body === undefined ? {} : { 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(this.timeout_ms),
+      })
+      text = await resp.text()
+    } catch (err) {
+      throw new AgentUnavailable(what, err.cause?.code || err.cause?.message || err.message)
+    }
+    if (resp.status >= 500) throw new AgentUnavailable(what, `${resp.status} ${text}`)
+    let parsed = null
+    try {
+      parsed = text ? JSON.parse(text) : null
+    } catch {
+      // aiohttp answers an unknown route with a plain-text 404
+      parsed = { error: text.slice(0, 200) }
+    }
+    return { status: resp.status, body: parsed }
+  }
+
+  async ok(method, path, body, expected = [200]) {
+    const { status, body: answer } = await this.request(method, path, body)
+    if (!expected.includes(status)) throw new AgentRefused(`${method} ${path}`, status, JSON.stringify(answer))
+    return answer
+  }
+
+  // -- the calls --------------------------------------------------------------------------
+
+  events(events) {
+    return this.ok('POST', '/v1/events', { events }, [202])
+  }
+
+  flush() {
+    return this.ok('POST', '/v1/flush')
+  }
+
+  async count(object, key) {
+    const q = new URLSearchParams({ key })
+    const answer = await this.ok('GET', `/v1/objects/${encodeURIComponent(object)}/count?${q}`)
+    return answer.count
+  }
+
+  // 201 created, 200 exists with the same rate; 409 (another rate) is an AgentRefused.
+  create_throttle(name, rate) {
+    return this.ok('POST', '/v1/throttles', { name, rate }, [200, 201])
+  }
+
+  acquire(limits) {
+    return this.ok('POST', '/v1/throttles/acquire', { limits })
+  }
+
+  outbound_message(route) {
+    return this.ok('POST', '/v1/outbound/message', route)
+  }
+
+  open_connection(route) {
+    return this.ok('POST', '/v1/connections/open', route)
+  }
+
+  close_connection(slot) {
+    return this.ok('POST', '/v1/connections/close', { slot })
+  }
+
+  // POST /v1/outbound/outcome (mcluster issue 17). Answers false when the agent has no
+  // such route yet (404), so the caller can stop asking for a while.
+  async outcome(report) {
+    const { status, body } = await this.request('POST', '/v1/outbound/outcome', report)
+    if (status === 404) return false
+    if (status >= 400) throw new AgentRefused('POST /v1/outbound/outcome', status, JSON.stringify(body))
+    return true
+  }
+}
+
+module.exports = { Agent, AgentUnavailable, AgentRefused }
