@@ -283,3 +283,6 @@ _HANDLERS.update(_LOGS_HANDLERS)
 from mcluster.quotas.console import HANDLERS as _QUOTA_HANDLERS  # noqa: E402
 
 _MODULE_HANDLERS.update(_QUOTA_HANDLERS)
+from mcluster.shaping.console import HANDLERS as _SHAPING_HANDLERS  # noqa: E402
+
+_MODULE_HANDLERS.update(_SHAPING_HANDLERS)

@@ -88,6 +88,13 @@ MODULE_COMMANDS: tuple[CommandSpec, ...] = (
         "Sum a named audit series over windows START..END.",
         top=True,
     ),
+    CommandSpec(
+        ("shaping", "show"), "", "Shaping actions in force, AIMD rates, warm-up days.", top=True
+    ),
+    CommandSpec(
+        ("shaping", "history"), "[NAME] [limit N]", "Recent shaping actions (audit).", top=True
+    ),
+    CommandSpec(("shaping", "clear"), "NAME DEST", "Lift a shaping action now.", top=True),
 )
 
 #: Words the REPL understands besides the commands.

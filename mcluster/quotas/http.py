@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mcluster.faces.http.common import NODE_KEY, error
 from mcluster.errors import InvalidValue
+from mcluster.faces.http.common import NODE_KEY, error
 from mcluster.objects.policy import FAMILY
 from mcluster.quotas import usage
 
