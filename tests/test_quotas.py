@@ -4,6 +4,7 @@ policy protocol against a real redis-server with two agents (counts exact across
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -13,10 +14,13 @@ from dataclasses import dataclass
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
+from rich.console import Console
 
 from mcluster import Node, parse_config
 from mcluster.config import ConfigError
 from mcluster.console.commands import ConsoleContext, UsageError, run_command
+from mcluster.console.dashboard import render_plain
+from mcluster.console.snapshot import read_snapshot
 from mcluster.errors import NotFound
 from mcluster.faces.http.app import make_app
 from mcluster.faces.policy import PolicyService
@@ -430,3 +434,20 @@ async def test_http_policy_routes_answer_as_the_console(agents: Agents) -> None:
         assert (await api.delete("/v1/policy/per_user/carol")).status == 200
         after = await (await api.get("/v1/policy/per_user/carol")).json()
         assert after["used"] == 0
+
+
+async def test_dashboard_shows_the_keys_nearest_their_limit(agents: Agents) -> None:
+    async with Client(agents.a.port) as c:
+        for i in range(3):
+            await c.mail(sasl_username="dash", sender=f"d@dash{i}.example", rcpts=1)
+        await c.mail(sasl_username="calm", sender="d@calm.example")
+    await published(agents)
+    node = agents.a.node
+    snap = await read_snapshot(node.client, node.keys)
+    near = [(q.quota, q.key, q.used, q.limit) for q in snap.quotas]
+    assert near[0] == ("per_user", "dash", 3, 3)
+    assert ("per_user", "calm", 1, 3) in near and ("rcpt", "d@calm.example", 1, 5) in near
+    text = Console(file=io.StringIO(), width=120, color_system=None)
+    text.print(render_plain(snap))
+    screen = text.file.getvalue()  # type: ignore[attr-defined]
+    assert "Quotas nearest limit" in screen and "per_user dash" in screen and "3/3" in screen
