@@ -245,6 +245,7 @@ class PolicyService:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._quota_task: asyncio.Task[None] | None = None
         self._audit_events: frozenset[str] = frozenset()
 
     # -- life cycle -------------------------------------------------------------------
@@ -253,6 +254,9 @@ class PolicyService:
         self._audit_events = audit_events(self.node)
         self._server = await asyncio.start_server(self._serve, host, port)
         self._sweeper = asyncio.create_task(self._sweep_loop())
+        if self.quotas:  # publish them for consoles; add up refusals cluster-wide
+            okeys = self.node.keys.object(FAMILY)
+            self._quota_task = asyncio.create_task(self.quotas.run(lambda: self.node.client, okeys))
         if self.count_object is None:
             log.info('transactions are not counted: the cluster does not replicate "inbound_cidr"')
 
@@ -267,10 +271,11 @@ class PolicyService:
             self._server.close()
         for writer in list(self._writers):
             writer.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._quota_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

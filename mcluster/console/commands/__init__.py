@@ -6,6 +6,7 @@
     duravip.py  duravip show/move/announce view/debug, arp show
     logs.py     show logs
     audit.py    inbound_audit show, audit_series list/count (Momentum's modules)
+    quotas.py   policy show/reset (the policy service's quotas)
     shaping.py  shaping show/history/clear
 
 A new command is one ``@command(...)``-decorated handler in its family's module (copy
@@ -15,7 +16,15 @@ A new command is one ``@command(...)``-decorated handler in its family's module 
 from __future__ import annotations
 
 # Importing a family registers its commands; base imports none of them (no cycle).
-from mcluster.console.commands import audit, core, duravip, logs, ops, shaping  # noqa: F401
+from mcluster.console.commands import (  # noqa: F401
+    audit,
+    core,
+    duravip,
+    logs,
+    ops,
+    quotas,
+    shaping,
+)
 from mcluster.console.commands.base import (
     EXIT_ERROR,
     EXIT_NOT_FOUND,
