@@ -451,3 +451,22 @@ async def test_dashboard_shows_the_keys_nearest_their_limit(agents: Agents) -> N
     text.print(render_plain(snap))
     screen = text.file.getvalue()  # type: ignore[attr-defined]
     assert "Quotas nearest limit" in screen and "per_user dash" in screen and "3/3" in screen
+
+
+async def test_recipients_counted_at_data_when_no_rcpt_was_asked(agents: Agents) -> None:
+    """The policy only in smtpd_data_restrictions: a message's recipient_count at DATA."""
+    kw = {"sender": "data-only@rcpt-data.example", "sasl_username": ""}
+    async with Client(agents.a.port) as c1, Client(agents.b.port) as c2:
+        answers = []
+        for c, n in ((c1, 3), (c2, 3), (c1, 2), (c2, 1)):
+            instance = c.new_instance()
+            answers.append(await c.send("DATA", instance, recipient_count=str(n), **kw))
+            if answers[-1].startswith(("DUNNO", "WARN")):
+                eom = await c.send("END-OF-MESSAGE", instance, recipient_count=str(n), **kw)
+                assert eom == "DUNNO"  # counted once, at DATA
+        assert answers[0] == "DUNNO" and deferred(answers[1], "rcpt")
+        assert answers[2].startswith('WARN quota "trial"') and deferred(answers[3], "rcpt")
+        too_many = await c1.send("DATA", c1.new_instance(), recipient_count="9",
+                                 sender="other@rcpt-data2.example", sasl_username="")  # fmt: skip
+        assert too_many.endswith("(9 recipients at once are over the limit of 5 recipients "
+                                 "per 60 s)")  # fmt: skip
