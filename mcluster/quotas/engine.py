@@ -182,7 +182,7 @@ class QuotaEngine:
         value = quota.key.value(attrs)
         if value is None or (value == "" and not quota.empty_counts):
             return None
-        if quota.exempt:
+        if quota.exempt.any:
             probe = value
             if quota.key.is_address and quota.key.prefix is not None:
                 probe = _client(attrs)
