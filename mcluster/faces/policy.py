@@ -47,7 +47,7 @@ from mcluster.objects.policy import (
     parse_client,
 )
 from mcluster.objects.rates import MAX_COUNT
-from mcluster.quotas.engine import MAIL_STATES, Limit, Outcome, QuotaEngine
+from mcluster.quotas.engine import MAIL_STATES, RECIPIENT_STATES, Limit, Outcome, QuotaEngine
 from mcluster.security.clients import PolicyGuard, RefusalLog
 from mcluster.security.refusals import Refusals
 
@@ -97,6 +97,7 @@ class Transaction:
     leased: bool
     started: float
     quotas_due: bool = False  # asked before MAIL: the message quotas are still to count
+    recipients_counted: bool = False  # asked at RCPT or later: recipients quotas counted
 
 
 class TimedOut(Garbage):
@@ -245,6 +246,7 @@ class PolicyService:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._quota_task: asyncio.Task[None] | None = None
         self._audit_events: frozenset[str] = frozenset()
 
     # -- life cycle -------------------------------------------------------------------
@@ -253,6 +255,9 @@ class PolicyService:
         self._audit_events = audit_events(self.node)
         self._server = await asyncio.start_server(self._serve, host, port)
         self._sweeper = asyncio.create_task(self._sweep_loop())
+        if self.quotas:  # publish them for consoles; add up refusals cluster-wide
+            okeys = self.node.keys.object(FAMILY)
+            self._quota_task = asyncio.create_task(self.quotas.run(lambda: self.node.client, okeys))
         if self.count_object is None:
             log.info('transactions are not counted: the cluster does not replicate "inbound_cidr"')
 
@@ -267,10 +272,11 @@ class PolicyService:
             self._server.close()
         for writer in list(self._writers):
             writer.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._quota_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -363,7 +369,7 @@ class PolicyService:
         first = state in MAIL_STATES
         limits = self._client_limits(client) if client is not None else []
         if self.quotas:
-            limits += self.quotas.limits(attrs, state, first=first)
+            limits += self.quotas.limits(attrs, state, first=first, recipients_due=True)
         if client is None and not self.quotas:  # no client address to limit (local)
             return "DUNNO"
         self.stats.transactions += 1
@@ -376,7 +382,12 @@ class PolicyService:
             if leased:
                 self.node.record(self.count_object or "", str(client), +1)
             self.transactions[instance] = Transaction(
-                str(client or ""), outcome.transaction, leased, time.monotonic(), not first
+                str(client or ""),
+                outcome.transaction,
+                leased,
+                time.monotonic(),
+                quotas_due=not first,
+                recipients_counted=state in RECIPIENT_STATES,
             )
             if len(self.transactions) > MAX_TRANSACTIONS:
                 self._release(next(iter(self.transactions)), "overflow")
@@ -388,7 +399,9 @@ class PolicyService:
         first = txn.quotas_due and state in MAIL_STATES
         if first:
             txn.quotas_due = False
-        limits = self.quotas.limits(attrs, state, first=first)
+        due = not txn.recipients_counted
+        txn.recipients_counted |= state in RECIPIENT_STATES
+        limits = self.quotas.limits(attrs, state, first=first, recipients_due=due)
         if not limits:
             return "DUNNO"
         outcome = await self._limit(limits, attrs.get("client_address", ""))

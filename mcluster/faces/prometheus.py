@@ -31,6 +31,8 @@ from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.throttles import Throttles
 from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import FAMILY as POLICY_FAMILY
+from mcluster.quotas.config import ACTIONS as QUOTA_ACTIONS
+from mcluster.quotas.metrics import quota_metrics
 from mcluster.security.refusals import Refusals
 from mcluster.shaping import metrics as shaping_metrics
 from mcluster.shaping.model import AdaptiveState
@@ -261,9 +263,10 @@ class NodeCollector(Collector):
         requests = CounterMetricFamily(
             "mcluster_policy_requests", "Postfix policy requests by action", labels=["action"]
         )
-        for action in ("DUNNO", "DEFER_IF_PERMIT"):
+        for action in ("DUNNO", "DEFER_IF_PERMIT", *QUOTA_ACTIONS[1:]):
             requests.add_metric([action], s.actions.get(action, 0))
         yield requests
+        yield from quota_metrics(policy.quotas)
         for name, value, doc in [
             ("transactions", s.transactions, "Mail transactions decided (counted in windows)"),
             ("degraded", s.degraded, "Decisions made by on_error: Redis did not answer"),
