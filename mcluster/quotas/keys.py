@@ -15,6 +15,7 @@ byte) so any value gives a valid throttle name; a value too long for one is writ
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -27,6 +28,7 @@ MAX_NAME = 200  # a throttle name's length (mcluster.objects.throttle)
 _ATTRIBUTE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CIDR_KEY = re.compile(r"^(client_address(?:_ipv6)?)/(\d{1,3})$")
 _PLAIN = re.compile(r"[a-z0-9._@/-]")
+_ALL_PLAIN = re.compile(r"[a-z0-9._@/-]*")
 DOMAIN_KEYS = {"sender_domain": "sender", "recipient_domain": "recipient"}
 #: attributes whose values are mail addresses (an exempt entry without ``@`` is a domain)
 ADDRESS_ATTRIBUTES = frozenset({"sender", "recipient", "sasl_sender", "original_recipient"})
@@ -117,13 +119,17 @@ def parse_key(text: str) -> KeySpec:
 
 
 def _escape(value: str) -> str:
+    if _ALL_PLAIN.fullmatch(value):  # the usual case, without a loop over characters
+        return value
     return "".join(
         ch if _PLAIN.fullmatch(ch) else "".join(f"+{b:02X}" for b in ch.encode()) for ch in value
     )
 
 
+@functools.lru_cache(maxsize=65536)
 def window_name(quota: str, value: str) -> str:
-    """The throttle name of one key value's window."""
+    """The throttle name of one key value's window (remembered: the same users and
+    senders ask again and again, and escaping was a twentieth of a decision)."""
     head = f"{PREFIX}{quota}:"
     escaped = _escape(value)
     if len(head) + len(escaped) > MAX_NAME:
