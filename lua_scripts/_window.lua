@@ -114,6 +114,8 @@ local function window_write(W, ttl_ms)
     if W.curc == 0 then redis.call('PEXPIRE', W.key, ttl_ms) end
   elseif W.dirty then
     redis.call('HSET', W.key, 's', W.used, 'o', W.oldest)
+    -- a probe or a refusal on a window never counted in: the key is new, give it an end
+    if redis.call('PTTL', W.key) < 0 then redis.call('PEXPIRE', W.key, ttl_ms) end
   end
 end
 

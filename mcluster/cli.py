@@ -16,6 +16,7 @@ from mcluster import __version__
 from mcluster.config import ClusterConfig, ConfigError, check_command, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.security import agent_flags
+from mcluster.security.clients import policy_guard
 from mcluster.security.errors import GuardError
 from mcluster.security.token import ENV_TOKEN_FILE, ApiToken
 from mcluster.store.connect.access import RedisAccessError, check_access
@@ -123,6 +124,8 @@ def _agent(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = load_config(args.config)
+    if args.policy:  # smtpd off this host needs Policy { clients = ... }: exit 1 without
+        policy_guard(config).check_listen(split_listen(args.policy)[0])
     url, namespace = _checked_redis(args, config)
     try:
         asyncio.run(
@@ -226,7 +229,7 @@ def _config_check(path: str) -> int:
         return 1
     issues = []
     checks = (config_throttles, OutboundPolicy, policy_config, duravip_config, log_files,
-              shaping_config)  # fmt: skip
+              shaping_config, policy_guard)  # fmt: skip
     for check in checks:
         try:
             check(config)

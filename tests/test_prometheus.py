@@ -32,6 +32,8 @@ cluster {
   Shared_Throttle "t1" { rate = "3/60" }
 }
 Policy { client_rates = ("32,1/60") }
+Shaping "ts" { domain = "yahoo.test"  match = "/TS0[1-4]/"  action = "suspend" }
+Adaptive "y" { domain = "yahoo.test"  min = "1/60"  max = "100/60"  increase = "1/60" }
 """
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

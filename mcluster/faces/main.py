@@ -16,6 +16,7 @@ from mcluster.faces.http.app import make_app
 from mcluster.faces.policy import PolicyService
 from mcluster.manager.manager import reload_in_background
 from mcluster.objects.policy import policy_config
+from mcluster.security.clients import policy_guard
 from mcluster.security.http_guard import HttpGuard
 
 log = logging.getLogger("mcluster.agent")
@@ -47,7 +48,10 @@ async def run_agent(
     host, port = split_listen(listen)
     guard = guard or HttpGuard()
     node = Node(config, node_name, redis_url, namespace=namespace, address=listen)
-    service = PolicyService(node, policy_config(config)) if policy else None
+    node.refusals = guard.refusals  # one count of every guard's refusals per agent
+    service = None
+    if policy:
+        service = PolicyService(node, policy_config(config), policy_guard(config), guard.refusals)
     runner = web.AppRunner(
         make_app(node, service, guard),
         access_log=None,

@@ -47,7 +47,9 @@ from mcluster.objects.policy import (
     parse_client,
 )
 from mcluster.objects.rates import MAX_COUNT
-from mcluster.quotas.engine import MAIL_STATES, Limit, Outcome, QuotaEngine
+from mcluster.quotas.engine import MAIL_STATES, RECIPIENT_STATES, Limit, Outcome, QuotaEngine
+from mcluster.security.clients import PolicyGuard, RefusalLog
+from mcluster.security.refusals import Refusals
 
 log = logging.getLogger("mcluster.policy")
 
@@ -95,15 +97,53 @@ class Transaction:
     leased: bool
     started: float
     quotas_due: bool = False  # asked before MAIL: the message quotas are still to count
+    recipients_counted: bool = False  # asked at RCPT or later: recipients quotas counted
+
+
+class TimedOut(Garbage):
+    """The client sent nothing for ``idle_timeout`` between requests, or did not finish a
+    request within ``request_timeout``; ``reason`` is the refusal's metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RequestReader:
     """Reads requests from one connection: a block at a time, each request cut out of the
-    buffer whole and checked and split in one pass (no loop of awaits per line)."""
+    buffer whole and checked and split in one pass (no loop of awaits per line). A read
+    between requests waits at most ``idle``; a request must arrive whole within
+    ``partial`` of its first byte."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, idle: float | None = None, partial: float | None = None
+    ) -> None:
         self.reader = reader
         self.buffer = b""
+        self.idle = idle
+        self.partial = partial
+        self.deadline: float | None = None  # of the request being read
+
+    async def _read(self, started: bool) -> bytes:
+        """The next block, within the idle or the request's deadline (TimedOut)."""
+        loop = asyncio.get_running_loop()
+        if started:  # within a request
+            if self.partial is None:
+                return await self.reader.read(READ_SIZE)
+            if self.deadline is None:
+                self.deadline = loop.time() + self.partial
+            when, reason = self.deadline, "request_timeout"
+            why = f"no whole request within {self.partial:g} s"
+        else:
+            if self.idle is None:
+                return await self.reader.read(READ_SIZE)
+            when, reason = loop.time() + self.idle, "idle_timeout"
+            why = f"nothing for {self.idle:g} s between requests"
+        try:
+            async with asyncio.timeout_at(when):
+                return await self.reader.read(READ_SIZE)
+        except TimeoutError:
+            raise TimedOut(reason, why) from None
 
     async def request(self) -> dict[str, str] | None:
         """One request's attributes; None when the client closed between requests."""
@@ -123,7 +163,7 @@ class RequestReader:
                 raise Garbage("binary data (control characters)")
             if len(buffer) > MAX_REQUEST:
                 raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
-            chunk = await self.reader.read(READ_SIZE)
+            chunk = await self._read(bool(buffer))
             if not chunk:
                 if buffer:
                     raise Garbage("the connection closed in the middle of a request")
@@ -134,6 +174,7 @@ class RequestReader:
         block = buffer[:end]
         skip = 3 if buffer[end + 1 : end + 2] == b"\r" else 2
         self.buffer = buffer[end + skip :]
+        self.deadline = None  # the next request's starts at its first byte
         return parse_request(block)
 
 
@@ -184,9 +225,18 @@ def audit_events(node: Node) -> frozenset[str]:
 class PolicyService:
     """Answers Postfix's policy requests for one node, from the ``Policy`` config."""
 
-    def __init__(self, node: Node, config: PolicyConfig) -> None:
+    def __init__(
+        self,
+        node: Node,
+        config: PolicyConfig,
+        guard: PolicyGuard | None = None,
+        refusals: Refusals | None = None,
+    ) -> None:
         self.node = node
         self.config = config
+        self.guard = guard or PolicyGuard()  # who may connect (default: loopback), bounds
+        self.refusals = refusals or Refusals()
+        self._refusal_log = RefusalLog()
         self.windows = Throttles(lambda: node.scripts, node.keys, FAMILY, node.name)
         self.windows.defs = WindowDefs(config)
         self.windows.max_cost, self.windows.probes = MAX_COUNT, True  # bytes quotas
@@ -199,6 +249,7 @@ class PolicyService:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._quota_task: asyncio.Task[None] | None = None
         self._audit_events: frozenset[str] = frozenset()
 
     # -- life cycle -------------------------------------------------------------------
@@ -207,6 +258,9 @@ class PolicyService:
         self._audit_events = audit_events(self.node)
         self._server = await asyncio.start_server(self._serve, host, port)
         self._sweeper = asyncio.create_task(self._sweep_loop())
+        if self.quotas:  # publish them for consoles; add up refusals cluster-wide
+            okeys = self.node.keys.object(FAMILY)
+            self._quota_task = asyncio.create_task(self.quotas.run(lambda: self.node.client, okeys))
         if self.count_object is None:
             log.info('transactions are not counted: the cluster does not replicate "inbound_cidr"')
 
@@ -221,10 +275,11 @@ class PolicyService:
             self._server.close()
         for writer in list(self._writers):
             writer.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._quota_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -233,14 +288,36 @@ class PolicyService:
 
     # -- the protocol -----------------------------------------------------------------
 
+    def _admit(self, peer: object, writer: asyncio.StreamWriter) -> bool:
+        """Whether a new connection may be served; a refused one is closed at once, before
+        anything is read or answered, and counted (logged once a minute per address)."""
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        guard = self.guard
+        if not guard.allows(host):
+            reason = "not_allowed"
+            if self._refusal_log.should_log(host):
+                log.warning("policy client %s is not in Policy clients; connection closed", host)
+        elif len(self._writers) >= guard.max_connections:
+            reason = "connections"
+            if self._refusal_log.should_log(host):
+                log.warning("policy client %s refused: %d connections open (max_connections)",
+                            host, len(self._writers))  # fmt: skip
+        else:
+            return True
+        self.refusals.count("policy", reason)
+        writer.transport.abort()  # no answer, no lingering
+        return False
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        if not self._admit(peer, writer):
+            return
         self._writers.add(writer)
         self.stats.connections += 1
         current = ""  # the transaction this smtpd process is in
         transport = writer.transport
         try:
-            requests = RequestReader(reader)
+            requests = RequestReader(reader, self.guard.idle_timeout, self.guard.request_timeout)
             while (attrs := await requests.request()) is not None:
                 instance = attrs.get("instance", "")
                 if instance != current:  # the smtpd process moved on: that one is over
@@ -250,6 +327,9 @@ class PolicyService:
                 writer.write(f"action={action}\n\n".encode())
                 if transport.get_write_buffer_size() > WRITE_BUFFER:  # a client not reading
                     await writer.drain()
+        except TimedOut as exc:
+            self.refusals.count("policy", exc.reason)
+            log.info("policy client %s: %s; connection closed", peer, exc)
         except Garbage as exc:
             self.stats.garbage += 1
             log.warning("policy client %s sent %s; connection closed", peer, exc)
@@ -292,7 +372,7 @@ class PolicyService:
         first = state in MAIL_STATES
         limits, client_text = self._client_limits(client) if client is not None else ([], "")
         if self.quotas:
-            limits += self.quotas.limits(attrs, state, first=first)
+            limits += self.quotas.limits(attrs, state, first=first, recipients_due=True)
         if client is None and not self.quotas:  # no client address to limit (local)
             return "DUNNO"
         self.stats.transactions += 1
@@ -305,7 +385,12 @@ class PolicyService:
             if leased:
                 self.node.record(self.count_object or "", client_text, +1)
             self.transactions[instance] = Transaction(
-                client_text, outcome.transaction, leased, time.monotonic(), not first
+                client_text,
+                outcome.transaction,
+                leased,
+                time.monotonic(),
+                quotas_due=not first,
+                recipients_counted=state in RECIPIENT_STATES,
             )
             if len(self.transactions) > MAX_TRANSACTIONS:
                 self._release(next(iter(self.transactions)), "overflow")
@@ -317,7 +402,9 @@ class PolicyService:
         first = txn.quotas_due and state in MAIL_STATES
         if first:
             txn.quotas_due = False
-        limits = self.quotas.limits(attrs, state, first=first)
+        due = not txn.recipients_counted
+        txn.recipients_counted |= state in RECIPIENT_STATES
+        limits = self.quotas.limits(attrs, state, first=first, recipients_due=due)
         if not limits:
             return "DUNNO"
         outcome = await self._limit(limits, attrs.get("client_address", ""))

@@ -31,7 +31,11 @@ from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.throttles import Throttles
 from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import FAMILY as POLICY_FAMILY
+from mcluster.quotas.config import ACTIONS as QUOTA_ACTIONS
+from mcluster.quotas.metrics import quota_metrics
 from mcluster.security.refusals import Refusals
+from mcluster.shaping import metrics as shaping_metrics
+from mcluster.shaping.model import AdaptiveState
 from mcluster.store import members
 from mcluster.store.cluster_view import reaping_progress
 
@@ -45,6 +49,7 @@ class ClusterFigures:
 
     members: int | None = None
     reaping_jobs: list[dict[str, object]] = field(default_factory=list)
+    adaptive: tuple[AdaptiveState, ...] | None = None  # shaping's AIMD rates
 
 
 def _histogram(name: str, doc: str, per_object: dict[str, Histogram]) -> Metric:
@@ -75,6 +80,10 @@ class NodeCollector(Collector):
             self.cluster = ClusterFigures(len(live), jobs)
         except (TimeoutError, *RETRY_ERRORS):
             self.cluster = ClusterFigures()
+        if node.shaping is not None:
+            self.cluster.adaptive = await shaping_metrics.adaptive_rates(
+                node.shaping, REDIS_DEADLINE
+            )
 
     def collect(self) -> Iterator[Metric]:
         yield from self._outboxes()
@@ -82,6 +91,8 @@ class NodeCollector(Collector):
         yield from self._throttles()
         yield from self._connections()
         yield from self._caches()
+        if self.node.shaping is not None:
+            yield from shaping_metrics.collect(self.node.shaping, self.cluster.adaptive)
         if self.policy is not None:
             yield from self._policy(self.policy)
         yield self.refusals.metric()
@@ -252,9 +263,10 @@ class NodeCollector(Collector):
         requests = CounterMetricFamily(
             "mcluster_policy_requests", "Postfix policy requests by action", labels=["action"]
         )
-        for action in ("DUNNO", "DEFER_IF_PERMIT"):
+        for action in ("DUNNO", "DEFER_IF_PERMIT", *QUOTA_ACTIONS[1:]):
             requests.add_metric([action], s.actions.get(action, 0))
         yield requests
+        yield from quota_metrics(policy.quotas)
         for name, value, doc in [
             ("transactions", s.transactions, "Mail transactions decided (counted in windows)"),
             ("degraded", s.degraded, "Decisions made by on_error: Redis did not answer"),

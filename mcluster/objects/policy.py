@@ -32,6 +32,7 @@ from mcluster.objects.throttle import ThrottleDef
 from mcluster.quotas.config import Quota, parse_quotas
 from mcluster.quotas.keys import PREFIX as QUOTA_PREFIX
 from mcluster.quotas.keys import window_name
+from mcluster.security.clients import GUARD_OPTIONS
 
 FAMILY = "policy_rates"
 SCOPE = "Policy"
@@ -39,7 +40,14 @@ Action = Literal["DUNNO", "DEFER_IF_PERMIT"]
 ACTIONS: tuple[Action, ...] = ("DUNNO", "DEFER_IF_PERMIT")
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 RULES_CACHE = 65536  # client addresses (and window names) whose rules are remembered
-OPTIONS = ("client_rates", "client_rates_ipv6", "on_error", "deadline_ms", "transaction_timeout")
+OPTIONS = (
+    "client_rates",
+    "client_rates_ipv6",
+    "on_error",
+    "deadline_ms",
+    "transaction_timeout",
+    *GUARD_OPTIONS,  # who may connect, and the bounds: read by mcluster.security.clients
+)
 
 
 @dataclass(frozen=True)
@@ -258,6 +266,8 @@ def policy_config(config: ClusterConfig) -> PolicyConfig:
             issues.append(_issue(item, f"unknown option {item.key!r} in {SCOPE}: expected {valid}"))
         elif key in seen:
             issues.append(_issue(item, f"duplicate option {item.key!r} in {SCOPE}"))
+        elif key in GUARD_OPTIONS:
+            pass  # mcluster.security.clients.policy_guard reads and checks them
         elif key in ("client_rates", "client_rates_ipv6"):
             rates += _rates(item, key.endswith("ipv6"), issues)
         elif key == "on_error":

@@ -7,7 +7,10 @@ Every stage is one throttle request of the policy family, all-or-nothing:
   ``bytes`` quota for room for the message (``size``, from ``MAIL FROM SIZE=``, or 1
   byte: a spent quota refuses the next transaction at once) without counting it;
 - each RCPT counts 1 in every ``recipients`` quota; the recipient that would exceed is
-  refused, the ones before it stand (and the transaction goes on);
+  refused, the ones before it stand (and the transaction goes on); when the service is
+  asked no RCPT of a transaction (only from ``smtpd_data_restrictions`` or
+  ``smtpd_end_of_data_restrictions``), its first request from DATA on counts
+  ``recipient_count`` at once, and refuses the whole message if they do not fit;
 - END-OF-MESSAGE counts ``size`` in every ``bytes`` quota; the message that would cross
   the limit is refused there.
 
@@ -21,25 +24,38 @@ never over-admits across the cluster.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from redis.asyncio import Redis
+
+from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.objects.rates import Rate
 from mcluster.objects.throttle import Decision
+from mcluster.quotas import usage
 from mcluster.quotas.config import Quota
 from mcluster.quotas.keys import window_name
+from mcluster.store.keys import ObjectKeys
+
+log = logging.getLogger("mcluster.policy")
 
 Stage = Literal["transaction", "recipient"]
 #: protocol states at which a transaction has a sender (message quotas wait for one)
 MAIL_STATES = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "END-OF-MESSAGE"})
+#: states by which the recipients are known (asked at RCPT, or counted at DATA)
+RECIPIENT_STATES = frozenset({"RCPT", "DATA", "BDAT", "END-OF-MESSAGE"})
 END_OF_MESSAGE = "END-OF-MESSAGE"
 #: enhanced status codes of each refusing action (WARN, HOLD, DISCARD take none)
 CODES = {"DEFER_IF_PERMIT": "4.7.1", "DEFER": "4.7.1", "REJECT": "5.7.1"}
 MAX_MADE = 65536  # Limits remembered (a busy user or sender asks again and again)
 MAX_SHOWN = 100  # characters of a key value quoted in an answer
+FLUSH_EVERY = 2.0  # seconds between adding this agent's refusal counts to the cluster's
 
 
 @dataclass(frozen=True)
@@ -86,11 +102,15 @@ class Outcome:
 ADMITTED = Outcome("DUNNO", "DUNNO")
 
 
-def _size(attrs: dict[str, str]) -> int:
+def _number(attrs: dict[str, str], name: str) -> int:
     try:
-        return max(0, int(attrs.get("size", "0") or "0"))
+        return max(0, int(attrs.get(name, "0") or "0"))
     except ValueError:
         return 0
+
+
+def _size(attrs: dict[str, str]) -> int:
+    return _number(attrs, "size")
 
 
 def retry_seconds(retry_ms: int, rate: Rate) -> int:
@@ -111,7 +131,12 @@ def quota_reason(limit: Limit, retry_ms: int) -> str:
     rate = quota.rate_for(limit.value)
     head = f'quota "{quota.name}" exceeded for {quota.key} {_shown(limit.value)}'
     if retry_ms < 0 or limit.need > rate.count:  # can never fit (a message over the limit)
-        return f"{head} (a {limit.need}-byte message is over the limit of {quota.limit_text(rate)})"
+        what = (
+            f"a {limit.need}-byte message is"
+            if quota.count == "bytes"
+            else (f"{limit.need} {quota.count} at once are")
+        )
+        return f"{head} ({what} over the limit of {quota.limit_text(rate)})"
     return (
         f"{head} (limit {quota.limit_text(rate)}); try again in {retry_seconds(retry_ms, rate)} s"
     )
@@ -126,6 +151,17 @@ def quota_answer(limit: Limit, retry_ms: int) -> str:
     return f"{action} {code} {reason}" if code else f"{action} {reason}"
 
 
+def _client(attrs: dict[str, str]) -> str:
+    """The client address as exempt blocks are matched (IPv4-mapped IPv6 as IPv4)."""
+    try:
+        address = ipaddress.ip_address(attrs.get("client_address", "").strip())
+    except ValueError:
+        return ""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 class QuotaEngine:
     """The ``Quota`` scopes of one policy service: limits per request, and decisions."""
 
@@ -133,6 +169,7 @@ class QuotaEngine:
         self.quotas = tuple(quotas)
         self.by_name = {q.name.casefold(): q for q in self.quotas}
         self.stats = QuotaStats()
+        self._unsent: Counter[str] = Counter()  # refusal counts not yet in Redis
         self._messages = [q for q in self.quotas if q.count == "messages"]
         self._recipients = [q for q in self.quotas if q.count == "recipients"]
         self._bytes = [q for q in self.quotas if q.count == "bytes"]
@@ -147,7 +184,7 @@ class QuotaEngine:
         value = quota.key.value(attrs)
         if value is None or (value == "" and not quota.empty_counts):
             return None
-        if quota.exempt:
+        if quota.exempt.any:
             probe = value
             if quota.key.is_address and quota.key.prefix is not None:
                 probe = _client(attrs)
@@ -163,12 +200,18 @@ class QuotaEngine:
             )
         return limit
 
-    def limits(self, attrs: dict[str, str], state: str, *, first: bool) -> list[Limit]:
+    def limits(
+        self, attrs: dict[str, str], state: str, *, first: bool, recipients_due: bool = False
+    ) -> list[Limit]:
         """The quota windows one request counts in: with ``first`` (the transaction's
         first request at MAIL or later) its messages quotas and bytes probes; at RCPT its
-        recipients quotas; at END-OF-MESSAGE its bytes."""
+        recipients quotas (with ``recipients_due``, no RCPT asked before: at DATA or
+        END-OF-MESSAGE all its recipients at once); at END-OF-MESSAGE its bytes."""
         out: list[Limit | None] = []
         size = _size(attrs)
+        if recipients_due and state in RECIPIENT_STATES and state != "RCPT":
+            count = max(1, _number(attrs, "recipient_count"))
+            out += (self._limit(q, attrs, count) for q in self._recipients)
         if first:
             out += (self._limit(q, attrs, 1) for q in self._messages)
             if state != END_OF_MESSAGE:
@@ -184,6 +227,7 @@ class QuotaEngine:
             return limit.refusal(retry_ms)
         assert limit.quota is not None
         self.stats.refused[(limit.quota.name, limit.quota.action)] += 1
+        self._unsent[f"refused:{limit.quota.name}"] += 1
         return quota_answer(limit, retry_ms)
 
     async def decide(
@@ -216,17 +260,35 @@ class QuotaEngine:
             for limit in tripped:  # WARN quotas only: shadow mode
                 assert limit.quota is not None
                 self.stats.warned[limit.quota.name] += 1
+                self._unsent[f"would_refuse:{limit.quota.name}"] += 1
             warning = warning or f"WARN {quota_reason(tripped[0], retry)}"
             active = [a for a in active if a not in tripped]
         return Outcome("DUNNO", recipient or warning or "DUNNO")
 
+    async def run(self, client: Callable[[], Redis], okeys: ObjectKeys) -> None:
+        """Publish the quotas for consoles, then add this agent's refusal counts to the
+        cluster's every FLUSH_EVERY s (until cancelled; a last flush then)."""
+        published = False
+        try:
+            while True:
+                with contextlib.suppress(*RETRY_ERRORS):
+                    if not published:
+                        await usage.publish(client(), okeys, self.quotas)
+                        published = True
+                    await self.flush(client(), okeys)
+                await asyncio.sleep(FLUSH_EVERY)
+        except asyncio.CancelledError:
+            with contextlib.suppress(*RETRY_ERRORS, TimeoutError):
+                async with asyncio.timeout(1):
+                    await self.flush(client(), okeys)
+            raise
 
-def _client(attrs: dict[str, str]) -> str:
-    """The client address as exempt blocks are matched (IPv4-mapped IPv6 as IPv4)."""
-    try:
-        address = ipaddress.ip_address(attrs.get("client_address", "").strip())
-    except ValueError:
-        return ""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+    async def flush(self, client: Redis, okeys: ObjectKeys) -> None:
+        unsent, self._unsent = self._unsent, Counter()
+        if not unsent:
+            return
+        try:
+            await usage.add_counts(client, okeys, unsent)
+        except BaseException:
+            self._unsent.update(unsent)  # sent with the next flush
+            raise

@@ -41,6 +41,7 @@ from mcluster.faces.http import throttles as http_throttles
 from mcluster.faces.http.common import NODE_KEY, error, read_json
 from mcluster.faces.policy import PolicyService
 from mcluster.objects.views import DEFAULT_LIMIT
+from mcluster.quotas import http as quota_http
 from mcluster.security.http_guard import GUARD_KEY, HttpGuard, check_batch
 from mcluster.shaping import http as shaping_http
 from mcluster.store.cluster_view import membership_json
@@ -206,5 +207,6 @@ def make_app(
     http_caches.add_routes(app)
     prometheus.add_routes(app, node, policy, guard.refusals)
     http_audit.add_routes(app)
+    quota_http.add_routes(app)
     shaping_http.add_routes(app)
     return app
