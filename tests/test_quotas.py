@@ -320,6 +320,8 @@ async def test_warn_is_shadow_mode(agents: Agents) -> None:
         assert warned[1:] == ["DUNNO"] * 3  # the mail goes through
         assert agents.b.quotas.stats.warned["trial"] == 1
         assert agents.b.stats.actions["WARN"] == 1
+    ctx = ConsoleContext(agents.b.node.client, agents.b.node.keys)
+    await until(lambda: _would_refuse(ctx, 1), 10, "the would-have-refused count in Redis")
     async with TestClient(TestServer(make_app(agents.b.node, agents.b))) as api:
         scraped = await (await api.get("/metrics")).text()
     assert 'mcluster_policy_quota_would_refuse_total{quota="trial"} 1.0' in scraped
@@ -405,6 +407,8 @@ async def test_console_policy_show_and_reset(agents: Agents, redis_server: Redis
     assert await node.client.pttl(window) in (-2, *range(1, 66_001))
     with pytest.raises(NotFound, match="unknown quota 'nosuch'; quotas: per_user, rcpt"):
         await run_command(ctx, "policy show nosuch alice")
+    with pytest.raises(NotFound, match="unknown node 'relay-9'; cluster members: relay-1, relay-2"):
+        await run_command(ctx, "policy show from relay-9")
     with pytest.raises(UsageError, match="usage: policy reset QUOTA KEY"):
         await run_command(ctx, "policy reset per_user")
 
@@ -499,3 +503,25 @@ async def test_a_bad_quota_fails_the_reload(
         assert (await n.reload())["needs_restart"] == [
             "Policy (the policy service's rules and quotas)"
         ]
+
+
+async def _would_refuse(ctx: ConsoleContext, n: int) -> bool:
+    listing = await run_command(ctx, "policy show trial")
+    return bool(listing.data["quotas"][0]["would_refuse"] == n)  # type: ignore[call-overload]
+
+
+async def test_empty_keys_count_only_when_asked(redis_server: RedisServer, namespace: str) -> None:
+    conf = """
+Policy {
+  Quota "login" { key = "sasl_username"  limit = "2/60" }
+  Quota "anon"  { key = "sasl_username"  limit = "2/60"  empty = "count" action = "REJECT" }
+}
+"""
+    async with two_agents(redis_server.url, namespace, conf) as agents, Client(agents.a.port) as c:
+        got = [(await c.mail(sasl_username="", sender="")) for _ in range(3)]
+        assert got[:2] == [["DUNNO"] * 4] * 2
+        assert got[2][0] == (
+            'REJECT 5.7.1 quota "anon" exceeded for sasl_username <> (limit 2 messages per '
+            f"60 s); try again in {got[2][0].rsplit(' ', 2)[1]} s"
+        )
+        assert agents.a.quotas.stats.refused == {("anon", "REJECT"): 1}
