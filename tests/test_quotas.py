@@ -35,6 +35,7 @@ from mcluster.store.keys import ObjectKeys
 from tests.helpers import until
 from tests.postfix import Smtpd
 from tests.postfix import request as smtpd_request
+from tests.redis_cluster import RedisCluster
 from tests.redis_servers import RedisServer
 
 # The issue's interface contract, verbatim.
@@ -525,3 +526,20 @@ Policy {
             f"60 s); try again in {got[2][0].rsplit(' ', 2)[1]} s"
         )
         assert agents.a.quotas.stats.refused == {("anon", "REJECT"): 1}
+
+
+async def test_on_a_redis_cluster(redis_cluster: RedisCluster, namespace: str) -> None:
+    """The windows share one hash tag: decisions, show (SCAN on every master), reset."""
+    async with two_agents(redis_cluster.url, namespace, CONTRACT) as agents:
+        async with Client(agents.a.port) as c1, Client(agents.b.port) as c2:
+            got = [await (c1, c2)[i % 2].mail(sasl_username="kim", sender=f"k@c{i}.example")
+                   for i in range(4)]  # fmt: skip
+        assert got[:3] == [["DUNNO"] * 4] * 3 and deferred(got[3][0], "per_user")
+        await published(agents)
+        ctx = ConsoleContext(agents.a.node.client, agents.a.node.keys)
+        one = await run_command(ctx, "policy show per_user kim from relay-2")
+        assert one.data["used"] == 1  # type: ignore[call-overload]
+        listing = await run_command(ctx, "policy show per_user")
+        top = listing.data["quotas"][0]["top"]  # type: ignore[call-overload]
+        assert [(r["key"], r["used"]) for r in top] == [("kim", 3)]
+        assert (await run_command(ctx, "policy reset per_user kim")).data["cleared"] == 3  # type: ignore[call-overload]

@@ -180,8 +180,7 @@ async def _shares(
     client: Redis, okeys: ObjectKeys, windows: list[tuple[str, Rate]], node: str
 ) -> list[int]:
     """What ``node`` admitted in each window now (its share's live buckets)."""
-    seconds, micros = await client.time()
-    now = int(seconds) * 1000 + int(micros) // 1000
+    now = await members.server_time_ms(client)
     pipe = client.pipeline(transaction=False)
     for name, _ in windows:
         pipe.hgetall(throttle.window_key(okeys, name, node))
