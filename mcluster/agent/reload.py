@@ -32,6 +32,7 @@ from mcluster.config import ClusterConfig, ReplicateObject, load_config
 from mcluster.objects import throttle
 from mcluster.objects.kinds import kind_for_type
 from mcluster.objects.outbound import OutboundPolicy
+from mcluster.objects.policy import policy_config
 from mcluster.outbound.views import ConnectionViews
 from mcluster.shaping.config import shaping_config
 
@@ -80,6 +81,8 @@ def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
     slots = [bool({o.type for o in c.objects} & _SLOT_TYPES) for c in (old, new)]
     if slots[0] != slots[1]:
         changes.append("outbound connection slots")
+    if old.tree.scopes("Policy") != new.tree.scopes("Policy"):  # positions aside
+        changes.append("Policy (the policy service's rules and quotas)")
     return changes
 
 
@@ -91,6 +94,7 @@ async def reload_config(node: Node) -> dict[str, Any]:
     new = load_config(path)  # ConfigError (FILE:LINE:COL: ...) leaves everything as it was
     declared = throttle.config_throttles(new)
     policy = OutboundPolicy(new)
+    policy_config(new)  # a bad Policy or Quota scope fails the reload like any error
     shaping = shaping_config(new)  # bad rules: ConfigError, nothing applied
     old_objects, new_objects = _replicated(node.config), _replicated(new)
     needs_restart = _fixed_changes(node.config, new)
