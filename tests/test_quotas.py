@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -17,7 +18,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 
 from mcluster import Node, parse_config
-from mcluster.config import ConfigError
+from mcluster.config import ConfigError, load_config
 from mcluster.console.commands import ConsoleContext, UsageError, run_command
 from mcluster.console.dashboard import render_plain
 from mcluster.console.snapshot import read_snapshot
@@ -451,3 +452,50 @@ async def test_dashboard_shows_the_keys_nearest_their_limit(agents: Agents) -> N
     text.print(render_plain(snap))
     screen = text.file.getvalue()  # type: ignore[attr-defined]
     assert "Quotas nearest limit" in screen and "per_user dash" in screen and "3/3" in screen
+
+
+async def test_recipients_counted_at_data_when_no_rcpt_was_asked(agents: Agents) -> None:
+    """The policy only in smtpd_data_restrictions: a message's recipient_count at DATA."""
+    kw = {"sender": "data-only@rcpt-data.example", "sasl_username": ""}
+    async with Client(agents.a.port) as c1, Client(agents.b.port) as c2:
+        answers = []
+        for c, n in ((c1, 3), (c2, 3), (c1, 2), (c2, 1)):
+            instance = c.new_instance()
+            answers.append(await c.send("DATA", instance, recipient_count=str(n), **kw))
+            if answers[-1].startswith(("DUNNO", "WARN")):
+                eom = await c.send("END-OF-MESSAGE", instance, recipient_count=str(n), **kw)
+                assert eom == "DUNNO"  # counted once, at DATA
+        assert answers[0] == "DUNNO" and deferred(answers[1], "rcpt")
+        assert answers[2].startswith('WARN quota "trial"') and deferred(answers[3], "rcpt")
+        too_many = await c1.send("DATA", c1.new_instance(), recipient_count="9",
+                                 sender="other@rcpt-data2.example", sasl_username="")  # fmt: skip
+        assert too_many.endswith("(9 recipients at once are over the limit of 5 recipients "
+                                 "per 60 s)")  # fmt: skip
+
+
+def test_a_changed_policy_scope_is_listed_under_needs_restart() -> None:
+    from mcluster.agent.reload import _fixed_changes
+
+    moved = "# quotas\n" + CONTRACT
+    assert _fixed_changes(parse_config(CONTRACT, "a.conf"), parse_config(moved, "a.conf")) == []
+    warned = CONTRACT.replace('action = "WARN"', 'action = "REJECT"')
+    assert _fixed_changes(parse_config(CONTRACT, "a.conf"), parse_config(warned, "a.conf")) == [
+        "Policy (the policy service's rules and quotas)"
+    ]
+
+
+async def test_a_bad_quota_fails_the_reload(
+    tmp_path: Path, redis_server: RedisServer, namespace: str
+) -> None:
+    path = tmp_path / "m.conf"
+    path.write_text(CONTRACT)
+    async with Node(load_config(str(path)), "relay-1", redis_server.url, namespace=namespace) as n:
+        path.write_text(CONTRACT.replace('limit = "3/60"', 'limit = "3/0"'))
+        with pytest.raises(
+            ConfigError, match=r"m.conf:4:\d+: bad rate '3/0': the period S must be more than 0"
+        ):
+            await n.reload()
+        path.write_text(CONTRACT.replace('limit = "3/60"', 'limit = "4/60"'))
+        assert (await n.reload())["needs_restart"] == [
+            "Policy (the policy service's rules and quotas)"
+        ]
