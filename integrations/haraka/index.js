@@ -235,10 +235,14 @@ exports.outbound_send = async function (next, hmail) {
   } catch (err) {
     return this.agent_failed(err, 'OBTM') ? next() : fail_delay()
   }
+  // one line per decision: operators (and the tests) can see the admitted rate
+  const how = decision.degraded ? ' (degraded: Redis did not answer in time)' : ''
   if (!decision.allowed) {
     this.count_refusal('outbound_message')
+    this.loginfo(`OBTM ${route.binding}::${route.domain} refused, retry in ${decision.retry_after_ms} ms${how}`)
     return next(constants.delay, Math.max(decision.retry_after_ms || 1000, 1) / 1000)
   }
+  this.loginfo(`OBTM ${route.binding}::${route.domain} allowed${how}`)
   let slot
   try {
     slot = await this.agent.open_connection(route)
