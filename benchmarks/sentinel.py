@@ -33,7 +33,7 @@ import _redis  # noqa: F401  (puts the project on sys.path)
 import redis.asyncio
 from _report import Report, machine, make_parser
 
-from mcluster.store.urls import make_async_client
+from mcluster.store.connect.urls import make_async_client
 from tests.agents import Load, until
 from tests.sentinels import SentinelGroup, UrlFarm
 

@@ -33,8 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mcluster.agent.http import make_app  # noqa: E402
-from mcluster.agent.manager import Manager  # noqa: E402
 from mcluster.agent.node import Node  # noqa: E402
 from mcluster.config import load_config, parse_config  # noqa: E402
 from mcluster.console import ConsoleContext, run_command  # noqa: E402
@@ -42,10 +40,12 @@ from mcluster.console.commands import CommandError, NotFound  # noqa: E402
 from mcluster.console.dashboard import render_plain  # noqa: E402
 from mcluster.console.serve import serve_console  # noqa: E402
 from mcluster.console.snapshot import Snapshot, SnapshotReader  # noqa: E402
+from mcluster.faces.http.app import make_app  # noqa: E402
+from mcluster.manager.manager import Manager  # noqa: E402
 from mcluster.store import node_status  # noqa: E402
+from mcluster.store.connect.urls import make_async_client  # noqa: E402
 from mcluster.store.jobs import Job, JobAborted  # noqa: E402
 from mcluster.store.keys import ClusterKeys  # noqa: E402
-from mcluster.store.urls import make_async_client  # noqa: E402
 from tests.redis_servers import RedisServer, start_redis  # noqa: E402
 from tests.test_console import CIDR, DOMAINS  # noqa: E402  (Momentum's reference counts)
 

@@ -1,24 +1,21 @@
 -- _window: shared fragment (not a script of its own), included by the throttle scripts.
--- A throttle's window is a hash: "<bucket number>" -> count, "m<bucket number>" -> the time
--- (ms) of the bucket's last count, plus "s" -> the sum of the counts stored and "o" -> no
--- bucket below this number is stored. The running sum makes a decision read a few fields
--- instead of every bucket. A bucket leaves the window when its last count has been in it for
--- a whole period: so a count is held for exactly one period, never more, and a retry hint
--- never exceeds the period (a bucket without its time, written by an older release, is
--- held until the bucket's end plus a period, as before).
 -- KEYS, ARGV: none of its own; the including script passes the window's key.
 -- Return: the functions below (window_open returns W, the others nothing).
+-- Cost: O(1) amortized; O(B) for B stored buckets on a window's first use or long idle.
+-- A window is a hash: "<bucket>" -> count, "m<bucket>" -> ms of the bucket's last count,
+-- "s" -> the sum of the counts stored, "o" -> no bucket below this one is stored (the sum
+-- makes a decision read a few fields, not every bucket). A bucket leaves the window a period
+-- after its last count, so a count is held exactly one period and a retry hint never
+-- exceeds it (a bucket without its time, from an older release: its end plus a period).
 -- window_open(key, p, w, now) -> W {key, now, cur, oldest, curc, used, add}: drops the
 --   buckets that left the window (usually none, at a bucket edge one).
--- window_buckets(W) -> {bucket -> count}, {bucket -> last count ms} of the live buckets,
---   this script's adds included (one HGETALL per window and script: only on a refusal, to
---   say when to retry).
+-- window_buckets(W) -> {bucket -> count}, {bucket -> last ms} of the live buckets, this
+--   script's adds included (one HGETALL per window and script, only on a refusal).
 -- window_retry_after(W, cost, now) -> ms until `cost` fits in W (W.n, W.p, W.w set by the
 --   caller), at most W.p; -1 when it never can (cost > N).
--- window_write(W, ttl_ms): stores what the script added (W.add, counted at W.last, default
---   now; a bucket's time only ever grows) and the new sum.
+-- window_write(W, ttl_ms): stores W.add (counted at W.last, default now; a bucket's time
+--   only ever grows) and the new sum.
 -- window_share(key, W, add, ttl_ms): counts `add` in a node's share of the window.
--- Cost: O(1) amortized; O(B) for B stored buckets on a window's first use or long idle.
 local function window_open(key, p, w, now)
   local W = {key = key, now = now, cur = math.floor(now / w), oldest = math.floor((now - p) / w),
              add = 0}
@@ -117,6 +114,8 @@ local function window_write(W, ttl_ms)
     if W.curc == 0 then redis.call('PEXPIRE', W.key, ttl_ms) end
   elseif W.dirty then
     redis.call('HSET', W.key, 's', W.used, 'o', W.oldest)
+    -- a probe or a refusal on a window never counted in: the key is new, give it an end
+    if redis.call('PTTL', W.key) < 0 then redis.call('PEXPIRE', W.key, ttl_ms) end
   end
 end
 

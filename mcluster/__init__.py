@@ -44,8 +44,8 @@ from mcluster.objects.cidrtree import Row
 from mcluster.objects.outbound import Route
 from mcluster.objects.throttle import Decision, ThrottleConflict, ThrottleDef
 from mcluster.objects.views import Listing, ObjectInfo
-from mcluster.store.access import RedisAccessError
-from mcluster.store.embedded import EmbeddedRedisError
+from mcluster.store.connect.access import RedisAccessError
+from mcluster.store.connect.embedded import EmbeddedRedisError
 
 __all__ = [
     "AuditError",

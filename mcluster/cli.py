@@ -15,10 +15,18 @@ from redis.exceptions import RedisError
 from mcluster import __version__
 from mcluster.config import ClusterConfig, ConfigError, check_command, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
-from mcluster.store.access import RedisAccessError, check_access
-from mcluster.store.embedded import EmbeddedRedisError, ensure_embedded_redis, stop_embedded_redis
+from mcluster.security import agent_flags
+from mcluster.security.clients import policy_guard
+from mcluster.security.errors import GuardError
+from mcluster.security.token import ENV_TOKEN_FILE, ApiToken
+from mcluster.store.connect.access import RedisAccessError, check_access
+from mcluster.store.connect.embedded import (
+    EmbeddedRedisError,
+    ensure_embedded_redis,
+    stop_embedded_redis,
+)
+from mcluster.store.connect.urls import RedisUrlError, redact_url, resolve_redis_url
 from mcluster.store.keys import ClusterKeys
-from mcluster.store.urls import RedisUrlError, redact_url, resolve_redis_url
 
 ENV_NODE = "MCLUSTER_NODE"
 ENV_CONFIG = "MCLUSTER_CONFIG"
@@ -42,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--listen", default="127.0.0.1:4802", help="HTTP API address")
     agent.add_argument("--policy", metavar="HOST:PORT", help="serve Postfix's policy protocol")
     agent.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    agent_flags.add_flags(agent)
 
     console = sub.add_parser("console", help="the operator console (Momentum's commands)")
     console.add_argument("--redis", help=REDIS_HELP)
@@ -86,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     smtp.add_argument("--throttle", default="demo_messages", help="shared throttle per message")
     smtp.add_argument("--rate", default="100/5", help="the throttle's rate (defined at start)")
     smtp.add_argument("--audit", action="store_true", help='inbound audit (Replicate "metrics")')
+    smtp.add_argument(
+        "--api-token-file",
+        metavar="FILE",
+        default=os.environ.get(ENV_TOKEN_FILE) or None,
+        help=f"the agent's API token (default: ${ENV_TOKEN_FILE})",
+    )
 
     redis_cmd = sub.add_parser("redis", help="the embedded Redis server")
     redis_cmd.add_argument("action", choices=["start", "stop", "url"])
@@ -93,23 +108,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _agent(args: argparse.Namespace) -> int:
+    from mcluster.faces.main import run_agent, split_listen
+
+    host, _ = split_listen(args.listen)
+    agent_flags.check_listen(host, args.api_token_file)  # first: an open API never starts
     if not args.config:
         return _fail("agent needs --config FILE (or $MCLUSTER_CONFIG)", 2)
     if not args.node:
         return _fail("agent needs --node NAME (or $MCLUSTER_NODE)", 2)
-    from mcluster.agent.main import run_agent, split_listen
-
-    split_listen(args.listen)
     if args.policy:
         split_listen(args.policy)
+    guard, tls = agent_flags.guard_from_args(args, host)  # refuses an open API: exit 1
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = load_config(args.config)
+    if args.policy:  # smtpd off this host needs Policy { clients = ... }: exit 1 without
+        policy_guard(config).check_listen(split_listen(args.policy)[0])
     url, namespace = _checked_redis(args, config)
     try:
-        asyncio.run(run_agent(config, args.node, url, args.listen, args.policy, namespace))
+        asyncio.run(
+            run_agent(config, args.node, url, args.listen, args.policy, namespace, guard, tls)
+        )
     except (RedisConnectionError, OSError) as exc:
         return _fail(f"cannot reach Redis at {redact_url(url)}: {exc}")
     return 0
@@ -134,7 +155,7 @@ def _console(args: argparse.Namespace) -> int:
 
 
 def _manager(args: argparse.Namespace) -> int:
-    from mcluster.agent.manager import run_manager
+    from mcluster.manager.manager import run_manager
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -159,14 +180,14 @@ def _checked_redis(args: argparse.Namespace, config: ClusterConfig | None) -> tu
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mcluster.demo import run_demo
+    from mcluster.demo.run import run_demo
 
     return run_demo(args.nodes, args.seconds, not args.no_dashboard, args.redis, args.keep_redis)
 
 
 def _smtp(args: argparse.Namespace) -> int:
-    from mcluster.agent.main import split_listen
-    from mcluster.demo_smtp import Limits, serve
+    from mcluster.demo.smtp import Limits, serve
+    from mcluster.faces.main import split_listen
 
     split_listen(args.listen)
     if args.max_connections < 1:
@@ -178,7 +199,8 @@ def _smtp(args: argparse.Namespace) -> int:
         rate=args.rate,
         audit=args.audit,
     )
-    asyncio.run(serve(args.agent, args.listen, limits))
+    token = ApiToken(args.api_token_file) if args.api_token_file else None
+    asyncio.run(serve(args.agent, args.listen, limits, token))
     return 0
 
 
@@ -207,7 +229,7 @@ def _config_check(path: str) -> int:
         return 1
     issues = []
     checks = (config_throttles, OutboundPolicy, policy_config, duravip_config, log_files,
-              shaping_config)  # fmt: skip
+              shaping_config, policy_guard)  # fmt: skip
     for check in checks:
         try:
             check(config)
@@ -247,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    except RedisAccessError as exc:
+    except (RedisAccessError, GuardError) as exc:
         return _fail(str(exc))
     except (ValueError, RedisUrlError, EmbeddedRedisError) as exc:
         return _fail(str(exc), 2 if isinstance(exc, ValueError) else 1)

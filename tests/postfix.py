@@ -25,26 +25,36 @@ _pids = itertools.count(os.getpid() % 40000 + 1000)
 
 
 def request(
-    state: str, client: str, instance: str, *, recipient: str = "", count: int = 0
+    state: str,
+    client: str,
+    instance: str,
+    *,
+    recipient: str = "",
+    count: int = 0,
+    sender: str = "alice@example.net",
+    login: str = "",
+    size: int | None = None,
 ) -> bytes:
-    """The bytes smtpd sends for one policy request."""
+    """The bytes smtpd sends for one policy request (``login``: the SASL username)."""
+    if size is None:
+        size = 1234 if state == "END-OF-MESSAGE" else 0
     attrs = [
         ("request", "smtpd_access_policy"),
         ("protocol_state", state),
         ("protocol_name", "ESMTP"),
         ("helo_name", "mail.example.net"),
         ("queue_id", "4ABC12D3E" if state in ("DATA", "END-OF-MESSAGE") else ""),
-        ("sender", "alice@example.net"),
+        ("sender", sender),
         ("recipient", recipient),
         ("recipient_count", str(count)),
         ("client_address", client),
         ("client_name", "unknown"),
         ("reverse_client_name", "unknown"),
         ("instance", instance),
-        ("sasl_method", ""),
-        ("sasl_username", ""),
+        ("sasl_method", "PLAIN" if login else ""),
+        ("sasl_username", login),
         ("sasl_sender", ""),
-        ("size", "1234" if state == "END-OF-MESSAGE" else "0"),
+        ("size", str(size)),
         ("ccert_subject", ""),
         ("ccert_issuer", ""),
         ("ccert_fingerprint", ""),

@@ -25,16 +25,19 @@ to install what lacks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
+import smtplib
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.agents import Farm
 from tests.redis_servers import free_port
 
 INSTALL = (
@@ -149,7 +152,7 @@ class Sent:
             if line.startswith((" -> ", "~> ")):
                 sent = line[4:]
                 waiting = sent == command if command == "." else sent.startswith(command)
-            elif waiting and (m := re.match(r"<[*~]?\*?\s+(\d{3}[ -].*)", line)):
+            elif waiting and (m := re.match(r"<[-*~]+\s+(\d{3}[ -].*)", line)):
                 out.append(m.group(1))
                 waiting = m.group(1)[3] == "-"  # a multi-line reply goes on
         return out
@@ -270,3 +273,57 @@ class PrivatePostfix:
         async with asyncio.timeout(timeout):
             out, _ = await proc.communicate()
         return Sent(proc.returncode or 0, out.decode(errors="replace"))
+
+
+@dataclass
+class Mx:
+    """A private Postfix and the farm of agents its listeners ask (listener ``i`` asks
+    agent ``n{i+1}``)."""
+
+    postfix: PrivatePostfix
+    farm: Farm
+
+    def agent(self, listener: int) -> str:
+        return f"n{listener + 1}"
+
+    def policy_args(self, listener: int) -> list[str]:
+        return ["--policy", f"127.0.0.1:{self.postfix.policy_ports[listener]}"]
+
+    async def restart(self, listener: int) -> None:
+        """Start the agent of ``listener`` again (after a kill), on the same policy port."""
+        self.farm.spawn(self.agent(listener), args=self.policy_args(listener))
+        await self.farm.wait_healthy(self.agent(listener))
+
+
+@contextlib.asynccontextmanager
+async def mx_farm(workdir: Path, policy: str, listeners: int = 2) -> AsyncIterator[Mx]:
+    """A farm of ``listeners`` agents (config ``policy`` beside the farm's cluster scope)
+    and a private Postfix with one smtpd listener asking each."""
+    farm = Farm(workdir, extra=policy)
+    postfix = PrivatePostfix([free_port() for _ in range(listeners)])
+    mx = Mx(postfix, farm)
+    try:
+        await asyncio.gather(
+            *(farm.start(mx.agent(i), args=mx.policy_args(i)) for i in range(listeners)),
+            asyncio.to_thread(postfix.start),
+        )
+        yield mx
+    finally:
+        postfix.stop()
+        await farm.close()
+
+
+def smtp_session(
+    port: int, client: str, sender: str = "alice@example.net", login: str = ""
+) -> smtplib.SMTP:
+    """An SMTP session up to an accepted MAIL FROM (XCLIENT sets the client address, and
+    the SASL login when given); the caller goes on with RCPT."""
+    smtp = smtplib.SMTP("127.0.0.1", port, timeout=20)
+    smtp.ehlo("client.test.invalid")
+    attrs = f"ADDR={client}" + (f" LOGIN={login}" if login else "")
+    code, text = smtp.docmd("XCLIENT", attrs)
+    assert code == 220, (code, text)  # XCLIENT starts a new session
+    smtp.ehlo("client.test.invalid")
+    code, text = smtp.mail(sender)
+    assert code == 250, (code, text)
+    return smtp

@@ -25,7 +25,7 @@ from pathlib import Path
 import redis
 import redis.asyncio
 
-from mcluster.store.urls import make_async_client
+from mcluster.store.connect.urls import make_async_client
 from tests.agents import Farm
 from tests.redis_servers import RedisServer, free_port, path_redis_server, start_redis
 

@@ -14,9 +14,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from mcluster.agent.http import make_app
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
+from mcluster.faces.http.app import make_app
 from tests.redis_servers import RedisServer
 from tests.test_audit import recent, server_ms
 

@@ -10,10 +10,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from mcluster.agent.http import make_app
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
 from mcluster.console.commands import ConsoleContext, UsageError, run_command
+from mcluster.faces.http.app import make_app
 from mcluster.objects import audit
 from mcluster.objects.audit import Item
 from mcluster.objects.audit_views import AuditError, get_series, series_count

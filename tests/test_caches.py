@@ -14,15 +14,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mcluster.agent.caches import BLOCK_MS, UnknownCache
-from mcluster.agent.http import make_app
 from mcluster.agent.node import Node
 from mcluster.agent.outbox import stop_if_cancelled
 from mcluster.config import ConfigError, parse_config
+from mcluster.faces.http.app import make_app
 from mcluster.objects import cache
 from mcluster.objects.cache import CacheKeys
+from mcluster.store.connect.urls import make_async_client
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.scripts import Scripts
-from mcluster.store.urls import make_async_client
 from tests.helpers import crash, until
 from tests.redis_cluster import AnyRedis
 from tests.redis_servers import RedisServer

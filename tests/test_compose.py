@@ -73,6 +73,20 @@ def test_every_command_parses_with_the_cli(compose: dict[str, Any]) -> None:
     assert _parser().parse_args(argv(services["manager"])).command == "manager"
 
 
+def test_the_agents_api_needs_the_token_from_a_compose_secret(compose: dict[str, Any]) -> None:
+    """The agents listen on 0.0.0.0 (the compose network), so each must have the token
+    (without one the agent refuses to start), and so must the SMTP servers that call it;
+    nothing else gets the secret."""
+    assert compose["secrets"]["api_token"]["file"].endswith("/secrets/api_token")
+    services = compose["services"]
+    for name, service in services.items():
+        sources = [s["source"] if isinstance(s, dict) else s for s in service.get("secrets", [])]
+        assert sources == (["api_token"] if name in (*NODES, *SMTP) else []), name
+        if name in (*NODES, *SMTP):
+            assert service["environment"]["MCLUSTER_API_TOKEN_FILE"] == "/run/secrets/api_token"
+    assert (ROOT / ".gitignore").read_text().count("/secrets/") == 1  # never committed
+
+
 def test_the_dockerfile_copies_what_the_wheel_needs() -> None:
     text = (ROOT / "Dockerfile").read_text()
     copied = [p for line in re.findall(r"^COPY (.+) \S+$", text, re.M) for p in line.split()]

@@ -20,8 +20,8 @@ from mcluster.console.commands import (
     exit_code,
 )
 from mcluster.console.spec import COMMANDS
+from mcluster.store.connect.urls import make_async_client
 from mcluster.store.keys import ClusterKeys
-from mcluster.store.urls import make_async_client
 from tests.redis_servers import RedisServer
 
 CONFIG = """

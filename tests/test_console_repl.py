@@ -13,8 +13,8 @@ from rich.console import Console
 from mcluster.agent.node import Node
 from mcluster.console.commands import ConsoleContext
 from mcluster.console.repl import Repl, completions, history_path
+from mcluster.store.connect.urls import make_async_client
 from mcluster.store.keys import ClusterKeys
-from mcluster.store.urls import make_async_client
 from tests.redis_servers import RedisServer
 from tests.test_console import GLOBAL_CIDR, Cluster, cluster  # noqa: F401  (fixture)
 

@@ -23,8 +23,8 @@ from mcluster.console.snapshot import (
     top_rows,
 )
 from mcluster.store import members
+from mcluster.store.connect.urls import make_async_client
 from mcluster.store.keys import ClusterKeys
-from mcluster.store.urls import make_async_client
 from tests.helpers import until
 from tests.redis_servers import RedisServer
 from tests.test_console import CIDR, DOMAINS, start_reference_nodes
@@ -227,7 +227,7 @@ def test_top_of_a_cidr_tree_is_its_widest_distinct_networks() -> None:
 async def test_the_manager_is_listed_but_has_no_column(
     busy: dict[str, Node], redis_server: RedisServer, namespace: str
 ) -> None:
-    from mcluster.agent.manager import Manager
+    from mcluster.manager.manager import Manager
 
     manager = Manager(None, redis_server.url, name="mgr", namespace=namespace)
     await manager.start()

@@ -210,7 +210,7 @@ def test_demo_stops_the_embedded_redis_it_started(tmp_path: Path) -> None:
 
 
 def test_demo_leaves_a_redis_that_was_already_running(tmp_path: Path) -> None:
-    from mcluster.store.embedded import ensure_embedded_redis, stop_embedded_redis
+    from mcluster.store.connect.embedded import ensure_embedded_redis, stop_embedded_redis
 
     home = tmp_path / "home"
     state = home / ".local" / "state" / "mcluster"
@@ -227,7 +227,7 @@ def test_demo_leaves_a_redis_that_was_already_running(tmp_path: Path) -> None:
 
 
 def test_keep_redis_leaves_the_started_redis_running(tmp_path: Path) -> None:
-    from mcluster.store.embedded import stop_embedded_redis
+    from mcluster.store.connect.embedded import stop_embedded_redis
 
     home = tmp_path / "home"
     done = run_embedded_demo(home, "--keep-redis")

@@ -10,11 +10,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mcluster.agent.http import make_app
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
-from mcluster.demo_smtp import Limits, SmtpServer, start_server
-from mcluster.demo_traffic import Outcomes, smtp_session
+from mcluster.demo.smtp import Limits, SmtpServer, start_server
+from mcluster.demo.traffic import Outcomes, smtp_session
+from mcluster.faces.http.app import make_app
 from tests.helpers import until
 from tests.redis_servers import RedisServer
 

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import redis
 
-from mcluster.store import embedded
-from mcluster.store.embedded import (
+from mcluster.store.connect import embedded
+from mcluster.store.connect.embedded import (
     EmbeddedRedisError,
     embedded_url,
     ensure_embedded_redis,
@@ -31,7 +31,7 @@ from mcluster.store.embedded import (
     state_dir,
     stop_embedded_redis,
 )
-from mcluster.store.urls import (
+from mcluster.store.connect.urls import (
     CONNECT_TIMEOUT,
     HEALTH_CHECK_INTERVAL,
     SOCKET_TIMEOUT,
@@ -282,7 +282,7 @@ def test_three_threads_start_exactly_one_server(
 def test_three_processes_start_exactly_one_server(state: Path) -> None:
     code = (
         "import pathlib, sys\n"
-        "from mcluster.store.embedded import ensure_embedded_redis\n"
+        "from mcluster.store.connect.embedded import ensure_embedded_redis\n"
         "print(ensure_embedded_redis(pathlib.Path(sys.argv[1])))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *sys.path])}

@@ -9,16 +9,16 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mcluster.agent.gauge_caches import GaugeCacheError, LocalGaugeCache, UnknownGaugeCache
-from mcluster.agent.http import make_app
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
 from mcluster.console.commands import ConsoleContext, run_command
+from mcluster.faces.http.app import make_app
 from mcluster.objects import gauge_cache
 from mcluster.objects.gauge_cache import GaugeCacheDef
 from mcluster.objects.kinds import GAUGE_CACHE
+from mcluster.store.connect.urls import make_async_client
 from mcluster.store.keys import GLOBAL, ClusterKeys
 from mcluster.store.scripts import Scripts
-from mcluster.store.urls import make_async_client
 from tests.helpers import crash, until
 from tests.redis_cluster import AnyRedis
 from tests.redis_servers import RedisServer

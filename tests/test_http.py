@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from mcluster.agent.http import make_app
 from mcluster.agent.node import Node
+from mcluster.faces.http.app import make_app
 from tests.helpers import CONFIG_TEXT, config
 from tests.redis_servers import RedisServer, free_port
 

@@ -20,9 +20,9 @@ from mcluster.console import ConsoleContext, run_command
 from mcluster.console.commands import CommandError, NotFound
 from mcluster.objects.kinds import CIDRTREE, GAUGE_TABLE
 from mcluster.store import jobs, members
+from mcluster.store.connect.urls import make_async_client
 from mcluster.store.keys import ClusterKeys, text
 from mcluster.store.scripts import script_source
-from mcluster.store.urls import make_async_client
 from tests.agents import Farm, RedisProxy, until
 from tests.helpers import crash
 from tests.operations import console

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from redis.exceptions import ReadOnlyError
 
-from mcluster.agent import manager as manager_module
-from mcluster.agent.manager import Manager
 from mcluster.console import ConsoleContext, run_command
 from mcluster.console.commands import UsageError
 from mcluster.console.serve import answer
+from mcluster.manager import manager as manager_module
+from mcluster.manager.manager import Manager
 from mcluster.store import jobs, members, requests
+from mcluster.store.connect.urls import make_async_client
 from mcluster.store.keys import ClusterKeys
-from mcluster.store.urls import make_async_client
 from tests.agents import Farm, until
 from tests.operations import ManagerProcess, console, spawn_manager
 from tests.redis_servers import RedisServer

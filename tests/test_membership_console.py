@@ -13,16 +13,16 @@ from typing import TypeVar
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from mcluster.agent.http import make_app
 from mcluster.agent.node import Node
 from mcluster.cli import main as cli_main
 from mcluster.console import ConsoleContext, console_main, run_command
 from mcluster.console.render import HelpView
 from mcluster.console.repl import completions
 from mcluster.console.spec import COMMANDS
+from mcluster.faces.http.app import make_app
 from mcluster.store import members
+from mcluster.store.connect.urls import make_async_client
 from mcluster.store.keys import ClusterKeys
-from mcluster.store.urls import make_async_client
 from tests.helpers import config
 from tests.redis_servers import RedisServer
 from tests.test_console import render

@@ -13,9 +13,9 @@ from mcluster.config import parse_config
 from mcluster.objects.cache import CacheKeys
 from mcluster.objects.kinds import GAUGE_TABLE
 from mcluster.store import members, node_status
+from mcluster.store.connect.urls import make_async_client
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.scripts import Scripts
-from mcluster.store.urls import make_async_client
 from tests.redis_servers import RedisServer
 
 

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mcluster import ConfigError, Node, parse_config
-from mcluster.agent.http import make_app
+from mcluster.faces.http.app import make_app
 from mcluster.objects.outbound import OBTM_OPTION, OutboundPolicy, Route
 from tests.helpers import crash, redis_pids, until, until_running
 from tests.redis_cluster import AnyRedis

@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from rich.console import Console
 
 from mcluster import Node, parse_config
-from mcluster.agent.http import make_app
 from mcluster.agent.slots import SlotDecision
 from mcluster.console import ConsoleContext, run_command
+from mcluster.faces.http.app import make_app
 from mcluster.objects.outbound import Route
 from mcluster.outbound.views import ConnectionViews
 from tests.agents import Farm, until

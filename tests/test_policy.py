@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from mcluster import Node, parse_config
-from mcluster.agent.policy import PolicyService
 from mcluster.config import ConfigError
+from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import ClientRate, policy_config
 from mcluster.objects.rates import Rate
 from tests.helpers import until

@@ -14,15 +14,11 @@ import re
 import smtplib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from tests.agents import Farm
-from tests.postfix_server import POLICY_DOWN, PrivatePostfix, missing
-from tests.redis_servers import free_port
+from tests.postfix_server import POLICY_DOWN, Mx, missing, mx_farm, smtp_session
 
 pytestmark = [
     pytest.mark.skipif(bool(missing()), reason=str(missing())),
@@ -39,38 +35,10 @@ Policy {{
 """
 
 
-@dataclass
-class Mx:
-    """The module's Postfix and the agents its listeners ask."""
-
-    postfix: PrivatePostfix
-    farm: Farm
-    policy_ports: list[int]
-
-    def policy_args(self, i: int) -> list[str]:
-        return ["--policy", f"127.0.0.1:{self.policy_ports[i]}"]
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mx(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mx]:
-    workdir: Path = tmp_path_factory.mktemp("postfix")
-    farm = Farm(workdir, extra=POLICY)
-    ports = [free_port(), free_port()]
-    postfix = PrivatePostfix(ports)
-    try:
-        await asyncio.gather(
-            farm.start("n1", args=["--policy", f"127.0.0.1:{ports[0]}"]),
-            farm.start("n2", args=["--policy", f"127.0.0.1:{ports[1]}"]),
-            asyncio.to_thread(postfix.start),
-        )
-        yield Mx(postfix, farm, ports)
-    finally:
-        postfix.stop()
-        await farm.close()
-
-
-def rcpt_refused(sent_rcpt_replies: list[str], code: str = "450 4.7.1") -> bool:
-    return any(r.startswith(code) for r in sent_rcpt_replies)
+    async with mx_farm(tmp_path_factory.mktemp("postfix"), POLICY) as mx:
+        yield mx
 
 
 async def test_two_listeners_share_one_client_limit_exactly(mx: Mx) -> None:
@@ -91,20 +59,9 @@ async def test_two_listeners_share_one_client_limit_exactly(mx: Mx) -> None:
                               r"\S+\[10\.30\.0\.1\]: 450 4\.7\.1 ")  # fmt: skip
 
 
-def _mail(port: int, client: str) -> smtplib.SMTP:
-    """An SMTP session up to an accepted MAIL FROM (XCLIENT sets the client address)."""
-    smtp = smtplib.SMTP("127.0.0.1", port, timeout=20)
-    smtp.ehlo("client.test.invalid")
-    code, text = smtp.docmd("XCLIENT", f"ADDR={client}")
-    assert code == 220, (code, text)  # XCLIENT starts a new session
-    smtp.ehlo("client.test.invalid")
-    assert smtp.mail("alice@example.net")[0] == 250
-    return smtp
-
-
 def _open_transaction(port: int, client: str) -> smtplib.SMTP:
     """An SMTP session up to an accepted RCPT."""
-    smtp = _mail(port, client)
+    smtp = smtp_session(port, client)
     code, text = smtp.rcpt("bob@example.org")
     assert code == 250, (code, text)
     return smtp
@@ -112,7 +69,7 @@ def _open_transaction(port: int, client: str) -> smtplib.SMTP:
 
 def _timed_rcpt(port: int, client: str) -> tuple[str, float]:
     """The reply to one RCPT TO and the seconds it took."""
-    smtp = _mail(port, client)
+    smtp = smtp_session(port, client)
     try:
         started = time.monotonic()
         code, text = smtp.rcpt("bob@example.org")
@@ -138,8 +95,7 @@ async def test_agent_killed_mid_transaction(mx: Mx) -> None:
     results = [await mx.postfix.send(1, client=client) for _ in range(5)]
     assert [r.accepted for r in results] == [True] * 4 + [False], [r.transcript for r in results]
     # n1 comes back on the same port and decides again (another client: this one is spent)
-    mx.farm.spawn("n1", args=mx.policy_args(0))
-    await mx.farm.wait_healthy("n1")
+    await mx.restart(0)
     assert (await mx.postfix.send(0, client="10.30.1.2")).accepted
     assert not (await mx.postfix.send(0, client=client)).accepted
 

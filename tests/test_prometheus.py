@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from mcluster import Node, parse_config
-from mcluster.agent.http import make_app
-from mcluster.agent.policy import PolicyService
+from mcluster.faces.http.app import make_app
+from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import policy_config
 from tests.helpers import until
 from tests.postfix import Smtpd, policy_agent
@@ -32,6 +32,8 @@ cluster {
   Shared_Throttle "t1" { rate = "3/60" }
 }
 Policy { client_rates = ("32,1/60") }
+Shaping "ts" { domain = "yahoo.test"  match = "/TS0[1-4]/"  action = "suspend" }
+Adaptive "y" { domain = "yahoo.test"  min = "1/60"  max = "100/60"  increase = "1/60" }
 """
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -4,18 +4,30 @@ policy protocol against a real redis-server with two agents (counts exact across
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 
 from mcluster import Node, parse_config
-from mcluster.agent.policy import PolicyService
 from mcluster.config import ConfigError
-from mcluster.objects.policy import policy_config
+from mcluster.console.commands import ConsoleContext, UsageError, run_command
+from mcluster.errors import NotFound
+from mcluster.faces.http.app import make_app
+from mcluster.faces.policy import PolicyService
+from mcluster.objects import throttle
+from mcluster.objects.policy import FAMILY, policy_config
 from mcluster.objects.rates import Rate
+from mcluster.quotas import usage
 from mcluster.quotas.config import parse_limit
 from mcluster.quotas.keys import parse_key, split_window, window_name
+from mcluster.store.keys import ObjectKeys
+from tests.helpers import until
 from tests.postfix import Smtpd
 from tests.postfix import request as smtpd_request
 from tests.redis_servers import RedisServer
@@ -152,6 +164,10 @@ def attrs_of(state: str, client: str, instance: str, **extra: str) -> bytes:
 class Client(Smtpd):
     """An smtpd connection that sets any attribute of a request."""
 
+    async def __aenter__(self) -> Client:
+        await super().__aenter__()
+        return self
+
     async def send(self, state: str, instance: str, client: str = "10.20.0.1", **kw: str) -> str:
         assert self._reader is not None and self._writer is not None
         self._writer.write(attrs_of(state, client, instance, **kw))
@@ -160,21 +176,22 @@ class Client(Smtpd):
         assert await self._reader.readline() == b"\n"
         return line.decode().rstrip("\n").removeprefix("action=")
 
-    async def mail(
-        self, *, rcpts: int = 1, size: int = 1000, mail_size: int = 0, **kw: str
-    ) -> list[str]:
+    async def mail(self, **kw: str | int) -> list[str]:
         """One transaction: MAIL, RCPT per recipient, DATA, END-OF-MESSAGE (the policy in
         smtpd_sender, recipient, data and end_of_data restrictions); every answer, and
         it stops at the first refused transaction-wide."""
+        rcpts, size = int(kw.pop("rcpts", 1)), int(kw.pop("size", 1000))
+        mail_size = int(kw.pop("mail_size", 0))
+        attrs = {k: str(v) for k, v in kw.items()}
         instance = self.new_instance()
-        answers = [await self.send("MAIL", instance, size=str(mail_size), **kw)]
+        answers = [await self.send("MAIL", instance, size=str(mail_size), **attrs)]
         for i in range(rcpts):
-            rcpt = {"recipient": f"r{i}@example.org", "size": str(mail_size), **kw}
+            rcpt = {"recipient": f"r{i}@example.org", "size": str(mail_size), **attrs}
             answers.append(await self.send("RCPT", instance, **rcpt))
         if not answers[0].startswith(("DUNNO", "WARN")):
             return answers
-        answers.append(await self.send("DATA", instance, size=str(mail_size), **kw))
-        answers.append(await self.send("END-OF-MESSAGE", instance, size=str(size), **kw))
+        answers.append(await self.send("DATA", instance, size=str(mail_size), **attrs))
+        answers.append(await self.send("END-OF-MESSAGE", instance, size=str(size), **attrs))
         return answers
 
 
@@ -229,8 +246,8 @@ async def test_messages_per_user_exact_across_agents(agents: Agents) -> None:
         for i in range(4):
             assert await c2.mail(sasl_username="", sender=f"x@n{i}.example") == ["DUNNO"] * 4
         assert await c1.mail(sasl_username="bob", sender="bob@bob.example") == ["DUNNO"] * 4
-    refused = agents.a.quotas.stats.refused + agents.b.quotas.stats.refused
-    assert refused[("per_user", "DEFER_IF_PERMIT")] == 3
+    counted = agents.a.quotas.stats.refused + agents.b.quotas.stats.refused
+    assert counted[("per_user", "DEFER_IF_PERMIT")] == 3
 
 
 async def test_recipients_refused_one_by_one_and_earlier_stand(agents: Agents) -> None:
@@ -298,6 +315,14 @@ async def test_warn_is_shadow_mode(agents: Agents) -> None:
         assert warned[1:] == ["DUNNO"] * 3  # the mail goes through
         assert agents.b.quotas.stats.warned["trial"] == 1
         assert agents.b.stats.actions["WARN"] == 1
+    async with TestClient(TestServer(make_app(agents.b.node, agents.b))) as api:
+        scraped = await (await api.get("/metrics")).text()
+    assert 'mcluster_policy_quota_would_refuse_total{quota="trial"} 1.0' in scraped
+    assert 'mcluster_policy_requests_total{action="WARN"} 1.0' in scraped
+    assert (
+        'mcluster_policy_quota_refusals_total{action="DEFER_IF_PERMIT",quota="per_user"} 0.0'
+        in (scraped)
+    )
 
 
 async def test_first_request_before_mail_waits_for_the_sender(agents: Agents) -> None:
@@ -312,3 +337,96 @@ async def test_first_request_before_mail_waits_for_the_sender(agents: Agents) ->
                 assert (first, second) == ("DUNNO", "DUNNO")
             else:
                 assert deferred(first, "per_user") and second == first
+
+
+# -- seeing quotas: console, HTTP --------------------------------------------------------
+
+
+async def published(agents: Agents) -> None:
+    """Wait until the agents' quotas are in Redis (published as they start)."""
+    okeys = agents.a.node.keys.object(FAMILY)
+    await until(
+        lambda: _has_quotas(agents.a.node.client, okeys), 5, "the agents published the quotas"
+    )
+
+
+async def _has_quotas(client: Redis, okeys: ObjectKeys) -> bool:
+    return bool(await usage.load(client, okeys))
+
+
+async def test_console_policy_show_and_reset(agents: Agents, redis_server: RedisServer) -> None:
+    node = agents.a.node
+    async with Client(agents.a.port) as c1, Client(agents.b.port) as c2:
+        for i in range(3):
+            await (c1, c2)[i % 2].mail(sasl_username="alice", sender=f"a@s{i}.example")
+        await c1.mail(sasl_username="bob", sender="b@bob.example")
+        refused = await c2.mail(sasl_username="alice", sender="a@s9.example")
+        assert deferred(refused[0], "per_user")
+    await published(agents)
+    ctx = ConsoleContext(node.client, node.keys)
+    one = await run_command(ctx, "policy show per_user Alice")
+    assert {k: one.data[k] for k in ("quota", "key", "used", "limit")} == {  # type: ignore[call-overload]
+        "quota": "per_user", "key": "alice", "used": 3, "limit": 3,
+    }  # fmt: skip
+    assert 0 < one.data["retry_after_ms"] <= 60_000  # type: ignore[call-overload]
+    mine = await run_command(ctx, "policy show per_user alice from relay-1")
+    theirs = await run_command(ctx, "policy show per_user alice from relay-2")
+    assert (mine.data["used"], theirs.data["used"]) == (2, 1)  # type: ignore[call-overload]
+    listing = await run_command(ctx, "policy show")
+    quotas = {q["name"]: q for q in listing.data["quotas"]}  # type: ignore[call-overload]
+    assert list(quotas) == ["per_user", "rcpt", "size", "trial"]
+    assert [(r["key"], r["used"]) for r in quotas["per_user"]["top"]] == [("alice", 3), ("bob", 1)]
+    await until(lambda: _refused(ctx), 5, "the refusal counted in Redis")
+    # The contract: the command line prints an object with used, limit and retry_after_ms.
+    result = subprocess.run(
+        [sys.executable, "-m", "mcluster", "console", "--redis", redis_server.url,
+         "--namespace", node.keys.namespace, "--json", "-c", "policy show per_user alice"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert (shown["used"], shown["limit"]) == (3, 3) and 0 < shown["retry_after_ms"] <= 60_000
+    # Reset: alice may send again at once, on either agent.
+    cleared = await run_command(ctx, "policy reset per_user alice")
+    assert cleared.data["cleared"] == 3  # type: ignore[call-overload]  # window + 2 shares
+    after = await run_command(ctx, "policy show per_user alice")
+    assert (after.data["used"], after.data["retry_after_ms"]) == (0, 0)  # type: ignore[call-overload]
+    async with Client(agents.b.port) as c2:
+        assert await c2.mail(sasl_username="alice", sender="a@s10.example") == ["DUNNO"] * 4
+    # Reading a key never used (a probe: nothing counted) leaves no key without an end.
+    nobody = await run_command(ctx, "policy show per_user nobody")
+    assert (nobody.data["used"], nobody.data["retry_after_ms"]) == (0, 0)  # type: ignore[call-overload]
+    window = throttle.window_key(node.keys.object(FAMILY), window_name("per_user", "nobody"))
+    assert await node.client.pttl(window) in (-2, *range(1, 66_001))
+    with pytest.raises(NotFound, match="unknown quota 'nosuch'; quotas: per_user, rcpt"):
+        await run_command(ctx, "policy show nosuch alice")
+    with pytest.raises(UsageError, match="usage: policy reset QUOTA KEY"):
+        await run_command(ctx, "policy reset per_user")
+
+
+async def _refused(ctx: ConsoleContext) -> bool:
+    listing = await run_command(ctx, "policy show per_user")
+    return bool(listing.data["quotas"][0]["refused"] == 1)  # type: ignore[call-overload]
+
+
+async def test_http_policy_routes_answer_as_the_console(agents: Agents) -> None:
+    async with Client(agents.b.port) as c:
+        for i in range(2):
+            await c.mail(sasl_username="carol", sender=f"c@h{i}.example", client="10.30.0.1")
+    await published(agents)
+    async with TestClient(TestServer(make_app(agents.a.node, agents.a))) as api:
+        one = await api.get("/v1/policy/per_user/Carol")
+        body = await one.json()
+        assert one.status == 200 and (body["used"], body["limit"], body["retry_after_ms"]) == (
+            2, 3, 0,
+        )  # fmt: skip
+        share = await (await api.get("/v1/policy/per_user/carol?from=relay-2")).json()
+        assert share["used"] == 2 and share["node"] == "relay-2"
+        listing = await (await api.get("/v1/policy/per_user")).json()
+        assert [(r["key"], r["used"]) for r in listing["quotas"][0]["top"]] == [("carol", 2)]
+        assert len((await (await api.get("/v1/policy")).json())["quotas"]) == 4
+        missing = await api.get("/v1/policy/nosuch/x")
+        assert missing.status == 404 and "unknown quota 'nosuch'" in (await missing.json())["error"]
+        assert (await api.delete("/v1/policy/per_user/carol")).status == 200
+        after = await (await api.get("/v1/policy/per_user/carol")).json()
+        assert after["used"] == 0

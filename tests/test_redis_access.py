@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mcluster.store.access import RedisAccessError, check_access
+from mcluster.store.connect.access import RedisAccessError, check_access
 from mcluster.store.keys import ClusterKeys
 from tests.agents import until
 from tests.redis_servers import RedisServer, free_port

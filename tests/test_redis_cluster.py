@@ -9,9 +9,8 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from mcluster.agent.node import Node
-from mcluster.store import cluster_urls
-from mcluster.store.keys import ClusterKeys
-from mcluster.store.urls import (
+from mcluster.store.connect import cluster_urls
+from mcluster.store.connect.urls import (
     RedisUrlError,
     decision_client,
     make_async_client,
@@ -19,6 +18,7 @@ from mcluster.store.urls import (
     redact_url,
     validate_redis_url,
 )
+from mcluster.store.keys import ClusterKeys
 from tests.helpers import config
 from tests.redis_cluster import RedisCluster
 

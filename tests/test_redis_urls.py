@@ -9,9 +9,9 @@ import pytest
 
 from mcluster.config import parse_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
-from mcluster.store.sentinel import SentinelUrl, parse_sentinel_url
-from mcluster.store.url_options import connection_options
-from mcluster.store.urls import (
+from mcluster.store.connect.sentinel import SentinelUrl, parse_sentinel_url
+from mcluster.store.connect.url_options import connection_options
+from mcluster.store.connect.urls import (
     RedisUrlError,
     make_sync_client,
     redact_url,

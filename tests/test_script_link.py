@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
+from mcluster.store.connect.urls import decision_client, make_async_client
 from mcluster.store.script_link import ScriptLink
 from mcluster.store.scripts import Scripts
-from mcluster.store.urls import decision_client, make_async_client
 from tests.redis_servers import RedisServer
 
 

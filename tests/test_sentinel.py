@@ -15,9 +15,9 @@ import pytest
 from redis.exceptions import ResponseError
 
 from mcluster.objects.kinds import CIDRTREE, GAUGE_TABLE, Kind
+from mcluster.store.connect.urls import make_async_client
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.scripts import Scripts
-from mcluster.store.urls import make_async_client
 from tests.agents import Load, until
 from tests.redis_servers import RedisServer
 from tests.sentinels import SentinelGroup, UrlFarm

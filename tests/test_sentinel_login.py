@@ -10,9 +10,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from mcluster.store.sentinel import sentinel_login
-from mcluster.store.url_options import RedisUrlError
-from mcluster.store.urls import make_async_client, make_sync_client, redact_url, validate_redis_url
+from mcluster.store.connect.sentinel import sentinel_login
+from mcluster.store.connect.url_options import RedisUrlError
+from mcluster.store.connect.urls import (
+    make_async_client,
+    make_sync_client,
+    redact_url,
+    validate_redis_url,
+)
 from tests.helpers import until
 from tests.redis_servers import RedisServer, free_port, path_redis_server
 from tests.redis_tls import make_certs, start_tls_redis

@@ -14,7 +14,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mcluster import ConfigError, Node, parse_config
-from mcluster.agent.http import make_app
+from mcluster.faces.http.app import make_app
+from mcluster.faces.prometheus import Metrics
 from mcluster.objects.outbound import Route
 from mcluster.shaping.config import shaping_config
 from mcluster.shaping.model import Outcome
@@ -311,6 +312,18 @@ async def test_aimd_converges_on_a_sinks_hidden_rate(
         mean = sum(last) / len(last)
         print(f"AIMD: hidden {hidden}/s, mean of the last {len(last)} rates {mean:.1f}/s")
         assert abs(mean - hidden) <= 0.2 * hidden, (mean, rates)
+
+        # the senders stopped: once a step saw no attempts the rate holds still
+        async def idle() -> bool:
+            return (await shaper.show()).adaptive[0].transfail_ratio is None
+
+        await until(idle, 3.0, "an AIMD step with no attempts")
+        [aimd] = (await shaper.show()).adaptive
+        newest = [h for h in await shaper.history("sink", 1) if h.action == "aimd"]
+        assert aimd.rate == float(newest[0].value)
+        scrape = (await Metrics(made[1]).render()).decode()
+        gauge = 'mcluster_shaping_adaptive_rate{adaptive="sink",destination="domain:sink.test"}'
+        assert f"{gauge} {aimd.rate}" in scrape
     finally:
         for node in made:
             await node.stop()
@@ -358,3 +371,75 @@ async def test_warmup_day_follows_redis_time(
     finally:
         for node in made:
             await node.stop()
+
+
+async def test_console_and_http_show_history_clear(
+    nodes: list[Node], redis_server: AnyRedis, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from mcluster.console import console_main
+
+    a, b, _ = nodes
+    fired = await a.outbound_outcome(Outcome("b1", "yahoo.test", 421, TS03, "mx.yahoo.test"))
+    expires = fired.rules[0].expires_ms
+    assert not (await b.outbound_message(Route("b1", "yahoo.test"))).allowed
+    for node, line in [
+        (a, 'mcluster_shaping_actions_total{action="suspend",rule="yahoo_ts"} 1.0'),
+        (b, 'mcluster_shaping_refusals_total{reason="suspend",rule="yahoo_ts"} 1.0'),
+    ]:
+        async with TestClient(TestServer(make_app(node))) as api:
+            assert line in (await (await api.get("/metrics")).text()).splitlines()
+    env = os.environ | {"MCLUSTER_REDIS_URL": redis_server.url, "MCLUSTER_NAMESPACE": namespace}
+    done = subprocess.run(
+        [sys.executable, "-m", "mcluster", "console", "--json", "-c", "shaping show"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [action] = json.loads(done.stdout)["actions"]
+    assert (action["rule"], action["destination"], action["action"]) == (
+        "yahoo_ts", "domain:yahoo.test", "suspend",
+    )  # fmt: skip
+    assert 0 < action["remaining_s"] <= 3
+
+    async def console(command: str, json_mode: bool = True) -> tuple[int, str]:
+        code = await asyncio.to_thread(
+            console_main, redis_server.url, None, None, command, json_mode, namespace
+        )
+        out, _ = capsys.readouterr()
+        return code, out
+
+    from rich.console import Console
+
+    from mcluster.console.dashboard import render_plain
+    from mcluster.console.snapshot import read_snapshot
+
+    screen = Console(width=120, record=True, file=io.StringIO())
+    screen.print(render_plain(await read_snapshot(b.client, b.keys)))
+    board = screen.export_text()
+    assert "Shaping" in board and "yahoo_ts" in board and "domain:yahoo.test" in board
+    code, out = await console("shaping show", json_mode=False)
+    assert code == 0 and "yahoo_ts" in out and "domain:yahoo.test" in out
+    code, out = await console("shaping history yahoo_ts limit 5")
+    [entry] = json.loads(out)["history"]
+    assert (entry["rule"], entry["node"], entry["expires_ms"]) == ("yahoo_ts", "relay-1", expires)
+    async with TestClient(TestServer(make_app(b))) as api:
+        body = await (await api.get("/v1/shaping")).json()
+        assert [x["rule"] for x in body["actions"]] == ["yahoo_ts"]
+        code, out = await console("shaping clear yahoo_ts domain:yahoo.test")
+        assert code == 0 and json.loads(out)["cleared"] is True
+        assert (await b.outbound_message(Route("b1", "yahoo.test"))).allowed
+        assert (await (await api.get("/v1/shaping")).json())["actions"] == []
+        code, _ = await console("shaping clear yahoo_ts domain:yahoo.test")
+        assert code == 2  # nothing in force: not found
+        code, _ = await console("shaping clear yahoo_ts yahoo.test")
+        assert code == 1  # not a destination
+        resp = await api.get("/v1/shaping/history", params={"rule": "yahoo_ts"})
+        assert [h["action"] for h in (await resp.json())["history"]] == ["clear", "suspend"]
+        bad = await api.post("/v1/outbound/outcome", json={"binding": "b1", "domain": "x",
+                                                            "code": 700})  # fmt: skip
+        assert bad.status == 400 and "200-599" in (await bad.json())["error"]

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mcluster import Node, parse_config
-from mcluster.agent.http import make_app
+from mcluster.faces.http.app import make_app
 from mcluster.objects import throttle
 from mcluster.objects.rates import Rate, parse_rate
 from mcluster.objects.throttle import ThrottleConflict, ThrottleDef, ThrottleError

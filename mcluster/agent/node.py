@@ -44,9 +44,9 @@ from mcluster.outbound.views import ConnectionViews
 from mcluster.shaping.model import Outcome, OutcomeResult
 from mcluster.shaping.service import Shaper
 from mcluster.store import members
+from mcluster.store.connect.urls import decision_client, make_async_client, resolve_redis_url
 from mcluster.store.keys import GLOBAL, ClusterKeys, check_name
 from mcluster.store.scripts import Scripts
-from mcluster.store.urls import decision_client, make_async_client, resolve_redis_url
 
 log = logging.getLogger("mcluster.agent")
 
@@ -509,12 +509,15 @@ class Node:
         return await self.shaping.outcome(outcome)
 
     async def _throttle_route(self, family: str, option: str, route: Route) -> Decision:
+        """OBTM or OBTC: one count on every bucket of the route (``OutboundPolicy.buckets``:
+        the fall-back one and the MX host's and provider's), all or nothing."""
         throttles = self._families.get(family)
-        bucket = self.outbound.throttle(option, route) if throttles is not None else None
-        if throttles is None or bucket is None:
+        buckets = self.outbound.buckets(option, route) if throttles is not None else []
+        if throttles is None or not buckets:
             return Decision(True, 0, ())
-        path, rate = bucket
-        return await throttles.acquire_bucket(ThrottleDef(name=path, rate=str(rate)))
+        return await throttles.acquire_buckets(
+            [ThrottleDef(name=path, rate=str(rate)) for path, rate in buckets]
+        )
 
     async def open_connection(self, route: Route) -> SlotDecision:
         """OBTC and the connection caps: a slot when every one has room, else a reason.

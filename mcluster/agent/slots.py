@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -29,6 +30,7 @@ from redis.exceptions import ResponseError
 
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox
 from mcluster.objects.outbound import Cap, OutboundPolicy, Route
+from mcluster.outbound.providers import normal_host
 from mcluster.outbound.views import Targets
 from mcluster.store.keys import GLOBAL
 from mcluster.store.scripts import Scripts
@@ -140,9 +142,28 @@ class Slots:
         if not allowed:
             cap = next(c for c in caps if c.key == full)
             self.stats.refused[cap.source] += 1
-            return SlotDecision(False, None, f"{cap.source}: {cap.key} holds {cap.limit}")
+            spill = await self._spill_over(route) if cap.per_host and route.mx_hosts else ()
+            reason = f"{cap.source}: {cap.key} holds {cap.limit}"
+            return SlotDecision(False, None, reason, spill)
         self.stats.opened += 1
         return SlotDecision(True, slot, None)
+
+    async def _spill_over(self, route: Route) -> tuple[str, ...]:
+        """The report's other MX hosts under whose every cap a connection would fit now
+        (one read; a hint, not a reservation: the open there decides)."""
+        me = normal_host(route.host or "")
+        siblings = [h for h in dict.fromkeys(route.mx_hosts) if normal_host(h) != me]
+        caps = [self.policy.caps(dataclasses.replace(route, host=h)) for h in siblings]
+        keys = sorted({c.key for group in caps for c in group})
+        if not keys:
+            return tuple(siblings)
+        try:
+            counts = await self._scripts().client.hmget(self.box.keys.data(GLOBAL), keys)
+        except RETRY_ERRORS:  # the refusal stands; only the hint is lost
+            return ()
+        used = {k: int(v or 0) for k, v in zip(keys, counts, strict=True)}
+        return tuple(h for h, group in zip(siblings, caps, strict=True)
+                     if all(used[c.key] < c.limit for c in group))  # fmt: skip
 
     async def _open(self, slot: str, caps: list[Cap], *, force: bool) -> tuple[bool, str]:
         args: list[str | int] = [self.box.view, slot, 1 if force else 0]

@@ -24,10 +24,10 @@ from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.errors import ThrottleError
 from mcluster.objects import throttle
 from mcluster.objects.throttle import Decision, Request, ThrottleDef
+from mcluster.store.connect.urls import SOCKET_TIMEOUT
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.script_link import ScriptLink
 from mcluster.store.scripts import Scripts
-from mcluster.store.urls import SOCKET_TIMEOUT
 
 log = logging.getLogger("mcluster.throttles")
 

@@ -279,3 +279,10 @@ _HANDLERS.update(_DURAVIP_HANDLERS)
 from mcluster.console.logs_commands import HANDLERS as _LOGS_HANDLERS  # noqa: E402
 
 _HANDLERS.update(_LOGS_HANDLERS)
+# The policy service's quotas (mcluster/quotas/console.py imports this module).
+from mcluster.quotas.console import HANDLERS as _QUOTA_HANDLERS  # noqa: E402
+
+_MODULE_HANDLERS.update(_QUOTA_HANDLERS)
+from mcluster.shaping.console import HANDLERS as _SHAPING_HANDLERS  # noqa: E402
+
+_MODULE_HANDLERS.update(_SHAPING_HANDLERS)

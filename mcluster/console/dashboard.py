@@ -169,6 +169,16 @@ def jobs_table(s: Snapshot, ascii_box: bool = False) -> Table | None:
     return _optional("Jobs", ("job", "", "done"), rows, ascii_box)
 
 
+def shaping_table(s: Snapshot, ascii_box: bool = False) -> Table | None:
+    """Shaping actions in force with the seconds left; None (no panel) when none."""
+    rows = [
+        (a.rule, a.destination, f"{a.action} {a.value}".strip(),
+         Text(f"{a.remaining_ms / 1000:.0f}s", style="yellow"))
+        for a in s.shaping
+    ]  # fmt: skip
+    return _optional("Shaping", ("rule", "destination", "action", "left"), rows, ascii_box)
+
+
 def _optional(
     title: str, columns: tuple[str, ...], rows: Sequence[Sequence[RenderableType]], ascii_box: bool
 ) -> Table | None:
@@ -196,6 +206,7 @@ def _side_panels(s: Snapshot, ascii_box: bool = False) -> list[RenderableType]:
     tables = [
         members_table(s, ascii_box),
         jobs_table(s, ascii_box),
+        shaping_table(s, ascii_box),
         throttles_table(s, ascii_box),
         replication_table(s, ascii_box),
         anomalies_table(s, ascii_box),

@@ -28,10 +28,15 @@ from mcluster.console.commands import (
 )
 from mcluster.console.dashboard import watch as watch_dashboard
 from mcluster.console.repl import run_repl
-from mcluster.store.access import RedisAccessError, check_access
-from mcluster.store.embedded import EmbeddedRedisError
+from mcluster.store.connect.access import RedisAccessError, check_access
+from mcluster.store.connect.embedded import EmbeddedRedisError
+from mcluster.store.connect.urls import (
+    RedisUrlError,
+    make_async_client,
+    redact_url,
+    resolve_redis_url,
+)
 from mcluster.store.keys import ClusterKeys, check_name
-from mcluster.store.urls import RedisUrlError, make_async_client, redact_url, resolve_redis_url
 
 __all__ = ["EXIT_INTERRUPTED", "console_main"]
 

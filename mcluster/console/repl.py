@@ -32,7 +32,7 @@ from mcluster.console.spec import (
 from mcluster.objects import views
 from mcluster.objects.audit_views import list_series
 from mcluster.store import members
-from mcluster.store.embedded import state_dir
+from mcluster.store.connect.embedded import state_dir
 
 try:
     import readline as _readline

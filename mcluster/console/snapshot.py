@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from mcluster.agent.manager import MANAGER_TYPE
 from mcluster.errors import NotFound
+from mcluster.manager.manager import MANAGER_TYPE
 from mcluster.objects import shards, views
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.rates import parse_rate
 from mcluster.objects.views import ObjectInfo
+from mcluster.shaping.model import ActiveAction
+from mcluster.shaping.service import ShapingKeys, active_actions
 from mcluster.store import cluster_view, members, node_status
 from mcluster.store.jobs import list_jobs
 from mcluster.store.keys import GLOBAL, ClusterKeys
@@ -113,6 +115,7 @@ class Snapshot:
     replication: tuple[ReplicationLine, ...] = ()  # per node, in Snapshot.nodes order
     anomalies: tuple[AnomalyLine, ...] = ()
     jobs: tuple[JobLine, ...] = ()
+    shaping: tuple[ActiveAction, ...] = ()  # shaping actions in force (docs/shaping.md)
     error: str | None = None  # why the snapshot is empty (Redis unreachable, ...)
 
 
@@ -291,4 +294,5 @@ class SnapshotReader:
             replication=tuple(replication),
             anomalies=tuple(anomalies),
             jobs=tuple(jobs),
+            shaping=await active_actions(client, ShapingKeys.of(keys), now_ms),
         )

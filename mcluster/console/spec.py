@@ -76,11 +76,25 @@ MODULE_COMMANDS: tuple[CommandSpec, ...] = (
     ),
     CommandSpec(("audit_series", "list"), "", "List the named audit series.", top=True),
     CommandSpec(
+        ("policy", "show"),
+        "[QUOTA [KEY]] [from NODE]",
+        "Postfix policy quotas: top keys by use against their limit, or one key.",
+        top=True,
+    ),
+    CommandSpec(("policy", "reset"), "QUOTA KEY", "Clear one key of a policy quota.", top=True),
+    CommandSpec(
         ("audit_series", "count"),
         "NAME KEY [START [END]] [from NODE]",
         "Sum a named audit series over windows START..END.",
         top=True,
     ),
+    CommandSpec(
+        ("shaping", "show"), "", "Shaping actions in force, AIMD rates, warm-up days.", top=True
+    ),
+    CommandSpec(
+        ("shaping", "history"), "[NAME] [limit N]", "Recent shaping actions (audit).", top=True
+    ),
+    CommandSpec(("shaping", "clear"), "NAME DEST", "Lift a shaping action now.", top=True),
 )
 
 #: Words the REPL understands besides the commands.

@@ -183,7 +183,7 @@ class Collector:
 
 
 async def collect_logs(manager: Any) -> None:
-    """The manager's ``logs`` service (``manager`` is a ``mcluster.agent.manager.Manager``)."""
+    """The manager's ``logs`` service (``manager`` is a ``mcluster.manager.manager.Manager``)."""
     root = Path(log_dir(manager.config))
     collector = Collector(manager.client, manager.keys, root, manager.name)
     await collector.run(lambda: manager.stopping)

@@ -21,16 +21,26 @@ never over-admits across the cluster.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from redis.asyncio import Redis
+
+from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.objects.rates import Rate
 from mcluster.objects.throttle import Decision
+from mcluster.quotas import usage
 from mcluster.quotas.config import Quota
 from mcluster.quotas.keys import window_name
+from mcluster.store.keys import ObjectKeys
+
+log = logging.getLogger("mcluster.policy")
 
 Stage = Literal["transaction", "recipient"]
 #: protocol states at which a transaction has a sender (message quotas wait for one)
@@ -39,6 +49,7 @@ END_OF_MESSAGE = "END-OF-MESSAGE"
 #: enhanced status codes of each refusing action (WARN, HOLD, DISCARD take none)
 CODES = {"DEFER_IF_PERMIT": "4.7.1", "DEFER": "4.7.1", "REJECT": "5.7.1"}
 MAX_SHOWN = 100  # characters of a key value quoted in an answer
+FLUSH_EVERY = 2.0  # seconds between adding this agent's refusal counts to the cluster's
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,17 @@ def quota_answer(limit: Limit, retry_ms: int) -> str:
     return f"{action} {code} {reason}" if code else f"{action} {reason}"
 
 
+def _client(attrs: dict[str, str]) -> str:
+    """The client address as exempt blocks are matched (IPv4-mapped IPv6 as IPv4)."""
+    try:
+        address = ipaddress.ip_address(attrs.get("client_address", "").strip())
+    except ValueError:
+        return ""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 class QuotaEngine:
     """The ``Quota`` scopes of one policy service: limits per request, and decisions."""
 
@@ -132,6 +154,7 @@ class QuotaEngine:
         self.quotas = tuple(quotas)
         self.by_name = {q.name.casefold(): q for q in self.quotas}
         self.stats = QuotaStats()
+        self._unsent: Counter[str] = Counter()  # refusal counts not yet in Redis
         self._messages = [q for q in self.quotas if q.count == "messages"]
         self._recipients = [q for q in self.quotas if q.count == "recipients"]
         self._bytes = [q for q in self.quotas if q.count == "bytes"]
@@ -174,6 +197,7 @@ class QuotaEngine:
             return limit.refusal(retry_ms)
         assert limit.quota is not None
         self.stats.refused[(limit.quota.name, limit.quota.action)] += 1
+        self._unsent[f"refused:{limit.quota.name}"] += 1
         return quota_answer(limit, retry_ms)
 
     async def decide(
@@ -206,17 +230,35 @@ class QuotaEngine:
             for limit in tripped:  # WARN quotas only: shadow mode
                 assert limit.quota is not None
                 self.stats.warned[limit.quota.name] += 1
+                self._unsent[f"would_refuse:{limit.quota.name}"] += 1
             warning = warning or f"WARN {quota_reason(tripped[0], retry)}"
             active = [a for a in active if a not in tripped]
         return Outcome("DUNNO", recipient or warning or "DUNNO")
 
+    async def run(self, client: Callable[[], Redis], okeys: ObjectKeys) -> None:
+        """Publish the quotas for consoles, then add this agent's refusal counts to the
+        cluster's every FLUSH_EVERY s (until cancelled; a last flush then)."""
+        published = False
+        try:
+            while True:
+                with contextlib.suppress(*RETRY_ERRORS):
+                    if not published:
+                        await usage.publish(client(), okeys, self.quotas)
+                        published = True
+                    await self.flush(client(), okeys)
+                await asyncio.sleep(FLUSH_EVERY)
+        except asyncio.CancelledError:
+            with contextlib.suppress(*RETRY_ERRORS, TimeoutError):
+                async with asyncio.timeout(1):
+                    await self.flush(client(), okeys)
+            raise
 
-def _client(attrs: dict[str, str]) -> str:
-    """The client address as exempt blocks are matched (IPv4-mapped IPv6 as IPv4)."""
-    try:
-        address = ipaddress.ip_address(attrs.get("client_address", "").strip())
-    except ValueError:
-        return ""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+    async def flush(self, client: Redis, okeys: ObjectKeys) -> None:
+        unsent, self._unsent = self._unsent, Counter()
+        if not unsent:
+            return
+        try:
+            await usage.add_counts(client, okeys, unsent)
+        except BaseException:
+            self._unsent.update(unsent)  # sent with the next flush
+            raise

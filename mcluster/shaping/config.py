@@ -21,7 +21,9 @@ from typing import Any, Literal, cast
 
 from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, Option, Pos, Scope, to_python
 from mcluster.errors import InvalidValue
+from mcluster.objects.outbound import PROVIDER_OPTIONS
 from mcluster.objects.rates import Rate, parse_rate
+from mcluster.outbound.providers import Provider, provider_of, read_providers
 
 ACTIONS = ("suspend", "rate", "connections")
 DEST_KINDS = ("domain", "provider", "host")
@@ -122,21 +124,17 @@ class ShapingConfig:
     rules: tuple[ShapingRule, ...] = ()
     adaptive: tuple[AdaptiveRule, ...] = ()
     warmups: tuple[WarmupRule, ...] = ()
-    providers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    providers: tuple[Provider, ...] = ()  # the config's Provider scopes (outbound's)
 
     @property
     def enabled(self) -> bool:
         return bool(self.rules or self.adaptive or self.warmups)
 
-    def provider_of(self, host: str | None) -> str | None:
-        """The provider whose ``mx_suffix`` ends ``host`` (the first in config order)."""
-        if not host:
-            return None
-        folded = host.casefold().rstrip(".")
-        for name, suffixes in self.providers.items():
-            if any(folded.endswith(s) or folded == s.lstrip(".") for s in suffixes):
-                return name
-        return None
+    def provider_of(self, host: str | None, mx_hosts: tuple[str, ...] = ()) -> str | None:
+        """The (folded) name of the Provider whose ``mx_suffix`` matches ``host`` (else one
+        of ``mx_hosts``), as outbound matches it (``mcluster/outbound/providers.py``)."""
+        name = provider_of(list(self.providers), host, mx_hosts)
+        return name.casefold() if name is not None else None
 
 
 class _Reader:
@@ -202,7 +200,7 @@ class _Reader:
             return None
         return value.strip(), option
 
-    def destination(self, providers: dict[str, tuple[str, ...]]) -> Destination | None:
+    def destination(self, providers: set[str]) -> Destination | None:
         given = [(k, self.options[k]) for k in DEST_KINDS if k in self.options]
         if len(given) != 1:
             where = given[1][1].pos if len(given) > 1 else self.scope.pos
@@ -272,9 +270,7 @@ def _pattern(reader: _Reader) -> re.Pattern[str] | None:
         return None
 
 
-def _rule(
-    reader: _Reader, providers: dict[str, tuple[str, ...]], seen: set[str]
-) -> ShapingRule | None:
+def _rule(reader: _Reader, providers: set[str], seen: set[str]) -> ShapingRule | None:
     name = _named(reader, seen)
     dest = reader.destination(providers)
     pattern = _pattern(reader)
@@ -308,9 +304,7 @@ def _rule(
     )
 
 
-def _adaptive(
-    reader: _Reader, providers: dict[str, tuple[str, ...]], seen: set[str]
-) -> AdaptiveRule | None:
+def _adaptive(reader: _Reader, providers: set[str], seen: set[str]) -> AdaptiveRule | None:
     name = _named(reader, seen)
     dest = reader.destination(providers)
     if dest is not None and dest.kind == "host":
@@ -382,30 +376,12 @@ def _warmup(reader: _Reader, seen: set[str]) -> WarmupRule | None:
     return WarmupRule(name, binding[0], tuple(steps), start_ms, reader.scope.pos)
 
 
-def _providers(config: ClusterConfig, issues: list[ConfigIssue]) -> dict[str, tuple[str, ...]]:
-    providers: dict[str, tuple[str, ...]] = {}
-    for scope in _scopes(config, "Provider"):
-        reader = _Reader(scope, issues)
-        found = reader.raw("mx_suffix")
-        if not scope.name:
-            reader.fail(scope.pos, "a Provider scope needs a name")
-            continue
-        suffixes: tuple[str, ...] = ()
-        if found is not None:
-            value, option = found
-            items = value if isinstance(value, tuple) else (value,)
-            if not all(isinstance(s, str) and s.strip(".") for s in items):
-                reader.fail(option.pos, "mx_suffix must be a list of domain suffixes")
-            else:
-                suffixes = tuple(s.casefold() for s in items)
-        providers[scope.name.casefold()] = suffixes
-    return providers
-
-
 def shaping_config(config: ClusterConfig) -> ShapingConfig:
     """The Shaping, Adaptive and Warmup scopes of ``config``; ConfigError lists every problem."""
     issues: list[ConfigIssue] = []
-    providers = _providers(config, issues)
+    # Provider scopes are outbound's (OutboundPolicy reports their own problems)
+    found, _ = read_providers(config.tree, PROVIDER_OPTIONS, [])
+    providers = {p.name.casefold() for p in found}
     seen: set[str] = set()
     rules = [_rule(_Reader(s, issues), providers, seen) for s in _scopes(config, "Shaping")]
     seen = set()
@@ -418,5 +394,5 @@ def shaping_config(config: ClusterConfig) -> ShapingConfig:
         tuple(r for r in rules if r is not None),
         tuple(a for a in adaptive if a is not None),
         tuple(w for w in warmups if w is not None),
-        providers,
+        tuple(found),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mcluster.agent.http_common import NODE_KEY, error, read_json
+from mcluster.faces.http.common import NODE_KEY, error, read_json
 from mcluster.shaping.model import Outcome, ShapingError
 from mcluster.shaping.service import Shaper
 

@@ -18,6 +18,7 @@ outcome counts); ``B:warmup:NAME`` (a warm-up's first use, Redis ms).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.errors import AuditError
 from mcluster.objects.outbound import OBTM_OPTION, Cap, Route
-from mcluster.objects.rates import Rate
+from mcluster.objects.rates import Rate, parse_rate
 from mcluster.objects.throttle import Decision, ThrottleDef
 from mcluster.shaping.config import (
     AdaptiveRule,
@@ -61,6 +62,8 @@ PROVIDER_TTL = 1.0  # s: how long a node trusts "this domain has no known provid
 #: A count key under every connection to a destination that has a ``connections`` rule,
 #: so the cap, once in force, counts the connections already open.
 UNCAPPED = 1_000_000_000
+#: The OBTM buckets shaping adds to a decision (beside the config's own bucket).
+SHAPING_BUCKETS = ("adaptive:", "warmup:", "shaped:")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,12 @@ class ShapingKeys:
     @property
     def counts(self) -> str:
         return f"{self.base}:counts"
+
+    @property
+    def defs(self) -> str:
+        """The adaptive and warm-up rules the nodes run: "adaptive:NAME" / "warmup:NAME"
+        -> JSON, so a console without the config can show them."""
+        return f"{self.base}:defs"
 
     def act(self, dest: str) -> str:
         return f"{self.base}:act:{dest}"
@@ -155,7 +164,7 @@ class Shaper:
 
     def _known_provider(self, route: Route) -> tuple[bool, str | None]:
         """(known, provider) of the route: from its MX host, else what this node learned."""
-        provider = self.config.provider_of(route.host)
+        provider = self.config.provider_of(route.host, route.mx_hosts)
         if provider is not None:
             self._providers[route.domain.casefold()] = (provider, float("inf"))
             return True, provider
@@ -239,7 +248,10 @@ class Shaper:
         or nothing in one decision."""
         state = await self.check(route)
         base = self.node.outbound.throttle(OBTM_OPTION, route)
-        tdefs = [ThrottleDef(name=base[0], rate=str(base[1]))] if base else []
+        tdefs = [  # the fall-back bucket, then any Host and Provider buckets of the route
+            ThrottleDef(name=path, rate=str(rate))
+            for path, rate in self.node.outbound.buckets(OBTM_OPTION, route)
+        ]
         if state is not None:
             suspended = [a for a in state.actions if a.action == "suspend"]
             if suspended:
@@ -259,7 +271,8 @@ class Shaper:
         decision = await throttles.acquire_buckets(tdefs)
         if not decision.allowed and not decision.degraded:
             full = [n for n, left in decision.remaining if left <= 0] or [tdefs[0].name]
-            self.refusals[(full[0], "rate")] += 1
+            if full[0].startswith(SHAPING_BUCKETS):
+                self.refusals[(full[0], "rate")] += 1
             return Decision(
                 False,
                 decision.retry_after_ms,
@@ -439,8 +452,21 @@ class Shaper:
             self.stats.aimd_steps += 1
         return float(before), float(after), int(t), int(n), bool(stepped)
 
+    async def publish(self) -> None:
+        """Write this config's adaptive and warm-up rules where consoles read them."""
+        mapping: dict[Any, Any] = {
+            f"adaptive:{a.name}": json.dumps(adaptive_json(a)) for a in self.config.adaptive
+        }
+        mapping |= {f"warmup:{w.name}": json.dumps(warmup_json(w)) for w in self.config.warmups}
+        if mapping:
+            await self.node.client.hset(self.keys.defs, mapping=mapping)
+
     async def run(self) -> None:
         """The leader steps every adaptive destination about every ``every`` seconds."""
+        try:
+            await self.publish()
+        except RETRY_ERRORS as exc:  # the console then needs --config to list them
+            log.warning("shaping: could not publish the rules: %s", exc)
         if not self.config.adaptive:
             return
         tick = max(0.05, min(a.every for a in self.config.adaptive) / 10)
@@ -460,14 +486,42 @@ class Shaper:
 # -- reads shared with the console (no node needed) ---------------------------------------
 
 
+def adaptive_json(rule: AdaptiveRule) -> dict[str, Any]:
+    return {"name": rule.name, "dest": str(rule.dest), "period": rule.period, "min": rule.min,
+            "max": rule.max, "decrease": rule.decrease, "increase": rule.increase,
+            "every": rule.every, "transfail_above": rule.transfail_above}  # fmt: skip
+
+
+def warmup_json(rule: WarmupRule) -> dict[str, Any]:
+    return {"name": rule.name, "binding": rule.binding, "start_ms": rule.start_ms,
+            "schedule": [f"{day}:{rate}" for day, rate in rule.schedule]}  # fmt: skip
+
+
+async def published_config(client: Any, keys: ShapingKeys) -> ShapingConfig:
+    """The adaptive and warm-up rules the nodes published (for a console without config)."""
+    adaptive, warmups = [], []
+    for field, raw in (await client.hgetall(keys.defs)).items():
+        kind, data = text(field).partition(":")[0], json.loads(raw)
+        if kind == "adaptive":
+            data["dest"] = Destination.parse(data["dest"])
+            adaptive.append(AdaptiveRule(**data))
+        elif kind == "warmup":
+            schedule = []
+            for step in data.pop("schedule"):
+                day, _, rate = step.partition(":")
+                schedule.append((int(day), parse_rate(rate)))
+            warmups.append(WarmupRule(schedule=tuple(schedule), **data))
+    by_name = sorted(adaptive, key=lambda a: a.name), sorted(warmups, key=lambda w: w.name)
+    return ShapingConfig((), tuple(by_name[0]), tuple(by_name[1]))
+
+
 async def _redis_ms(client: Any) -> int:
     seconds, micros = await client.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def shaping_state(client: Any, keys: ShapingKeys, config: ShapingConfig) -> ShapingState:
-    """What is in force now, read from Redis (the console needs no node for it)."""
-    now = await _redis_ms(client)
+async def active_actions(client: Any, keys: ShapingKeys, now: int) -> tuple[ActiveAction, ...]:
+    """The actions in force at ``now`` (Redis ms), soonest to end first."""
     await client.zremrangebyscore(keys.active, "-inf", now)
     actions = []
     for member, _ in await client.zrange(keys.active, 0, -1, withscores=True):
@@ -478,6 +532,13 @@ async def shaping_state(client: Any, keys: ShapingKeys, config: ShapingConfig) -
         action, value, until = text(held).split("\t")
         if int(until) > now:
             actions.append(ActiveAction(rule, dest, action, value, int(until) - now, int(until)))
+    return tuple(actions)
+
+
+async def shaping_state(client: Any, keys: ShapingKeys, config: ShapingConfig) -> ShapingState:
+    """What is in force now, read from Redis (the console needs no node for it)."""
+    now = await _redis_ms(client)
+    actions = await active_actions(client, keys, now)
     adaptive = []
     for aimd in config.adaptive:
         raw = {
@@ -509,7 +570,7 @@ async def shaping_state(client: Any, keys: ShapingKeys, config: ShapingConfig) -
         warmups.append(
             WarmupState(warm.name, warm.binding, day, str(rate) if rate else None, start)
         )
-    return ShapingState(now, tuple(actions), tuple(adaptive), tuple(warmups))
+    return ShapingState(now, actions, tuple(adaptive), tuple(warmups))
 
 
 async def shaping_history(

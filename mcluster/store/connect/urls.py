@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 
-from mcluster.store import cluster_urls, sentinel
-from mcluster.store.embedded import embedded_socket_path, ensure_embedded_redis, state_dir
-from mcluster.store.embedded import embedded_url as _embedded_url
-from mcluster.store.url_options import RedisUrlError, connection_options, query_problem
+from mcluster.store.connect import cluster_urls, sentinel
+from mcluster.store.connect.embedded import embedded_socket_path, ensure_embedded_redis, state_dir
+from mcluster.store.connect.embedded import embedded_url as _embedded_url
+from mcluster.store.connect.url_options import RedisUrlError, connection_options, query_problem
 
 __all__ = [
     "CONNECT_TIMEOUT",

@@ -21,21 +21,20 @@ from typing import Any
 from aiohttp import web
 
 from mcluster.agent.audit_recorder import AuditRecorder, Pending
-from mcluster.agent.http_common import NODE_KEY, error, read_json
+from mcluster.faces.http.common import NODE_KEY, error, read_json
 from mcluster.objects.audit_views import list_series
+from mcluster.security.http_guard import check_batch
 
-MAX_EVENTS = 100_000
 _EVENT_FIELDS = {"type", "ip", "domain", "binding", "count"}
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 Prepared = list[tuple[Pending, int]]
 
 
-def _entries(body: Any, field: str) -> list[Any]:
+def _entries(request: web.Request, body: Any, field: str) -> list[Any]:
     if not isinstance(body, dict) or not isinstance(body.get(field), list):
         raise ValueError(f'body must be a JSON object {{"{field}": [...]}}')
     entries: list[Any] = body[field]
-    if len(entries) > MAX_EVENTS:
-        raise ValueError(f"too many {field} in one request: {len(entries)} > {MAX_EVENTS}")
+    check_batch(request, len(entries), field)  # 413 past the agent's --api-max-events
     return entries
 
 
@@ -102,7 +101,7 @@ async def post_events(request: web.Request) -> web.Response:
         ip, domain, binding = (_text(event, f) for f in ("ip", "domain", "binding"))
         return recorder.prepare(kind, ip, domain, binding, event.get("count", 1))
 
-    entries = _entries(await read_json(request), "events")
+    entries = _entries(request, await read_json(request), "events")
     return _admit_all(recorder, entries, "events", prepare)
 
 
@@ -159,7 +158,7 @@ async def post_series_add(request: web.Request) -> web.Response:
         key: Any = add.get("key")
         return recorder.series_prepare(name, key, add.get("count", 1))
 
-    entries = _entries(await read_json(request), "adds")
+    entries = _entries(request, await read_json(request), "adds")
     return _admit_all(recorder, entries, "adds", prepare)
 
 

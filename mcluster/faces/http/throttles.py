@@ -21,9 +21,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from mcluster.agent.http_common import NODE_KEY, error, read_json
 from mcluster.agent.slots import SlotDecision
 from mcluster.errors import ThrottleError
+from mcluster.faces.http.common import NODE_KEY, error, read_json
 from mcluster.objects import throttle
 from mcluster.objects.outbound import Route
 from mcluster.objects.throttle import Decision, ThrottleConflict, ThrottleDef

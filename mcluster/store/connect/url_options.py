@@ -6,7 +6,7 @@ every URL, ``redis+cluster://`` and ``redis+sentinel://`` included, may name a
 password). A Sentinel URL takes a few options of its own (:data:`SENTINEL_OPTIONS`), a
 Cluster URL only ``password_file``; any other option is an error naming it. The password
 never appears in a message: errors name the URL through
-:func:`mcluster.store.urls.redact_url`.
+:func:`mcluster.store.connect.urls.redact_url`.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ import aiohttp
 from rich.console import Console
 
 from mcluster.console.dashboard import watch
-from mcluster.demo_smtp import Limits, SmtpServer, start_server
-from mcluster.demo_traffic import FIGURES, NETWORKS, Generator, Network, Outcomes, figures
+from mcluster.demo.smtp import Limits, SmtpServer, start_server
+from mcluster.demo.traffic import FIGURES, NETWORKS, Generator, Network, Outcomes, figures
+from mcluster.store.connect.urls import make_async_client
 from mcluster.store.keys import ClusterKeys
-from mcluster.store.urls import make_async_client
 
 TOTALS_OBJECT = "demo_totals"
 THROTTLE = "demo_messages"

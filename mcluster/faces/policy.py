@@ -39,6 +39,7 @@ from mcluster.agent.throttles import Throttles
 from mcluster.errors import Error, UnknownObject
 from mcluster.objects.policy import (
     FAMILY,
+    RULES_CACHE,
     Address,
     ClientRate,
     PolicyConfig,
@@ -47,16 +48,23 @@ from mcluster.objects.policy import (
 )
 from mcluster.objects.rates import MAX_COUNT
 from mcluster.quotas.engine import MAIL_STATES, Limit, Outcome, QuotaEngine
+from mcluster.security.clients import PolicyGuard, RefusalLog
+from mcluster.security.refusals import Refusals
 
 log = logging.getLogger("mcluster.policy")
 
 MAX_LINE = 4096
 MAX_ATTRIBUTES = 256
 READ_SIZE = 16384
+MAX_REQUEST = MAX_ATTRIBUTES * (MAX_LINE + 2)
+# smtpd reads each answer before it asks again: more than this unsent is a client that
+# sends without reading (then wait for it, as drain() does, instead of buffering more)
+WRITE_BUFFER = 65536
 MAX_TRANSACTIONS = 200_000
 REQUEST = "smtpd_access_policy"
 END_OF_MESSAGE = "END-OF-MESSAGE"
 _BINARY = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
+_BINARY_LINES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")  # CRLF allowed
 
 
 def admits(action: str) -> bool:
@@ -91,56 +99,107 @@ class Transaction:
     quotas_due: bool = False  # asked before MAIL: the message quotas are still to count
 
 
-class RequestReader:
-    """Reads requests from one connection: a block at a time, split into lines here (one
-    ``read`` per request or less, not one per line)."""
+class TimedOut(Garbage):
+    """The client sent nothing for ``idle_timeout`` between requests, or did not finish a
+    request within ``request_timeout``; ``reason`` is the refusal's metric label."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RequestReader:
+    """Reads requests from one connection: a block at a time, each request cut out of the
+    buffer whole and checked and split in one pass (no loop of awaits per line). A read
+    between requests waits at most ``idle``; a request must arrive whole within
+    ``partial`` of its first byte."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, idle: float | None = None, partial: float | None = None
+    ) -> None:
         self.reader = reader
         self.buffer = b""
-        self.pos = 0
+        self.idle = idle
+        self.partial = partial
+        self.deadline: float | None = None  # of the request being read
 
-    async def _line(self, started: bool) -> bytes | None:
-        """The next line without its end; None at the end of the stream between requests."""
-        while (end := self.buffer.find(b"\n", self.pos)) < 0:
-            if len(self.buffer) - self.pos > MAX_LINE:
-                raise Garbage(f"a line longer than {MAX_LINE} bytes")
-            chunk = await self.reader.read(READ_SIZE)
-            if not chunk:
-                if started or self.pos < len(self.buffer):
-                    raise Garbage("the connection closed in the middle of a request")
-                return None
-            self.buffer = self.buffer[self.pos :] + chunk
-            self.pos = 0
-        line = self.buffer[self.pos : end]
-        self.pos = end + 1
-        return line[:-1] if line.endswith(b"\r") else line
+    async def _read(self, started: bool) -> bytes:
+        """The next block, within the idle or the request's deadline (TimedOut)."""
+        loop = asyncio.get_running_loop()
+        if started:  # within a request
+            if self.partial is None:
+                return await self.reader.read(READ_SIZE)
+            if self.deadline is None:
+                self.deadline = loop.time() + self.partial
+            when, reason = self.deadline, "request_timeout"
+            why = f"no whole request within {self.partial:g} s"
+        else:
+            if self.idle is None:
+                return await self.reader.read(READ_SIZE)
+            when, reason = loop.time() + self.idle, "idle_timeout"
+            why = f"nothing for {self.idle:g} s between requests"
+        try:
+            async with asyncio.timeout_at(when):
+                return await self.reader.read(READ_SIZE)
+        except TimeoutError:
+            raise TimedOut(reason, why) from None
 
     async def request(self) -> dict[str, str] | None:
         """One request's attributes; None when the client closed between requests."""
-        attrs: dict[str, str] = {}
+        buffer = self.buffer
         while True:
-            line = await self._line(bool(attrs))
-            if line is None:
-                return None
-            if not line:
-                if not attrs:
-                    raise Garbage("an empty request (no name=value line before the empty line)")
-                return attrs
-            if len(line) > MAX_LINE:
+            end = buffer.find(b"\n\n")
+            if end >= 0 or b"\r" in buffer:  # CRLF lines end with "\n\r\n"
+                crlf = buffer.find(b"\n\r\n")
+                if crlf >= 0 and (end < 0 or crlf < end):
+                    end = crlf
+            if end >= 0 or buffer.startswith((b"\n", b"\r\n")):
+                break
+            lines_end = buffer.rfind(b"\n") + 1
+            if len(buffer) - lines_end > MAX_LINE:
                 raise Garbage(f"a line longer than {MAX_LINE} bytes")
-            if _BINARY.search(line):
+            if _BINARY_LINES.search(buffer, 0, lines_end):  # not the protocol: say so now
                 raise Garbage("binary data (control characters)")
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError:
-                raise Garbage("binary data (not UTF-8 text)") from None
-            name, sep, value = text.partition("=")
-            if not sep or not name:
-                raise Garbage(f"a line that is not name=value: {text[:40]!r}")
-            if len(attrs) >= MAX_ATTRIBUTES:
+            if len(buffer) > MAX_REQUEST:
                 raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
-            attrs[name] = value
+            chunk = await self._read(bool(buffer))
+            if not chunk:
+                if buffer:
+                    raise Garbage("the connection closed in the middle of a request")
+                return None
+            buffer += chunk
+        if end < 0:  # an empty line first
+            raise Garbage("an empty request (no name=value line before the empty line)")
+        block = buffer[:end]
+        skip = 3 if buffer[end + 1 : end + 2] == b"\r" else 2
+        self.buffer = buffer[end + skip :]
+        self.deadline = None  # the next request's starts at its first byte
+        return parse_request(block)
+
+
+def parse_request(block: bytes) -> dict[str, str]:
+    """The attributes of one request (its lines, without the empty line that ends it)."""
+    lines = block.split(b"\n")
+    if b"\r" in block:
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        block = b"\n".join(lines)
+    if len(lines) > MAX_ATTRIBUTES:
+        raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
+    if max(map(len, lines)) > MAX_LINE:
+        raise Garbage(f"a line longer than {MAX_LINE} bytes")
+    if _BINARY.search(block):
+        raise Garbage("binary data (control characters)")
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Garbage("binary data (not UTF-8 text)") from None
+    attrs: dict[str, str] = {}
+    for line in text.split("\n"):
+        name, sep, value = line.partition("=")
+        if not sep or not name:
+            raise Garbage(f"a line that is not name=value: {line[:40]!r}")
+        attrs[name] = value
+    return attrs
 
 
 def audit_events(node: Node) -> frozenset[str]:
@@ -162,9 +221,18 @@ def audit_events(node: Node) -> frozenset[str]:
 class PolicyService:
     """Answers Postfix's policy requests for one node, from the ``Policy`` config."""
 
-    def __init__(self, node: Node, config: PolicyConfig) -> None:
+    def __init__(
+        self,
+        node: Node,
+        config: PolicyConfig,
+        guard: PolicyGuard | None = None,
+        refusals: Refusals | None = None,
+    ) -> None:
         self.node = node
         self.config = config
+        self.guard = guard or PolicyGuard()  # who may connect (default: loopback), bounds
+        self.refusals = refusals or Refusals()
+        self._refusal_log = RefusalLog()
         self.windows = Throttles(lambda: node.scripts, node.keys, FAMILY, node.name)
         self.windows.defs = WindowDefs(config)
         self.windows.max_cost, self.windows.probes = MAX_COUNT, True  # bytes quotas
@@ -172,10 +240,12 @@ class PolicyService:
         counted = node.config.of_type("inbound_cidr")
         self.count_object = counted[0].name if counted else None
         self.transactions: OrderedDict[str, Transaction] = OrderedDict()
+        self._client_cache: dict[Address, tuple[Limit, ...]] = {}
         self.stats = PolicyStats()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._quota_task: asyncio.Task[None] | None = None
         self._audit_events: frozenset[str] = frozenset()
 
     # -- life cycle -------------------------------------------------------------------
@@ -184,6 +254,9 @@ class PolicyService:
         self._audit_events = audit_events(self.node)
         self._server = await asyncio.start_server(self._serve, host, port)
         self._sweeper = asyncio.create_task(self._sweep_loop())
+        if self.quotas:  # publish them for consoles; add up refusals cluster-wide
+            okeys = self.node.keys.object(FAMILY)
+            self._quota_task = asyncio.create_task(self.quotas.run(lambda: self.node.client, okeys))
         if self.count_object is None:
             log.info('transactions are not counted: the cluster does not replicate "inbound_cidr"')
 
@@ -198,10 +271,11 @@ class PolicyService:
             self._server.close()
         for writer in list(self._writers):
             writer.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._quota_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -210,13 +284,36 @@ class PolicyService:
 
     # -- the protocol -----------------------------------------------------------------
 
+    def _admit(self, peer: object, writer: asyncio.StreamWriter) -> bool:
+        """Whether a new connection may be served; a refused one is closed at once, before
+        anything is read or answered, and counted (logged once a minute per address)."""
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        guard = self.guard
+        if not guard.allows(host):
+            reason = "not_allowed"
+            if self._refusal_log.should_log(host):
+                log.warning("policy client %s is not in Policy clients; connection closed", host)
+        elif len(self._writers) >= guard.max_connections:
+            reason = "connections"
+            if self._refusal_log.should_log(host):
+                log.warning("policy client %s refused: %d connections open (max_connections)",
+                            host, len(self._writers))  # fmt: skip
+        else:
+            return True
+        self.refusals.count("policy", reason)
+        writer.transport.abort()  # no answer, no lingering
+        return False
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        if not self._admit(peer, writer):
+            return
         self._writers.add(writer)
         self.stats.connections += 1
         current = ""  # the transaction this smtpd process is in
+        transport = writer.transport
         try:
-            requests = RequestReader(reader)
+            requests = RequestReader(reader, self.guard.idle_timeout, self.guard.request_timeout)
             while (attrs := await requests.request()) is not None:
                 instance = attrs.get("instance", "")
                 if instance != current:  # the smtpd process moved on: that one is over
@@ -224,7 +321,11 @@ class PolicyService:
                     current = instance
                 action = await self.answer(attrs)
                 writer.write(f"action={action}\n\n".encode())
-                await writer.drain()
+                if transport.get_write_buffer_size() > WRITE_BUFFER:  # a client not reading
+                    await writer.drain()
+        except TimedOut as exc:
+            self.refusals.count("policy", exc.reason)
+            log.info("policy client %s: %s; connection closed", peer, exc)
         except Garbage as exc:
             self.stats.garbage += 1
             log.warning("policy client %s sent %s; connection closed", peer, exc)
@@ -301,14 +402,18 @@ class PolicyService:
         return outcome.answer
 
     def _client_limits(self, client: Address) -> list[Limit]:
-        return [
-            Limit(
-                self.config.window_name(rule, block),
-                1,
-                refusal=functools.partial(self._client_refusal, rule, block),
+        """The windows of a client's blocks (a new list: the caller adds its quotas),
+        remembered per address: a busy client asks again and again."""
+        found = self._client_cache.get(client)
+        if found is None:
+            found = tuple(
+                Limit(window, 1, refusal=functools.partial(self._client_refusal, rule, block))
+                for rule, block, window in self.config.rules_for(client)
             )
-            for rule, block in self.config.rules_for(client)
-        ]
+            if len(self._client_cache) >= RULES_CACHE:
+                self._client_cache.clear()
+            self._client_cache[client] = found
+        return list(found)
 
     def _client_refusal(self, rule: ClientRate, block: str, retry_after_ms: int) -> str:
         # The window's buckets can put the reckoned retry past the window's end; room is

@@ -7,9 +7,9 @@ from __future__ import annotations
 from redis import exceptions
 
 from mcluster.errors import RedisUnavailable
+from mcluster.store.connect.urls import make_sync_client, redact_url
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.scripts import script_source
-from mcluster.store.urls import make_sync_client, redact_url
 
 __all__ = ["ACL_HINT", "RedisAccessError", "check_access", "probe_keys"]
 

@@ -37,16 +37,21 @@ from redis.exceptions import RedisError
 
 from mcluster.agent.outbox import wait_event
 from mcluster.console import console_main
-from mcluster.demo_farm import CONFIG_STANZAS, SmtpFarm, dashboard
+from mcluster.demo.farm import CONFIG_STANZAS, SmtpFarm, dashboard
 from mcluster.errors import Error
-from mcluster.store.embedded import (
+from mcluster.store.connect.embedded import (
     EmbeddedRedisError,
     embedded_socket_path,
     embedded_url,
     ensure_embedded_redis,
     stop_embedded_redis,
 )
-from mcluster.store.urls import ENV_REDIS_URL, make_sync_client, redact_url, validate_redis_url
+from mcluster.store.connect.urls import (
+    ENV_REDIS_URL,
+    make_sync_client,
+    redact_url,
+    validate_redis_url,
+)
 
 # config/mcluster.conf is not in the wheel: its cluster scope, with a namespace per run.
 DEMO_CONFIG = """\

@@ -27,8 +27,9 @@ from typing import Any
 import aiohttp
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mcluster.demo_traffic import figures
+from mcluster.demo.traffic import figures
 from mcluster.errors import Error
+from mcluster.security.token import ApiToken
 
 log = logging.getLogger("mcluster.smtp")
 
@@ -72,20 +73,28 @@ class AgentError(Error):
 class AgentClient:
     """The few calls of the agent's HTTP API the SMTP server makes."""
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, base_url: str, session: aiohttp.ClientSession, token: ApiToken | None = None
+    ) -> None:
         self.base = base_url.rstrip("/")
         self.session = session
+        self.token = token  # the agent's API token (its --api-token-file), if it has one
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             timeout = aiohttp.ClientTimeout(total=AGENT_TIMEOUT)
-            async with self.session.request(
-                method, self.base + path, timeout=timeout, **kwargs
-            ) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status >= 400:
-                    raise AgentError(f"{method} {path}: HTTP {resp.status}: {body}")
-                return body
+            for attempt in (1, 2):
+                headers = self.token.header() if self.token else None
+                async with self.session.request(
+                    method, self.base + path, timeout=timeout, headers=headers, **kwargs
+                ) as resp:
+                    body = await resp.json(content_type=None)
+                    if resp.status == 401 and self.token and attempt == 1:
+                        self.token.reload()  # the agent may have rotated it (SIGHUP)
+                        continue
+                    if resp.status >= 400:
+                        raise AgentError(f"{method} {path}: HTTP {resp.status}: {body}")
+                    return body
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise AgentError(f"{method} {path}: {exc!r}") from exc
 
@@ -296,10 +305,15 @@ class SmtpServer:
 
 
 async def start_server(
-    agent_url: str, session: aiohttp.ClientSession, limits: Limits, host: str, port: int
+    agent_url: str,
+    session: aiohttp.ClientSession,
+    limits: Limits,
+    host: str,
+    port: int,
+    token: ApiToken | None = None,
 ) -> SmtpServer:
     """Ask the agent its node name, define the throttle if a rate is given, listen."""
-    agent = AgentClient(agent_url, session)
+    agent = AgentClient(agent_url, session, token)
     node = await agent.node()
     if limits.throttle and limits.rate:
         await agent.define_throttle(limits.throttle, limits.rate)
@@ -308,11 +322,12 @@ async def start_server(
     return server
 
 
-async def serve(agent_url: str, listen: str, limits: Limits) -> None:
-    """``mcluster smtp``: run one server until SIGTERM or SIGINT."""
+async def serve(agent_url: str, listen: str, limits: Limits, token: ApiToken | None = None) -> None:
+    """``mcluster smtp``: run one server until SIGTERM or SIGINT; ``token``: the agent's
+    API token (its ``--api-token-file``)."""
     import signal
 
-    from mcluster.agent.main import split_listen
+    from mcluster.faces.main import split_listen
 
     host, port = split_listen(listen)
     stopping = asyncio.Event()
@@ -322,7 +337,7 @@ async def serve(agent_url: str, listen: str, limits: Limits) -> None:
     async with aiohttp.ClientSession() as session:
         for attempt in range(60):  # the agent may still be joining
             try:
-                server = await start_server(agent_url, session, limits, host, port)
+                server = await start_server(agent_url, session, limits, host, port, token)
                 break
             except AgentError as exc:
                 if attempt == 59:

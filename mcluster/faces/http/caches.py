@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from mcluster.agent.gauge_caches import GaugeCacheError
-from mcluster.agent.http_common import NODE_KEY, error, read_json
+from mcluster.faces.http.common import NODE_KEY, error, read_json
 from mcluster.objects.views import DEFAULT_LIMIT
 
 _FIELDS = {"value", "ttl"}

@@ -32,9 +32,9 @@ from mcluster.agent.outbox import RETRY_ERRORS, wait_event
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.store import jobs, members
+from mcluster.store.connect.urls import make_async_client, resolve_redis_url
 from mcluster.store.keys import ClusterKeys, check_name
 from mcluster.store.scripts import Scripts
-from mcluster.store.urls import make_async_client, resolve_redis_url
 
 __all__ = ["MANAGER_GROUPS", "MANAGER_TYPE", "Manager", "default_name", "run_manager"]
 

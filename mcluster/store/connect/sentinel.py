@@ -22,7 +22,7 @@ import redis.asyncio.sentinel
 import redis.sentinel
 
 from mcluster.errors import RedisUrlError
-from mcluster.store.url_options import TLS_OPTIONS, read_password_file
+from mcluster.store.connect.url_options import TLS_OPTIONS, read_password_file
 
 __all__ = [
     "SCHEME",

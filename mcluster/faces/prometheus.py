@@ -28,9 +28,14 @@ from prometheus_client.registry import Collector
 from mcluster.agent.histogram import Histogram
 from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
-from mcluster.agent.policy import PolicyService
 from mcluster.agent.throttles import Throttles
+from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import FAMILY as POLICY_FAMILY
+from mcluster.quotas.config import ACTIONS as QUOTA_ACTIONS
+from mcluster.quotas.metrics import quota_metrics
+from mcluster.security.refusals import Refusals
+from mcluster.shaping import metrics as shaping_metrics
+from mcluster.shaping.model import AdaptiveState
 from mcluster.store import members
 from mcluster.store.cluster_view import reaping_progress
 
@@ -44,6 +49,7 @@ class ClusterFigures:
 
     members: int | None = None
     reaping_jobs: list[dict[str, object]] = field(default_factory=list)
+    adaptive: tuple[AdaptiveState, ...] | None = None  # shaping's AIMD rates
 
 
 def _histogram(name: str, doc: str, per_object: dict[str, Histogram]) -> Metric:
@@ -56,9 +62,12 @@ def _histogram(name: str, doc: str, per_object: dict[str, Histogram]) -> Metric:
 class NodeCollector(Collector):
     """Every figure of one node (and its policy service, when it runs one)."""
 
-    def __init__(self, node: Node, policy: PolicyService | None = None) -> None:
+    def __init__(
+        self, node: Node, policy: PolicyService | None = None, refusals: Refusals | None = None
+    ) -> None:
         self.node = node
         self.policy = policy
+        self.refusals = refusals or Refusals()
         self.cluster = ClusterFigures()
 
     async def refresh(self) -> None:
@@ -71,6 +80,10 @@ class NodeCollector(Collector):
             self.cluster = ClusterFigures(len(live), jobs)
         except (TimeoutError, *RETRY_ERRORS):
             self.cluster = ClusterFigures()
+        if node.shaping is not None:
+            self.cluster.adaptive = await shaping_metrics.adaptive_rates(
+                node.shaping, REDIS_DEADLINE
+            )
 
     def collect(self) -> Iterator[Metric]:
         yield from self._outboxes()
@@ -78,8 +91,11 @@ class NodeCollector(Collector):
         yield from self._throttles()
         yield from self._connections()
         yield from self._caches()
+        if self.node.shaping is not None:
+            yield from shaping_metrics.collect(self.node.shaping, self.cluster.adaptive)
         if self.policy is not None:
             yield from self._policy(self.policy)
+        yield self.refusals.metric()
 
     def _outboxes(self) -> Iterator[Metric]:
         boxes = self.node.outboxes
@@ -247,9 +263,10 @@ class NodeCollector(Collector):
         requests = CounterMetricFamily(
             "mcluster_policy_requests", "Postfix policy requests by action", labels=["action"]
         )
-        for action in ("DUNNO", "DEFER_IF_PERMIT"):
+        for action in ("DUNNO", "DEFER_IF_PERMIT", *QUOTA_ACTIONS[1:]):
             requests.add_metric([action], s.actions.get(action, 0))
         yield requests
+        yield from quota_metrics(policy.quotas)
         for name, value, doc in [
             ("transactions", s.transactions, "Mail transactions decided (counted in windows)"),
             ("degraded", s.degraded, "Decisions made by on_error: Redis did not answer"),
@@ -276,8 +293,10 @@ class NodeCollector(Collector):
 class Metrics:
     """The registry of one node and the collector in it."""
 
-    def __init__(self, node: Node, policy: PolicyService | None = None) -> None:
-        self.collector = NodeCollector(node, policy)
+    def __init__(
+        self, node: Node, policy: PolicyService | None = None, refusals: Refusals | None = None
+    ) -> None:
+        self.collector = NodeCollector(node, policy, refusals)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
 
@@ -294,6 +313,11 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def add_routes(app: web.Application, node: Node, policy: PolicyService | None) -> None:
-    app[METRICS_KEY] = Metrics(node, policy)
+def add_routes(
+    app: web.Application,
+    node: Node,
+    policy: PolicyService | None,
+    refusals: Refusals | None = None,
+) -> None:
+    app[METRICS_KEY] = Metrics(node, policy, refusals)
     app.router.add_get("/metrics", get_metrics)

@@ -16,7 +16,9 @@
     /v1/outbound/outcome, /v1/shaping...  -> see ``mcluster.shaping.http``
 
 A request with a bad event is refused whole (400 naming the first bad event by index and
-why); nothing of it is recorded. Bodies over 1 MiB get 413.
+why); nothing of it is recorded. The guard (``mcluster.security.http_guard``) runs before
+every handler: the bearer token, bodies over the limit (8 MiB by default) and batches of
+more than ``max_events`` get 413, and nothing of a refused request is applied.
 """
 
 from __future__ import annotations
@@ -29,20 +31,23 @@ from typing import Any
 
 from aiohttp import web
 
-from mcluster.agent import http_audit, http_caches, http_throttles, prometheus
-from mcluster.agent.http_common import NODE_KEY, error, read_json
 from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
-from mcluster.agent.policy import PolicyService
 from mcluster.errors import Error, NotFound, UnknownObject
+from mcluster.faces import prometheus
+from mcluster.faces.http import audit as http_audit
+from mcluster.faces.http import caches as http_caches
+from mcluster.faces.http import throttles as http_throttles
+from mcluster.faces.http.common import NODE_KEY, error, read_json
+from mcluster.faces.policy import PolicyService
 from mcluster.objects.views import DEFAULT_LIMIT
+from mcluster.quotas import http as quota_http
+from mcluster.security.http_guard import GUARD_KEY, HttpGuard, check_batch
 from mcluster.shaping import http as shaping_http
 from mcluster.store.cluster_view import membership_json
 
 log = logging.getLogger("mcluster.agent")
 
-MAX_BODY = 1024 * 1024
-MAX_EVENTS = 100_000
 FLUSH_TIMEOUT = 30.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,8 +61,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """Every error is a JSON body with a clear message; the agent never dies of a request."""
     try:
         return await handler(request)
-    except web.HTTPRequestEntityTooLarge:
-        return error(413, f"request body is larger than the limit of {MAX_BODY} bytes")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -71,13 +74,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error(500, "internal error; see the agent's log")
 
 
-def parse_events(node: Node, body: Any) -> list[tuple[str, bytes, int]]:
+def parse_events(request: web.Request, body: Any) -> list[tuple[str, bytes, int]]:
     """Validate every event before recording any: (object, packed key, delta)."""
     if not isinstance(body, dict) or not isinstance(body.get("events"), list):
         raise BadEvent('body must be a JSON object {"events": [...]}')
     events = body["events"]
-    if len(events) > MAX_EVENTS:
-        raise BadEvent(f"too many events in one request: {len(events)} > {MAX_EVENTS}")
+    check_batch(request, len(events))
+    node = request.app[NODE_KEY]
     parsed = []
     for i, event in enumerate(events):
         try:
@@ -106,7 +109,7 @@ async def post_events(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     body = await read_json(request)
     try:
-        parsed = parse_events(node, body)
+        parsed = parse_events(request, body)
     except BadEvent as exc:
         return error(400, str(exc))
     for obj, packed, delta in parsed:
@@ -180,9 +183,17 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
-def make_app(node: Node, policy: PolicyService | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
+def make_app(
+    node: Node, policy: PolicyService | None = None, guard: HttpGuard | None = None
+) -> web.Application:
+    """The API of ``node``; without a ``guard``, one with no token and the default limits
+    (what a loopback-only agent and the tests run)."""
+    guard = guard or HttpGuard()
+    app = web.Application(
+        client_max_size=guard.limits.max_body, middlewares=[guard.middleware, json_errors]
+    )
     app[NODE_KEY] = node
+    app[GUARD_KEY] = guard
     app.router.add_post("/v1/events", post_events)
     app.router.add_post("/v1/flush", post_flush)
     app.router.add_get("/v1/objects", get_objects)
@@ -194,7 +205,8 @@ def make_app(node: Node, policy: PolicyService | None = None) -> web.Application
     app.router.add_get("/healthz", healthz)
     http_throttles.add_routes(app)
     http_caches.add_routes(app)
-    prometheus.add_routes(app, node, policy)
+    prometheus.add_routes(app, node, policy, guard.refusals)
     http_audit.add_routes(app)
+    quota_http.add_routes(app)
     shaping_http.add_routes(app)
     return app

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 
 from aiohttp import web
 
-from mcluster.agent.http import make_app
-from mcluster.agent.manager import reload_in_background
 from mcluster.agent.node import Node
-from mcluster.agent.policy import PolicyService
 from mcluster.config import ClusterConfig
 from mcluster.console.serve import serve_console
+from mcluster.faces.http.app import make_app
+from mcluster.faces.policy import PolicyService
+from mcluster.manager.manager import reload_in_background
 from mcluster.objects.policy import policy_config
+from mcluster.security.clients import policy_guard
+from mcluster.security.http_guard import HttpGuard
 
 log = logging.getLogger("mcluster.agent")
 
@@ -36,20 +39,36 @@ async def run_agent(
     listen: str,
     policy: str | None = None,
     namespace: str | None = None,
+    guard: HttpGuard | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve the HTTP API (and the Postfix policy service), join, and run until
-    SIGTERM/SIGINT; then flush and leave."""
+    """Serve the HTTP API (behind ``guard``, over TLS with ``tls``) and the Postfix policy
+    service, join, and run until SIGTERM/SIGINT; then flush and leave. SIGHUP reloads the
+    config and re-reads the API token file."""
     host, port = split_listen(listen)
+    guard = guard or HttpGuard()
     node = Node(config, node_name, redis_url, namespace=namespace, address=listen)
-    service = PolicyService(node, policy_config(config)) if policy else None
-    runner = web.AppRunner(make_app(node, service), access_log=None)
+    service = None
+    if policy:
+        service = PolicyService(node, policy_config(config), policy_guard(config), guard.refusals)
+    runner = web.AppRunner(
+        make_app(node, service, guard),
+        access_log=None,
+        keepalive_timeout=guard.limits.idle_timeout,
+    )
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    http = await guard.serve(runner, host, port, tls)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload_in_background(node.reload))
+
+    def hangup() -> None:
+        if guard.token is not None:
+            guard.token.reload()
+        reload_in_background(node.reload)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     console: asyncio.Task[None] | None = None
     try:
         await node.start()
@@ -57,7 +76,8 @@ async def run_agent(
             node.client, node.keys, node, lambda: [(o.name, o.type) for o in node.config.objects],
             stopping.is_set,
         ))  # fmt: skip
-        log.info("agent %s serving http://%s", node.private_name, listen)
+        scheme = "https" if tls else "http"
+        log.info("agent %s serving %s://%s", node.private_name, scheme, listen)
         if service is not None and policy is not None:
             await service.start(*split_listen(policy))
             log.info("Postfix policy service on %s", policy)
@@ -69,4 +89,5 @@ async def run_agent(
         if console is not None:
             console.cancel()
         await node.stop()
+        http.close()
         await runner.cleanup()

@@ -1,0 +1,1 @@
+"""The agent's HTTP API (aiohttp): ``app`` builds it; one module per feature's routes."""

@@ -1,0 +1,139 @@
+"""Console commands of shaping, read straight from Redis (the console is not a node):
+
+    shaping show                      actions in force with time left, AIMD rates, warm-up days
+    shaping history [NAME] [limit N]  the newest entries of the shaping audit series
+    shaping clear NAME DEST           lift rule NAME's action on DEST (domain:x, provider:y,
+                                      host:z) before its expiry
+
+The adaptive and warm-up rules come from the console's ``--config`` when it has one, else
+from what the nodes published in Redis (``ShapingKeys.defs``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from mcluster.console.commands import ConsoleContext, Handler, NotFound, Result, UsageError
+from mcluster.console.spec import CommandSpec
+from mcluster.shaping.config import ShapingConfig, shaping_config
+from mcluster.shaping.model import HistoryEntry, ShapingError, ShapingState
+from mcluster.shaping.service import (
+    ShapingKeys,
+    published_config,
+    shaping_clear,
+    shaping_history,
+    shaping_state,
+)
+
+DEFAULT_HISTORY = 20
+
+
+async def _rules(ctx: ConsoleContext, keys: ShapingKeys) -> ShapingConfig:
+    if ctx.config is not None:
+        config = shaping_config(ctx.config)
+        if config.enabled:
+            return config
+    return await published_config(ctx.client, keys)
+
+
+def _when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def state_view(state: ShapingState) -> RenderableType:
+    """The three tables of ``shaping show`` (or one line when nothing is shaped)."""
+    parts: list[RenderableType] = []
+    if state.actions:
+        table = Table(title="actions in force", title_justify="left")
+        for column in ("rule", "destination", "action", "value", "remaining s"):
+            table.add_column(column, justify="right" if column == "remaining s" else "left")
+        for a in state.actions:
+            table.add_row(a.rule, a.destination, a.action, a.value or "-",
+                          f"{a.remaining_ms / 1000:.1f}")  # fmt: skip
+        parts.append(table)
+    else:
+        parts.append(Text("no shaping action in force"))
+    if state.adaptive:
+        table = Table(title="adaptive rates", title_justify="left")
+        for column in ("name", "destination", "rate", "min..max", "transfail ratio"):
+            table.add_column(column)
+        for r in state.adaptive:
+            per = f"/{r.period:g}"
+            ratio = "-" if r.transfail_ratio is None else f"{r.transfail_ratio:.2f}"
+            table.add_row(r.name, r.destination, f"{r.rate:.1f}{per}",
+                          f"{r.min:g}..{r.max:g}{per}", ratio)  # fmt: skip
+        parts.append(table)
+    if state.warmups:
+        table = Table(title="warm-ups", title_justify="left")
+        for column in ("name", "binding", "day", "rate"):
+            table.add_column(column)
+        for w in state.warmups:
+            day = "not begun" if w.day is None else str(w.day)
+            rate = w.rate or ("warm" if w.day is not None else "-")
+            table.add_row(w.name, w.binding, day, rate)
+        parts.append(table)
+    return Group(*parts)
+
+
+async def show(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    if rest:
+        raise UsageError(f"{spec.name} takes no arguments; usage: {spec.usage}")
+    keys = ShapingKeys.of(ctx.keys)
+    state = await shaping_state(ctx.client, keys, await _rules(ctx, keys))
+    return Result(state_view(state), state.to_json())
+
+
+def history_view(entries: list[HistoryEntry]) -> RenderableType:
+    if not entries:
+        return Text("no shaping history")
+    table = Table()
+    for column in ("at (UTC)", "rule", "action", "value", "destination", "node", "until", "reply"):
+        table.add_column(column)
+    for e in entries:
+        until = _when(e.expires_ms) if e.expires_ms else "-"
+        table.add_row(_when(e.at_ms), e.rule, e.action, e.value or "-", e.destination, e.node,
+                      until, e.reply)  # fmt: skip
+    return table
+
+
+async def history(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    usage = f"usage: {spec.usage}"
+    rule, limit = None, DEFAULT_HISTORY
+    words = list(rest)
+    if len(words) >= 2 and words[-2].casefold() == "limit":
+        if not words[-1].isdigit() or not 1 <= int(words[-1]) <= 10_000:
+            raise UsageError(f"'limit' needs a whole number 1..10000, got {words[-1]!r}; {usage}")
+        limit = int(words[-1])
+        words = words[:-2]
+    if len(words) > 1:
+        raise UsageError(f"unexpected {words[1]!r}; {usage}")
+    if words:
+        rule = words[0]
+    entries = await shaping_history(ctx.client, ShapingKeys.of(ctx.keys), rule, limit)
+    return Result(history_view(entries), {"history": [e.to_json() for e in entries]})
+
+
+async def clear(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+    if len(rest) != 2:
+        raise UsageError(f"{spec.name} needs a rule and a destination; usage: {spec.usage}")
+    rule, dest = rest
+    who = f"console@{ctx.node}" if ctx.node else "console"
+    try:
+        cleared = await shaping_clear(ctx.client, ShapingKeys.of(ctx.keys), rule, dest, who)
+    except ShapingError as exc:
+        raise UsageError(str(exc)) from None
+    if not cleared:
+        raise NotFound(f"no action of rule {rule!r} in force on {dest!r} (see shaping show)")
+    return Result(Text(f"cleared {rule} on {dest}"), {"rule": rule, "destination": dest,
+                                                     "cleared": True})  # fmt: skip
+
+
+HANDLERS: dict[tuple[str, ...], Handler] = {
+    ("shaping", "show"): show,
+    ("shaping", "history"): history,
+    ("shaping", "clear"): clear,
+}
