@@ -28,6 +28,7 @@ from mcluster.config import (
     parse,
     parse_config,
 )
+from mcluster.security.config_limits import MAX_SCOPE_DEPTH
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "config" / "examples").glob("*.conf"))
@@ -386,10 +387,13 @@ def test_positions_ignore_in_equality_but_kept() -> None:
     assert b.scopes()[0].pos == Pos("b", 3, 4)
 
 
-def test_scope_nesting_depth_is_unbounded() -> None:
-    depth = 5000
+def test_scope_nesting_depth_is_capped() -> None:
+    """Issue 18: scopes nest at most MAX_SCOPE_DEPTH (tests/test_security_config.py)."""
+    depth = MAX_SCOPE_DEPTH
     tree = parse("a {\n" * depth + "}\n" * depth, "deep")
     assert sum(1 for _ in tree.walk()) == depth
+    with pytest.raises(ConfigError, match=f"deep:{depth + 1}:1: scopes nest deeper than"):
+        parse("a {\n" * (depth + 1) + "}\n" * (depth + 1), "deep")
 
 
 def test_format_tree_round_trip_of_real_file() -> None:

@@ -13,13 +13,13 @@ from mcluster.agent.node import Node
 from mcluster.config import ClusterConfig, parse_config
 from mcluster.console import ConsoleContext, run_command
 from mcluster.console.commands import (
+    COMMANDS,
     CommandError,
     NotFound,
     UnknownCommand,
     UsageError,
     exit_code,
 )
-from mcluster.console.spec import COMMANDS
 from mcluster.store.connect.urls import make_async_client
 from mcluster.store.keys import ClusterKeys
 from tests.redis_servers import RedisServer
@@ -353,6 +353,6 @@ async def test_unknown_and_incomplete_commands(cluster: Cluster) -> None:
 
 
 def test_every_implemented_command_has_a_handler() -> None:
-    from mcluster.console.commands import _HANDLERS
+    from mcluster.console.commands import HANDLERS as _HANDLERS
 
     assert {c.words for c in COMMANDS if c.implemented} == set(_HANDLERS)

@@ -6,8 +6,9 @@ import io
 
 from rich.console import Console, RenderableType
 
-from mcluster.console.render import HelpView, ListingView, Message, ObjectListView
-from mcluster.console.spec import COMMANDS
+from mcluster.console.commands import COMMANDS
+from mcluster.console.commands.core import HelpView
+from mcluster.console.render import ListingView, Message, ObjectListView
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.kinds import CIDRTREE, GAUGE_TABLE
 from mcluster.objects.views import Listing, ObjectInfo

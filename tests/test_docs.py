@@ -17,7 +17,7 @@ from mcluster.config import (
     ReplicateObject,
     parse_config,
 )
-from mcluster.console.spec import COMMANDS, MODULE_COMMANDS
+from mcluster.console.commands import COMMANDS, MODULE_COMMANDS
 from mcluster.objects.outbound import OutboundPolicy
 from mcluster.objects.policy import PolicyConfig, policy_config
 from mcluster.objects.throttle import ThrottleDef, config_throttles

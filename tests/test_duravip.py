@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from mcluster.cli import main
 from mcluster.config import ConfigError, parse_config
-from mcluster.console.duravip_commands import arp_rows, show_text, tables_xml
+from mcluster.console.commands.duravip import arp_rows, show_text, tables_xml
 from mcluster.duravip import arp, store
 from mcluster.duravip.command import Plumber
 from mcluster.duravip.config import DuraVipConfig, command_line, duravip_config

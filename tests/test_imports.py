@@ -8,6 +8,7 @@ the package was loaded before it (the symptom of a cycle) fails here with its na
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -45,3 +46,58 @@ def test_each_module_imports_alone() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert int(result.stdout.split()[0]) > 90
+
+
+def module_imports(path: Path) -> set[str]:
+    """The mcluster modules a file imports when it is imported (module level, outside
+    ``if TYPE_CHECKING``; imports inside functions run later and are left out)."""
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body)
+                visit(getattr(node, "finalbody", []))
+
+    visit(ast.parse(path.read_text()).body)
+    return found
+
+
+def test_no_import_cycle() -> None:
+    """The module-level imports between mcluster's modules form no cycle (a package's
+    ``__init__`` importing its own modules counts; ``from mcluster import __version__``
+    is left out: every module may read the top package's constants)."""
+    package = ROOT / "mcluster"
+    modules: dict[str, Path] = {}
+    for path in package.rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    graph = {
+        name: {m for m in module_imports(path) if m in modules and m not in (name, "mcluster")}
+        for name, path in modules.items()
+    }
+    done: set[str] = set()
+
+    def walk(name: str, stack: list[str]) -> None:
+        if name in stack:
+            cycle = " -> ".join([*stack[stack.index(name) :], name])
+            raise AssertionError(f"import cycle: {cycle}")
+        if name in done:
+            return
+        for dep in sorted(graph[name]):
+            walk(dep, [*stack, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        walk(name, [])
+    assert len(graph) > 90

@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from mcluster.agent.node import Node
 from mcluster.cli import main as cli_main
 from mcluster.console import ConsoleContext, console_main, run_command
-from mcluster.console.render import HelpView
+from mcluster.console.commands import COMMANDS
+from mcluster.console.commands.core import HelpView
 from mcluster.console.repl import completions
-from mcluster.console.spec import COMMANDS
 from mcluster.faces.http.app import make_app
 from mcluster.store import members
 from mcluster.store.connect.urls import make_async_client

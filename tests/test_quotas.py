@@ -4,6 +4,7 @@ policy protocol against a real redis-server with two agents (counts exact across
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -13,10 +14,13 @@ from dataclasses import dataclass
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
+from rich.console import Console
 
 from mcluster import Node, parse_config
 from mcluster.config import ConfigError
 from mcluster.console.commands import ConsoleContext, UsageError, run_command
+from mcluster.console.dashboard import render_plain
+from mcluster.console.snapshot import read_snapshot
 from mcluster.errors import NotFound
 from mcluster.faces.http.app import make_app
 from mcluster.faces.policy import PolicyService
@@ -430,3 +434,39 @@ async def test_http_policy_routes_answer_as_the_console(agents: Agents) -> None:
         assert (await api.delete("/v1/policy/per_user/carol")).status == 200
         after = await (await api.get("/v1/policy/per_user/carol")).json()
         assert after["used"] == 0
+
+
+async def test_dashboard_shows_the_keys_nearest_their_limit(agents: Agents) -> None:
+    async with Client(agents.a.port) as c:
+        for i in range(3):
+            await c.mail(sasl_username="dash", sender=f"d@dash{i}.example", rcpts=1)
+        await c.mail(sasl_username="calm", sender="d@calm.example")
+    await published(agents)
+    node = agents.a.node
+    snap = await read_snapshot(node.client, node.keys)
+    near = [(q.quota, q.key, q.used, q.limit) for q in snap.quotas]
+    assert near[0] == ("per_user", "dash", 3, 3)
+    assert ("per_user", "calm", 1, 3) in near and ("rcpt", "d@calm.example", 1, 5) in near
+    text = Console(file=io.StringIO(), width=120, color_system=None)
+    text.print(render_plain(snap))
+    screen = text.file.getvalue()  # type: ignore[attr-defined]
+    assert "Quotas nearest limit" in screen and "per_user dash" in screen and "3/3" in screen
+
+
+async def test_recipients_counted_at_data_when_no_rcpt_was_asked(agents: Agents) -> None:
+    """The policy only in smtpd_data_restrictions: a message's recipient_count at DATA."""
+    kw = {"sender": "data-only@rcpt-data.example", "sasl_username": ""}
+    async with Client(agents.a.port) as c1, Client(agents.b.port) as c2:
+        answers = []
+        for c, n in ((c1, 3), (c2, 3), (c1, 2), (c2, 1)):
+            instance = c.new_instance()
+            answers.append(await c.send("DATA", instance, recipient_count=str(n), **kw))
+            if answers[-1].startswith(("DUNNO", "WARN")):
+                eom = await c.send("END-OF-MESSAGE", instance, recipient_count=str(n), **kw)
+                assert eom == "DUNNO"  # counted once, at DATA
+        assert answers[0] == "DUNNO" and deferred(answers[1], "rcpt")
+        assert answers[2].startswith('WARN quota "trial"') and deferred(answers[3], "rcpt")
+        too_many = await c1.send("DATA", c1.new_instance(), recipient_count="9",
+                                 sender="other@rcpt-data2.example", sasl_username="")  # fmt: skip
+        assert too_many.endswith("(9 recipients at once are over the limit of 5 recipients "
+                                 "per 60 s)")  # fmt: skip

@@ -41,6 +41,8 @@ from mcluster.objects.kinds import GAUGE_TABLE, Kind, kind_for_type
 from mcluster.objects.outbound import OutboundPolicy, Route
 from mcluster.objects.throttle import Decision, ThrottleDef
 from mcluster.outbound.views import ConnectionViews
+from mcluster.security.config_limits import ConfigLimitError
+from mcluster.security.refusals import Refusals
 from mcluster.shaping.model import Outcome, OutcomeResult
 from mcluster.shaping.service import Shaper
 from mcluster.store import members
@@ -89,6 +91,8 @@ class Node:
         self.leader = ""
         self.is_leader = False
         self.rejoins = 0
+        #: What the guards refused (``mcluster.security``); the agent shares it with them.
+        self.refusals = Refusals()
         self.outboxes: dict[str, Outbox] = {}
         self._shards: dict[str, list[Outbox]] = {}  # sharded objects: shard k's outbox
         self._tasks: list[asyncio.Task[Any]] = []
@@ -307,7 +311,11 @@ class Node:
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the config file and apply it (``agent/reload.py``; SIGHUP)."""
-        return await reload.reload_config(self)
+        try:
+            return await reload.reload_config(self)
+        except ConfigLimitError as exc:  # a guard's refusal: counted for /metrics
+            self.refusals.count("config", exc.reason)
+            raise
 
     async def _heartbeat_loop(self) -> None:
         """Renew the lease; re-sync when it is lost or Redis lost data; reap when leader.

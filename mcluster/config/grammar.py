@@ -7,8 +7,8 @@ Grammar::
     value  := STRING | WORD | "(" (value ","?)* ")" | "[" (key "=" value ","?)* "]"
     key    := WORD | STRING
 
-``#`` starts a comment that runs to the end of the line. Scopes nest to any
-depth (the parser keeps its own stack); values nest up to ``MAX_VALUE_DEPTH``.
+``#`` starts a comment that runs to the end of the line. Scopes nest up to
+``MAX_SCOPE_DEPTH`` (the parser keeps its own stack); values up to ``MAX_VALUE_DEPTH``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from mcluster.config.tree import (
     Word,
     quote,
 )
+from mcluster.security.config_limits import MAX_SCOPE_DEPTH, too_deep
 
 MAX_VALUE_DEPTH = 100
 
@@ -181,6 +182,7 @@ class _Parser:
             if nxt.kind is Tok.EQUALS:
                 top.items.append(Option(tok.text, self.parse_value(tok, 0), tok.pos))
             elif nxt.kind is Tok.LBRACE:
+                self.check_depth(stack, tok)
                 stack.append(_Open(tok.text, None, tok.pos, []))
             elif nxt.kind is Tok.STRING:
                 brace = self.take()
@@ -190,12 +192,19 @@ class _Parser:
                         f'expected "{{" to open scope {tok.text} {quote(nxt.text)}, '
                         f"got {brace.describe()}",
                     )
+                self.check_depth(stack, tok)
                 stack.append(_Open(tok.text, nxt.text, tok.pos, []))
             else:
                 raise _error(
                     nxt.pos,
                     f'expected "=" or "{{" after {quote(tok.text)}, got {nxt.describe()}',
                 )
+
+    @staticmethod
+    def check_depth(stack: list[_Open], opener: Token) -> None:
+        """Refuse a scope nested deeper than ``MAX_SCOPE_DEPTH`` (the root is not one)."""
+        if len(stack) > MAX_SCOPE_DEPTH:
+            raise too_deep(opener.pos.file, opener.pos.line, opener.pos.col)
 
     def parse_value(self, owner: Token, depth: int) -> Value:
         tok = self.take()

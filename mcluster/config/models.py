@@ -40,6 +40,7 @@ from mcluster.config.values import (
     scalar_text,
     to_python,
 )
+from mcluster.security.config_limits import MAX_CONFIG_BYTES, too_large
 
 _N = TypeVar("_N", int, float)
 
@@ -457,10 +458,12 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
     filename = os.fspath(path)
     try:
         with open(filename, "rb") as handle:
-            data = handle.read()
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError.single(filename, 0, 0, f"cannot read: {reason}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise too_large(filename)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

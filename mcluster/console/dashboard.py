@@ -179,6 +179,18 @@ def shaping_table(s: Snapshot, ascii_box: bool = False) -> Table | None:
     return _optional("Shaping", ("rule", "destination", "action", "left"), rows, ascii_box)
 
 
+def quotas_table(s: Snapshot, ascii_box: bool = False) -> Table | None:
+    """Policy quota keys nearest their limit; None (no panel) when no key is in use."""
+    rows = [
+        (
+            f"{q.quota} {q.key or '<>'}",
+            Text(f"{q.used:,}/{q.limit:,}", style="red" if q.fraction >= 0.9 else ""),
+        )
+        for q in s.quotas
+    ]
+    return _optional("Quotas nearest limit", ("quota key", "used"), rows, ascii_box)
+
+
 def _optional(
     title: str, columns: tuple[str, ...], rows: Sequence[Sequence[RenderableType]], ascii_box: bool
 ) -> Table | None:
@@ -207,6 +219,7 @@ def _side_panels(s: Snapshot, ascii_box: bool = False) -> list[RenderableType]:
         members_table(s, ascii_box),
         jobs_table(s, ascii_box),
         shaping_table(s, ascii_box),
+        quotas_table(s, ascii_box),
         throttles_table(s, ascii_box),
         replication_table(s, ascii_box),
         anomalies_table(s, ascii_box),

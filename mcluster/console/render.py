@@ -6,13 +6,12 @@ copy them; only headers and footers carry a subtle style.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
 
-from mcluster.console.spec import COMMANDS, CommandSpec
 from mcluster.objects.cache_registry import CacheInfo
 from mcluster.objects.views import Listing, ObjectInfo
 
@@ -95,24 +94,6 @@ class ObjectListView:
         yield line("Currently managed objects:", HEADER_STYLE)
         for info in self.infos:
             yield line(f"{info.name:>30} [{info.description}]")
-
-
-class HelpView:
-    """``cluster help``: every command of Momentum's console, marking those not built yet."""
-
-    NOT_HERE = "(not in this release)"
-
-    def __init__(self, commands: Iterable[CommandSpec] = COMMANDS) -> None:
-        self.commands = list(commands)
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield line("Available commands (the leading 'cluster' is optional):", HEADER_STYLE)
-        width = max(len(c.usage) for c in self.commands) if self.commands else 0
-        for spec in self.commands:
-            text = Text(f"  {spec.usage:<{width}}  {spec.summary}", no_wrap=True, end="\n")
-            if not spec.implemented:
-                text.append(f" {self.NOT_HERE}", style=FOOTER_STYLE)
-            yield text
 
 
 NO_ADDRESS = "0.0.0.0:0"

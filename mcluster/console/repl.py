@@ -18,17 +18,17 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.text import Text
 
-from mcluster.console import audit_commands
-from mcluster.console.commands import CommandError, ConsoleContext, NotFound, run_command
-from mcluster.console.dashboard import watch
-from mcluster.console.spec import (
+from mcluster.console.commands import (
     COMMANDS,
     MODULE_COMMANDS,
-    REPL_WORDS,
-    WATCH_WORD,
-    match,
-    next_words,
+    CommandError,
+    ConsoleContext,
+    NotFound,
+    run_command,
 )
+from mcluster.console.commands import audit as audit_commands
+from mcluster.console.commands.base import match, next_words
+from mcluster.console.dashboard import watch
 from mcluster.objects import views
 from mcluster.objects.audit_views import list_series
 from mcluster.store import members
@@ -39,6 +39,10 @@ try:
 except ImportError:  # pragma: no cover - platforms without GNU readline / libedit
     _readline = None  # type: ignore[assignment]
 
+#: Words the REPL understands besides the commands.
+REPL_WORDS: tuple[str, ...] = ("quit", "exit")
+#: ``watch [SECONDS]`` in the REPL: the live dashboard until Ctrl-C (or SECONDS).
+WATCH_WORD = "watch"
 HISTORY_FILE = "console_history"
 HISTORY_LENGTH = 1000
 _SHOW_OPTIONS = ("from", "all", "limit")

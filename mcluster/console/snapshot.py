@@ -19,8 +19,10 @@ from mcluster.errors import NotFound
 from mcluster.manager.manager import MANAGER_TYPE
 from mcluster.objects import shards, views
 from mcluster.objects.cidrtree import Row
+from mcluster.objects.policy import FAMILY as POLICY_FAMILY
 from mcluster.objects.rates import parse_rate
 from mcluster.objects.views import ObjectInfo
+from mcluster.quotas.usage import KeyUse, Nearest
 from mcluster.shaping.model import ActiveAction
 from mcluster.shaping.service import ShapingKeys, active_actions
 from mcluster.store import cluster_view, members, node_status
@@ -116,6 +118,7 @@ class Snapshot:
     anomalies: tuple[AnomalyLine, ...] = ()
     jobs: tuple[JobLine, ...] = ()
     shaping: tuple[ActiveAction, ...] = ()  # shaping actions in force (docs/shaping.md)
+    quotas: tuple[KeyUse, ...] = ()  # policy quota keys nearest their limit (postfix.md)
     error: str | None = None  # why the snapshot is empty (Redis unreachable, ...)
 
 
@@ -248,6 +251,7 @@ class SnapshotReader:
     configured: list[tuple[str, str]] = field(default_factory=list)
     rescan: float = RESCAN
     chosen: dict[str, _Chosen] = field(default_factory=dict)
+    quotas: Nearest = field(default_factory=Nearest)
 
     async def read(self) -> Snapshot:
         client, keys = self.client, self.keys
@@ -295,4 +299,5 @@ class SnapshotReader:
             anomalies=tuple(anomalies),
             jobs=tuple(jobs),
             shaping=await active_actions(client, ShapingKeys.of(keys), now_ms),
+            quotas=tuple(await self.quotas.read(client, keys.object(POLICY_FAMILY))),
         )

@@ -48,6 +48,7 @@ async def run_agent(
     host, port = split_listen(listen)
     guard = guard or HttpGuard()
     node = Node(config, node_name, redis_url, namespace=namespace, address=listen)
+    node.refusals = guard.refusals  # one count of every guard's refusals per agent
     service = None
     if policy:
         service = PolicyService(node, policy_config(config), policy_guard(config), guard.refusals)

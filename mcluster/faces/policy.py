@@ -47,7 +47,7 @@ from mcluster.objects.policy import (
     parse_client,
 )
 from mcluster.objects.rates import MAX_COUNT
-from mcluster.quotas.engine import MAIL_STATES, Limit, Outcome, QuotaEngine
+from mcluster.quotas.engine import MAIL_STATES, RECIPIENT_STATES, Limit, Outcome, QuotaEngine
 from mcluster.security.clients import PolicyGuard, RefusalLog
 from mcluster.security.refusals import Refusals
 
@@ -97,6 +97,7 @@ class Transaction:
     leased: bool
     started: float
     quotas_due: bool = False  # asked before MAIL: the message quotas are still to count
+    recipients_counted: bool = False  # asked at RCPT or later: recipients quotas counted
 
 
 class TimedOut(Garbage):
@@ -368,7 +369,7 @@ class PolicyService:
         first = state in MAIL_STATES
         limits = self._client_limits(client) if client is not None else []
         if self.quotas:
-            limits += self.quotas.limits(attrs, state, first=first)
+            limits += self.quotas.limits(attrs, state, first=first, recipients_due=True)
         if client is None and not self.quotas:  # no client address to limit (local)
             return "DUNNO"
         self.stats.transactions += 1
@@ -381,7 +382,12 @@ class PolicyService:
             if leased:
                 self.node.record(self.count_object or "", str(client), +1)
             self.transactions[instance] = Transaction(
-                str(client or ""), outcome.transaction, leased, time.monotonic(), not first
+                str(client or ""),
+                outcome.transaction,
+                leased,
+                time.monotonic(),
+                quotas_due=not first,
+                recipients_counted=state in RECIPIENT_STATES,
             )
             if len(self.transactions) > MAX_TRANSACTIONS:
                 self._release(next(iter(self.transactions)), "overflow")
@@ -393,7 +399,9 @@ class PolicyService:
         first = txn.quotas_due and state in MAIL_STATES
         if first:
             txn.quotas_due = False
-        limits = self.quotas.limits(attrs, state, first=first)
+        due = not txn.recipients_counted
+        txn.recipients_counted |= state in RECIPIENT_STATES
+        limits = self.quotas.limits(attrs, state, first=first, recipients_due=due)
         if not limits:
             return "DUNNO"
         outcome = await self._limit(limits, attrs.get("client_address", ""))

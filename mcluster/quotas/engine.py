@@ -7,7 +7,10 @@ Every stage is one throttle request of the policy family, all-or-nothing:
   ``bytes`` quota for room for the message (``size``, from ``MAIL FROM SIZE=``, or 1
   byte: a spent quota refuses the next transaction at once) without counting it;
 - each RCPT counts 1 in every ``recipients`` quota; the recipient that would exceed is
-  refused, the ones before it stand (and the transaction goes on);
+  refused, the ones before it stand (and the transaction goes on); when the service is
+  asked no RCPT of a transaction (only from ``smtpd_data_restrictions`` or
+  ``smtpd_end_of_data_restrictions``), its first request from DATA on counts
+  ``recipient_count`` at once, and refuses the whole message if they do not fit;
 - END-OF-MESSAGE counts ``size`` in every ``bytes`` quota; the message that would cross
   the limit is refused there.
 
@@ -45,6 +48,8 @@ log = logging.getLogger("mcluster.policy")
 Stage = Literal["transaction", "recipient"]
 #: protocol states at which a transaction has a sender (message quotas wait for one)
 MAIL_STATES = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "END-OF-MESSAGE"})
+#: states by which the recipients are known (asked at RCPT, or counted at DATA)
+RECIPIENT_STATES = frozenset({"RCPT", "DATA", "BDAT", "END-OF-MESSAGE"})
 END_OF_MESSAGE = "END-OF-MESSAGE"
 #: enhanced status codes of each refusing action (WARN, HOLD, DISCARD take none)
 CODES = {"DEFER_IF_PERMIT": "4.7.1", "DEFER": "4.7.1", "REJECT": "5.7.1"}
@@ -96,11 +101,15 @@ class Outcome:
 ADMITTED = Outcome("DUNNO", "DUNNO")
 
 
-def _size(attrs: dict[str, str]) -> int:
+def _number(attrs: dict[str, str], name: str) -> int:
     try:
-        return max(0, int(attrs.get("size", "0") or "0"))
+        return max(0, int(attrs.get(name, "0") or "0"))
     except ValueError:
         return 0
+
+
+def _size(attrs: dict[str, str]) -> int:
+    return _number(attrs, "size")
 
 
 def retry_seconds(retry_ms: int, rate: Rate) -> int:
@@ -121,7 +130,12 @@ def quota_reason(limit: Limit, retry_ms: int) -> str:
     rate = quota.rate_for(limit.value)
     head = f'quota "{quota.name}" exceeded for {quota.key} {_shown(limit.value)}'
     if retry_ms < 0 or limit.need > rate.count:  # can never fit (a message over the limit)
-        return f"{head} (a {limit.need}-byte message is over the limit of {quota.limit_text(rate)})"
+        what = (
+            f"a {limit.need}-byte message is"
+            if quota.count == "bytes"
+            else (f"{limit.need} {quota.count} at once are")
+        )
+        return f"{head} ({what} over the limit of {quota.limit_text(rate)})"
     return (
         f"{head} (limit {quota.limit_text(rate)}); try again in {retry_seconds(retry_ms, rate)} s"
     )
@@ -176,12 +190,18 @@ class QuotaEngine:
                 return None
         return Limit(window_name(quota.name, value), cost, stage, quota, value)
 
-    def limits(self, attrs: dict[str, str], state: str, *, first: bool) -> list[Limit]:
+    def limits(
+        self, attrs: dict[str, str], state: str, *, first: bool, recipients_due: bool = False
+    ) -> list[Limit]:
         """The quota windows one request counts in: with ``first`` (the transaction's
         first request at MAIL or later) its messages quotas and bytes probes; at RCPT its
-        recipients quotas; at END-OF-MESSAGE its bytes."""
+        recipients quotas (with ``recipients_due``, no RCPT asked before: at DATA or
+        END-OF-MESSAGE all its recipients at once); at END-OF-MESSAGE its bytes."""
         out: list[Limit | None] = []
         size = _size(attrs)
+        if recipients_due and state in RECIPIENT_STATES and state != "RCPT":
+            count = max(1, _number(attrs, "recipient_count"))
+            out += (self._limit(q, attrs, count) for q in self._recipients)
         if first:
             out += (self._limit(q, attrs, 1) for q in self._messages)
             if state != END_OF_MESSAGE:

@@ -11,6 +11,7 @@ would see; a node's share (``from NODE``) is the sum of its share's live buckets
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -291,3 +292,26 @@ async def one_key(
     info = find(await load(client, okeys), quota)
     (use,) = await uses(client, okeys, info, [key_value(info, typed)], node)
     return info, use
+
+
+@dataclass
+class Nearest:
+    """The keys nearest their quota's limit, read again and again (the dashboard): the
+    key values are listed (a SCAN) every ``rescan`` seconds, their use read every time."""
+
+    rescan: float = 10.0
+    _listed: dict[str, list[str]] = field(default_factory=dict)
+    _at: float = -1e9
+
+    async def read(self, client: Redis, okeys: ObjectKeys, n: int = TOP) -> list[KeyUse]:
+        loop_time = asyncio.get_running_loop().time()
+        quotas = await load(client, okeys)
+        if loop_time - self._at >= self.rescan:
+            self._listed = {q: await keys_in_use(client, okeys, q) for q in quotas}
+            self._at = loop_time
+        rows: list[KeyUse] = []
+        for name, info in quotas.items():
+            values = [v for v in self._listed.get(name, []) if not v.startswith("(sha")]
+            rows += [u for u in await uses(client, okeys, info, values) if u.used > 0]
+        rows.sort(key=lambda u: (-u.fraction, -u.used, u.quota, u.key))
+        return rows[:n]

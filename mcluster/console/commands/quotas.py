@@ -14,8 +14,13 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mcluster.console.commands import ConsoleContext, Handler, Result, UsageError
-from mcluster.console.spec import CommandSpec
+from mcluster.console.commands.base import (
+    CommandSpec,
+    ConsoleContext,
+    Result,
+    UsageError,
+    command,
+)
 from mcluster.errors import InvalidValue
 from mcluster.objects.policy import FAMILY
 from mcluster.quotas import usage
@@ -57,6 +62,13 @@ def quota_table(quota: QuotaUse) -> Table:
     return table
 
 
+@command(
+    "policy show",
+    "[QUOTA [KEY]] [from NODE]",
+    "Postfix policy quotas: top keys by use against their limit, or one key.",
+    order=22,
+    module=True,
+)
 async def show(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     args, node = split_from(spec, rest)
     if len(args) > 2:
@@ -81,6 +93,7 @@ async def show(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Resul
     return Result(Group(*tables), data)
 
 
+@command("policy reset", "QUOTA KEY", "Clear one key of a policy quota.", order=24, module=True)
 async def reset(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     if len(rest) != 2:
         raise UsageError(f"usage: {spec.usage}")
@@ -95,6 +108,3 @@ async def reset(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Resu
         Text(f"{info.name} {shown(value)}: cleared ({deleted} keys)"),
         {"quota": info.name, "key": value, "cleared": deleted},
     )
-
-
-HANDLERS: dict[tuple[str, ...], Handler] = {("policy", "show"): show, ("policy", "reset"): reset}

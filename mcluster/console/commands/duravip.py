@@ -16,16 +16,16 @@ from xml.etree import ElementTree as ET
 from rich.console import RenderableType
 from rich.text import Text
 
-from mcluster.console.commands import (
+from mcluster.console.commands.base import (
     CommandError,
+    CommandSpec,
     ConsoleContext,
-    Handler,
     Result,
     UsageError,
-    _no_args,
+    command,
+    no_args,
 )
 from mcluster.console.render import Message
-from mcluster.console.spec import CommandSpec
 from mcluster.duravip import store
 from mcluster.duravip.state import VipState, states
 from mcluster.duravip.store import Snapshot, VipKeys
@@ -92,6 +92,7 @@ async def _snapshot(ctx: ConsoleContext) -> tuple[Snapshot, list[VipState]]:
     return snap, states(snap)
 
 
+@command("duravip show", "[tables]", "Show DuraVIP bindings (or state tables).", order=40)
 async def duravip_show(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     if [w.casefold() for w in rest] == ["tables"]:
         snap, found = await _snapshot(ctx)
@@ -109,6 +110,7 @@ def _reserve_ms(snap: Snapshot, node: str) -> int:
     return 2 * int(record.get("lease_ttl_ms", 3000)) + int(record.get("command_timeout_ms", 10000))
 
 
+@command("duravip move", "FROM TO", "Move FROM's DuraVIP addresses to TO.", order=50)
 async def duravip_move(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     """Hand every address FROM owns to TO, one address at a time, as a ``vip-move`` job.
 
@@ -211,8 +213,9 @@ def _node(ctx: ConsoleContext, spec: CommandSpec) -> str:
     return ctx.node
 
 
+@command("duravip announce view", "", "Announce the local DuraVIP view.", order=60)
 async def duravip_announce(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
-    _no_args(spec, rest)
+    no_args(spec, rest)
     node = _node(ctx, spec)
     vk = VipKeys(ctx.keys)
     snap = await store.snapshot(ctx.client, vk)
@@ -228,6 +231,7 @@ async def duravip_announce(ctx: ConsoleContext, spec: CommandSpec, rest: list[st
     raise CommandError(f"{node} did not announce its view within {ANNOUNCE_WAIT:g} s")
 
 
+@command("duravip debug", "on|off", "Turn DuraVIP debugging on or off.", order=70)
 async def duravip_debug(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     words = [w.casefold() for w in rest]
     if words not in (["on"], ["off"]):
@@ -258,19 +262,11 @@ def arp_rows(snap: Snapshot, records: dict[str, dict[str, Any]]) -> list[dict[st
     return sorted(rows, key=lambda r: (r["age"], r["address"]))
 
 
+@command("arp show", "", "Show the MAC addresses of the cluster.", order=30)
 async def arp_show(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
-    _no_args(spec, rest)
+    no_args(spec, rest)
     vk = VipKeys(ctx.keys)
     snap = await store.snapshot(ctx.client, vk)
     rows = arp_rows(snap, await store.read_arp(ctx.client, vk))
     lines = [f"{r['address']:<16} [{r['mac']}]  {r['age']}s" for r in rows]
     return Result(Text("\n".join(lines) or "(no addresses published)"), rows)
-
-
-HANDLERS: dict[tuple[str, ...], Handler] = {
-    ("arp", "show"): arp_show,
-    ("duravip", "show"): duravip_show,
-    ("duravip", "move"): duravip_move,
-    ("duravip", "announce", "view"): duravip_announce,
-    ("duravip", "debug"): duravip_debug,
-}

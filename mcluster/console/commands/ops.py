@@ -16,21 +16,21 @@ import asyncio
 import contextlib
 
 from mcluster.config import ConfigError
-from mcluster.console.commands import (
+from mcluster.console.commands.base import (
     CommandError,
+    CommandSpec,
     ConsoleContext,
-    Handler,
     NotFound,
     Result,
     UsageError,
+    command,
 )
 from mcluster.console.local import LocalMember
 from mcluster.console.ops_views import AnswersView, JobsView
 from mcluster.console.render import Message
-from mcluster.console.spec import CommandSpec
 from mcluster.store import jobs, members, requests
 
-__all__ = ["HANDLERS", "MANAGER", "ask_members"]
+__all__ = ["MANAGER", "ask_members"]
 
 MANAGER = "Manager"
 
@@ -71,7 +71,10 @@ def _not_inside(ctx: ConsoleContext, spec: CommandSpec) -> None:
         raise CommandError(f"{spec.name} runs from a console, not inside a member")
 
 
-async def _broadcast(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+@command(
+    "broadcast", "COMMAND", "Run a command on every node; print each answer.", order=170, top=True
+)
+async def broadcast(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     _not_inside(ctx, spec)
     command = _command(spec, rest)
     every = await members.all_members(ctx.client, ctx.keys)
@@ -92,7 +95,8 @@ async def _broadcast(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) ->
     return Result(AnswersView(answers, ctx.timeout), answers)
 
 
-async def _unicast(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+@command("unicast", "NODE COMMAND", "Run a command on one member.", order=180, top=True)
+async def unicast(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     _not_inside(ctx, spec)
     if not rest:
         raise UsageError(f"{spec.name} needs a node and a command; usage: {spec.usage}")
@@ -106,7 +110,10 @@ async def _unicast(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> R
     return Result(AnswersView(answers, ctx.timeout), answers)
 
 
-async def _jobs(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+@command(
+    "jobs", "", "List jobs (re-syncs, reaping, broadcasts, DuraVIP moves) with progress.", order=160
+)
+async def jobs_(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     if rest:
         raise UsageError(f"{spec.name} takes no arguments, got {' '.join(rest)!r}")
     found = [job.model_dump() for job in await jobs.list_jobs(ctx.client, ctx.keys)]
@@ -114,7 +121,8 @@ async def _jobs(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Resu
     return Result(JobsView(found, now_ms), {"jobs": found})
 
 
-async def _abort(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+@command("abort", "ID", "Abort the job with the specified id.", order=20)
+async def abort(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     """Ask the job's runner to stop, and wait (up to the console's timeout) until it has."""
     if len(rest) != 1 or not rest[0].isdigit():
         raise UsageError(f"{spec.name} needs one job id (a number); usage: {spec.usage}")
@@ -156,7 +164,8 @@ async def _in_member(
     return None, Result(Message(str(answer["output"])), {"node": ctx.node, **answer})
 
 
-async def _reset(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+@command("reset", "", "Leave and rejoin with a new epoch; re-publish the state.", order=120)
+async def reset(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     member, forwarded = await _in_member(ctx, spec, rest)
     if member is None:
         assert forwarded is not None
@@ -169,7 +178,8 @@ async def _reset(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Res
     return Result(Message(message), done)
 
 
-async def _reload(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
+@command("config reload", "", "Re-read the config file and apply it.", order=190, top=True)
+async def config_reload(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     member, forwarded = await _in_member(ctx, spec, rest)
     if member is None:
         assert forwarded is not None
@@ -185,13 +195,3 @@ async def _reload(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Re
         names = done.get(what) or []
         lines.append(f"{what.replace('_', ' ')}: {', '.join(names) if names else 'none'}")
     return Result(Message("\n".join(lines)), done)
-
-
-HANDLERS: dict[tuple[str, ...], Handler] = {
-    ("broadcast",): _broadcast,
-    ("unicast",): _unicast,
-    ("jobs",): _jobs,
-    ("abort",): _abort,
-    ("reset",): _reset,
-    ("config", "reload"): _reload,
-}

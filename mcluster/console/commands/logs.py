@@ -8,8 +8,7 @@ from typing import Any
 
 from rich.text import Text
 
-from mcluster.console.commands import ConsoleContext, Handler, Result, _no_args
-from mcluster.console.spec import CommandSpec
+from mcluster.console.commands.base import CommandSpec, ConsoleContext, Result, command, no_args
 from mcluster.logs.collector import GROUP
 from mcluster.logs.config import registry, stats
 from mcluster.store.keys import text
@@ -19,8 +18,9 @@ def position(lines: int) -> str:
     return f"{0:08x}:{lines:08x}"
 
 
+@command("show logs", "", "Show the cluster logs and their sizes.", order=150)
 async def show_logs(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
-    _no_args(spec, rest)
+    no_args(spec, rest)
     names = {text(k).partition(" ")[0] for k in await ctx.client.hkeys(registry(ctx.keys))}
     raw = await ctx.client.hgetall(stats(ctx.keys))
     figures = {text(k): json.loads(v) for k, v in raw.items()}
@@ -33,6 +33,3 @@ async def show_logs(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> 
         lines += [name, f"\t[on disk: {on_disk} bytes]",
                   f"\t[subscriber: '{GROUP}' @ {position(delivered)}]"]  # fmt: skip
     return Result(Text("\n".join(lines) or "(no logs shipped)"), data)
-
-
-HANDLERS: dict[tuple[str, ...], Handler] = {("show", "logs"): show_logs}

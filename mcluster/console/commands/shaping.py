@@ -17,8 +17,14 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mcluster.console.commands import ConsoleContext, Handler, NotFound, Result, UsageError
-from mcluster.console.spec import CommandSpec
+from mcluster.console.commands.base import (
+    CommandSpec,
+    ConsoleContext,
+    NotFound,
+    Result,
+    UsageError,
+    command,
+)
 from mcluster.shaping.config import ShapingConfig, shaping_config
 from mcluster.shaping.model import HistoryEntry, ShapingError, ShapingState
 from mcluster.shaping.service import (
@@ -79,6 +85,13 @@ def state_view(state: ShapingState) -> RenderableType:
     return Group(*parts)
 
 
+@command(
+    "shaping show",
+    "",
+    "Shaping actions in force, AIMD rates, warm-up days.",
+    order=40,
+    module=True,
+)
 async def show(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     if rest:
         raise UsageError(f"{spec.name} takes no arguments; usage: {spec.usage}")
@@ -100,6 +113,13 @@ def history_view(entries: list[HistoryEntry]) -> RenderableType:
     return table
 
 
+@command(
+    "shaping history",
+    "[NAME] [limit N]",
+    "Recent shaping actions (audit).",
+    order=50,
+    module=True,
+)
 async def history(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     usage = f"usage: {spec.usage}"
     rule, limit = None, DEFAULT_HISTORY
@@ -117,6 +137,7 @@ async def history(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Re
     return Result(history_view(entries), {"history": [e.to_json() for e in entries]})
 
 
+@command("shaping clear", "NAME DEST", "Lift a shaping action now.", order=60, module=True)
 async def clear(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     if len(rest) != 2:
         raise UsageError(f"{spec.name} needs a rule and a destination; usage: {spec.usage}")
@@ -130,10 +151,3 @@ async def clear(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Resu
         raise NotFound(f"no action of rule {rule!r} in force on {dest!r} (see shaping show)")
     return Result(Text(f"cleared {rule} on {dest}"), {"rule": rule, "destination": dest,
                                                      "cleared": True})  # fmt: skip
-
-
-HANDLERS: dict[tuple[str, ...], Handler] = {
-    ("shaping", "show"): show,
-    ("shaping", "history"): history,
-    ("shaping", "clear"): clear,
-}
