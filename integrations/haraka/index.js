@@ -228,7 +228,10 @@ exports.route = function (hmail) {
 exports.outbound_send = async function (next, hmail) {
   const route = this.route(hmail)
   if (!route.domain) return next()
-  const fail_delay = () => next(constants.delay, this.cfg.main.retry_seconds)
+  // Haraka multiplies the delay by 1000; a string keeps its hook logger quiet (it logs an
+  // error for a number)
+  const delay = (seconds) => next(constants.delay, String(seconds))
+  const fail_delay = () => delay(this.cfg.main.retry_seconds)
   let decision
   try {
     decision = await this.agent.outbound_message(route)
@@ -240,7 +243,7 @@ exports.outbound_send = async function (next, hmail) {
   if (!decision.allowed) {
     this.count_refusal('outbound_message')
     this.loginfo(`OBTM ${route.binding}::${route.domain} refused, retry in ${decision.retry_after_ms} ms${how}`)
-    return next(constants.delay, Math.max(decision.retry_after_ms || 1000, 1) / 1000)
+    return delay(Math.max(decision.retry_after_ms || 1000, 1) / 1000)
   }
   this.loginfo(`OBTM ${route.binding}::${route.domain} allowed${how}`)
   let slot
@@ -253,7 +256,7 @@ exports.outbound_send = async function (next, hmail) {
     this.count_refusal('outbound_connection')
     hmail.logdebug(this, `no slot for ${route.domain}: ${slot.reason}`)
     const ms = slot.retry_after_ms || this.cfg.outbound.cap_retry_seconds * 1000
-    return next(constants.delay, Math.max(ms, 1) / 1000)
+    return delay(Math.max(ms, 1) / 1000)
   }
   // Kept on the message object (not in its notes: Haraka shares one notes object between
   // the messages of a transaction's domains).
