@@ -169,9 +169,14 @@ Domain "capped.test" {{ cluster_max_outbound_connections = {CAP} }}
 Domain "rated.test" {{ cluster_outbound_throttle_messages = "{RATE_N}/{RATE_S:g}" }}
 """
 SLOTS_KEY = "max:default::capped.test"
+#: fail closed: an agent late under load (or a degraded decision) defers the message
+#: instead of letting it past the limits, which is what the checks below hold it to
 MCLUSTER_OUT_INI = """
 [main]
 url=http://127.0.0.1:{port}
+fail=closed
+retry_seconds=0.2
+timeout_ms=2000
 [inbound]
 enabled=false
 [outbound]

@@ -195,6 +195,12 @@ exports.inbound_rate = async function (next, connection, section, what) {
     if (this.agent_failed(err, what)) return next()
     return next(constants.denysoft, 'cluster limits unavailable; try again later')
   }
+  if (decision.degraded) {
+    // the agent's own on_error answered, not a decision: the plugin's fail policy applies
+    const err = new AgentUnavailable('POST /v1/throttles/acquire', 'degraded decision')
+    if (this.agent_failed(err, what)) return next()
+    return next(constants.denysoft, 'cluster limits unavailable; try again later')
+  }
   if (decision.allowed) return next()
   this.count_refusal(what)
   const secs = Math.ceil((decision.retry_after_ms || 1000) / 1000)
@@ -240,12 +246,19 @@ exports.outbound_send = async function (next, hmail) {
   }
   // one line per decision: operators (and the tests) can see the admitted rate
   const how = decision.degraded ? ' (degraded: Redis did not answer in time)' : ''
-  if (!decision.allowed) {
+  if (decision.degraded) {
+    // The agent could not decide in time and applied its own on_error (allow): not a
+    // decision, so it gets the plugin's fail policy like an agent that does not answer.
+    this.loginfo(`OBTM ${route.binding}::${route.domain} undecided${how}`)
+    const err = new AgentUnavailable('POST /v1/outbound/message', 'degraded decision')
+    if (!this.agent_failed(err, 'OBTM')) return fail_delay()
+  } else if (!decision.allowed) {
     this.count_refusal('outbound_message')
-    this.loginfo(`OBTM ${route.binding}::${route.domain} refused, retry in ${decision.retry_after_ms} ms${how}`)
+    this.loginfo(`OBTM ${route.binding}::${route.domain} refused, retry in ${decision.retry_after_ms} ms`)
     return delay(Math.max(decision.retry_after_ms || 1000, 1) / 1000)
+  } else {
+    this.loginfo(`OBTM ${route.binding}::${route.domain} allowed`)
   }
-  this.loginfo(`OBTM ${route.binding}::${route.domain} allowed${how}`)
   let slot
   try {
     slot = await this.agent.open_connection(route)
