@@ -101,3 +101,30 @@ def test_no_import_cycle() -> None:
     for name in sorted(graph):
         walk(name, [])
     assert len(graph) > 90
+
+
+def layer_imports() -> dict[str, set[str]]:
+    """Top folder (``store``, ``agent``, ``errors``, ...) -> the top folders it imports."""
+    package = ROOT / "mcluster"
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in package.rglob("*.py")
+    }
+    found: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        layer = name.split(".")[1] if "." in name else "mcluster"
+        deps = {m.split(".")[1] for m in module_imports(path) if m in modules and "." in m}
+        found.setdefault(layer, set()).update(deps - {layer})
+    return found
+
+
+def test_layers_import_downwards() -> None:
+    """The directions docs/architecture.md marks as tested."""
+    found = layer_imports()
+    assert found["errors"] == set()
+    assert found["store"] <= {"errors"}
+    upper = {"agent", "faces", "console", "manager", "demo", "cli"}
+    assert not found["objects"] & upper, found["objects"]
+    assert not found["agent"] & (upper - {"agent"}), found["agent"]
+    importing_demo = {layer for layer, deps in found.items() if "demo" in deps} - {"demo"}
+    assert importing_demo <= {"cli"}, importing_demo

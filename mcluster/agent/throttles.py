@@ -123,8 +123,12 @@ class Throttles:
         if missing:  # perhaps created by another node since
             self.defs.update(await throttle.load_defs(self._scripts().client, self.okeys))
 
-    async def acquire(self, limits: Sequence[tuple[str, int]], *, force: bool = False) -> Decision:
-        """Count ``cost`` on every named throttle if all have room, else none."""
+    async def acquire(
+        self, limits: Sequence[tuple[str, int]], *, force: bool = False, until: float = 0.0
+    ) -> Decision:
+        """Count ``cost`` on every named throttle if all have room, else none. ``until``
+        (event loop time), when given, is a deadline sooner than the throttles' own: the
+        caller's, for an answer made of several decisions (the policy service's)."""
         if len(limits) == 1 and not force:  # local quota: decided in process when it can
             name, cost = limits[0]
             res = self._quota.get(name)
@@ -139,7 +143,7 @@ class Throttles:
             tdef = self.defs[request.limits[0][0]]
             if tdef.mode == "local_quota":
                 return await self._local(tdef, request.limits[0][1])
-        return await self._decide(request)
+        return await self._decide(request, until)
 
     async def _local(self, tdef: ThrottleDef, cost: int) -> Decision:
         """Reserve a share of the budget (epsilon of what is left), then spend it locally."""
@@ -235,9 +239,13 @@ class Throttles:
                     )
         return await self._decide(Request(tuple((t.name, cost) for t in tdefs)))
 
-    async def _decide(self, request: Request) -> Decision:
+    async def _decide(self, request: Request, until: float = 0.0) -> Decision:
         tdefs = [self.defs[n] for n, _ in request.limits]
         deadline = max(t.deadline_ms for t in tdefs) / 1000
+        if until:
+            deadline = min(deadline, until - asyncio.get_running_loop().time())
+            if deadline <= 0:  # the caller's time is up: no call that would be too late
+                return self._degraded(request, tdefs)
         if self._busy:  # a call is in flight: wait for it, then go in the next batch
             decision = await self._queued(request, deadline)
         else:  # nothing in flight: this caller sends at once, no task or future

@@ -193,8 +193,10 @@ class WindowDefs(dict[str, ThrottleDef]):
         return tdef
 
 
+@functools.lru_cache(maxsize=RULES_CACHE)
 def parse_client(text: str) -> Address | None:
-    """Postfix's ``client_address`` (an IPv4 or IPv6 address), or None."""
+    """Postfix's ``client_address`` (an IPv4 or IPv6 address), or None (remembered: a
+    busy client asks again and again, and parsing is a few percent of a decision)."""
     try:
         address = ipaddress.ip_address(text)
     except ValueError:

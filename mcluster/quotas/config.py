@@ -62,8 +62,12 @@ class Exempt:
     domains: frozenset[str] = frozenset()
     networks: tuple[Network, ...] = ()
 
+    @property
+    def any(self) -> bool:
+        return bool(self.values or self.domains or self.networks)
+
     def __contains__(self, value: object) -> bool:
-        if not isinstance(value, str) or not (self.values or self.domains or self.networks):
+        if not isinstance(value, str):
             return False
         if value in self.values:
             return True

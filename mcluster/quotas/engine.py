@@ -53,6 +53,7 @@ RECIPIENT_STATES = frozenset({"RCPT", "DATA", "BDAT", "END-OF-MESSAGE"})
 END_OF_MESSAGE = "END-OF-MESSAGE"
 #: enhanced status codes of each refusing action (WARN, HOLD, DISCARD take none)
 CODES = {"DEFER_IF_PERMIT": "4.7.1", "DEFER": "4.7.1", "REJECT": "5.7.1"}
+MAX_MADE = 65536  # Limits remembered (a busy user or sender asks again and again)
 MAX_SHOWN = 100  # characters of a key value quoted in an answer
 FLUSH_EVERY = 2.0  # seconds between adding this agent's refusal counts to the cluster's
 
@@ -172,6 +173,7 @@ class QuotaEngine:
         self._messages = [q for q in self.quotas if q.count == "messages"]
         self._recipients = [q for q in self.quotas if q.count == "recipients"]
         self._bytes = [q for q in self.quotas if q.count == "bytes"]
+        self._made: dict[tuple[str, str, int, str], Limit] = {}
 
     def __bool__(self) -> bool:
         return bool(self.quotas)
@@ -182,13 +184,21 @@ class QuotaEngine:
         value = quota.key.value(attrs)
         if value is None or (value == "" and not quota.empty_counts):
             return None
-        if quota.exempt:
+        if quota.exempt.any:
             probe = value
             if quota.key.is_address and quota.key.prefix is not None:
                 probe = _client(attrs)
             if probe in quota.exempt:
                 return None
-        return Limit(window_name(quota.name, value), cost, stage, quota, value)
+        made = (quota.name, value, cost, stage)
+        limit = self._made.get(made)
+        if limit is None:  # a Limit is immutable: one per window, cost and stage will do
+            if len(self._made) >= MAX_MADE:
+                self._made.clear()
+            limit = self._made[made] = Limit(
+                window_name(quota.name, value), cost, stage, quota, value
+            )
+        return limit
 
     def limits(
         self, attrs: dict[str, str], state: str, *, first: bool, recipients_due: bool = False

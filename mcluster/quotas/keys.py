@@ -15,6 +15,7 @@ byte) so any value gives a valid throttle name; a value too long for one is writ
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -26,7 +27,7 @@ PREFIX = "q."
 MAX_NAME = 200  # a throttle name's length (mcluster.objects.throttle)
 _ATTRIBUTE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CIDR_KEY = re.compile(r"^(client_address(?:_ipv6)?)/(\d{1,3})$")
-_PLAIN = re.compile(r"[a-z0-9._@/-]")
+_UNSAFE = re.compile(r"[^a-z0-9._@/-]+")
 DOMAIN_KEYS = {"sender_domain": "sender", "recipient_domain": "recipient"}
 #: attributes whose values are mail addresses (an exempt entry without ``@`` is a domain)
 ADDRESS_ATTRIBUTES = frozenset({"sender", "recipient", "sasl_sender", "original_recipient"})
@@ -116,16 +117,15 @@ def parse_key(text: str) -> KeySpec:
     return KeySpec(key, key)
 
 
-def _escape(value: str) -> str:
-    return "".join(
-        ch if _PLAIN.fullmatch(ch) else "".join(f"+{b:02X}" for b in ch.encode()) for ch in value
-    )
+def _escape_one(match: re.Match[str]) -> str:
+    return "".join(f"+{b:02X}" for b in match.group().encode())
 
 
+@functools.lru_cache(maxsize=65536)  # the same senders and logins come back: a dict lookup
 def window_name(quota: str, value: str) -> str:
     """The throttle name of one key value's window."""
     head = f"{PREFIX}{quota}:"
-    escaped = _escape(value)
+    escaped = _UNSAFE.sub(_escape_one, value)
     if len(head) + len(escaped) > MAX_NAME:
         escaped = "+h" + hashlib.sha256(value.encode()).hexdigest()[:40]
     return head + escaped

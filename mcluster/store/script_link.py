@@ -18,11 +18,22 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio
+from hiredis import pack_command as hiredis_pack
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
 from mcluster.errors import script_error
 from mcluster.store.scripts import Scripts
+
+
+def _pack(conn: AbstractConnection, *args: Any) -> Any:
+    """The command as RESP bytes: hiredis's packer in one C call (redis[hiredis] is a
+    dependency) instead of redis-py's encoder, a Python call per argument: a tenth of a
+    throttle batch's client CPU. redis-py's packer for what hiredis does not take."""
+    try:
+        return hiredis_pack(args)
+    except TypeError:  # an argument hiredis does not pack: redis-py says what it is
+        return conn.pack_command(*args)
 
 
 class ScriptLink:
@@ -45,7 +56,9 @@ class ScriptLink:
         script = self.scripts.get(name)
         try:
             try:
-                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                await conn.send_packed_command(
+                    _pack(conn, "EVALSHA", script.sha, len(keys), *keys, *args)
+                )
                 return await conn.read_response()
             except NoScriptError:  # SCRIPT FLUSH, or a new server after a failover
                 await conn.send_command("SCRIPT", "LOAD", script.script)
