@@ -337,16 +337,22 @@ async def kill_scenario(plugin: str, farm: Farm, tmp_path: Path) -> tuple[Sink, 
     return sink, h1, h2
 
 
+async def most_slots(farm: Farm, h1: Haraka, h2: Haraka) -> tuple[dict[str, int], str, str, Haraka]:
+    """The slots each node holds (CAP in all), the node holding most, the other, and the
+    Haraka beside the first."""
+    held = {n: await farm.count("outbound_slots", SLOTS_KEY, view=n) for n in ("n1", "n2")}
+    assert sum(held.values()) == CAP
+    victim, survivor = ("n1", "n2") if held["n1"] >= held["n2"] else ("n2", "n1")
+    return held, victim, survivor, h1 if victim == "n1" else h2
+
+
 async def test_kill_node_frees_its_slots(outbound_farm: Farm, tmp_path: Path) -> None:
     """A node lost (its Haraka and its agent, kill -9) frees its slots within lease TTL +
     1 s; the other Haraka then uses them; the sink never sees more than the cap."""
     farm = outbound_farm
     sink, h1, h2 = await kill_scenario("mcluster", farm, tmp_path)
     try:
-        held = {n: await farm.count("outbound_slots", SLOTS_KEY, view=n) for n in ("n1", "n2")}
-        assert sum(held.values()) == CAP
-        victim, survivor = ("n1", "n2") if held["n1"] >= held["n2"] else ("n2", "n1")
-        dead = h1 if victim == "n1" else h2
+        held, victim, survivor, dead = await most_slots(farm, h1, h2)
         dead.kill()
         farm.kill(victim)
 
@@ -376,9 +382,7 @@ async def test_kill_haraka_alone_slots_given_back_at_restart(
     farm = outbound_farm
     sink, h1, h2 = await kill_scenario("mcluster", farm, tmp_path)
     try:
-        held = {n: await farm.count("outbound_slots", SLOTS_KEY, view=n) for n in ("n1", "n2")}
-        victim = "n1" if held["n1"] >= held["n2"] else "n2"
-        dead = h1 if victim == "n1" else h2
+        held, victim, _, dead = await most_slots(farm, h1, h2)
         dead.kill()
         await until(lambda: sink.current == CAP - held[victim], 5, what="its sessions closed")
         await farm.flush_all()
