@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -17,7 +18,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 
 from mcluster import Node, parse_config
-from mcluster.config import ConfigError
+from mcluster.config import ConfigError, load_config
 from mcluster.console.commands import ConsoleContext, UsageError, run_command
 from mcluster.console.dashboard import render_plain
 from mcluster.console.snapshot import read_snapshot
@@ -34,6 +35,7 @@ from mcluster.store.keys import ObjectKeys
 from tests.helpers import until
 from tests.postfix import Smtpd
 from tests.postfix import request as smtpd_request
+from tests.redis_cluster import RedisCluster
 from tests.redis_servers import RedisServer
 
 # The issue's interface contract, verbatim.
@@ -319,6 +321,8 @@ async def test_warn_is_shadow_mode(agents: Agents) -> None:
         assert warned[1:] == ["DUNNO"] * 3  # the mail goes through
         assert agents.b.quotas.stats.warned["trial"] == 1
         assert agents.b.stats.actions["WARN"] == 1
+    ctx = ConsoleContext(agents.b.node.client, agents.b.node.keys)
+    await until(lambda: _would_refuse(ctx, 1), 10, "the would-have-refused count in Redis")
     async with TestClient(TestServer(make_app(agents.b.node, agents.b))) as api:
         scraped = await (await api.get("/metrics")).text()
     assert 'mcluster_policy_quota_would_refuse_total{quota="trial"} 1.0' in scraped
@@ -404,6 +408,8 @@ async def test_console_policy_show_and_reset(agents: Agents, redis_server: Redis
     assert await node.client.pttl(window) in (-2, *range(1, 66_001))
     with pytest.raises(NotFound, match="unknown quota 'nosuch'; quotas: per_user, rcpt"):
         await run_command(ctx, "policy show nosuch alice")
+    with pytest.raises(NotFound, match="unknown node 'relay-9'; cluster members: relay-1, relay-2"):
+        await run_command(ctx, "policy show from relay-9")
     with pytest.raises(UsageError, match="usage: policy reset QUOTA KEY"):
         await run_command(ctx, "policy reset per_user")
 
@@ -470,3 +476,70 @@ async def test_recipients_counted_at_data_when_no_rcpt_was_asked(agents: Agents)
                                  sender="other@rcpt-data2.example", sasl_username="")  # fmt: skip
         assert too_many.endswith("(9 recipients at once are over the limit of 5 recipients "
                                  "per 60 s)")  # fmt: skip
+
+
+def test_a_changed_policy_scope_is_listed_under_needs_restart() -> None:
+    from mcluster.agent.reload import _fixed_changes
+
+    moved = "# quotas\n" + CONTRACT
+    assert _fixed_changes(parse_config(CONTRACT, "a.conf"), parse_config(moved, "a.conf")) == []
+    warned = CONTRACT.replace('action = "WARN"', 'action = "REJECT"')
+    assert _fixed_changes(parse_config(CONTRACT, "a.conf"), parse_config(warned, "a.conf")) == [
+        "Policy (the policy service's rules and quotas)"
+    ]
+
+
+async def test_a_bad_quota_fails_the_reload(
+    tmp_path: Path, redis_server: RedisServer, namespace: str
+) -> None:
+    path = tmp_path / "m.conf"
+    path.write_text(CONTRACT)
+    async with Node(load_config(str(path)), "relay-1", redis_server.url, namespace=namespace) as n:
+        path.write_text(CONTRACT.replace('limit = "3/60"', 'limit = "3/0"'))
+        with pytest.raises(
+            ConfigError, match=r"m.conf:4:\d+: bad rate '3/0': the period S must be more than 0"
+        ):
+            await n.reload()
+        path.write_text(CONTRACT.replace('limit = "3/60"', 'limit = "4/60"'))
+        assert (await n.reload())["needs_restart"] == [
+            "Policy (the policy service's rules and quotas)"
+        ]
+
+
+async def _would_refuse(ctx: ConsoleContext, n: int) -> bool:
+    listing = await run_command(ctx, "policy show trial")
+    return bool(listing.data["quotas"][0]["would_refuse"] == n)  # type: ignore[call-overload]
+
+
+async def test_empty_keys_count_only_when_asked(redis_server: RedisServer, namespace: str) -> None:
+    conf = """
+Policy {
+  Quota "login" { key = "sasl_username"  limit = "2/60" }
+  Quota "anon"  { key = "sasl_username"  limit = "2/60"  empty = "count" action = "REJECT" }
+}
+"""
+    async with two_agents(redis_server.url, namespace, conf) as agents, Client(agents.a.port) as c:
+        got = [(await c.mail(sasl_username="", sender="")) for _ in range(3)]
+        assert got[:2] == [["DUNNO"] * 4] * 2
+        assert got[2][0] == (
+            'REJECT 5.7.1 quota "anon" exceeded for sasl_username <> (limit 2 messages per '
+            f"60 s); try again in {got[2][0].rsplit(' ', 2)[1]} s"
+        )
+        assert agents.a.quotas.stats.refused == {("anon", "REJECT"): 1}
+
+
+async def test_on_a_redis_cluster(redis_cluster: RedisCluster, namespace: str) -> None:
+    """The windows share one hash tag: decisions, show (SCAN on every master), reset."""
+    async with two_agents(redis_cluster.url, namespace, CONTRACT) as agents:
+        async with Client(agents.a.port) as c1, Client(agents.b.port) as c2:
+            got = [await (c1, c2)[i % 2].mail(sasl_username="kim", sender=f"k@c{i}.example")
+                   for i in range(4)]  # fmt: skip
+        assert got[:3] == [["DUNNO"] * 4] * 3 and deferred(got[3][0], "per_user")
+        await published(agents)
+        ctx = ConsoleContext(agents.a.node.client, agents.a.node.keys)
+        one = await run_command(ctx, "policy show per_user kim from relay-2")
+        assert one.data["used"] == 1  # type: ignore[call-overload]
+        listing = await run_command(ctx, "policy show per_user")
+        top = listing.data["quotas"][0]["top"]  # type: ignore[call-overload]
+        assert [(r["key"], r["used"]) for r in top] == [("kim", 3)]
+        assert (await run_command(ctx, "policy reset per_user kim")).data["cleared"] == 3  # type: ignore[call-overload]

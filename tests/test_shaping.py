@@ -38,6 +38,8 @@ Shaping "busy3" { provider = "msft"  match = "/4\\.7\\.500 Server busy/"  action
                   duration = 30  trigger = "3/60" }
 Shaping "slow_down" { domain = "slow.test"  match = "/^421/"  action = "rate"  factor = 0.1
                       duration = 30 }
+Shaping "long_ts" { domain = "long.test"  match = "/\\[TS0[1-4]\\]/"  action = "suspend"
+                     duration = 120 }
 Shaping "fewer" { host = "mx.few.test"  match = "/too many connections/i"
                   action = "connections"  limit = 2  duration = 30 }
 """
@@ -46,9 +48,9 @@ TS03 = "4.7.0 [TS03] Messages from 192.0.2.1 temporarily deferred"
 
 
 @pytest.fixture
-async def nodes(redis_server: AnyRedis, namespace: str) -> AsyncIterator[list[Node]]:
+async def nodes(shared_redis: AnyRedis, namespace: str) -> AsyncIterator[list[Node]]:
     cfg = parse_config(CONF)
-    made = [Node(cfg, f"relay-{i}", redis_server.url, namespace=namespace) for i in (1, 2, 3)]
+    made = [Node(cfg, f"relay-{i}", shared_redis.url, namespace=namespace) for i in (1, 2, 3)]
     for node in made:
         await node.start()
     yield made
@@ -58,7 +60,7 @@ async def nodes(redis_server: AnyRedis, namespace: str) -> AsyncIterator[list[No
 
 
 async def test_one_reply_suspends_every_node_on_time_and_a_dead_reporter_changes_nothing(
-    nodes: list[Node], redis_server: AnyRedis
+    nodes: list[Node], shared_redis: AnyRedis
 ) -> None:
     a, b, c = nodes
     route = Route("b1", "yahoo.test")
@@ -82,9 +84,9 @@ async def test_one_reply_suspends_every_node_on_time_and_a_dead_reporter_changes
         assert body["event"] == "transfail" and body["counted"] is True
         assert [(r["rule"], r["status"]) for r in body["rules"]] == [("yahoo_ts", "fired")]
         expires = body["rules"][0]["expires_ms"]
-        fired = time.monotonic()
 
         async def refused_on(api: TestClient[object, object] | None, node: Node) -> bool:
+            left = expires - await redis_ms(node)  # before the decision: it can only shrink
             if api is not None:
                 resp = await api.post(
                     "/v1/outbound/message", json={"binding": "b1", "domain": "yahoo.test"}
@@ -97,13 +99,14 @@ async def test_one_reply_suspends_every_node_on_time_and_a_dead_reporter_changes
             if allowed:
                 return False
             assert reason is not None and "yahoo_ts" in reason
-            left = expires - await redis_ms(node)
-            assert 0 < retry <= left + 5, (retry, left)  # 5 ms: the read after the decision
+            assert 0 < retry <= left, (retry, left)
             return True
 
-        await until(lambda: refused_on(api_b, b), 1.0, "suspended on B over HTTP")
-        await until(lambda: refused_on(None, c), 1.0, "suspended on C")
-        assert time.monotonic() - fired < 1.0
+        # both at once: each within 1 s of the report (the first decision already refuses)
+        await asyncio.gather(
+            until(lambda: refused_on(api_b, b), 1.0, "suspended on B over HTTP"),
+            until(lambda: refused_on(None, c), 1.0, "suspended on C"),
+        )
         # other domains are untouched
         assert (await c.outbound_message(Route("b1", "gmail.test"))).allowed
     # the reporter dies: the suspension neither lifts nor lasts longer
@@ -118,13 +121,13 @@ async def test_one_reply_suspends_every_node_on_time_and_a_dead_reporter_changes
         expires,
     )
 
-    async def lifted() -> bool:
-        return (await c.outbound_message(route)).allowed
+    async def lifted() -> bool:  # by Redis's word (a degraded answer could be anything)
+        decision = await c.outbound_message(route)
+        return decision.allowed and not decision.degraded
 
-    took = await until_running(lifted, 4.0, "the suspension expires", redis_pids(redis_server))
+    await until_running(lifted, 4.0, "the suspension expires", redis_pids(shared_redis))
     now = await redis_ms(b)
     assert now >= expires, "lifted before its expiry"
-    assert took > 1.0  # it held its 3 s (about 2 s were left after the checks above)
     assert (await b.outbound_message(route)).allowed
     history = await b.shaping.history("yahoo_ts") if b.shaping else []
     assert [(h.rule, h.destination, h.node, h.expires_ms) for h in history] == [
@@ -167,6 +170,29 @@ async def test_trigger_counts_matches_cluster_wide(nodes: list[Node]) -> None:
     )
     assert again.rules[0].status == "active"
     assert again.rules[0].expires_ms == third.rules[0].expires_ms
+
+
+async def test_a_slow_redis_does_not_lift_a_suspension_seen(
+    nodes: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcluster.shaping import service
+
+    a, b, _ = nodes
+    await a.outbound_outcome(Outcome("b1", "long.test", 421, TS03))
+    seen = await b.outbound_message(Route("b1", "long.test"))
+    assert not seen.allowed and not seen.degraded
+    scripts = b.decision_scripts
+
+    async def slow(name: str, keys: list[object], args: list[object]) -> object:
+        await asyncio.sleep(10 * service.CHECK_DEADLINE)  # Redis too slow to wait for
+        raise AssertionError("not given up at the deadline")
+
+    monkeypatch.setattr(scripts, "run", slow)
+    held = await b.outbound_message(Route("b1", "long.test"))
+    assert not held.allowed and held.degraded and held.reason and "long_ts" in held.reason
+    assert 0 < held.retry_after_ms <= seen.retry_after_ms
+    other = await b.outbound_message(Route("b1", "yahoo.test"))  # nothing seen: let through
+    assert other.allowed and other.degraded
 
 
 async def test_rate_and_connection_actions(nodes: list[Node]) -> None:
@@ -374,7 +400,7 @@ async def test_warmup_day_follows_redis_time(
 
 
 async def test_console_and_http_show_history_clear(
-    nodes: list[Node], redis_server: AnyRedis, namespace: str, capsys: pytest.CaptureFixture[str]
+    nodes: list[Node], shared_redis: AnyRedis, namespace: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import io
     import json
@@ -385,16 +411,16 @@ async def test_console_and_http_show_history_clear(
     from mcluster.console import console_main
 
     a, b, _ = nodes
-    fired = await a.outbound_outcome(Outcome("b1", "yahoo.test", 421, TS03, "mx.yahoo.test"))
+    fired = await a.outbound_outcome(Outcome("b1", "long.test", 421, TS03, "mx.long.test"))
     expires = fired.rules[0].expires_ms
-    assert not (await b.outbound_message(Route("b1", "yahoo.test"))).allowed
+    assert not (await b.outbound_message(Route("b1", "long.test"))).allowed
     for node, line in [
-        (a, 'mcluster_shaping_actions_total{action="suspend",rule="yahoo_ts"} 1.0'),
-        (b, 'mcluster_shaping_refusals_total{reason="suspend",rule="yahoo_ts"} 1.0'),
+        (a, 'mcluster_shaping_actions_total{action="suspend",rule="long_ts"} 1.0'),
+        (b, 'mcluster_shaping_refusals_total{reason="suspend",rule="long_ts"} 1.0'),
     ]:
         async with TestClient(TestServer(make_app(node))) as api:
             assert line in (await (await api.get("/metrics")).text()).splitlines()
-    env = os.environ | {"MCLUSTER_REDIS_URL": redis_server.url, "MCLUSTER_NAMESPACE": namespace}
+    env = os.environ | {"MCLUSTER_REDIS_URL": shared_redis.url, "MCLUSTER_NAMESPACE": namespace}
     done = subprocess.run(
         [sys.executable, "-m", "mcluster", "console", "--json", "-c", "shaping show"],
         capture_output=True, text=True, env=env, timeout=60,
@@ -402,13 +428,13 @@ async def test_console_and_http_show_history_clear(
     assert done.returncode == 0, done.stderr
     [action] = json.loads(done.stdout)["actions"]
     assert (action["rule"], action["destination"], action["action"]) == (
-        "yahoo_ts", "domain:yahoo.test", "suspend",
+        "long_ts", "domain:long.test", "suspend",
     )  # fmt: skip
-    assert 0 < action["remaining_s"] <= 3
+    assert 0 < action["remaining_s"] <= 120
 
     async def console(command: str, json_mode: bool = True) -> tuple[int, str]:
         code = await asyncio.to_thread(
-            console_main, redis_server.url, None, None, command, json_mode, namespace
+            console_main, shared_redis.url, None, None, command, json_mode, namespace
         )
         out, _ = capsys.readouterr()
         return code, out
@@ -421,25 +447,47 @@ async def test_console_and_http_show_history_clear(
     screen = Console(width=120, record=True, file=io.StringIO())
     screen.print(render_plain(await read_snapshot(b.client, b.keys)))
     board = screen.export_text()
-    assert "Shaping" in board and "yahoo_ts" in board and "domain:yahoo.test" in board
+    assert "Shaping" in board and "long_ts" in board and "domain:long.test" in board
     code, out = await console("shaping show", json_mode=False)
-    assert code == 0 and "yahoo_ts" in out and "domain:yahoo.test" in out
-    code, out = await console("shaping history yahoo_ts limit 5")
+    assert code == 0 and "long_ts" in out and "domain:long.test" in out
+    code, out = await console("shaping history long_ts limit 5")
     [entry] = json.loads(out)["history"]
-    assert (entry["rule"], entry["node"], entry["expires_ms"]) == ("yahoo_ts", "relay-1", expires)
+    assert (entry["rule"], entry["node"], entry["expires_ms"]) == ("long_ts", "relay-1", expires)
     async with TestClient(TestServer(make_app(b))) as api:
         body = await (await api.get("/v1/shaping")).json()
-        assert [x["rule"] for x in body["actions"]] == ["yahoo_ts"]
-        code, out = await console("shaping clear yahoo_ts domain:yahoo.test")
+        assert [x["rule"] for x in body["actions"]] == ["long_ts"]
+        code, out = await console("shaping clear long_ts domain:long.test")
         assert code == 0 and json.loads(out)["cleared"] is True
-        assert (await b.outbound_message(Route("b1", "yahoo.test"))).allowed
+        assert (await b.outbound_message(Route("b1", "long.test"))).allowed
         assert (await (await api.get("/v1/shaping")).json())["actions"] == []
-        code, _ = await console("shaping clear yahoo_ts domain:yahoo.test")
+        code, _ = await console("shaping clear long_ts domain:long.test")
         assert code == 2  # nothing in force: not found
-        code, _ = await console("shaping clear yahoo_ts yahoo.test")
+        code, _ = await console("shaping clear long_ts yahoo.test")
         assert code == 1  # not a destination
-        resp = await api.get("/v1/shaping/history", params={"rule": "yahoo_ts"})
+        resp = await api.get("/v1/shaping/history", params={"rule": "long_ts"})
         assert [h["action"] for h in (await resp.json())["history"]] == ["clear", "suspend"]
         bad = await api.post("/v1/outbound/outcome", json={"binding": "b1", "domain": "x",
                                                             "code": 700})  # fmt: skip
         assert bad.status == 400 and "200-599" in (await bad.json())["error"]
+
+
+async def test_config_reload_takes_new_rules(
+    tmp_path: Path, redis_server: AnyRedis, namespace: str
+) -> None:
+    path = tmp_path / "mcluster.conf"
+    path.write_text(WARM_CONF)
+    async with Node(path, "relay-1", redis_server.url, namespace=namespace) as node:
+        assert node.shaping is not None
+        report = Outcome("b1", "reload.test", 421, "4.7.0 [TS01] deferred")
+        assert (await node.outbound_outcome(report)).rules == ()
+        path.write_text(WARM_CONF + 'Shaping "r" { domain = "reload.test"  match = "/TS01/"\n'
+                        '  action = "suspend"  duration = 60 }\n')  # fmt: skip
+        result = await node.reload()
+        assert result["needs_restart"] == []
+        fired = await node.outbound_outcome(report)
+        assert [(r.rule, r.status) for r in fired.rules] == [("r", "fired")]
+        assert not (await node.outbound_message(Route("b9", "reload.test"))).allowed
+        path.write_text(WARM_CONF + 'Shaping "r" { domain = "reload.test"  match = "/(/" }\n')
+        with pytest.raises(ConfigError, match=r"mcluster.conf:4:\d+: Shaping 'r': match: bad"):
+            await node.reload()
+        assert [r.name for r in node.shaping.config.rules] == ["r"]  # nothing applied

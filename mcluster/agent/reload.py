@@ -32,7 +32,9 @@ from mcluster.config import ClusterConfig, ReplicateObject, load_config
 from mcluster.objects import throttle
 from mcluster.objects.kinds import kind_for_type
 from mcluster.objects.outbound import OutboundPolicy
+from mcluster.objects.policy import policy_config
 from mcluster.outbound.views import ConnectionViews
+from mcluster.shaping.config import shaping_config
 
 if TYPE_CHECKING:
     from mcluster.agent.node import Node
@@ -79,6 +81,8 @@ def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
     slots = [bool({o.type for o in c.objects} & _SLOT_TYPES) for c in (old, new)]
     if slots[0] != slots[1]:
         changes.append("outbound connection slots")
+    if old.tree.scopes("Policy") != new.tree.scopes("Policy"):  # positions aside
+        changes.append("Policy (the policy service's rules and quotas)")
     return changes
 
 
@@ -90,8 +94,12 @@ async def reload_config(node: Node) -> dict[str, Any]:
     new = load_config(path)  # ConfigError (FILE:LINE:COL: ...) leaves everything as it was
     declared = throttle.config_throttles(new)
     policy = OutboundPolicy(new)
+    policy_config(new)  # a bad Policy or Quota scope fails the reload like any error
+    shaping = shaping_config(new)  # bad rules: ConfigError, nothing applied
     old_objects, new_objects = _replicated(node.config), _replicated(new)
     needs_restart = _fixed_changes(node.config, new)
+    if (node.shaping is None) != (not shaping.enabled):
+        needs_restart.append("shaping (Shaping, Adaptive or Warmup scopes added or all removed)")
     added, removed, changed = [], [], []
     for name, obj in new_objects.items():
         before = old_objects.get(name)
@@ -124,6 +132,8 @@ async def reload_config(node: Node) -> dict[str, Any]:
         if throttles is not None:
             await throttles.load([d for d in declared if d.name not in throttles.defs])
         node.outbound.adopt(policy)
+        if node.shaping is not None and shaping.enabled:
+            node.shaping.reconfigure(shaping)  # actions in force stay until they expire
         node.connection_views.objects = ConnectionViews(new).objects
         node.config = new
     result = {"node": node.name, "file": path, "added": added, "removed": removed,

@@ -23,6 +23,7 @@ from mcluster.quotas import usage
 async def get_policy(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     quota = request.match_info.get("quota")
+    await usage.check_node(node.client, node.keys, request.query.get("from"))
     quotas = await usage.overview(
         node.client, node.keys.object(FAMILY), quota, request.query.get("from")
     )
@@ -33,6 +34,7 @@ async def get_policy(request: web.Request) -> web.Response:
 
 async def get_key(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
+    await usage.check_node(node.client, node.keys, request.query.get("from"))
     try:
         info, use = await usage.one_key(
             node.client,

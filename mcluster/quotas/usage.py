@@ -25,7 +25,8 @@ from mcluster.objects.rates import Rate, parse_rate
 from mcluster.objects.throttle import Request, ThrottleDef
 from mcluster.quotas.config import Quota
 from mcluster.quotas.keys import KeySpec, parse_key, split_window, window_name
-from mcluster.store.keys import ObjectKeys, text
+from mcluster.store import members
+from mcluster.store.keys import ClusterKeys, ObjectKeys, text
 from mcluster.store.scripts import Scripts
 
 TOP = 10  # keys per quota that ``policy show`` lists
@@ -179,8 +180,7 @@ async def _shares(
     client: Redis, okeys: ObjectKeys, windows: list[tuple[str, Rate]], node: str
 ) -> list[int]:
     """What ``node`` admitted in each window now (its share's live buckets)."""
-    seconds, micros = await client.time()
-    now = int(seconds) * 1000 + int(micros) // 1000
+    now = await members.server_time_ms(client)
     pipe = client.pipeline(transaction=False)
     for name, _ in windows:
         pipe.hgetall(throttle.window_key(okeys, name, node))
@@ -315,3 +315,12 @@ class Nearest:
             rows += [u for u in await uses(client, okeys, info, values) if u.used > 0]
         rows.sort(key=lambda u: (-u.fraction, -u.used, u.quota, u.key))
         return rows[:n]
+
+
+async def check_node(client: Redis, keys: ClusterKeys, node: str | None) -> None:
+    """NotFound unless ``node`` (of ``from NODE``) is a member of the cluster."""
+    if node is None:
+        return
+    known = sorted({m.node for m in await members.all_members(client, keys)})
+    if node not in known:
+        raise NotFound(f"unknown node {node!r}; cluster members: {', '.join(known) or 'none'}")

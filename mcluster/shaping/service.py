@@ -18,6 +18,7 @@ outcome counts); ``B:warmup:NAME`` (a warm-up's first use, Redis ms).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -140,6 +141,9 @@ class Shaper:
         #: OBTM refusals and connection refusals by rule: ``mcluster_shaping_refusals_total``.
         self.refusals: Counter[tuple[str, str]] = Counter()
         self._providers: dict[str, tuple[str | None, float]] = {}
+        self._unpublished = True  # the rules are not in Redis for consoles yet
+        #: Suspensions seen by checks: destination -> [(action, end by monotonic clock)].
+        self._seen: dict[str, list[tuple[ActiveAction, float]]] = {}
         self._index()
 
     @staticmethod
@@ -159,6 +163,7 @@ class Shaper:
         """A config reload: the new rules from now on (actions in force stay)."""
         self.config = config
         self._index()
+        self._unpublished = True
 
     # -- which routes are shaped ------------------------------------------------------
 
@@ -211,7 +216,43 @@ class Shaper:
             self.stats.degraded += 1
             log.debug("shaping check skipped (%s)", type(exc).__name__)
             return None
-        return self._route_state(domain, reply)
+        state = self._route_state(domain, reply)
+        self._remember(route, state)
+        return state
+
+    def _destinations(self, route: Route, provider: str | None) -> list[str]:
+        dests = [f"domain:{route.domain.casefold().rstrip('.')}"]
+        if route.host:
+            dests.append(f"host:{route.host.casefold().rstrip('.')}")
+        if provider:
+            dests.append(f"provider:{provider}")
+        return dests
+
+    def _remember(self, route: Route, state: RouteState) -> None:
+        """Keep the suspensions a check found, with their end by this node's monotonic
+        clock, for when Redis is too slow to answer the next check (``_seen_suspensions``)."""
+        now = time.monotonic()
+        for dest in self._destinations(route, state.provider):
+            self._seen.pop(dest, None)  # lifted or expired unless found again below
+        for action in state.actions:
+            if action.action == "suspend":
+                self._seen.setdefault(action.destination, []).append(
+                    (action, now + action.remaining_ms / 1000)
+                )
+        if len(self._seen) > 10_000:  # bounded: drop the ones over
+            self._seen = {d: k for d, k in self._seen.items() if k[0][1] > now}
+
+    def _seen_suspensions(self, route: Route) -> list[ActiveAction]:
+        """The suspensions of ``route`` this node last saw, with their time left now."""
+        now = time.monotonic()
+        _, provider = self._known_provider(route)
+        found = []
+        for dest in self._destinations(route, provider):
+            for action, end in self._seen.get(dest, []):
+                if end > now:
+                    left = int((end - now) * 1000)
+                    found.append(dataclasses.replace(action, remaining_ms=left))
+        return found
 
     def _route_state(self, domain: str, reply: list[Any]) -> RouteState:
         now, provider = int(reply[0]), text(reply[1]) or None
@@ -252,23 +293,27 @@ class Shaper:
             ThrottleDef(name=path, rate=str(rate))
             for path, rate in self.node.outbound.buckets(OBTM_OPTION, route)
         ]
+        # Redis did not answer the check: a suspension this node saw still holds until
+        # the end it was told (never longer), so a slow Redis does not lift it early
+        suspended = self._seen_suspensions(route) if state is None else [
+            a for a in state.actions if a.action == "suspend"
+        ]  # fmt: skip
+        if suspended:
+            held = max(suspended, key=lambda a: a.remaining_ms)
+            self.refusals[(held.rule, "suspend")] += 1
+            reason = (
+                f"shaping rule {held.rule}: {held.destination} suspended for "
+                f"{held.remaining_ms / 1000:.3f} s more"
+            )
+            return Decision(False, max(1, held.remaining_ms), (), state is None, reason=reason)
         if state is not None:
-            suspended = [a for a in state.actions if a.action == "suspend"]
-            if suspended:
-                held = max(suspended, key=lambda a: a.remaining_ms)
-                self.refusals[(held.rule, "suspend")] += 1
-                reason = (
-                    f"shaping rule {held.rule}: {held.destination} suspended for "
-                    f"{held.remaining_ms / 1000:.3f} s more"
-                )
-                return Decision(False, max(1, held.remaining_ms), (), reason=reason)
             tdefs += self._extra_limits(route, state, base[1] if base else None)
-        if not tdefs:
-            return Decision(True, 0, ())
         throttles = self.node.throttle_families().get("OBTM")
-        if throttles is None:  # no OBTM object: nothing counts messages
-            return Decision(True, 0, ())
+        if not tdefs or throttles is None:  # no OBTM object: nothing counts messages
+            return Decision(True, 0, (), degraded=state is None)
         decision = await throttles.acquire_buckets(tdefs)
+        if state is None and not decision.degraded:  # shaping's limits were left out
+            decision = dataclasses.replace(decision, degraded=True)
         if not decision.allowed and not decision.degraded:
             full = [n for n, left in decision.remaining if left <= 0] or [tdefs[0].name]
             if full[0].startswith(SHAPING_BUCKETS):
@@ -315,11 +360,7 @@ class Shaper:
         state = await self.check(route)
         if state is None:
             return []
-        dests = [f"domain:{route.domain.casefold()}"]
-        if route.host:
-            dests.append(f"host:{route.host.casefold()}")
-        if state.provider:
-            dests.append(f"provider:{state.provider}")
+        dests = self._destinations(route, state.provider)
         caps = {d: Cap(f"shaping:{d}", UNCAPPED, "shaping") for d in dests if d in self._conn_dests}
         for action in state.actions:
             if action.action == "connections" and action.destination in caps:
@@ -458,20 +499,23 @@ class Shaper:
             f"adaptive:{a.name}": json.dumps(adaptive_json(a)) for a in self.config.adaptive
         }
         mapping |= {f"warmup:{w.name}": json.dumps(warmup_json(w)) for w in self.config.warmups}
-        if mapping:
-            await self.node.client.hset(self.keys.defs, mapping=mapping)
+        async with self.node.client.pipeline(transaction=False) as pipe:  # replace: no stale
+            pipe.delete(self.keys.defs)
+            if mapping:
+                pipe.hset(self.keys.defs, mapping=mapping)
+            await pipe.execute()
 
     async def run(self) -> None:
         """The leader steps every adaptive destination about every ``every`` seconds."""
-        try:
-            await self.publish()
-        except RETRY_ERRORS as exc:  # the console then needs --config to list them
-            log.warning("shaping: could not publish the rules: %s", exc)
-        if not self.config.adaptive:
-            return
-        tick = max(0.05, min(a.every for a in self.config.adaptive) / 10)
-        while True:
-            await asyncio.sleep(tick)
+        while True:  # the rules are read each turn: a config reload may change them
+            if self._unpublished:
+                try:
+                    await self.publish()
+                    self._unpublished = False
+                except RETRY_ERRORS as exc:  # tried again next turn
+                    log.warning("shaping: could not publish the rules: %s", exc)
+            adaptive = self.config.adaptive
+            await asyncio.sleep(max(0.05, min((a.every for a in adaptive), default=10) / 10))
             if not self.node.is_leader:
                 continue
             for rule in self.config.adaptive:
@@ -522,9 +566,9 @@ async def _redis_ms(client: Any) -> int:
 
 async def active_actions(client: Any, keys: ShapingKeys, now: int) -> tuple[ActiveAction, ...]:
     """The actions in force at ``now`` (Redis ms), soonest to end first."""
-    await client.zremrangebyscore(keys.active, "-inf", now)
     actions = []
-    for member, _ in await client.zrange(keys.active, 0, -1, withscores=True):
+    # Only reads (a read-only console runs this): shaping_outcome.lua prunes the ended ones.
+    for member, _ in await client.zrangebyscore(keys.active, f"({now}", "+inf", withscores=True):
         rule, _, dest = text(member).partition("\t")
         held = await client.hget(keys.act(dest), rule)
         if held is None:

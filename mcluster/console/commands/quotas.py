@@ -74,6 +74,7 @@ async def show(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Resul
     if len(args) > 2:
         raise UsageError(f"unexpected {' '.join(args[2:])!r}; usage: {spec.usage}")
     okeys = ctx.keys.object(FAMILY)
+    await usage.check_node(ctx.client, ctx.keys, node)
     if len(args) == 2:
         try:
             info, use = await usage.one_key(ctx.client, okeys, args[0], args[1], node)
