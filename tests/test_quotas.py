@@ -489,6 +489,38 @@ def test_a_changed_policy_scope_is_listed_under_needs_restart() -> None:
     ]
 
 
+async def test_a_reload_takes_effect_from_the_next_request(
+    tmp_path: Path, redis_server: RedisServer, namespace: str
+) -> None:
+    """Shadow mode, then enforcing: WARN becomes REJECT without a restart; counts stay."""
+    path = tmp_path / "m.conf"
+    path.write_text(CONTRACT)
+    config = load_config(str(path))
+    async with Node(config, "relay-1", redis_server.url, namespace=namespace) as node:
+        service = PolicyService(node, policy_config(config))
+        await service.start("127.0.0.1", 0)
+        try:
+            async with Client(service.port) as c:
+                kw = {"sender": "x@reload.example", "sasl_username": ""}
+                assert await c.mail(**kw) == ["DUNNO"] * 4
+                assert (await c.mail(**kw))[0].startswith('WARN quota "trial"')
+                path.write_text(CONTRACT.replace('action = "WARN"', 'action = "REJECT"'))
+                result = await node.reload()
+                assert (result["changed"], result["needs_restart"]) == (["Policy"], [])
+                refused = await c.mail(**kw)
+                assert refused[0].startswith('REJECT 5.7.1 quota "trial" exceeded for ')
+            ctx = ConsoleContext(node.client, node.keys)
+            await until(lambda: _action_shown(ctx, "REJECT"), 10, "the reloaded quotas published")
+        finally:
+            await service.stop()
+        assert not node.reload_hooks
+
+
+async def _action_shown(ctx: ConsoleContext, action: str) -> bool:
+    listing = await run_command(ctx, "policy show trial")
+    return bool(listing.data["quotas"][0]["action"] == action)  # type: ignore[call-overload]
+
+
 async def test_a_bad_quota_fails_the_reload(
     tmp_path: Path, redis_server: RedisServer, namespace: str
 ) -> None:
