@@ -207,9 +207,15 @@ class Agents:
     b: PolicyService
 
 
+def patient(conf: str) -> str:
+    """``conf`` with a deadline no loaded test machine misses: an answer degraded to
+    on_error (DUNNO) would fail a test for the machine's load, not for the code."""
+    return conf.replace("Policy {", "Policy {\n  deadline_ms = 5000", 1)
+
+
 @contextlib.asynccontextmanager
 async def two_agents(url: str, namespace: str, conf: str) -> AsyncIterator[Agents]:
-    config = parse_config(conf)
+    config = parse_config(patient(conf))
     async with (
         Node(config, "relay-1", url, namespace=namespace) as n1,
         Node(config, "relay-2", url, namespace=namespace) as n2,
@@ -354,7 +360,7 @@ async def published(agents: Agents) -> None:
     """Wait until the agents' quotas are in Redis (published as they start)."""
     okeys = agents.a.node.keys.object(FAMILY)
     await until(
-        lambda: _has_quotas(agents.a.node.client, okeys), 5, "the agents published the quotas"
+        lambda: _has_quotas(agents.a.node.client, okeys), 10, "the agents published the quotas"
     )
 
 
@@ -384,7 +390,7 @@ async def test_console_policy_show_and_reset(agents: Agents, redis_server: Redis
     quotas = {q["name"]: q for q in listing.data["quotas"]}  # type: ignore[call-overload]
     assert list(quotas) == ["per_user", "rcpt", "size", "trial"]
     assert [(r["key"], r["used"]) for r in quotas["per_user"]["top"]] == [("alice", 3), ("bob", 1)]
-    await until(lambda: _refused(ctx), 5, "the refusal counted in Redis")
+    await until(lambda: _refused(ctx), 10, "the refusal counted in Redis")
     # The contract: the command line prints an object with used, limit and retry_after_ms.
     result = subprocess.run(
         [sys.executable, "-m", "mcluster", "console", "--redis", redis_server.url,
@@ -494,7 +500,7 @@ async def test_a_reload_takes_effect_from_the_next_request(
 ) -> None:
     """Shadow mode, then enforcing: WARN becomes REJECT without a restart; counts stay."""
     path = tmp_path / "m.conf"
-    path.write_text(CONTRACT)
+    path.write_text(patient(CONTRACT))
     config = load_config(str(path))
     async with Node(config, "relay-1", redis_server.url, namespace=namespace) as node:
         service = PolicyService(node, policy_config(config))
@@ -504,7 +510,7 @@ async def test_a_reload_takes_effect_from_the_next_request(
                 kw = {"sender": "x@reload.example", "sasl_username": ""}
                 assert await c.mail(**kw) == ["DUNNO"] * 4
                 assert (await c.mail(**kw))[0].startswith('WARN quota "trial"')
-                path.write_text(CONTRACT.replace('action = "WARN"', 'action = "REJECT"'))
+                path.write_text(patient(CONTRACT).replace('action = "WARN"', 'action = "REJECT"'))
                 result = await node.reload()
                 assert (result["changed"], result["needs_restart"]) == (["Policy"], [])
                 refused = await c.mail(**kw)
