@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -86,6 +87,8 @@ class Node:
         self._reset_asked = False
         #: Held by a re-sync and by a config reload: one changes the outboxes at a time.
         self.reconfiguring = asyncio.Lock()
+        #: Called with the new config after a reload applied it (the policy service's).
+        self.reload_hooks: list[Callable[[ClusterConfig], None]] = []
         #: Record, lease, heartbeat and leadership (``agent/membership.py``).
         self.membership = membership.Member(
             lambda: self.scripts, self.keys, self.name, lease_ttl=self.lease_ttl,

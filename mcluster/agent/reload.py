@@ -8,6 +8,8 @@ the config file and apply what changed to the running node, losing no counts.
 * changed ``max_delay`` / ``max_pending`` apply from the next batch; pending deltas stay
   where they are, so nothing recorded is lost;
 * a removed sharded object (``shards = N``) is drained from every shard;
+* a changed ``Policy`` scope (rules, quotas, who may connect) is taken up by the
+  policy service running beside the node (``Node.reload_hooks``), from its next request;
 * new ``Shared_Throttle`` scopes are defined; the outbound caps and OBTM/OBTC rates
   (``Domain``/``Binding`` options) are read from the new file from the next decision.
 
@@ -45,6 +47,8 @@ log = logging.getLogger("mcluster.agent")
 
 #: Cluster options a running node cannot take up.
 _FIXED_OPTIONS = ("namespace", "heartbeat_interval", "lease_ttl", "max_buffered_keys")
+#: A changed Policy scope: applied by a running policy service, else needs a restart.
+POLICY_CHANGE = "Policy (the policy service's rules and quotas)"
 #: Any of these types gives the node its connection slots (``outbound_slots``).
 _SLOT_TYPES = {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}
 
@@ -82,7 +86,7 @@ def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
     if slots[0] != slots[1]:
         changes.append("outbound connection slots")
     if old.tree.scopes("Policy") != new.tree.scopes("Policy"):  # positions aside
-        changes.append("Policy (the policy service's rules and quotas)")
+        changes.append(POLICY_CHANGE)
     return changes
 
 
@@ -98,6 +102,10 @@ async def reload_config(node: Node) -> dict[str, Any]:
     shaping = shaping_config(new)  # bad rules: ConfigError, nothing applied
     old_objects, new_objects = _replicated(node.config), _replicated(new)
     needs_restart = _fixed_changes(node.config, new)
+    applied = []  # what the reload hooks take up (the policy service: its Policy scope)
+    if node.reload_hooks and POLICY_CHANGE in needs_restart:
+        needs_restart.remove(POLICY_CHANGE)
+        applied.append("Policy")
     if (node.shaping is None) != (not shaping.enabled):
         needs_restart.append("shaping (Shaping, Adaptive or Warmup scopes added or all removed)")
     added, removed, changed = [], [], []
@@ -136,8 +144,10 @@ async def reload_config(node: Node) -> dict[str, Any]:
             node.shaping.reconfigure(shaping)  # actions in force stay until they expire
         node.connection_views.objects = ConnectionViews(new).objects
         node.config = new
+        for hook in node.reload_hooks:
+            hook(new)
     result = {"node": node.name, "file": path, "added": added, "removed": removed,
-              "changed": changed, "needs_restart": needs_restart}  # fmt: skip
+              "changed": changed + applied, "needs_restart": needs_restart}  # fmt: skip
     log.info("config reloaded: %s", result)
     return result
 
