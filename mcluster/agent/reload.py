@@ -24,13 +24,10 @@ changes nothing: the error names the file, line and column.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from mcluster.agent import resync
 from mcluster.config import ClusterConfig, Option, ReplicateObject, load_config
 from mcluster.objects import throttle
 from mcluster.objects.kinds import kind_for_type
@@ -138,19 +135,16 @@ async def reload_config(node: Node) -> dict[str, Any]:
     removed = [name for name in old_objects if name not in new_objects]
     async with node.reconfiguring:
         for name in changed:
-            box, obj = node.outboxes[name], new_objects[name]
-            box.max_delay, box.max_pending = obj.max_delay, obj.max_pending
-            box.wake.set()  # the run loop takes the new max_delay from now
+            obj = new_objects[name]
+            node.replication.retune(name, obj.max_delay, obj.max_pending)
         for name in added:
             obj = new_objects[name]
             kind = kind_for_type(obj.type)
             assert kind is not None
             await node.add_object(name, obj.type, kind, obj.max_pending, obj.max_delay)
         for name in removed:
-            for part in node.shard_names(name):
-                await _remove_object(node, part)
-            node._shards.pop(name, None)
-        throttles = node._throttles
+            await node.replication.remove_object(name)
+        throttles = node.throttle_families().get(throttle.OBJECT)
         if throttles is not None:
             await throttles.load([d for d in declared if d.name not in throttles.defs])
         node.outbound.adopt(policy)
@@ -164,23 +158,3 @@ async def reload_config(node: Node) -> dict[str, Any]:
               "changed": changed + applied, "needs_restart": needs_restart}  # fmt: skip
     log.info("config reloaded: %s", result)
     return result
-
-
-async def _remove_object(node: Node, name: str) -> None:
-    """Stop recording ``name`` (an object, or one shard's ``name#k``) and drain this node's
-    view of it out of the cluster."""
-    box = node.outboxes.pop(name)  # record() now refuses it as an unknown object
-    node._managed.pop(name, None)
-    box.stopping = True
-    box.wake.set()
-    runs = [t for t in node._tasks if t.get_name() == f"outbox:{name}"]
-    if runs:
-        await asyncio.wait(runs, timeout=5.0)
-    for task in runs:
-        task.cancel()
-    async with box.lock:
-        await resync.drain_own(node, box)
-    with contextlib.suppress(Exception):
-        if "#" not in name and not await node.client.hlen(box.keys.views):
-            await node.client.hdel(node.keys.objects, name)
-    log.info("object %s removed from the config: this node's view drained", name)
