@@ -142,6 +142,7 @@ class Shaper:
         self.refusals: Counter[tuple[str, str]] = Counter()
         self._providers: dict[str, tuple[str | None, float]] = {}
         self._unpublished = True  # the rules are not in Redis for consoles yet
+        self._inflight: dict[tuple[str | int, ...], asyncio.Future[RouteState | None]] = {}
         #: Suspensions seen by checks: destination -> [(action, end by monotonic clock)].
         self._seen: dict[str, list[tuple[ActiveAction, float]]] = {}
         self._index()
@@ -206,6 +207,22 @@ class Shaper:
         args.append(1 if warm else 0)
         if warm is not None:
             args += [warm.name, "" if warm.start_ms is None else warm.start_ms]
+        # Concurrent checks of one route share one call (its answer is at most one round
+        # trip old for those that joined): 50 callers cost one EVALSHA, not 50.
+        key = tuple(args)
+        running = self._inflight.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        running = self._inflight[key] = asyncio.get_running_loop().create_future()
+        state = None
+        try:
+            state = await self._check(route, domain, args)
+        finally:
+            del self._inflight[key]
+            running.set_result(state)  # an unexpected error: the others go on degraded
+        return state
+
+    async def _check(self, route: Route, domain: str, args: list[str | int]) -> RouteState | None:
         self.stats.checks += 1
         try:
             async with asyncio.timeout(CHECK_DEADLINE):
