@@ -195,6 +195,16 @@ async def test_a_slow_redis_does_not_lift_a_suspension_seen(
     assert other.allowed and other.degraded
 
 
+async def test_concurrent_checks_of_a_route_share_one_call(nodes: list[Node]) -> None:
+    shaper = nodes[0].shaping
+    assert shaper is not None
+    before = shaper.stats.checks
+    route = Route("b1", "yahoo.test")
+    decisions = await asyncio.gather(*(nodes[0].outbound_message(route) for _ in range(20)))
+    assert all(d.allowed for d in decisions)
+    assert shaper.stats.checks - before < 20  # they came in one turn: most joined one call
+
+
 async def test_rate_and_connection_actions(nodes: list[Node]) -> None:
     a, b, _ = nodes
     route = Route("b1", "slow.test")
