@@ -224,6 +224,10 @@ class Haraka:
                 await client.close()
 
         await until(greets, timeout, what=f"Haraka on port {self.port} greets", interval=0.1)
+        # Haraka listens before its outbound queue is set up, and that set-up deletes the
+        # temporary files of messages being queued meanwhile ("Unable to rename tmp file")
+        await until(lambda: self.grep("files in my temp fail queue"), timeout,
+                    what=f"Haraka on port {self.port} loaded its queue", interval=0.05)  # fmt: skip
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:

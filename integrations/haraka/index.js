@@ -195,6 +195,12 @@ exports.inbound_rate = async function (next, connection, section, what) {
     if (this.agent_failed(err, what)) return next()
     return next(constants.denysoft, 'cluster limits unavailable; try again later')
   }
+  if (decision.degraded) {
+    // the agent's own on_error answered, not a decision: the plugin's fail policy applies
+    const err = new AgentUnavailable('POST /v1/throttles/acquire', 'degraded decision')
+    if (this.agent_failed(err, what)) return next()
+    return next(constants.denysoft, 'cluster limits unavailable; try again later')
+  }
   if (decision.allowed) return next()
   this.count_refusal(what)
   const secs = Math.ceil((decision.retry_after_ms || 1000) / 1000)
@@ -228,16 +234,30 @@ exports.route = function (hmail) {
 exports.outbound_send = async function (next, hmail) {
   const route = this.route(hmail)
   if (!route.domain) return next()
-  const fail_delay = () => next(constants.delay, this.cfg.main.retry_seconds)
+  // Haraka multiplies the delay by 1000; a string keeps its hook logger quiet (it logs an
+  // error for a number)
+  const delay = (seconds) => next(constants.delay, String(seconds))
+  const fail_delay = () => delay(this.cfg.main.retry_seconds)
   let decision
   try {
     decision = await this.agent.outbound_message(route)
   } catch (err) {
     return this.agent_failed(err, 'OBTM') ? next() : fail_delay()
   }
-  if (!decision.allowed) {
+  // one line per decision: operators (and the tests) can see the admitted rate
+  const how = decision.degraded ? ' (degraded: Redis did not answer in time)' : ''
+  if (decision.degraded) {
+    // The agent could not decide in time and applied its own on_error (allow): not a
+    // decision, so it gets the plugin's fail policy like an agent that does not answer.
+    this.loginfo(`OBTM ${route.binding}::${route.domain} undecided${how}`)
+    const err = new AgentUnavailable('POST /v1/outbound/message', 'degraded decision')
+    if (!this.agent_failed(err, 'OBTM')) return fail_delay()
+  } else if (!decision.allowed) {
     this.count_refusal('outbound_message')
-    return next(constants.delay, Math.max(decision.retry_after_ms || 1000, 1) / 1000)
+    this.loginfo(`OBTM ${route.binding}::${route.domain} refused, retry in ${decision.retry_after_ms} ms`)
+    return delay(Math.max(decision.retry_after_ms || 1000, 1) / 1000)
+  } else {
+    this.loginfo(`OBTM ${route.binding}::${route.domain} allowed`)
   }
   let slot
   try {
@@ -249,7 +269,7 @@ exports.outbound_send = async function (next, hmail) {
     this.count_refusal('outbound_connection')
     hmail.logdebug(this, `no slot for ${route.domain}: ${slot.reason}`)
     const ms = slot.retry_after_ms || this.cfg.outbound.cap_retry_seconds * 1000
-    return next(constants.delay, Math.max(ms, 1) / 1000)
+    return delay(Math.max(ms, 1) / 1000)
   }
   // Kept on the message object (not in its notes: Haraka shares one notes object between
   // the messages of a transaction's domains).

@@ -21,7 +21,6 @@ from typing import Any, Self
 
 from redis.asyncio import Redis
 
-from mcluster import __version__
 from mcluster.agent import membership, reaper, reload, resync, slots
 from mcluster.agent.audit_recorder import AuditRecorder
 from mcluster.agent.caches import Caches
@@ -48,6 +47,7 @@ from mcluster.shaping.service import Shaper
 from mcluster.store import members
 from mcluster.store.connect.urls import decision_client, make_async_client, resolve_redis_url
 from mcluster.store.keys import GLOBAL, ClusterKeys, check_name
+from mcluster.store.retry import worth_logging
 from mcluster.store.scripts import Scripts
 
 log = logging.getLogger("mcluster.agent")
@@ -86,10 +86,11 @@ class Node:
         self._reset_asked = False
         #: Held by a re-sync and by a config reload: one changes the outboxes at a time.
         self.reconfiguring = asyncio.Lock()
-        self.member: members.Member | None = None
-        self.incarnation = ""
-        self.leader = ""
-        self.is_leader = False
+        #: Record, lease, heartbeat and leadership (``agent/membership.py``).
+        self.membership = membership.Member(
+            lambda: self.scripts, self.keys, self.name, lease_ttl=self.lease_ttl,
+            leader_ttl=self.leader_ttl, address=address,
+        )  # fmt: skip
         self.rejoins = 0
         #: What the guards refused (``mcluster.security``); the agent shares it with them.
         self.refusals = Refusals()
@@ -141,6 +142,28 @@ class Node:
         if self._decision_scripts is None:
             self._decision_scripts = Scripts(decision_client(self.client))
         return self._decision_scripts
+
+    @property
+    def member(self) -> members.Member | None:
+        """This node's member record, None while it has not joined."""
+        return self.membership.record
+
+    @member.setter
+    def member(self, record: members.Member | None) -> None:
+        self.membership.record = record
+
+    @property
+    def incarnation(self) -> str:
+        return self.membership.incarnation
+
+    @property
+    def leader(self) -> str:
+        """The private name of the leader the last heartbeat saw ('' when none)."""
+        return self.membership.leader
+
+    @property
+    def is_leader(self) -> bool:
+        return self.membership.is_leader
 
     @property
     def private_name(self) -> str:
@@ -236,15 +259,12 @@ class Node:
 
     async def _join(self) -> None:
         """A new epoch and private name, the lease, and a fresh view in every object."""
+        member = await self.membership.join(self._register_views)
+        log.info("joined as %s with %d objects", member.private_name, len(self.outboxes))
+
+    async def _register_views(self, member: members.Member) -> None:
+        """A fresh view of every object for ``member`` (the lease is taken)."""
         client = self.client
-        epoch = await members.new_epoch(client, self.keys)
-        if self.member is not None and epoch <= self.member.epoch:
-            # Redis lost the epoch counter (FLUSHALL, failover): never reuse an epoch.
-            epoch = int(await client.incrby(self.keys.epoch, self.member.epoch - epoch + 1))
-        member = members.new_member(self.name, epoch, os.getpid(), __version__, self.address)
-        self.incarnation = await membership.take_lease(
-            self.scripts, self.keys, member, self.lease_ttl
-        )
         counts = {name: len(boxes) for name, boxes in self._shards.items()}
         for problem in await shards.layout_conflicts(client, self.keys, self.name, counts,
                                                       self._managed):  # fmt: skip
@@ -253,8 +273,6 @@ class Node:
         for box in self.outboxes.values():
             await client.hset(box.keys.views, member.private_name, self.name)
             box.view, box.seq, box.acked = member.private_name, 0, 0
-        self.member = member
-        log.info("joined as %s with %d objects", member.private_name, len(self.outboxes))
 
     async def _rejoin(self, reason: str, kind: str = "resync") -> None:
         """Re-sync as a job (``agent/resync.py``). After an abort the node stays out of the
@@ -336,7 +354,7 @@ class Node:
                 failures = 0
             except RETRY_ERRORS as exc:
                 failures += 1
-                if failures in (1, 10) or failures % 60 == 0:
+                if worth_logging(failures):
                     log.error("heartbeat failed (%d in a row): %s", failures, exc)
             except Exception:
                 failures += 1
@@ -347,16 +365,9 @@ class Node:
         member = self.member
         if member is None:
             return rejoin
-        beat = await membership.beat(
-            self.scripts,
-            self.keys,
-            member,
-            self.lease_ttl,
-            self.incarnation,
-            self.leader_ttl,
-            self.status.report(self.name, self.outboxes, self.caches.replicas).to_json(),
+        beat = await self.membership.beat(
+            member, self.status.report(self.name, self.outboxes, self.caches.replicas).to_json()
         )
-        self.leader, self.is_leader = beat.leader, beat.is_leader
         if self.member is not member or (rejoin is not None and not rejoin.done()):
             return rejoin  # a re-sync ran during the beat: this beat speaks of the old epoch
         if rejoin is not None and rejoin.exception() is not None:
@@ -425,14 +436,15 @@ class Node:
         self._tasks = []
         await self.caches.stop()
         await self.gauge_caches.stop()
-        if self.member is not None:
+        member = self.member
+        if member is not None:
             try:
                 async with asyncio.timeout(timeout):
-                    await self._leave(self.member, drain)
-                log.info("left the cluster as %s", self.member.private_name)
+                    await self._leave(member, drain)
+                log.info("left the cluster as %s", member.private_name)
             except (TimeoutError, *RETRY_ERRORS) as exc:
                 log.error("could not flush and leave (%r); leaving anyway", exc)
-            self.member = None
+            self.membership.record = None
         if self._decision_scripts is not None:
             if self._decision_scripts.client is not self._client:
                 await self._decision_scripts.client.aclose()
@@ -452,8 +464,8 @@ class Node:
             for box in self.outboxes.values():
                 async with box.lock:
                     await self._retire_own(box)
-        await membership.release_leader(self.scripts, self.keys, member)
-        await members.leave(self.client, self.keys, member)
+        await self.membership.release_leader()
+        await self.membership.leave()
 
     async def __aenter__(self) -> Self:
         await self.start()

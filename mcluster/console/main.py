@@ -28,6 +28,7 @@ from mcluster.console.commands import (
 )
 from mcluster.console.dashboard import watch as watch_dashboard
 from mcluster.console.repl import run_repl
+from mcluster.security.readonly import missing_permission, redis_error_line
 from mcluster.store.connect.access import RedisAccessError, check_access
 from mcluster.store.connect.embedded import EmbeddedRedisError
 from mcluster.store.connect.urls import (
@@ -78,7 +79,7 @@ def console_main(
         if node is not None:
             check_name("node", node)
         url = resolve_redis_url(redis_url, configured=configured_redis_url(config))
-        check_access(url, keys)
+        writable = check_access(url, keys, read_only_ok=True)  # False: a read-only user
     except (RedisUrlError, EmbeddedRedisError, ValueError, RedisAccessError) as exc:
         _fail(str(exc))
         return EXIT_ERROR
@@ -93,7 +94,8 @@ def console_main(
                 if command is not None:
                     return _run_once(runner, ctx, command, json_mode, url)
                 banner = (
-                    f"mcluster console on {redact_url(url)}, namespace {keys.namespace!r}; "
+                    f"mcluster console on {redact_url(url)}, namespace {keys.namespace!r}"
+                    f"{'' if writable else ' (read-only Redis user)'}; "
                     "'cluster help' lists the commands, 'quit' leaves"
                 )
                 return run_repl(ctx, runner, banner, json_mode=json_mode)
@@ -125,7 +127,13 @@ def _run_once(
     except (CommandError, NotFound) as exc:
         _fail(str(exc))
         return exit_code(exc)
-    except (RedisError, OSError) as exc:
+    except RedisError as exc:
+        if missing_permission(exc) is not None:  # a read-only user: say which permission
+            _fail(redis_error_line(command, exc))
+        else:
+            _fail(f"Redis error at {redact_url(url)}: {exc}")
+        return EXIT_ERROR
+    except OSError as exc:
         _fail(f"Redis error at {redact_url(url)}: {exc}")
         return EXIT_ERROR
     if json_mode:

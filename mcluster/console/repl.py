@@ -31,6 +31,7 @@ from mcluster.console.commands.base import match, next_words
 from mcluster.console.dashboard import watch
 from mcluster.objects import views
 from mcluster.objects.audit_views import list_series
+from mcluster.security.readonly import redis_error_line
 from mcluster.store import members
 from mcluster.store.connect.embedded import state_dir
 
@@ -192,7 +193,7 @@ class Repl:
             self.error(str(exc))
             return True
         except RedisError as exc:
-            self.error(f"Redis error: {exc}")
+            self.error(redis_error_line(text, exc))  # names a permission a user lacks
             return True
         except KeyboardInterrupt:
             self.error("interrupted")

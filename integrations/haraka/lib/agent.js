@@ -4,6 +4,10 @@
 // on a slow agent longer than it is told to, so a late answer counts as "unreachable" and
 // the caller applies its fail-open / fail-closed setting.
 
+// How long a request whose answer matters even after its deadline (a slot the agent may
+// grant) is still waited for in the background.
+const LATE_LIMIT_MS = 60_000
+
 class AgentUnavailable extends Error {
   constructor(what, cause) {
     super(`mcluster agent unavailable (${what}): ${cause}`)
@@ -29,18 +33,37 @@ class Agent {
 
   // One request; answers {status, body}. Network errors, timeouts and 5xx throw
   // AgentUnavailable (the agent cannot decide); other statuses are returned as they are.
-  async request(method, path, body) {
+  // With on_late, the request is not abandoned at the deadline: the caller gets
+  // AgentUnavailable then, and on_late(body) gets a 200 answer that comes later (up to
+  // LATE_LIMIT_MS), so something the agent granted meanwhile can be given back.
+  async request(method, path, body, on_late) {
     const what = `${method} ${path}`
+    const fetching = fetch(this.url + path, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(on_late ? LATE_LIMIT_MS : this.timeout_ms),
+    }).then(async (resp) => ({ resp, text: await resp.text() }))
     let resp
     let text
     try {
-      resp = await fetch(this.url + path, {
-        method,
-        headers: body === undefined ? {} : { 'content-type': 'application/json' },
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.timeout(this.timeout_ms),
-      })
-      text = await resp.text()
+      if (!on_late) {
+        ;({ resp, text } = await fetching)
+      } else {
+        let timer
+        const deadline = new Promise((resolve) => {
+          timer = setTimeout(resolve, this.timeout_ms, null)
+        })
+        const first = await Promise.race([fetching, deadline])
+        clearTimeout(timer)
+        if (first === null) {
+          fetching
+            .then((late) => late.resp.status === 200 && on_late(JSON.parse(late.text)))
+            .catch(() => {})
+          throw new Error('The operation was aborted due to timeout')
+        }
+        ;({ resp, text } = first)
+      }
     } catch (err) {
       throw new AgentUnavailable(what, err.cause?.code || err.cause?.message || err.message)
     }
@@ -55,8 +78,8 @@ class Agent {
     return { status: resp.status, body: parsed }
   }
 
-  async ok(method, path, body, expected = [200]) {
-    const { status, body: answer } = await this.request(method, path, body)
+  async ok(method, path, body, expected = [200], on_late = undefined) {
+    const { status, body: answer } = await this.request(method, path, body, on_late)
     if (!expected.includes(status)) throw new AgentRefused(`${method} ${path}`, status, JSON.stringify(answer))
     return answer
   }
@@ -90,8 +113,12 @@ class Agent {
     return this.ok('POST', '/v1/outbound/message', route)
   }
 
+  // A slot granted after the deadline (the caller has given up on it) is given back at once.
   open_connection(route) {
-    return this.ok('POST', '/v1/connections/open', route)
+    const give_back = (late) => {
+      if (late?.allowed && late.slot) this.close_connection(late.slot).catch(() => {})
+    }
+    return this.ok('POST', '/v1/connections/open', route, [200], give_back)
   }
 
   close_connection(slot) {

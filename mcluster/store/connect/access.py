@@ -7,6 +7,7 @@ from __future__ import annotations
 from redis import exceptions
 
 from mcluster.errors import RedisUnavailable
+from mcluster.security.readonly import read_only_user
 from mcluster.store.connect.urls import make_sync_client, redact_url
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.scripts import script_source
@@ -25,8 +26,10 @@ def probe_keys(keys: ClusterKeys) -> list[str]:
     return [f"{keys.base}:probe:{kind}" for kind in ("s", "h", "z", "x", "l")]
 
 
-def check_access(url: str, keys: ClusterKeys) -> None:
-    """Raise RedisAccessError with a one-line reason unless mcluster can work on ``url``."""
+def check_access(url: str, keys: ClusterKeys, *, read_only_ok: bool = False) -> bool:
+    """Raise RedisAccessError with a one-line reason unless mcluster can work on ``url``;
+    True. With ``read_only_ok`` (the console), a user refused every write the probe tries
+    and nothing else is a read-only user (``mcluster.security.readonly``): False."""
     where = redact_url(url)
     client = make_sync_client(url)
     try:
@@ -34,6 +37,8 @@ def check_access(url: str, keys: ClusterKeys) -> None:
         script = client.register_script(script_source("access_probe"))
         probe = probe_keys(keys)
         refused = script(keys=probe, args=[f"{keys.base}:probe:notify"])
+        if read_only_ok and read_only_user(refused):
+            return False
         client.blpop([probe[-1]], timeout=0.01)
     except exceptions.AuthenticationError as exc:
         raise RedisAccessError(f"Redis at {where} refused the login: {exc}") from None
@@ -55,3 +60,4 @@ def check_access(url: str, keys: ClusterKeys) -> None:
             f"Redis at {where} refuses {len(refused)} command(s) mcluster needs on the "
             f"keys {keys.namespace}:*: {names} (first: {first}; {ACL_HINT})"
         )
+    return True
