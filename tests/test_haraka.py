@@ -107,6 +107,13 @@ async def test_inbound_cap_and_rates_across_two_harakas(farm: Farm, tmp_path: Pa
         assert await c2.command("RSET") == 250
         assert await c5.command("MAIL FROM:<s@source.test>") == 450  # message 4: refused
         assert "message rate limit reached" in c5.last
+        # h1 killed with -9 while c5 is open on it: its agent still counts c5 ...
+        h1.kill()
+        assert await open_in_block() == 2
+        # ... until h1 starts again and gives back what its journal says it held
+        await h1.start()
+        await until(_equals(open_in_block, 1), 10, what="c5's count given back at restart")
+        assert h1.grep("gave back 0 slot(s) and 1 inbound count(s)")
         for client in clients:
             await client.close()
         await until(_equals(open_in_block, 0), 5, what="every connection uncounted")
@@ -167,7 +174,11 @@ DECISION_JITTER = 0.25
 OUTBOUND_CAPS = f"""
 Domain "capped.test" {{ cluster_max_outbound_connections = {CAP} }}
 Domain "rated.test" {{ cluster_outbound_throttle_messages = "{RATE_N}/{RATE_S:g}" }}
+Shaping "yahoo_ts" {{
+  domain = "yahoo.test"  match = "/\\[TS0[1-4]\\]/"  action = "suspend"  duration = 30
+}}
 """
+TS03 = "421 4.7.0 [TS03] Messages from 127.0.0.1 temporarily deferred"
 SLOTS_KEY = "max:default::capped.test"
 #: fail closed: an agent late under load (or a degraded decision) defers the message
 #: instead of letting it past the limits, which is what the checks below hold it to
@@ -330,16 +341,22 @@ async def kill_scenario(plugin: str, farm: Farm, tmp_path: Path) -> tuple[Sink, 
     return sink, h1, h2
 
 
+async def most_slots(farm: Farm, h1: Haraka, h2: Haraka) -> tuple[dict[str, int], str, str, Haraka]:
+    """The slots each node holds (CAP in all), the node holding most, the other, and the
+    Haraka beside the first."""
+    held = {n: await farm.count("outbound_slots", SLOTS_KEY, view=n) for n in ("n1", "n2")}
+    assert sum(held.values()) == CAP
+    victim, survivor = ("n1", "n2") if held["n1"] >= held["n2"] else ("n2", "n1")
+    return held, victim, survivor, h1 if victim == "n1" else h2
+
+
 async def test_kill_node_frees_its_slots(outbound_farm: Farm, tmp_path: Path) -> None:
     """A node lost (its Haraka and its agent, kill -9) frees its slots within lease TTL +
     1 s; the other Haraka then uses them; the sink never sees more than the cap."""
     farm = outbound_farm
     sink, h1, h2 = await kill_scenario("mcluster", farm, tmp_path)
     try:
-        held = {n: await farm.count("outbound_slots", SLOTS_KEY, view=n) for n in ("n1", "n2")}
-        assert sum(held.values()) == CAP
-        victim, survivor = ("n1", "n2") if held["n1"] >= held["n2"] else ("n2", "n1")
-        dead = h1 if victim == "n1" else h2
+        held, victim, survivor, dead = await most_slots(farm, h1, h2)
         dead.kill()
         farm.kill(victim)
 
@@ -354,6 +371,41 @@ async def test_kill_node_frees_its_slots(outbound_farm: Farm, tmp_path: Path) ->
             f"mcluster: kill -9 of {victim} (Haraka + agent) holding {held[victim]} of {CAP} "
             f"slots: freed after {took:.2f} s (lease TTL {farm.lease_ttl} s); the sink saw "
             f"{sink.over(CAP)} sessions over the cap, peak {sink.peak}"
+        )
+        assert sink.peak <= CAP and sink.over(CAP) == 0
+    finally:
+        stop_all(h1, h2)
+        await sink.stop()
+
+
+async def test_kill_haraka_alone_slots_given_back_at_restart(
+    outbound_farm: Farm, tmp_path: Path
+) -> None:
+    """A Haraka killed with -9 while its agent lives: the agent holds the slots for its node
+    and keeps them; the plugin's journal gives them back when that Haraka starts again."""
+    farm = outbound_farm
+    sink, h1, h2 = await kill_scenario("mcluster", farm, tmp_path)
+    try:
+        held, victim, _, dead = await most_slots(farm, h1, h2)
+        dead.kill()
+        await until(lambda: sink.current == CAP - held[victim], 5, what="its sessions closed")
+        await farm.flush_all()
+        assert await farm.count("outbound_slots", SLOTS_KEY) == CAP  # still taken
+        restarted = asyncio.get_running_loop().time()
+        await dead.start()
+
+        def given_back() -> int:
+            lines = dead.grep("slot(s) and 0 inbound count(s) left by a stopped Haraka")
+            return int(lines[0].split("gave back ")[1].split()[0]) if lines else 0
+
+        await until(given_back, 10, what="the slots given back at restart")
+        took = asyncio.get_running_loop().time() - restarted
+        assert given_back() >= held[victim]
+        await until(lambda: sink.current == CAP, 10, what="the slots in use again")
+        print(
+            f"mcluster: kill -9 of the Haraka beside {victim} alone, holding {held[victim]} of "
+            f"{CAP} slots: still taken while it is down; given back {took:.2f} s after it "
+            f"was started again; the sink saw {sink.over(CAP)} sessions over the cap"
         )
         assert sink.peak <= CAP and sink.over(CAP) == 0
     finally:
@@ -384,3 +436,55 @@ async def test_kill_haraka_plugin_limit_counter(outbound_farm: Farm, tmp_path: P
     finally:
         stop_all(h1, h2)
         await sink.stop()
+
+
+async def test_outcome_reports_drive_shaping(outbound_farm: Farm, tmp_path: Path) -> None:
+    """Every outcome goes to POST /v1/outbound/outcome: a receiver's [TS03] deferral seen by
+    the Haraka beside n1 suspends the domain (rule yahoo_ts) for the other node's OBTM,
+    and the other Haraka's message waits the suspension's time instead of being tried."""
+    farm = outbound_farm
+    sink = await Sink.start(reply=TS03)
+    h1, h2 = outbound_harakas(farm, tmp_path, "mcluster", {"yahoo.test": sink.port})
+    try:
+        await start_all(h1, h2)
+        assert await send_mail(h1.port, ["a@yahoo.test"]) == [250]
+        await until(lambda: h1.grep("Temp failing"), 10, what="h1 deferred by the sink")
+        deferred = asyncio.get_running_loop().time()
+        url = f"{farm.agents['n2'].base}/v1/outbound/message"
+
+        async def suspended() -> str:
+            async with farm.session.post(
+                url, json={"binding": "default", "domain": "yahoo.test"}
+            ) as r:
+                body = await r.json()
+            return "" if body["allowed"] else str(body.get("reason", ""))
+
+        reason = await until_value(suspended, 5, what="yahoo.test suspended on n2")
+        took = asyncio.get_running_loop().time() - deferred
+        assert "yahoo_ts" in reason, reason
+        assert await send_mail(h2.port, ["b@yahoo.test"]) == [250]
+        await until(lambda: h2.grep("OBTM default::yahoo.test refused, retry in"), 10,
+                    what="h2's message held by the suspension")  # fmt: skip
+        retry_ms = int(h2.grep("OBTM default::yahoo.test refused, retry in")[0]
+                       .split("retry in ")[1].split()[0])  # fmt: skip
+        assert 0 < retry_ms <= 30_000
+        assert sink.sessions == 1  # nothing more was tried
+        print(f"mcluster: a [TS03] deferral reported by h1 suspends yahoo.test on n2 "
+              f"{took:.2f} s after Haraka deferred it; h2 waits {retry_ms} ms")  # fmt: skip
+    finally:
+        stop_all(h1, h2)
+        await sink.stop()
+
+
+async def until_value(cond: Callable[[], Awaitable[str]], timeout: float, what: str) -> str:
+    """``until`` for a condition whose truthy value the caller wants."""
+    found: list[str] = []
+
+    async def check() -> bool:
+        value = await cond()
+        if value:
+            found.append(value)
+        return bool(value)
+
+    await until(check, timeout, what=what)
+    return found[0]

@@ -12,10 +12,14 @@
 // `POST /v1/outbound/outcome`. When the agent cannot be reached in time, `fail = open`
 // lets mail through and `fail = closed` defers it.
 
+const fs = require('node:fs')
+const path = require('node:path')
+
 const constants = require('haraka-constants')
 
 const { Agent, AgentUnavailable } = require('./lib/agent')
 const { block, client_ip } = require('./lib/cidr')
+const { Journal } = require('./lib/journal')
 
 // How long an unknown route (404: an agent older than mcluster issue 17) is left alone
 // before the plugin asks again.
@@ -23,6 +27,11 @@ const OUTCOME_RETRY_MS = 60_000
 // A slot whose close the agent did not answer is asked again this many times (the agent
 // itself retries a close it has accepted; this covers a request that never reached it).
 const CLOSE_TRIES = 5
+// How often the agent's run (its private name) is read again, and how long what a
+// crashed Haraka held is tried to be given back while the agent does not answer.
+const AGENT_RUN_EVERY_MS = 5_000
+const RECOVER_EVERY_MS = 2_000
+const RECOVER_TRIES = 150
 
 exports.register = function () {
   this.load_mcluster_ini()
@@ -30,6 +39,10 @@ exports.register = function () {
   this.throttles_made = new Map() // throttle name -> Promise of its creation
   this.outcome_missing_until = 0
   this.stats = { refused: {}, agent_errors: 0 }
+  this.journal = new Journal(this.cfg.main.state_dir)
+  this.agent_run = null
+  this.follow_agent_run()
+  this.recover(this.journal.orphans(), 1)
 
   if (this.cfg.inbound.enabled) {
     this.register_hook('connect', 'inbound_connect')
@@ -65,6 +78,7 @@ exports.load_mcluster_ini = function () {
       timeout_ms: num(main.timeout_ms, 500),
       fail: fail === 'closed' ? 'closed' : 'open',
       retry_seconds: num(main.retry_seconds, 60),
+      state_dir: main.state_dir || path.join(process.env.HARAKA || process.cwd(), 'mcluster-state'),
     },
     inbound: {
       enabled: inbound.enabled,
@@ -109,6 +123,73 @@ exports.agent_failed = function (err, what) {
   return this.cfg.main.fail === 'open'
 }
 
+// -- what a crashed Haraka held ------------------------------------------------------------
+
+// The agent's private name, read now and then: an inbound count is given back after a
+// crash only to the same run of the agent (a restarted agent started from zero, and a -1
+// there would count wrong). Slots need no such care: closing a slot the agent does not
+// hold changes nothing.
+exports.follow_agent_run = function () {
+  const read = () =>
+    this.agent
+      .health()
+      .then((h) => {
+        this.agent_run = h.private_name || null
+      })
+      .catch(() => {
+        this.agent_run = null
+      })
+  read()
+  setInterval(read, AGENT_RUN_EVERY_MS).unref()
+}
+
+exports.recover = async function (orphans, attempt) {
+  if (!orphans.length) return
+  const left = []
+  for (const orphan of orphans) {
+    let run
+    try {
+      run = (await this.agent.health()).private_name
+    } catch (err) {
+      left.push(orphan)
+      continue
+    }
+    const pending = []
+    let slots = 0
+    let counts = 0
+    for (const entry of orphan.entries) {
+      try {
+        if (entry.kind === 'slot') {
+          await this.agent.close_connection(entry.slot)
+          slots++
+        } else if (entry.kind === 'in' && entry.agent && entry.agent === run) {
+          await this.agent.events([{ object: entry.object, key: entry.key, delta: -1 }])
+          counts++
+        }
+      } catch (err) {
+        if (!(err instanceof AgentUnavailable)) continue // refused: nothing to retry
+        pending.push(entry)
+      }
+    }
+    if (slots || counts) {
+      this.lognotice(
+        `gave back ${slots} slot(s) and ${counts} inbound count(s) left by a stopped Haraka (${orphan.file})`,
+      )
+    }
+    if (pending.length) {
+      left.push({ file: orphan.file, entries: pending })
+    } else {
+      fs.rmSync(orphan.file, { force: true })
+    }
+  }
+  if (!left.length) return
+  if (attempt >= RECOVER_TRIES) {
+    this.logerror(`could not give back what a stopped Haraka held: ${left.map((o) => o.file).join(', ')}`)
+    return
+  }
+  setTimeout(() => this.recover(left, attempt + 1), RECOVER_EVERY_MS).unref()
+}
+
 // -- inbound ---------------------------------------------------------------------------------
 
 exports.inbound_connect = async function (next, connection) {
@@ -116,13 +197,16 @@ exports.inbound_connect = async function (next, connection) {
   const ip = client_ip(connection.remote.ip)
   const cidr = block(ip, inbound.ipv4_prefix, inbound.ipv6_prefix)
   if (!cidr) return next()
+  const counted = { object: inbound.object, key: ip, id: `in:${connection.uuid}` }
+  this.journal.add(counted.id, { kind: 'in', agent: this.agent_run, object: counted.object, key: ip })
   try {
     await this.agent.events([{ object: inbound.object, key: ip, delta: 1 }])
   } catch (err) {
+    this.journal.remove(counted.id)
     if (this.agent_failed(err, 'count connection')) return next()
     return next(constants.denysoftdisconnect, 'cluster limits unavailable; try again later')
   }
-  connection.notes.mcluster_counted = { object: inbound.object, key: ip }
+  connection.notes.mcluster_counted = counted
   if (!inbound.max_connections) return next()
   let open
   try {
@@ -151,10 +235,11 @@ exports.inbound_uncount = async function (connection) {
   if (!counted) return
   delete connection.notes.mcluster_counted
   try {
-    await this.agent.events([{ ...counted, delta: -1 }])
+    await this.agent.events([{ object: counted.object, key: counted.key, delta: -1 }])
   } catch (err) {
     this.agent_failed(err, 'uncount connection')
   }
+  this.journal.remove(counted.id) // tried once: a -1 that did reach the agent must not repeat
 }
 
 exports.inbound_disconnect = async function (next, connection) {
@@ -273,6 +358,7 @@ exports.outbound_send = async function (next, hmail) {
   }
   // Kept on the message object (not in its notes: Haraka shares one notes object between
   // the messages of a transaction's domains).
+  this.journal.add(`slot:${slot.slot}`, { kind: 'slot', slot: slot.slot })
   hmail.mcluster_slot = { slot: slot.slot, route, sockets: 0, done: false, closed: false }
   next()
 }
@@ -338,13 +424,17 @@ exports.maybe_close = function (state) {
 }
 
 exports.close_slot = function (slot, attempt) {
-  this.agent.close_connection(slot).catch((err) => {
-    if (attempt >= CLOSE_TRIES || !(err instanceof AgentUnavailable)) {
-      this.logerror(`slot ${slot} not given back: ${err.message}`)
-      return
-    }
-    setTimeout(() => this.close_slot(slot, attempt + 1), 200 * 2 ** attempt).unref()
-  })
+  this.agent
+    .close_connection(slot)
+    .then(() => this.journal.remove(`slot:${slot}`))
+    .catch((err) => {
+      if (attempt >= CLOSE_TRIES || !(err instanceof AgentUnavailable)) {
+        // left in the journal: the next start of Haraka tries again
+        this.logerror(`slot ${slot} not given back: ${err.message}`)
+        return
+      }
+      setTimeout(() => this.close_slot(slot, attempt + 1), 200 * 2 ** attempt).unref()
+    })
 }
 
 // The end of an attempt: mark it done (the slot goes back once its socket is closed) and
@@ -371,13 +461,17 @@ exports.attempt_over = function (hmail, outcome) {
     .catch((err) => this.logdebug(`outcome not reported: ${err.message}`))
 }
 
+// Haraka's texts carry the receiver's reply inside its own words ("Upstream error: 421
+// 4.7.0 [TS03] ..."): the code, and the reply after it (enhanced status and text).
 function reply_code(text, fallback) {
   const m = /\b([245]\d\d)\b/.exec(String(text || ''))
   return m ? Number(m[1]) : fallback
 }
 
 function reply_text(text) {
-  return String(text || '').slice(0, 1000)
+  const s = String(text || '')
+  const m = /\b[245]\d\d\b[ -]?/.exec(s)
+  return (m ? s.slice(m.index + m[0].length) || s : s).slice(0, 1000)
 }
 
 exports.outbound_delivered = function (next, hmail, params) {

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.throttles import Throttles
+from mcluster.config import ClusterConfig
 from mcluster.errors import Error, UnknownObject
 from mcluster.objects.policy import (
     FAMILY,
@@ -45,10 +46,11 @@ from mcluster.objects.policy import (
     PolicyConfig,
     WindowDefs,
     parse_client,
+    policy_config,
 )
 from mcluster.objects.rates import MAX_COUNT
 from mcluster.quotas.engine import MAIL_STATES, RECIPIENT_STATES, Limit, Outcome, QuotaEngine
-from mcluster.security.clients import PolicyGuard, RefusalLog
+from mcluster.security.clients import PolicyGuard, RefusalLog, policy_guard
 from mcluster.security.refusals import Refusals
 
 log = logging.getLogger("mcluster.policy")
@@ -258,9 +260,9 @@ class PolicyService:
         self._audit_events = audit_events(self.node)
         self._server = await asyncio.start_server(self._serve, host, port)
         self._sweeper = asyncio.create_task(self._sweep_loop())
-        if self.quotas:  # publish them for consoles; add up refusals cluster-wide
-            okeys = self.node.keys.object(FAMILY)
-            self._quota_task = asyncio.create_task(self.quotas.run(lambda: self.node.client, okeys))
+        okeys = self.node.keys.object(FAMILY)  # quotas: published, refusals added up
+        self._quota_task = asyncio.create_task(self.quotas.run(lambda: self.node.client, okeys))
+        self.node.reload_hooks.append(self.adopt)
         if self.count_object is None:
             log.info('transactions are not counted: the cluster does not replicate "inbound_cidr"')
 
@@ -269,8 +271,20 @@ class PolicyService:
         assert self._server is not None, "the policy service is not started"
         return int(self._server.sockets[0].getsockname()[1])
 
+    def adopt(self, config: ClusterConfig) -> None:
+        """A reloaded config's Policy scope, from the next request on: rules, quotas, who
+        may connect (checked by the reload before anything was applied)."""
+        policy = policy_config(config)
+        self.config = policy
+        self.windows.defs = WindowDefs(policy)
+        self.quotas.adopt(policy.quotas)
+        self.guard = policy_guard(config)
+        self._client_cache.clear()
+
     async def stop(self) -> None:
         """Stop listening, close every connection, release every open transaction."""
+        with contextlib.suppress(ValueError):
+            self.node.reload_hooks.remove(self.adopt)
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):

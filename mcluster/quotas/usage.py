@@ -115,10 +115,14 @@ class KeyUse:
 
 
 async def publish(client: Redis, okeys: ObjectKeys, quotas: Iterable[Quota]) -> None:
-    """Write this agent's quotas where consoles read them (the last agent started wins)."""
+    """Write this agent's quotas where consoles read them (the last agent started or
+    reloaded wins)."""
     mapping: dict[Any, Any] = {q.name: json.dumps(QuotaInfo.of(q).to_json()) for q in quotas}
+    pipe = client.pipeline(transaction=True)  # the quotas a reload removed go too
+    pipe.delete(quotas_key(okeys))
     if mapping:
-        await client.hset(quotas_key(okeys), mapping=mapping)
+        pipe.hset(quotas_key(okeys), mapping=mapping)
+    await pipe.execute()
 
 
 async def add_counts(client: Redis, okeys: ObjectKeys, counts: Mapping[str, int]) -> None:

@@ -86,6 +86,11 @@ class Agent {
 
   // -- the calls --------------------------------------------------------------------------
 
+  // {"status", "node", "private_name"}: the private name changes with every run of the agent
+  health() {
+    return this.ok('GET', '/healthz')
+  }
+
   events(events) {
     return this.ok('POST', '/v1/events', { events }, [202])
   }
