@@ -493,6 +493,10 @@ def test_a_changed_policy_scope_is_listed_under_needs_restart() -> None:
     assert _fixed_changes(parse_config(CONTRACT, "a.conf"), parse_config(warned, "a.conf")) == [
         "Policy (the policy service's rules and quotas)"
     ]
+    guarded = CONTRACT.replace("Policy {", 'Policy {\n  clients = ("10.1.0.0/16")', 1)
+    assert _fixed_changes(parse_config(CONTRACT, "a.conf"), parse_config(guarded, "a.conf")) == [
+        "Policy clients and bounds (who may connect)"
+    ]
 
 
 async def test_a_reload_takes_effect_from_the_next_request(

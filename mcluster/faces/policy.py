@@ -50,7 +50,7 @@ from mcluster.objects.policy import (
 )
 from mcluster.objects.rates import MAX_COUNT
 from mcluster.quotas.engine import MAIL_STATES, RECIPIENT_STATES, Limit, Outcome, QuotaEngine
-from mcluster.security.clients import PolicyGuard, RefusalLog, policy_guard
+from mcluster.security.clients import PolicyGuard, RefusalLog
 from mcluster.security.refusals import Refusals
 
 log = logging.getLogger("mcluster.policy")
@@ -272,13 +272,13 @@ class PolicyService:
         return int(self._server.sockets[0].getsockname()[1])
 
     def adopt(self, config: ClusterConfig) -> None:
-        """A reloaded config's Policy scope, from the next request on: rules, quotas, who
-        may connect (checked by the reload before anything was applied)."""
+        """A reloaded config's Policy scope, from the next request on: rules, quotas,
+        on_error (checked by the reload before anything was applied). Who may connect is
+        read at start only: a reload must not shut out every smtpd."""
         policy = policy_config(config)
         self.config = policy
         self.windows.defs = WindowDefs(policy)
         self.quotas.adopt(policy.quotas)
-        self.guard = policy_guard(config)
         self._client_cache.clear()
 
     async def stop(self) -> None:
