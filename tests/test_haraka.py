@@ -174,7 +174,11 @@ DECISION_JITTER = 0.25
 OUTBOUND_CAPS = f"""
 Domain "capped.test" {{ cluster_max_outbound_connections = {CAP} }}
 Domain "rated.test" {{ cluster_outbound_throttle_messages = "{RATE_N}/{RATE_S:g}" }}
+Shaping "yahoo_ts" {{
+  domain = "yahoo.test"  match = "/\\[TS0[1-4]\\]/"  action = "suspend"  duration = 30
+}}
 """
+TS03 = "421 4.7.0 [TS03] Messages from 127.0.0.1 temporarily deferred"
 SLOTS_KEY = "max:default::capped.test"
 #: fail closed: an agent late under load (or a degraded decision) defers the message
 #: instead of letting it past the limits, which is what the checks below hold it to
@@ -432,3 +436,55 @@ async def test_kill_haraka_plugin_limit_counter(outbound_farm: Farm, tmp_path: P
     finally:
         stop_all(h1, h2)
         await sink.stop()
+
+
+async def test_outcome_reports_drive_shaping(outbound_farm: Farm, tmp_path: Path) -> None:
+    """Every outcome goes to POST /v1/outbound/outcome: a receiver's [TS03] deferral seen by
+    the Haraka beside n1 suspends the domain (rule yahoo_ts) for the other node's OBTM,
+    and the other Haraka's message waits the suspension's time instead of being tried."""
+    farm = outbound_farm
+    sink = await Sink.start(reply=TS03)
+    h1, h2 = outbound_harakas(farm, tmp_path, "mcluster", {"yahoo.test": sink.port})
+    try:
+        await start_all(h1, h2)
+        assert await send_mail(h1.port, ["a@yahoo.test"]) == [250]
+        await until(lambda: h1.grep("Temp failing"), 10, what="h1 deferred by the sink")
+        deferred = asyncio.get_running_loop().time()
+        url = f"{farm.agents['n2'].base}/v1/outbound/message"
+
+        async def suspended() -> str:
+            async with farm.session.post(
+                url, json={"binding": "default", "domain": "yahoo.test"}
+            ) as r:
+                body = await r.json()
+            return "" if body["allowed"] else str(body.get("reason", ""))
+
+        reason = await until_value(suspended, 5, what="yahoo.test suspended on n2")
+        took = asyncio.get_running_loop().time() - deferred
+        assert "yahoo_ts" in reason, reason
+        assert await send_mail(h2.port, ["b@yahoo.test"]) == [250]
+        await until(lambda: h2.grep("OBTM default::yahoo.test refused, retry in"), 10,
+                    what="h2's message held by the suspension")  # fmt: skip
+        retry_ms = int(h2.grep("OBTM default::yahoo.test refused, retry in")[0]
+                       .split("retry in ")[1].split()[0])  # fmt: skip
+        assert 0 < retry_ms <= 30_000
+        assert sink.sessions == 1  # nothing more was tried
+        print(f"mcluster: a [TS03] deferral reported by h1 suspends yahoo.test on n2 "
+              f"{took:.2f} s after Haraka deferred it; h2 waits {retry_ms} ms")  # fmt: skip
+    finally:
+        stop_all(h1, h2)
+        await sink.stop()
+
+
+async def until_value(cond: Callable[[], Awaitable[str]], timeout: float, what: str) -> str:
+    """``until`` for a condition whose truthy value the caller wants."""
+    found: list[str] = []
+
+    async def check() -> bool:
+        value = await cond()
+        if value:
+            found.append(value)
+        return bool(value)
+
+    await until(check, timeout, what=what)
+    return found[0]

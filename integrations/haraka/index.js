@@ -461,13 +461,17 @@ exports.attempt_over = function (hmail, outcome) {
     .catch((err) => this.logdebug(`outcome not reported: ${err.message}`))
 }
 
+// Haraka's texts carry the receiver's reply inside its own words ("Upstream error: 421
+// 4.7.0 [TS03] ..."): the code, and the reply after it (enhanced status and text).
 function reply_code(text, fallback) {
   const m = /\b([245]\d\d)\b/.exec(String(text || ''))
   return m ? Number(m[1]) : fallback
 }
 
 function reply_text(text) {
-  return String(text || '').slice(0, 1000)
+  const s = String(text || '')
+  const m = /\b[245]\d\d\b[ -]?/.exec(s)
+  return (m ? s.slice(m.index + m[0].length) || s : s).slice(0, 1000)
 }
 
 exports.outbound_delivered = function (next, hmail, params) {

@@ -166,13 +166,21 @@ class QuotaEngine:
     """The ``Quota`` scopes of one policy service: limits per request, and decisions."""
 
     def __init__(self, quotas: Sequence[Quota]) -> None:
-        self.quotas = tuple(quotas)
-        self.by_name = {q.name.casefold(): q for q in self.quotas}
         self.stats = QuotaStats()
         self._unsent: Counter[str] = Counter()  # refusal counts not yet in Redis
+        self.quotas: tuple[Quota, ...] = ()
+        self.adopt(quotas)
+
+    def adopt(self, quotas: Sequence[Quota]) -> None:
+        """Take up the quotas of a reloaded config from the next request (the counts stay:
+        a window is named by its quota and key value; the statistics go on)."""
+        before, self.quotas = self.quotas, tuple(quotas)
+        self.by_name = {q.name.casefold(): q for q in self.quotas}
         self._messages = [q for q in self.quotas if q.count == "messages"]
         self._recipients = [q for q in self.quotas if q.count == "recipients"]
         self._bytes = [q for q in self.quotas if q.count == "bytes"]
+        # run() publishes them (again); an agent that never had any leaves the others'
+        self.published = not (self.quotas or before)
         self._made: dict[tuple[str, str, int, str], Limit] = {}
 
     def __bool__(self) -> bool:
@@ -268,13 +276,12 @@ class QuotaEngine:
     async def run(self, client: Callable[[], Redis], okeys: ObjectKeys) -> None:
         """Publish the quotas for consoles, then add this agent's refusal counts to the
         cluster's every FLUSH_EVERY s (until cancelled; a last flush then)."""
-        published = False
         try:
             while True:
                 with contextlib.suppress(*RETRY_ERRORS):
-                    if not published:
+                    if not self.published:
                         await usage.publish(client(), okeys, self.quotas)
-                        published = True
+                        self.published = True
                     await self.flush(client(), okeys)
                 await asyncio.sleep(FLUSH_EVERY)
         except asyncio.CancelledError:

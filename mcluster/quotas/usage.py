@@ -12,6 +12,7 @@ would see; a node's share (``from NODE``) is the sum of its share's live buckets
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -115,10 +116,14 @@ class KeyUse:
 
 
 async def publish(client: Redis, okeys: ObjectKeys, quotas: Iterable[Quota]) -> None:
-    """Write this agent's quotas where consoles read them (the last agent started wins)."""
+    """Write this agent's quotas where consoles read them (the last agent started or
+    reloaded wins)."""
     mapping: dict[Any, Any] = {q.name: json.dumps(QuotaInfo.of(q).to_json()) for q in quotas}
+    pipe = client.pipeline(transaction=True)  # the quotas a reload removed go too
+    pipe.delete(quotas_key(okeys))
     if mapping:
-        await client.hset(quotas_key(okeys), mapping=mapping)
+        pipe.hset(quotas_key(okeys), mapping=mapping)
+    await pipe.execute()
 
 
 async def add_counts(client: Redis, okeys: ObjectKeys, counts: Mapping[str, int]) -> None:
@@ -132,7 +137,11 @@ async def add_counts(client: Redis, okeys: ObjectKeys, counts: Mapping[str, int]
 async def load(client: Redis, okeys: ObjectKeys) -> dict[str, QuotaInfo]:
     """The published quotas by name."""
     raw = cast(dict[bytes, bytes], await client.hgetall(quotas_key(okeys)))
-    return {text(k): QuotaInfo(**json.loads(v)) for k, v in sorted(raw.items())}
+    known = {f.name for f in dataclasses.fields(QuotaInfo)}  # another release may add some
+    return {
+        text(k): QuotaInfo(**{f: x for f, x in json.loads(v).items() if f in known})
+        for k, v in sorted(raw.items())
+    }
 
 
 async def counts(client: Redis, okeys: ObjectKeys) -> dict[str, int]:
