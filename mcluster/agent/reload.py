@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mcluster.agent.results import ReloadResult
 from mcluster.config import ClusterConfig, ReplicateObject, load_config
 from mcluster.objects import throttle
 from mcluster.objects.kinds import kind_for_type
@@ -87,7 +88,7 @@ def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
     return changes
 
 
-async def reload_config(node: Node) -> dict[str, Any]:
+async def reload_config(node: Node) -> ReloadResult:
     """Re-read ``node.config.source`` and apply it; returns what changed."""
     path = node.config.source
     if not path or not os.path.isfile(path):
@@ -140,7 +141,7 @@ async def reload_config(node: Node) -> dict[str, Any]:
         node.config = new
         for hook in node.reload_hooks:
             hook(new)
-    result = {"node": node.name, "file": path, "added": added, "removed": removed,
-              "changed": changed + applied, "needs_restart": needs_restart}  # fmt: skip
-    log.info("config reloaded: %s", result)
+    result = ReloadResult(node.name, path, tuple(added), tuple(removed),
+                          tuple(changed + applied), tuple(needs_restart))  # fmt: skip
+    log.info("config reloaded: %s", result.to_json())
     return result
