@@ -8,8 +8,12 @@ the config file and apply what changed to the running node, losing no counts.
 * changed ``max_delay`` / ``max_pending`` apply from the next batch; pending deltas stay
   where they are, so nothing recorded is lost;
 * a removed sharded object (``shards = N``) is drained from every shard;
-* a changed ``Policy`` scope (rules, quotas, who may connect) is taken up by the
-  policy service running beside the node (``Node.reload_hooks``), from its next request;
+* a changed ``Policy`` scope (rules, quotas, on_error; not who may connect) is taken up
+  by the policy service running beside the node (``Node.reload_hooks``), from its next
+  request;
+* the ``Shaping``/``Adaptive``/``Warmup`` rules apply from the next report or decision
+  (actions in force stay until they end; shaping added to a node that had none, or all
+  of it removed, needs a restart);
 * new ``Shared_Throttle`` scopes are defined; the outbound caps and OBTM/OBTC rates
   (``Domain``/``Binding`` options) are read from the new file from the next decision.
 
@@ -28,12 +32,13 @@ import os
 from typing import TYPE_CHECKING
 
 from mcluster.agent.results import ReloadResult
-from mcluster.config import ClusterConfig, ReplicateObject, load_config
+from mcluster.config import ClusterConfig, Option, ReplicateObject, load_config
 from mcluster.objects import throttle
 from mcluster.objects.kinds import kind_for_type
 from mcluster.objects.outbound import OutboundPolicy
 from mcluster.objects.policy import policy_config
 from mcluster.outbound.views import ConnectionViews
+from mcluster.security.clients import GUARD_OPTIONS, policy_guard
 from mcluster.shaping.config import shaping_config
 
 if TYPE_CHECKING:
@@ -83,9 +88,20 @@ def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
     slots = [bool({o.type for o in c.objects} & _SLOT_TYPES) for c in (old, new)]
     if slots[0] != slots[1]:
         changes.append("outbound connection slots")
-    if old.tree.scopes("Policy") != new.tree.scopes("Policy"):  # positions aside
+    rules, guard = zip(*(_policy_parts(c) for c in (old, new)), strict=True)
+    if rules[0] != rules[1]:  # positions aside
         changes.append(POLICY_CHANGE)
+    if guard[0] != guard[1]:  # a live change could shut out every smtpd: read at start
+        changes.append("Policy clients and bounds (who may connect)")
     return changes
+
+
+def _policy_parts(config: ClusterConfig) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """The Policy scope's rules and quotas, and its guard options (mcluster.security)."""
+    scopes = config.tree.scopes("Policy")
+    items = scopes[0].items if scopes else ()
+    guard = tuple(i for i in items if isinstance(i, Option) and i.key.casefold() in GUARD_OPTIONS)
+    return tuple(i for i in items if i not in guard), guard
 
 
 async def reload_config(node: Node) -> ReloadResult:
@@ -97,6 +113,7 @@ async def reload_config(node: Node) -> ReloadResult:
     declared = throttle.config_throttles(new)
     policy = OutboundPolicy(new)
     policy_config(new)  # a bad Policy or Quota scope fails the reload like any error
+    policy_guard(new)
     shaping = shaping_config(new)  # bad rules: ConfigError, nothing applied
     old_objects, new_objects = _replicated(node.config), _replicated(new)
     needs_restart = _fixed_changes(node.config, new)
@@ -137,7 +154,7 @@ async def reload_config(node: Node) -> ReloadResult:
         node.outbound.adopt(policy)
         if node.shaping is not None and shaping.enabled:
             node.shaping.reconfigure(shaping)  # actions in force stay until they expire
-        node.connection_views.objects = ConnectionViews(new).objects
+        node.connection_views.adopt(ConnectionViews(new))
         node.config = new
         for hook in node.reload_hooks:
             hook(new)
