@@ -154,7 +154,9 @@ def prl_python(venv: Path) -> Path | None:
     return script
 
 
-def spawn_agent(name: str, rules: str, redis_url: str, workdir: Path, index: int) -> Server:
+def spawn_agent(
+    name: str, rules: str, redis_url: str, workdir: Path, index: int, tree: str = ""
+) -> Server:
     config = workdir / f"agent{index}.conf"
     config.write_text(AGENT_CONFIG.format(rules=rules, index=index))
     port, http_port = free_port(), free_port()
@@ -164,6 +166,7 @@ def spawn_agent(name: str, rules: str, redis_url: str, workdir: Path, index: int
          "--node", f"bench-{index}", "--redis", redis_url, "--log-level", "WARNING",
          "--listen", f"127.0.0.1:{http_port}", "--policy", f"127.0.0.1:{port}"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": tree} if tree else None,
     )  # fmt: skip
     return Server(name, "RCPT", port, proc, log, http_port)
 
@@ -330,12 +333,22 @@ async def measure(server: RedisServer, report: Report, args: object, quick: bool
         servers.append(spawn_prl(prl, workdir, limit))
     else:
         notes.append(f"policyd-rate-limit {PRL_VERSION}: left out (not installed, or --no-prl)")
-    servers.append(
-        spawn_agent("mcluster client_rates", RATES.format(limit=limit), server.url, workdir, 1)
-    )
+    tree: str = args.agent_tree  # type: ignore[attr-defined]
+    rates = RATES.format(limit=limit)
+    servers.append(spawn_agent("mcluster client_rates", rates, server.url, workdir, 1, tree))
     if has_quotas():
         rules = QUOTAS.format(limit=limit, rcpt=2 * limit)
-        servers.append(spawn_agent("mcluster quotas", rules, server.url, workdir, 2))
+        servers.append(spawn_agent("mcluster quotas", rules, server.url, workdir, 2, tree))
+        if args.before:  # type: ignore[attr-defined]
+            before = spawn_agent(
+                "mcluster quotas, before",
+                rules,
+                server.url,
+                workdir,
+                3,
+                args.before,  # type: ignore[attr-defined]
+            )
+            servers.append(before)
     else:
         notes.append("mcluster quotas: left out (this tree has no Quota scopes yet)")
     degraded: dict[str, float] = {}
@@ -421,6 +434,13 @@ def main() -> None:
         help="the venv of policyd-rate-limit (made and installed there on first use)",
     )
     parser.add_argument("--no-prl", action="store_true", help="leave policyd-rate-limit out")
+    parser.add_argument(
+        "--agent-tree", default="", help="run the agents from this source tree (an older commit)"
+    )
+    parser.add_argument(
+        "--before", default="", help="a source tree whose quotas agent is measured too, "
+        "in the same rounds (e.g. the commit before a change: git archive REV | tar -x -C DIR)",
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(HERE.parent))
 

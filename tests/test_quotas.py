@@ -390,6 +390,11 @@ async def test_console_policy_show_and_reset(agents: Agents, redis_server: Redis
     quotas = {q["name"]: q for q in listing.data["quotas"]}  # type: ignore[call-overload]
     assert list(quotas) == ["per_user", "rcpt", "size", "trial"]
     assert [(r["key"], r["used"]) for r in quotas["per_user"]["top"]] == [("alice", 3), ("bob", 1)]
+    out = Console(file=io.StringIO(), width=100, color_system=None)
+    out.print(listing.renderable)
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert 'Quota "per_user": sasl_username, 3/60 messages, DEFER_IF_PERMIT; refused' in text
+    assert "│ alice │    3 │     3 │" in text and "│ bob   │    1 │     3 │   now │" in text
     await until(lambda: _refused(ctx), 10, "the refusal counted in Redis")
     # The contract: the command line prints an object with used, limit and retry_after_ms.
     result = subprocess.run(
@@ -492,6 +497,10 @@ def test_a_changed_policy_scope_is_listed_under_needs_restart() -> None:
     warned = CONTRACT.replace('action = "WARN"', 'action = "REJECT"')
     assert _fixed_changes(parse_config(CONTRACT, "a.conf"), parse_config(warned, "a.conf")) == [
         "Policy (the policy service's rules and quotas)"
+    ]
+    guarded = CONTRACT.replace("Policy {", 'Policy {\n  clients = ("10.1.0.0/16")', 1)
+    assert _fixed_changes(parse_config(CONTRACT, "a.conf"), parse_config(guarded, "a.conf")) == [
+        "Policy clients and bounds (who may connect)"
     ]
 
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -27,6 +27,7 @@ from mcluster.agent.audit_recorder import AuditRecorder
 from mcluster.agent.caches import Caches
 from mcluster.agent.gauge_caches import GaugeCaches
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
+from mcluster.agent.replication import Replication
 from mcluster.agent.slots import SlotDecision
 from mcluster.agent.status import StatusReporter
 from mcluster.agent.throttles import Throttles
@@ -37,7 +38,7 @@ from mcluster.errors import AuditError, InvalidType, NotJoined, StaleReply, Unkn
 from mcluster.logs.config import DEFAULT_STREAM_MAX, log_files
 from mcluster.logs.shipper import ship_logs
 from mcluster.objects import outbound, shards, throttle, views
-from mcluster.objects.kinds import GAUGE_TABLE, Kind, kind_for_type
+from mcluster.objects.kinds import GAUGE_TABLE, Kind
 from mcluster.objects.outbound import OutboundPolicy, Route
 from mcluster.objects.throttle import Decision, ThrottleDef
 from mcluster.outbound.views import ConnectionViews
@@ -97,15 +98,19 @@ class Node:
         self.rejoins = 0
         #: What the guards refused (``mcluster.security``); the agent shares it with them.
         self.refusals = Refusals()
-        self.outboxes: dict[str, Outbox] = {}
-        self._shards: dict[str, list[Outbox]] = {}  # sharded objects: shard k's outbox
         self._tasks: list[asyncio.Task[Any]] = []
         self._resync_needed = asyncio.Event()
+        #: The outboxes, their shards and views, and every change to them.
+        self.replication = Replication(
+            self.keys, self.name, lambda: self.scripts, self._spawn,
+            self._resync_needed.set, self.max_buffered,
+        )  # fmt: skip
+        self.outboxes = self.replication.outboxes  # the same dicts, changed in place only:
+        self._shards = self.replication.shards  # read by record(), the hot path
         self._stopping = False
         self._joined = asyncio.Condition()
         self._scripts: Scripts | None = None
         self._decision_scripts: Scripts | None = None
-        self._managed: dict[str, str] = {}
         self._throttles: Throttles | None = None
         self._slots: slots.Slots | None = None
         self._families: dict[str, Throttles] = {}
@@ -176,25 +181,12 @@ class Node:
 
     async def start(self) -> None:
         """Join: take a new epoch and a lease, register this node's views, start beating."""
-        scripts = self.scripts
-        managed: dict[str, str] = {}
-        for obj in self.config.objects:
-            kind = kind_for_type(obj.type)
-            if kind is None:
-                log.info("object %s: type %s is not replicated by this release", obj.name, obj.type)
-                continue
-            managed[obj.name] = obj.type
-            self._add_outbox(obj.name, kind, obj.max_pending, obj.max_delay)
-            if obj.shards > 1:  # gauge tables and CIDR trees (checked by the config)
-                self._shards[obj.name] = [self.outboxes[obj.name]] + [
-                    self._add_outbox(obj.name, kind, obj.max_pending, obj.max_delay, shard=k)
-                    for k in range(1, obj.shards)
-                ]
-        self._managed = managed
+        replication = self.replication
+        replication.build(self.config)
         types = {o.type for o in self.config.objects}
         if types & {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}:
-            box = self._add_outbox(slots.OBJECT, GAUGE_TABLE, 100, 1.0)
-            self._managed[slots.OBJECT] = "outbound_binding_domains"
+            box = replication.add_outbox(slots.OBJECT, GAUGE_TABLE, 100, 1.0)
+            replication.manage(slots.OBJECT, "outbound_binding_domains")
             self._slots = slots.Slots(
                 lambda: self.scripts, box, self.outbound, self._count_connection
             )
@@ -203,19 +195,17 @@ class Node:
                 self._families[family] = Throttles(
                     lambda: self.decision_scripts, self.keys, family, self.name
                 )
-                self._managed[family] = family
+                replication.manage(family, family)
         if throttle.OBJECT in types:
-            self._managed[throttle.OBJECT] = throttle.OBJECT
+            replication.manage(throttle.OBJECT, throttle.OBJECT)
             self._throttles = Throttles(
                 lambda: self.decision_scripts, self.keys, throttle.OBJECT, self.name
             )
             await self._throttles.load(throttle.config_throttles(self.config))
         await self.caches.start()  # snapshot caches hold every live pair before the join
         await self._join()
-        self._tasks = [
-            asyncio.create_task(box.run(scripts), name=f"outbox:{box.name}")
-            for box in self.outboxes.values()
-        ]
+        self._tasks = []
+        replication.start()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         if self._audit is not None:
             await self._audit.publish()
@@ -228,15 +218,11 @@ class Node:
         ship = ship_logs(self.client, self.scripts, self.keys, self.name, self.log_files, max_len)
         self._tasks.append(asyncio.create_task(ship, name="logs"))
 
-    def _add_outbox(
-        self, name: str, kind: Kind, max_pending: int, max_delay: float, shard: int = 0
-    ) -> Outbox:
-        okeys, box_name = self.keys.object(name, shard), shards.box_name(name, shard)
-        box = Outbox(box_name, kind, okeys, "", max_pending, max_delay,
-                     max_buffered=self.max_buffered)  # fmt: skip
-        box.on_stale = self._resync_needed.set
-        self.outboxes[box_name] = box
-        return box
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task of this node: cancelled when it stops."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        return task
 
     async def add_object(
         self, name: str, type_: str, kind: Kind, max_pending: int = 100, max_delay: float = 1.0
@@ -248,34 +234,13 @@ class Node:
             return box
         if self.member is None:
             raise NotJoined(f"cannot add object {name!r}: the node has not joined yet")
-        box = self._add_outbox(name, kind, max_pending, max_delay)
-        self._managed[name] = type_
-        await views.publish_objects(self.client, self.keys, {name: type_})
-        await self.client.hset(box.keys.views, self.member.private_name, self.name)
-        box.view = self.member.private_name
-        self._tasks.append(asyncio.create_task(box.run(self.scripts), name=f"outbox:{name}"))
-        return box
-
-    async def _retire_own(self, box: Outbox) -> None:
-        """Take this node's view of one object out of the cluster (refuse, then drain)."""
-        await resync.drain_own(self, box)
+        return await self.replication.add_object(
+            name, type_, kind, max_pending, max_delay, self.member
+        )
 
     async def _join(self) -> None:
         """A new epoch and private name, the lease, and a fresh view in every object."""
-        member = await self.membership.join(self._register_views)
-        log.info("joined as %s with %d objects", member.private_name, len(self.outboxes))
-
-    async def _register_views(self, member: members.Member) -> None:
-        """A fresh view of every object for ``member`` (the lease is taken)."""
-        client = self.client
-        counts = {name: len(boxes) for name, boxes in self._shards.items()}
-        for problem in await shards.layout_conflicts(client, self.keys, self.name, counts,
-                                                      self._managed):  # fmt: skip
-            log.error("%s: give every node the same shards (docs/architecture.md)", problem)
-        await views.publish_objects(client, self.keys, self._managed, counts)
-        for box in self.outboxes.values():
-            await client.hset(box.keys.views, member.private_name, self.name)
-            box.view, box.seq, box.acked = member.private_name, 0, 0
+        await self.membership.join(self.replication.register_views)
 
     async def _rejoin(self, reason: str, kind: str = "resync") -> None:
         """Re-sync as a job (``agent/resync.py``). After an abort the node stays out of the
@@ -466,7 +431,7 @@ class Node:
         if drain:
             for box in self.outboxes.values():
                 async with box.lock:
-                    await self._retire_own(box)
+                    await self.replication.drain_own(box)
         await self.membership.release_leader()
         await self.membership.leave()
 
@@ -611,14 +576,11 @@ class Node:
 
     def shard_names(self, obj: str) -> list[str]:
         """The outbox names of an object: its own, then its shards' (``obj#k``) if split."""
-        return [obj] + [box.name for box in self._shards.get(obj, [])[1:]]
+        return self.replication.shard_names(obj)
 
     def shard_box(self, obj: str, packed: bytes) -> Outbox:
         """The outbox of the shard holding ``packed`` (the object's own for one shard)."""
-        parts = self._shards.get(obj)
-        if parts is None:
-            return self.outboxes[obj]
-        return parts[shards.shard_of(packed, len(parts), parts[0].kind.name)]
+        return self.replication.shard_box(obj, packed)
 
     async def flush(self) -> None:
         """Return once everything recorded before this call is applied in Redis.

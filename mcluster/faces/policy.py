@@ -50,7 +50,7 @@ from mcluster.objects.policy import (
 )
 from mcluster.objects.rates import MAX_COUNT
 from mcluster.quotas.engine import MAIL_STATES, RECIPIENT_STATES, Limit, Outcome, QuotaEngine
-from mcluster.security.clients import PolicyGuard, RefusalLog, policy_guard
+from mcluster.security.clients import PolicyGuard, RefusalLog
 from mcluster.security.refusals import Refusals
 
 log = logging.getLogger("mcluster.policy")
@@ -125,27 +125,68 @@ class RequestReader:
         self.idle = idle
         self.partial = partial
         self.deadline: float | None = None  # of the request being read
+        # The idle watchdog: one timer per connection, re-armed only when it fires while
+        # the connection waits, not an asyncio.timeout per request (see _idle_read).
+        self._waiting: float | None = None  # since when it waits between requests
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[object] | None = None
+        self._expired = False
 
     async def _read(self, started: bool) -> bytes:
         """The next block, within the idle or the request's deadline (TimedOut)."""
-        loop = asyncio.get_running_loop()
-        if started:  # within a request
-            if self.partial is None:
-                return await self.reader.read(READ_SIZE)
-            if self.deadline is None:
-                self.deadline = loop.time() + self.partial
-            when, reason = self.deadline, "request_timeout"
-            why = f"no whole request within {self.partial:g} s"
-        else:
+        if not started:
             if self.idle is None:
                 return await self.reader.read(READ_SIZE)
-            when, reason = loop.time() + self.idle, "idle_timeout"
-            why = f"nothing for {self.idle:g} s between requests"
+            return await self._idle_read()
+        if self.partial is None:
+            return await self.reader.read(READ_SIZE)
+        loop = asyncio.get_running_loop()
+        if self.deadline is None:
+            self.deadline = loop.time() + self.partial
         try:
-            async with asyncio.timeout_at(when):
+            async with asyncio.timeout_at(self.deadline):
                 return await self.reader.read(READ_SIZE)
         except TimeoutError:
-            raise TimedOut(reason, why) from None
+            why = f"no whole request within {self.partial:g} s"
+            raise TimedOut("request_timeout", why) from None
+
+    async def _idle_read(self) -> bytes:
+        """A read between requests, ended by the watchdog after ``idle`` s (TimedOut)."""
+        assert self.idle is not None
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._waiting = loop.time()
+        if self._timer is None:  # a timer still armed fires sooner and re-arms for this
+            self._timer = loop.call_at(self._waiting + self.idle, self._check_idle)
+        try:
+            return await self.reader.read(READ_SIZE)
+        except asyncio.CancelledError:
+            if self._expired and self._task is not None:  # ours, not a cancel from outside
+                self._expired = False
+                self._task.uncancel()
+                why = f"nothing for {self.idle:g} s between requests"
+                raise TimedOut("idle_timeout", why) from None
+            raise
+        finally:
+            self._waiting = None
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self._waiting is None or self.idle is None or self._task is None:
+            return  # busy with a request: the next wait arms a new timer
+        loop = asyncio.get_running_loop()
+        due = self._waiting + self.idle
+        if loop.time() >= due:
+            self._expired = True
+            self._task.cancel()  # lands in _idle_read's await
+        else:
+            self._timer = loop.call_at(due, self._check_idle)
+
+    def close(self) -> None:
+        """Stop the idle watchdog (the connection is over)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def request(self) -> dict[str, str] | None:
         """One request's attributes; None when the client closed between requests."""
@@ -272,13 +313,13 @@ class PolicyService:
         return int(self._server.sockets[0].getsockname()[1])
 
     def adopt(self, config: ClusterConfig) -> None:
-        """A reloaded config's Policy scope, from the next request on: rules, quotas, who
-        may connect (checked by the reload before anything was applied)."""
+        """A reloaded config's Policy scope, from the next request on: rules, quotas,
+        on_error (checked by the reload before anything was applied). Who may connect is
+        read at start only: a reload must not shut out every smtpd."""
         policy = policy_config(config)
         self.config = policy
         self.windows.defs = WindowDefs(policy)
         self.quotas.adopt(policy.quotas)
-        self.guard = policy_guard(config)
         self._client_cache.clear()
 
     async def stop(self) -> None:
@@ -330,8 +371,8 @@ class PolicyService:
         self.stats.connections += 1
         current = ""  # the transaction this smtpd process is in
         transport = writer.transport
+        requests = RequestReader(reader, self.guard.idle_timeout, self.guard.request_timeout)
         try:
-            requests = RequestReader(reader, self.guard.idle_timeout, self.guard.request_timeout)
             while (attrs := await requests.request()) is not None:
                 instance = attrs.get("instance", "")
                 if instance != current:  # the smtpd process moved on: that one is over
@@ -350,6 +391,7 @@ class PolicyService:
         except (ConnectionError, OSError):
             pass
         finally:
+            requests.close()
             self._release(current, "closed")
             self._writers.discard(writer)
             writer.close()

@@ -58,7 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcluster.shaping")
 
 AUDIT_LENGTH = 10_000  # entries kept in the audit stream (approximately)
-CHECK_DEADLINE = 0.05  # s: a check Redis does not answer in time is skipped (OBTM's on_error)
+#: ms: a check Redis does not answer in time is skipped (as OBTM's on_error = allow);
+#: ``cluster { shaping_deadline_ms = N }`` sets it, and the deadline of shaping's buckets.
+DEFAULT_DEADLINE_MS = 50
 PROVIDER_TTL = 1.0  # s: how long a node trusts "this domain has no known provider"
 #: A count key under every connection to a destination that has a ``connections`` rule,
 #: so the cap, once in force, counts the connections already open.
@@ -141,7 +143,11 @@ class Shaper:
         #: OBTM refusals and connection refusals by rule: ``mcluster_shaping_refusals_total``.
         self.refusals: Counter[tuple[str, str]] = Counter()
         self._providers: dict[str, tuple[str | None, float]] = {}
+        self.deadline_ms = node.config.get_int(
+            "shaping_deadline_ms", DEFAULT_DEADLINE_MS, minimum=1
+        )
         self._unpublished = True  # the rules are not in Redis for consoles yet
+        self._inflight: dict[tuple[str | int, ...], asyncio.Future[RouteState | None]] = {}
         #: Suspensions seen by checks: destination -> [(action, end by monotonic clock)].
         self._seen: dict[str, list[tuple[ActiveAction, float]]] = {}
         self._index()
@@ -206,9 +212,25 @@ class Shaper:
         args.append(1 if warm else 0)
         if warm is not None:
             args += [warm.name, "" if warm.start_ms is None else warm.start_ms]
+        # Concurrent checks of one route share one call (its answer is at most one round
+        # trip old for those that joined): 50 callers cost one EVALSHA, not 50.
+        key = tuple(args)
+        running = self._inflight.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        running = self._inflight[key] = asyncio.get_running_loop().create_future()
+        state = None
+        try:
+            state = await self._check(route, domain, args)
+        finally:
+            del self._inflight[key]
+            running.set_result(state)  # an unexpected error: the others go on degraded
+        return state
+
+    async def _check(self, route: Route, domain: str, args: list[str | int]) -> RouteState | None:
         self.stats.checks += 1
         try:
-            async with asyncio.timeout(CHECK_DEADLINE):
+            async with asyncio.timeout(self.deadline_ms / 1000):
                 reply = await self.node.decision_scripts.run(
                     "shaping_check", [self.keys.providers], args
                 )
@@ -327,6 +349,10 @@ class Shaper:
             )
         return decision
 
+    def _bucket(self, name: str, rate: Rate) -> ThrottleDef:
+        """One of shaping's own OBTM buckets (the config's keep their own deadline)."""
+        return ThrottleDef(name=name, rate=str(rate), deadline_ms=self.deadline_ms)
+
     def _extra_limits(
         self, route: Route, state: RouteState, base: Rate | None
     ) -> list[ThrottleDef]:
@@ -335,18 +361,18 @@ class Shaper:
         for name, rate in state.rates.items():
             rule = self._adaptive[name]
             adaptive_rate = Rate(max(1, round(rate)), rule.period)
-            limits.append(ThrottleDef(name=f"adaptive:{name}", rate=str(adaptive_rate)))
+            limits.append(self._bucket(f"adaptive:{name}", adaptive_rate))
         for name, day in state.days.items():
             warm = next(w for w in self.config.warmups if w.name == name)
             day_rate = warm.rate_on(day)
             if day_rate is not None:
-                limits.append(ThrottleDef(name=f"warmup:{name}", rate=str(day_rate)))
+                limits.append(self._bucket(f"warmup:{name}", day_rate))
         under = adaptive_rate or base
         for action in state.actions:
             if action.action == "rate" and under is not None:
                 factor = float(action.value)
                 shaped = Rate(max(1, int(under.count * factor)), under.period)
-                limits.append(ThrottleDef(name=f"shaped:{action.destination}", rate=str(shaped)))
+                limits.append(self._bucket(f"shaped:{action.destination}", shaped))
         return limits
 
     # -- connections ------------------------------------------------------------------
