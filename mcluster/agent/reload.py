@@ -11,6 +11,9 @@ the config file and apply what changed to the running node, losing no counts.
 * a changed ``Policy`` scope (rules, quotas, on_error; not who may connect) is taken up
   by the policy service running beside the node (``Node.reload_hooks``), from its next
   request;
+* the ``Shaping``/``Adaptive``/``Warmup`` rules apply from the next report or decision
+  (actions in force stay until they end; shaping added to a node that had none, or all
+  of it removed, needs a restart);
 * new ``Shared_Throttle`` scopes are defined; the outbound caps and OBTM/OBTC rates
   (``Domain``/``Binding`` options) are read from the new file from the next decision.
 

@@ -12,6 +12,7 @@ would see; a node's share (``from NODE``) is the sum of its share's live buckets
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -136,7 +137,11 @@ async def add_counts(client: Redis, okeys: ObjectKeys, counts: Mapping[str, int]
 async def load(client: Redis, okeys: ObjectKeys) -> dict[str, QuotaInfo]:
     """The published quotas by name."""
     raw = cast(dict[bytes, bytes], await client.hgetall(quotas_key(okeys)))
-    return {text(k): QuotaInfo(**json.loads(v)) for k, v in sorted(raw.items())}
+    known = {f.name for f in dataclasses.fields(QuotaInfo)}  # another release may add some
+    return {
+        text(k): QuotaInfo(**{f: x for f, x in json.loads(v).items() if f in known})
+        for k, v in sorted(raw.items())
+    }
 
 
 async def counts(client: Redis, okeys: ObjectKeys) -> dict[str, int]:
