@@ -16,7 +16,7 @@ of the rounds, p50/p99 are over every pair of the case):
   cap, undone when over) + ZADD of the slot's lease; close = DECR of each + ZREM.
 
 Each at 1 and 50 concurrent callers (asyncio tasks in a closed loop), 10k pairs per case
-(``--quick``: 1.5k). The views are then checked: every count back to 0 in Redis (global
+(``--quick``: 600). The views are then checked: every count back to 0 in Redis (global
 view == sum of node views, no anomalies) and the slots all given back. The view counts of
 mcluster are events of the node, shipped in batches (``max_delay``), so an open and its
 close in the same batch cancel out in memory: that is the design (DESIGN.md, "Deltas, not
@@ -83,7 +83,9 @@ class Case:
     latencies: list[float] = field(default_factory=list)
     cpu: float = 0.0
     redis_cpu: float = 0.0
-    calls: int = 0  # Redis commands
+    agent_cpu: float = 0.0  # the mcluster agent process (the HTTP cases)
+    calls: int = 0  # Redis commands, those run by scripts included
+    evals: int = 0  # EVALSHA calls
     done: int = 0
     refused: int = 0
 
@@ -96,9 +98,11 @@ class Case:
 
     def summary(self) -> str:
         cpu, rcpu = self.cpu / self.done * 1e6, self.redis_cpu / self.done * 1e6
+        agent = f" + agent {self.agent_cpu / self.done * 1e6:.0f}" if self.agent_cpu else ""
+        trips = self.calls if "naive" in self.label else self.evals
         return (
-            f"p50 {self.p(50):.3f} p99 {self.p(99):.3f} | {cpu:.0f} + {rcpu:.0f} us"
-            f" | {self.calls / self.done:.1f}"
+            f"p50 {self.p(50):.3f} p99 {self.p(99):.3f} | {cpu:.0f} + {rcpu:.0f}{agent} us"
+            f" | {trips / self.done:.2f}"
         )
 
 
@@ -106,10 +110,19 @@ def who(callers: int) -> str:
     return "1 caller" if callers == 1 else f"{callers} callers"
 
 
-def redis_counters(admin: redis.Redis) -> tuple[float, int]:
+def redis_counters(admin: redis.Redis) -> tuple[float, int, int]:
+    """Redis CPU seconds, commands (those scripts run included) and EVALSHA calls."""
     cpu = admin.info("cpu")
-    calls = sum(int(v.get("calls", 0)) for v in admin.info("commandstats").values())
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls
+    stats = admin.info("commandstats")
+    calls = sum(int(v.get("calls", 0)) for v in stats.values())
+    evals = int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls, evals
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def closed_loop(pair: Pair, n: int, callers: int, latencies: list[float]) -> int:
@@ -128,22 +141,28 @@ async def closed_loop(pair: Pair, n: int, callers: int, latencies: list[float]) 
     return refused
 
 
-async def measure(cases: Sequence[Case], n: int, rounds: int, admin: redis.Redis) -> None:
+async def measure(
+    cases: Sequence[Case], n: int, rounds: int, admin: redis.Redis, agent_pid: int
+) -> None:
     for case in cases:  # warm up
         await closed_loop(case.pair, 10 * case.callers, case.callers, [])
     per_round = max(n // rounds, 1)
     for _ in range(rounds):
         for case in cases:
             lat: list[float] = []
-            rcpu, calls = redis_counters(admin)
+            rcpu, calls, evals = redis_counters(admin)
+            acpu = process_cpu(agent_pid)
             cpu = time.process_time()
             start = time.perf_counter()
             case.refused += await closed_loop(case.pair, per_round, case.callers, lat)
             elapsed = time.perf_counter() - start
             case.cpu += time.process_time() - cpu
-            rcpu2, calls2 = redis_counters(admin)
+            if "HTTP" in case.label:
+                case.agent_cpu += process_cpu(agent_pid) - acpu
+            rcpu2, calls2, evals2 = redis_counters(admin)
             case.redis_cpu += rcpu2 - rcpu
-            case.calls += calls2 - calls - 2  # the two INFO of the counters
+            case.calls += calls2 - calls - 4  # the INFO calls of the counters
+            case.evals += evals2 - evals
             case.rates.append(len(lat) / elapsed)
             case.latencies += lat
             case.done += len(lat)
@@ -213,12 +232,13 @@ async def views_drained(node: Node, admin: redis.Redis) -> list[str]:
 
 
 async def run(server: RedisServer, quick: bool, report: Report) -> None:
-    n = 1_500 if quick else 10_000
-    rounds = 3 if quick else 4
+    n = 600 if quick else 10_000
+    rounds = 2 if quick else 4
     admin = server.client()
     report.figure("pairs per case", f"{n:,}", f"{rounds} interleaved rounds; rate = median")
     report.figure("  columns", "pairs/s", "p50 p99 ms | CPU/pair: bench process + redis")
-    report.figure("", "", "| Redis commands per pair")
+    report.figure("", "", "(+ agent) | round trips per pair: commands")
+    report.figure("", "", "(naive), EVALSHA calls (mcluster)")
     report.figure("load average at start", "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     workdir = Path(tempfile.mkdtemp(prefix="mcluster-bench-outbound-"))
     farm_views = VIEWS.replace('  Replicate "outbound_domains" {}\n', "")  # the farm has it
@@ -235,7 +255,8 @@ async def run(server: RedisServer, quick: bool, report: Report) -> None:
                 cases["naive", c] = Case(f"naive redis-py loop, {who(c)}", c, naive_pair(naive))
                 cases["python", c] = Case(f"mcluster Python API, {who(c)}", c, python_pair(node))
                 cases["http", c] = Case(f"mcluster HTTP API, {who(c)}", c, http_pair(session, base))
-            await measure(list(cases.values()), n, rounds, admin)
+            pid = farm.agents["http-1"].proc.pid
+            await measure(list(cases.values()), n, rounds, admin, pid)
             problems = await views_drained(node, admin)
             stats = node.connection_stats()
         await session.close()

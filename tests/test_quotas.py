@@ -8,7 +8,7 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +28,10 @@ from mcluster.faces.policy import PolicyService
 from mcluster.objects import throttle
 from mcluster.objects.policy import FAMILY, policy_config
 from mcluster.objects.rates import Rate
+from mcluster.objects.throttle import Decision
 from mcluster.quotas import usage
 from mcluster.quotas.config import parse_limit
+from mcluster.quotas.engine import QuotaEngine, quota_answer
 from mcluster.quotas.keys import parse_key, split_window, window_name
 from mcluster.store.keys import ObjectKeys
 from tests.helpers import until
@@ -590,3 +592,66 @@ async def test_on_a_redis_cluster(redis_cluster: RedisCluster, namespace: str) -
         top = listing.data["quotas"][0]["top"]  # type: ignore[call-overload]
         assert [(r["key"], r["used"]) for r in top] == [("kim", 3)]
         assert (await run_command(ctx, "policy reset per_user kim")).data["cleared"] == 3  # type: ignore[call-overload]
+
+
+def test_each_action_answers_in_its_form() -> None:
+    config = policy_config(
+        parse_config("""
+Policy {
+  Quota "r" { key = "sender" limit = "2/60" action = "REJECT" }
+  Quota "d" { key = "sender" limit = "2/60" action = "DEFER" }
+  Quota "h" { key = "sender" limit = "2/60" action = "HOLD" }
+  Quota "x" { key = "sender" limit = "2/60" action = "DISCARD" }
+  Quota "w" { key = "sender" limit = "2/7200" action = "WARN" }
+}
+""")
+    )
+    engine = QuotaEngine(config.quotas)
+    limits = {lim.quota.name: lim for lim in engine.limits({"sender": "a@b.c"}, "MAIL", first=True)}  # type: ignore[union-attr]
+    tail = "exceeded for sender a@b.c (limit 2 messages per 60 s); try again in 7 s"
+    assert quota_answer(limits["r"], 6500) == f'REJECT 5.7.1 quota "r" {tail}'
+    assert quota_answer(limits["d"], 6500) == f'DEFER 4.7.1 quota "d" {tail}'
+    assert quota_answer(limits["h"], 6500) == f'HOLD quota "h" {tail}'
+    assert quota_answer(limits["x"], 6500) == f'DISCARD quota "x" {tail}'
+    # The retry time never exceeds the window, whatever the reckoning said.
+    assert quota_answer(limits["r"], 900_000).endswith("per 60 s); try again in 60 s")
+
+
+async def test_decide_refusal_order_and_degraded() -> None:
+    """A transaction window outranks a recipient one, which outranks a WARN one; Redis
+    away is degraded (the service answers on_error)."""
+    config = policy_config(parse_config(CONTRACT))
+    engine = QuotaEngine(config.quotas)
+    attrs = {"sasl_username": "u", "sender": "s@d.example", "recipient": "r@x.example"}
+    limits = engine.limits(attrs, "RCPT", first=True)
+    stages = {lim.quota.name: lim.stage for lim in limits}  # type: ignore[union-attr]
+    assert stages == {"per_user": "transaction", "trial": "transaction", "size": "transaction",
+                      "rcpt": "recipient"}  # fmt: skip
+    asked: list[list[str]] = []
+
+    def full(*names: str) -> Callable[[list[tuple[str, int]]], Awaitable[Decision]]:
+        async def acquire(request: list[tuple[str, int]]) -> Decision:
+            asked.append([n.split(":")[0] for n, _ in request])
+            left = tuple((n, 0 if n.split(":")[0] in names else 100) for n, _ in request)
+            allowed = not any(r == 0 for _, r in left)
+            return Decision(allowed, 0 if allowed else 5000, left)
+
+        return acquire
+
+    out = await engine.decide(limits, full("q.rcpt", "q.trial"))
+    assert out.transaction == "DUNNO"  # the recipient is refused, the transaction stands
+    assert out.answer.startswith('DEFER_IF_PERMIT 4.7.1 quota "rcpt"')
+    assert asked == [
+        ["q.per_user", "q.trial", "q.size", "q.rcpt"],  # all at once
+        ["q.per_user", "q.trial", "q.size"],  # without the refused recipient window
+        ["q.per_user", "q.size"],  # without the WARN quota: admitted
+    ]
+    asked.clear()
+    out = await engine.decide(limits, full("q.per_user", "q.rcpt"))
+    assert out.transaction == out.answer and 'quota "per_user"' in out.answer
+    assert len(asked) == 1  # nothing to ask again: the transaction is refused
+
+    async def away(request: list[tuple[str, int]]) -> Decision:
+        return Decision(True, 0, (), degraded=True)
+
+    assert (await engine.decide(limits, away)).degraded

@@ -153,7 +153,7 @@ async def reload_config(node: Node) -> dict[str, Any]:
         node.outbound.adopt(policy)
         if node.shaping is not None and shaping.enabled:
             node.shaping.reconfigure(shaping)  # actions in force stay until they expire
-        node.connection_views.objects = ConnectionViews(new).objects
+        node.connection_views.adopt(ConnectionViews(new))
         node.config = new
         for hook in node.reload_hooks:
             hook(new)

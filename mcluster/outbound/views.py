@@ -30,6 +30,7 @@ CIDR = "outbound_cidr"
 DOMAINS = "outbound_domains"
 BINDING_DOMAINS = "outbound_binding_domains"
 TYPES = (CIDR, DOMAINS, BINDING_DOMAINS)
+MEMO = 4096  # reports whose targets are remembered (cleared when full)
 
 #: (object name, key) pairs one connection is counted in.
 Targets = tuple[tuple[str, str], ...]
@@ -53,12 +54,26 @@ class ConnectionViews:
             for obj in config.objects
             if (kind := obj.class_ or obj.type) in TYPES
         ]
+        self._memo: dict[tuple[str, str, str | None, str | None], Targets] = {}
+
+    def adopt(self, other: ConnectionViews) -> None:
+        """Take ``other``'s objects (a config reload)."""
+        self.objects, self._memo = other.objects, {}
 
     def targets(
         self, binding: str, domain: str, group: str | None, ip: str | None = None
     ) -> Targets:
         """Every (object, key) a connection on ``binding`` (in ``group``) to ``domain``
-        (at ``ip``) counts in."""
+        (at ``ip``) counts in (remembered: the hot path of every open)."""
+        memo = (binding, domain, group, ip)
+        found = self._memo.get(memo)
+        if found is None:
+            if len(self._memo) >= MEMO:
+                self._memo.clear()
+            found = self._memo[memo] = self._targets(binding, domain, group, ip)
+        return found
+
+    def _targets(self, binding: str, domain: str, group: str | None, ip: str | None) -> Targets:
         folded = group.casefold() if group else None
         domain = domain.lower()
         address = ipaddress.ip_address(ip).compressed if ip is not None else None
