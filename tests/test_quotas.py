@@ -155,7 +155,7 @@ def test_bad_quotas_list_every_problem_with_its_place() -> None:
 def test_config_check_describes_quotas() -> None:
     described = policy_config(parse_config(CONTRACT)).describe()
     assert 'Quota "size": sasl_username 10485760 bytes per 86400 s' in described
-    assert 'Quota "trial": sender_domain 1 messages per 60 s action WARN' in described
+    assert 'Quota "trial": sender_domain 1 message per 60 s action WARN' in described
 
 
 # -- over the protocol, two agents -----------------------------------------------------
@@ -323,7 +323,7 @@ async def test_warn_is_shadow_mode(agents: Agents) -> None:
         assert await c1.mail(**kw) == ["DUNNO"] * 4
         warned = await c2.mail(**kw)
         assert warned[0] == (
-            'WARN quota "trial" exceeded for sender_domain trial.example (limit 1 messages '
+            'WARN quota "trial" exceeded for sender_domain trial.example (limit 1 message '
             f"per 60 s); try again in {warned[0].rsplit(' ', 2)[1]} s"
         )
         assert warned[1:] == ["DUNNO"] * 3  # the mail goes through

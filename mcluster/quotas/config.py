@@ -112,7 +112,8 @@ class Quota:
     def limit_text(self, rate: Rate | None = None) -> str:
         """``3 messages per 60 s``, ``10485760 bytes per 86400 s``."""
         rate = rate or self.limit
-        return f"{rate.count} {self.count} per {rate.period:g} s"
+        noun = self.count[:-1] if rate.count == 1 else self.count  # 1 message, 2 messages
+        return f"{rate.count} {noun} per {rate.period:g} s"
 
     def describe(self) -> str:
         extra = "".join(
