@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 from mcluster.agent.caches import UnknownCache
 from mcluster.agent.gauge_caches import GaugeCacheError, UnknownGaugeCache
 from mcluster.agent.node import Node
+from mcluster.agent.results import NodeStats, OutboxStats, ReloadResult, ResetResult
 from mcluster.config import (
     ClusterConfig,
     ReplicateObject,
@@ -63,14 +64,18 @@ __all__ = [
     "JobError",
     "Listing",
     "Node",
+    "NodeStats",
     "NotEmptyReply",
     "NotFound",
     "NotJoined",
     "ObjectInfo",
+    "OutboxStats",
     "RedisAccessError",
     "RedisUnavailable",
     "RedisUrlError",
+    "ReloadResult",
     "ReplicateObject",
+    "ResetResult",
     "Route",
     "Row",
     "ScriptReply",
