@@ -74,7 +74,7 @@ async def closed_loop(case: Case, n: int) -> float:
 
 
 async def run(server: RedisServer, report: Report, quick: bool) -> None:
-    n, rounds = (1000, 3) if quick else (5000, 5)
+    n, rounds = (300, 2) if quick else (5000, 5)
     async with Node(parse_config(CONFIG), "bench-1", server.url, namespace="bench") as node:
         await node.outbound_outcome(Outcome("b1", "held.test", 421, "4.7.0 [TS01]"))
 

@@ -307,6 +307,7 @@ async def send_mail(port: int, rcpts: list[str], count: int = 1) -> list[int]:
 
 __all__ = [
     "HOW_TO_INSTALL",
+    "PLUGIN_DIR",
     "Haraka",
     "Sink",
     "SmtpClient",

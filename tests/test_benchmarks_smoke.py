@@ -63,3 +63,8 @@ def test_outbound_benchmark_quick() -> None:
     out = quick("outbound.py")
     assert "PASS  views and slots drained after the run" in out
     assert "PASS  every pair admitted and closed" in out and "python / naive, 50 callers" in out
+
+
+def test_shaping_benchmark_quick() -> None:
+    out = quick("shaping.py")
+    assert "shaped/plain (50 callers)" in out and "held (1 caller)" in out

@@ -12,6 +12,7 @@ its figures printed (docs/haraka.md records them).
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 import redis.asyncio
 
 from tests.agents import Farm, until
-from tests.haraka import Haraka, Sink, SmtpClient, densest, send_mail, skip_reason
+from tests.haraka import PLUGIN_DIR, Haraka, Sink, SmtpClient, densest, send_mail, skip_reason
 from tests.redis_servers import free_port
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
@@ -39,6 +40,15 @@ in_rcpts:@block=5/60
 [outbound]
 enabled=false
 """
+
+
+def test_plugin_unit_tests() -> None:
+    """The plugin's own tests (node --test): client blocks, the journal, reply parsing."""
+    result = subprocess.run(
+        ["node", "--test", "test/"], cwd=PLUGIN_DIR, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "# fail 0" in result.stdout
 
 
 @pytest.fixture
@@ -488,3 +498,37 @@ async def until_value(cond: Callable[[], Awaitable[str]], timeout: float, what: 
 
     await until(check, timeout, what=what)
     return found[0]
+
+
+async def test_agent_api_token(tmp_path: Path) -> None:
+    """An agent started with --api-token-file: a Haraka whose token_file names the same file
+    is answered; one without the token gets 401, logged, and its fail policy."""
+    token = tmp_path / "api_token"
+    token.write_text("s3cret-token-for-haraka\n")
+    token.chmod(0o600)
+    farm = Farm(tmp_path, extra_cluster='  Replicate "OBTM" {}\n', extra=OUTBOUND_CAPS)
+    sink = await Sink.start()
+    routes = {"out.test": sink.port}
+    ini = "[main]\nurl=http://127.0.0.1:{port}\nfail=closed\n{extra}[inbound]\nenabled=false\n"
+    try:
+        await farm.start("n1", args=["--api-token-file", str(token)])
+        port = farm.agents["n1"].port
+        with_token = ini.format(port=port, extra=f"token_file={token}\n")
+        good = Haraka(tmp_path / "good", plugins=["mcluster"], routes=routes,
+                      ini={"mcluster.ini": with_token})  # fmt: skip
+        bad = Haraka(tmp_path / "bad", plugins=["mcluster"], routes=routes,
+                     ini={"mcluster.ini": ini.format(port=port, extra="")})  # fmt: skip
+        try:
+            await start_all(good, bad)
+            assert await send_mail(good.port, ["a@out.test"]) == [250]
+            await until(lambda: len(sink.messages) == 1, 10, what="the message with a token")
+            assert good.grep("OBTM default::out.test allowed")
+            assert await send_mail(bad.port, ["b@out.test"]) == [250]  # queued
+            await until(lambda: bad.grep("mcluster agent refused POST /v1/outbound/message: 401"),
+                        10, what="401 logged")  # fmt: skip
+            assert len(sink.messages) == 1  # fail closed: the message waits
+        finally:
+            stop_all(good, bad)
+    finally:
+        await sink.stop()
+        await farm.close()

@@ -8,7 +8,7 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +28,10 @@ from mcluster.faces.policy import PolicyService
 from mcluster.objects import throttle
 from mcluster.objects.policy import FAMILY, policy_config
 from mcluster.objects.rates import Rate
+from mcluster.objects.throttle import Decision
 from mcluster.quotas import usage
 from mcluster.quotas.config import parse_limit
+from mcluster.quotas.engine import QuotaEngine, quota_answer
 from mcluster.quotas.keys import parse_key, split_window, window_name
 from mcluster.store.keys import ObjectKeys
 from tests.helpers import until
@@ -153,7 +155,7 @@ def test_bad_quotas_list_every_problem_with_its_place() -> None:
 def test_config_check_describes_quotas() -> None:
     described = policy_config(parse_config(CONTRACT)).describe()
     assert 'Quota "size": sasl_username 10485760 bytes per 86400 s' in described
-    assert 'Quota "trial": sender_domain 1 messages per 60 s action WARN' in described
+    assert 'Quota "trial": sender_domain 1 message per 60 s action WARN' in described
 
 
 # -- over the protocol, two agents -----------------------------------------------------
@@ -321,7 +323,7 @@ async def test_warn_is_shadow_mode(agents: Agents) -> None:
         assert await c1.mail(**kw) == ["DUNNO"] * 4
         warned = await c2.mail(**kw)
         assert warned[0] == (
-            'WARN quota "trial" exceeded for sender_domain trial.example (limit 1 messages '
+            'WARN quota "trial" exceeded for sender_domain trial.example (limit 1 message '
             f"per 60 s); try again in {warned[0].rsplit(' ', 2)[1]} s"
         )
         assert warned[1:] == ["DUNNO"] * 3  # the mail goes through
@@ -458,16 +460,23 @@ async def test_dashboard_shows_the_keys_nearest_their_limit(agents: Agents) -> N
         for i in range(3):
             await c.mail(sasl_username="dash", sender=f"d@dash{i}.example", rcpts=1)
         await c.mail(sasl_username="calm", sender="d@calm.example")
-    await published(agents)
     node = agents.a.node
+    # The agents note keys with half their limit or less left (every 2 s): no scan.
+    await until(lambda: _near(node), 10, "the keys near their limit noted")
     snap = await read_snapshot(node.client, node.keys)
     near = [(q.quota, q.key, q.used, q.limit) for q in snap.quotas]
     assert near[0] == ("per_user", "dash", 3, 3)
-    assert ("per_user", "calm", 1, 3) in near and ("rcpt", "d@calm.example", 1, 5) in near
+    assert ("trial", "calm.example", 1, 1) in near  # 1 of 1: full
+    assert not [row for row in near if row[1] == "calm" or row[0] == "rcpt"]  # under half
     text = Console(file=io.StringIO(), width=120, color_system=None)
     text.print(render_plain(snap))
     screen = text.file.getvalue()  # type: ignore[attr-defined]
     assert "Quotas nearest limit" in screen and "per_user dash" in screen and "3/3" in screen
+
+
+async def _near(node: Node) -> bool:
+    snap = await read_snapshot(node.client, node.keys)
+    return bool(snap.quotas) and snap.quotas[0].key == "dash"
 
 
 async def test_recipients_counted_at_data_when_no_rcpt_was_asked(agents: Agents) -> None:
@@ -590,3 +599,66 @@ async def test_on_a_redis_cluster(redis_cluster: RedisCluster, namespace: str) -
         top = listing.data["quotas"][0]["top"]  # type: ignore[call-overload]
         assert [(r["key"], r["used"]) for r in top] == [("kim", 3)]
         assert (await run_command(ctx, "policy reset per_user kim")).data["cleared"] == 3  # type: ignore[call-overload]
+
+
+def test_each_action_answers_in_its_form() -> None:
+    config = policy_config(
+        parse_config("""
+Policy {
+  Quota "r" { key = "sender" limit = "2/60" action = "REJECT" }
+  Quota "d" { key = "sender" limit = "2/60" action = "DEFER" }
+  Quota "h" { key = "sender" limit = "2/60" action = "HOLD" }
+  Quota "x" { key = "sender" limit = "2/60" action = "DISCARD" }
+  Quota "w" { key = "sender" limit = "2/7200" action = "WARN" }
+}
+""")
+    )
+    engine = QuotaEngine(config.quotas)
+    limits = {lim.quota.name: lim for lim in engine.limits({"sender": "a@b.c"}, "MAIL", first=True)}  # type: ignore[union-attr]
+    tail = "exceeded for sender a@b.c (limit 2 messages per 60 s); try again in 7 s"
+    assert quota_answer(limits["r"], 6500) == f'REJECT 5.7.1 quota "r" {tail}'
+    assert quota_answer(limits["d"], 6500) == f'DEFER 4.7.1 quota "d" {tail}'
+    assert quota_answer(limits["h"], 6500) == f'HOLD quota "h" {tail}'
+    assert quota_answer(limits["x"], 6500) == f'DISCARD quota "x" {tail}'
+    # The retry time never exceeds the window, whatever the reckoning said.
+    assert quota_answer(limits["r"], 900_000).endswith("per 60 s); try again in 60 s")
+
+
+async def test_decide_refusal_order_and_degraded() -> None:
+    """A transaction window outranks a recipient one, which outranks a WARN one; Redis
+    away is degraded (the service answers on_error)."""
+    config = policy_config(parse_config(CONTRACT))
+    engine = QuotaEngine(config.quotas)
+    attrs = {"sasl_username": "u", "sender": "s@d.example", "recipient": "r@x.example"}
+    limits = engine.limits(attrs, "RCPT", first=True)
+    stages = {lim.quota.name: lim.stage for lim in limits}  # type: ignore[union-attr]
+    assert stages == {"per_user": "transaction", "trial": "transaction", "size": "transaction",
+                      "rcpt": "recipient"}  # fmt: skip
+    asked: list[list[str]] = []
+
+    def full(*names: str) -> Callable[[list[tuple[str, int]]], Awaitable[Decision]]:
+        async def acquire(request: list[tuple[str, int]]) -> Decision:
+            asked.append([n.split(":")[0] for n, _ in request])
+            left = tuple((n, 0 if n.split(":")[0] in names else 100) for n, _ in request)
+            allowed = not any(r == 0 for _, r in left)
+            return Decision(allowed, 0 if allowed else 5000, left)
+
+        return acquire
+
+    out = await engine.decide(limits, full("q.rcpt", "q.trial"))
+    assert out.transaction == "DUNNO"  # the recipient is refused, the transaction stands
+    assert out.answer.startswith('DEFER_IF_PERMIT 4.7.1 quota "rcpt"')
+    assert asked == [
+        ["q.per_user", "q.trial", "q.size", "q.rcpt"],  # all at once
+        ["q.per_user", "q.trial", "q.size"],  # without the refused recipient window
+        ["q.per_user", "q.size"],  # without the WARN quota: admitted
+    ]
+    asked.clear()
+    out = await engine.decide(limits, full("q.per_user", "q.rcpt"))
+    assert out.transaction == out.answer and 'quota "per_user"' in out.answer
+    assert len(asked) == 1  # nothing to ask again: the transaction is refused
+
+    async def away(request: list[tuple[str, int]]) -> Decision:
+        return Decision(True, 0, (), degraded=True)
+
+    assert (await engine.decide(limits, away)).degraded

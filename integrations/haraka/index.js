@@ -35,7 +35,7 @@ const RECOVER_TRIES = 150
 
 exports.register = function () {
   this.load_mcluster_ini()
-  this.agent = new Agent({ url: this.cfg.main.url, timeout_ms: this.cfg.main.timeout_ms })
+  this.agent = new Agent({ url: this.cfg.main.url, timeout_ms: this.cfg.main.timeout_ms, token: this.cfg.main.token })
   this.throttles_made = new Map() // throttle name -> Promise of its creation
   this.outcome_missing_until = 0
   this.stats = { refused: {}, agent_errors: 0 }
@@ -79,6 +79,7 @@ exports.load_mcluster_ini = function () {
       fail: fail === 'closed' ? 'closed' : 'open',
       retry_seconds: num(main.retry_seconds, 60),
       state_dir: main.state_dir || path.join(process.env.HARAKA || process.cwd(), 'mcluster-state'),
+      token: this.read_token(main.token_file),
     },
     inbound: {
       enabled: inbound.enabled,
@@ -100,6 +101,18 @@ exports.load_mcluster_ini = function () {
   if (this.agent) {
     this.agent.url = this.cfg.main.url.replace(/\/+$/, '')
     this.agent.timeout_ms = this.cfg.main.timeout_ms
+    this.agent.token = this.cfg.main.token
+  }
+}
+
+// The agent's API token: the file its --api-token-file names, stripped (as the agent reads it).
+exports.read_token = function (file) {
+  if (!file) return null
+  try {
+    return fs.readFileSync(file, 'utf8').trim() || null
+  } catch (err) {
+    this.logerror(`mcluster.ini [main] token_file = ${file}: ${err.message}`)
+    return null
   }
 }
 
@@ -467,6 +480,9 @@ function reply_code(text, fallback) {
   const m = /\b([245]\d\d)\b/.exec(String(text || ''))
   return m ? Number(m[1]) : fallback
 }
+
+exports.reply_code = reply_code
+exports.reply_text = reply_text
 
 function reply_text(text) {
   const s = String(text || '')

@@ -28,6 +28,7 @@ from mcluster.agent.caches import Caches
 from mcluster.agent.gauge_caches import GaugeCaches
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
 from mcluster.agent.replication import Replication
+from mcluster.agent.results import NodeStats, OutboxStats, ReloadResult, ResetResult
 from mcluster.agent.slots import SlotDecision
 from mcluster.agent.status import StatusReporter
 from mcluster.agent.throttles import Throttles
@@ -277,7 +278,7 @@ class Node:
             self.rejoins += 1
             self._joined.notify_all()
 
-    async def reset(self) -> dict[str, Any]:
+    async def reset(self) -> ResetResult:
         """``cluster reset``: leave and rejoin with a new epoch, re-publish the state (a
         ``reset`` job); returns once done. Retries an aborted re-sync at once."""
         if self.member is None:
@@ -292,10 +293,9 @@ class Node:
             await self._joined.wait_for(lambda: not self._reset_asked and self.rejoins > rejoins)
         assert self.member is not None
         keys = sum(len(box.state) for box in self.outboxes.values())
-        return {"node": self.name, "private_name": self.member.private_name,
-                "epoch": self.member.epoch, "keys": keys}  # fmt: skip
+        return ResetResult(self.name, self.member.private_name, self.member.epoch, keys)
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> ReloadResult:
         """Re-read the config file and apply it (``agent/reload.py``; SIGHUP)."""
         try:
             return await reload.reload_config(self)
@@ -637,12 +637,11 @@ class Node:
             self.client, self.keys, obj, self._view_node(view), limit, self._configured()
         )
 
-    def stats(self) -> dict[str, Any]:
-        shipped = {
-            name: vars(box.stats)
-            | {"seq": box.seq, "max_delay": box.max_delay, "max_pending": box.max_pending}
+    def stats(self) -> NodeStats:
+        """This node's figures: shipping per object, the audit recorder, cache replicas."""
+        objects = {
+            name: OutboxStats(dict(vars(box.stats)), box.seq, box.max_delay, box.max_pending)
             for name, box in self.outboxes.items()
         }
-        if self._audit is not None:
-            shipped["audit"] = self._audit.stats_json()
-        return shipped | self.caches.figures()
+        audit = self._audit.stats_json() if self._audit is not None else None
+        return NodeStats(objects, audit, self.caches.figures())
