@@ -41,6 +41,7 @@ Shaping "slow_down" { domain = "slow.test"  match = "/^421/"  action = "rate"  f
                       duration = 30 }
 Shaping "long_ts" { domain = "long.test"  match = "/\\[TS0[1-4]\\]/"  action = "suspend"
                      duration = 120 }
+Adaptive "ad" { domain = "adaptive.test"  min = "1/1"  max = "50/1"  increase = "1/1" }
 Shaping "fewer" { host = "mx.few.test"  match = "/too many connections/i"
                   action = "connections"  limit = 2  duration = 30 }
 """
@@ -441,7 +442,12 @@ async def test_console_and_http_show_history_clear(
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    [action] = json.loads(done.stdout)["actions"]
+    shown = json.loads(done.stdout)
+    [action] = shown["actions"]
+    # a console without the config lists the adaptive rules the nodes published
+    assert [(r["name"], r["destination"], r["rate"]) for r in shown["adaptive"]] == [
+        ("ad", "domain:adaptive.test", 50.0)
+    ]
     assert (action["rule"], action["destination"], action["action"]) == (
         "long_ts", "domain:long.test", "suspend",
     )  # fmt: skip

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mcluster.agent.results import ReloadResult
 from mcluster.config import ClusterConfig, Option, ReplicateObject, load_config
 from mcluster.objects import throttle
 from mcluster.objects.kinds import kind_for_type
@@ -103,7 +104,7 @@ def _policy_parts(config: ClusterConfig) -> tuple[tuple[object, ...], tuple[obje
     return tuple(i for i in items if i not in guard), guard
 
 
-async def reload_config(node: Node) -> dict[str, Any]:
+async def reload_config(node: Node) -> ReloadResult:
     """Re-read ``node.config.source`` and apply it; returns what changed."""
     path = node.config.source
     if not path or not os.path.isfile(path):
@@ -157,7 +158,7 @@ async def reload_config(node: Node) -> dict[str, Any]:
         node.config = new
         for hook in node.reload_hooks:
             hook(new)
-    result = {"node": node.name, "file": path, "added": added, "removed": removed,
-              "changed": changed + applied, "needs_restart": needs_restart}  # fmt: skip
-    log.info("config reloaded: %s", result)
+    result = ReloadResult(node.name, path, tuple(added), tuple(removed),
+                          tuple(changed + applied), tuple(needs_restart))  # fmt: skip
+    log.info("config reloaded: %s", result.to_json())
     return result

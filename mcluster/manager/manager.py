@@ -21,12 +21,12 @@ import re
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from redis.asyncio import Redis
 
 from mcluster.agent import membership
 from mcluster.agent.outbox import RETRY_ERRORS, wait_event
+from mcluster.agent.results import ReloadResult, ResetResult
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.store import jobs, members
@@ -140,7 +140,7 @@ class Manager:
         member = await self.membership.join()
         log.info("manager joined as %s", member.private_name)
 
-    async def reset(self) -> dict[str, Any]:
+    async def reset(self) -> ResetResult:
         """``cluster reset`` on the manager: rejoin with a new epoch (it has no views)."""
         async with self._membership:  # never at once with a heartbeat's rejoin
             if self.member is not None:
@@ -148,16 +148,14 @@ class Manager:
             await self._join()
             self.rejoins += 1
         assert self.member is not None
-        return {"node": self.name, "private_name": self.member.private_name,
-                "epoch": self.member.epoch, "keys": 0}  # fmt: skip
+        return ResetResult(self.name, self.member.private_name, self.member.epoch, 0)
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> ReloadResult:
         """``config reload`` on the manager: re-read its config (services read it anew)."""
         if self.config is None or not self.config.source:
-            return {"node": self.name, "file": None, "reason": "started without --config"}
+            return ReloadResult(self.name, None, reason="started without --config")
         self.config = load_config(self.config.source)
-        return {"node": self.name, "file": self.config.source, "added": [], "removed": [],
-                "changed": [], "needs_restart": []}  # fmt: skip
+        return ReloadResult(self.name, self.config.source)
 
     async def _keep(self, name: str, service: Service) -> None:
         while not self._stopping:
@@ -208,12 +206,12 @@ async def settle_jobs(manager: Manager, every: float = JOBS_EVERY) -> None:
         await asyncio.sleep(every)
 
 
-def reload_in_background(reload: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+def reload_in_background(reload: Callable[[], Awaitable[ReloadResult]]) -> None:
     """SIGHUP: reload without blocking the signal handler; the outcome goes to the log."""
 
     async def run() -> None:
         try:
-            log.info("config reloaded: %s", await reload())
+            log.info("config reloaded: %s", (await reload()).to_json())
         except Exception as exc:  # a bad file: say where, keep running on the old config
             log.error("config reload failed; keeping the running config: %s", exc)
 

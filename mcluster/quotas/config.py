@@ -105,6 +105,11 @@ class Quota:
     def warn_only(self) -> bool:
         return self.action == "WARN"
 
+    @property
+    def longest_period(self) -> float:
+        """The longest window of the quota and its overrides (seconds)."""
+        return max([self.limit.period, *(r.period for r in self.overrides.values())])
+
     def rate_for(self, value: str) -> Rate:
         """The limit of one key value: its override, else the quota's."""
         return self.overrides.get(value, self.limit)

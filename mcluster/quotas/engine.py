@@ -56,6 +56,7 @@ CODES = {"DEFER_IF_PERMIT": "4.7.1", "DEFER": "4.7.1", "REJECT": "5.7.1"}
 MAX_MADE = 65536  # Limits remembered (a busy user or sender asks again and again)
 MAX_SHOWN = 100  # characters of a key value quoted in an answer
 FLUSH_EVERY = 2.0  # seconds between adding this agent's refusal counts to the cluster's
+MAX_HOT = 10_000  # key values per quota noted between two flushes
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ class QuotaEngine:
     def __init__(self, quotas: Sequence[Quota]) -> None:
         self.stats = QuotaStats()
         self._unsent: Counter[str] = Counter()  # refusal counts not yet in Redis
+        self._hot: dict[str, set[str]] = {}  # quota -> key values at half their limit or more
         self.quotas: tuple[Quota, ...] = ()
         self.adopt(quotas)
 
@@ -251,9 +253,10 @@ class QuotaEngine:
             decision = await acquire([(limit.window, limit.cost) for limit in active])
             if decision.degraded:
                 return Outcome("", "", degraded=True)
+            left = dict(decision.remaining)
+            self._note_hot(active, left)
             if decision.allowed:
                 break
-            left = dict(decision.remaining)
             tripped = [a for a in active if left.get(a.window, -1) < a.need] or active
             enforcing = [a for a in tripped if not a.warn_only]
             retry = decision.retry_after_ms
@@ -290,12 +293,31 @@ class QuotaEngine:
                     await self.flush(client(), okeys)
             raise
 
+    def _note_hot(self, active: Sequence[Limit], left: dict[str, int]) -> None:
+        """Remember the key values with half their limit or less left (the dashboard's
+        "nearest their limit" reads them, instead of scanning every window)."""
+        for limit in active:
+            quota = limit.quota
+            if quota is None:
+                continue
+            remaining = left.get(limit.window)
+            if remaining is not None and 2 * remaining <= quota.rate_for(limit.value).count:
+                hot = self._hot.setdefault(quota.name, set())
+                if len(hot) < MAX_HOT:
+                    hot.add(limit.value)
+
     async def flush(self, client: Redis, okeys: ObjectKeys) -> None:
         unsent, self._unsent = self._unsent, Counter()
-        if not unsent:
-            return
+        hot, self._hot = self._hot, {}
         try:
-            await usage.add_counts(client, okeys, unsent)
+            if unsent:
+                await usage.add_counts(client, okeys, unsent)
+                unsent = Counter()
+            if hot:
+                periods = {q.name: q.longest_period for q in self.quotas}
+                await usage.add_hot(client, okeys, hot, periods)
         except BaseException:
             self._unsent.update(unsent)  # sent with the next flush
+            for name, values in hot.items():
+                self._hot.setdefault(name, set()).update(values)
             raise

@@ -540,6 +540,8 @@ class Shaper:
                     self._unpublished = False
                 except RETRY_ERRORS as exc:  # tried again next turn
                     log.warning("shaping: could not publish the rules: %s", exc)
+                except Exception:  # never let it end the AIMD loop
+                    log.exception("shaping: publishing the rules failed; trying again")
             adaptive = self.config.adaptive
             await asyncio.sleep(max(0.05, min((a.every for a in adaptive), default=10) / 10))
             if not self.node.is_leader:
