@@ -45,6 +45,7 @@ from mcluster.objects.cidrtree import Row
 from mcluster.objects.outbound import Route
 from mcluster.objects.throttle import Decision, ThrottleConflict, ThrottleDef
 from mcluster.objects.views import Listing, ObjectInfo
+from mcluster.shaping.model import Outcome, OutcomeResult, ShapingError
 from mcluster.store.connect.access import RedisAccessError
 from mcluster.store.connect.embedded import EmbeddedRedisError
 
@@ -70,6 +71,8 @@ __all__ = [
     "NotJoined",
     "ObjectInfo",
     "OutboxStats",
+    "Outcome",
+    "OutcomeResult",
     "RedisAccessError",
     "RedisUnavailable",
     "RedisUrlError",
@@ -79,6 +82,7 @@ __all__ = [
     "Route",
     "Row",
     "ScriptReply",
+    "ShapingError",
     "StaleReply",
     "ThrottleConflict",
     "ThrottleDef",

@@ -10,7 +10,10 @@ connection is open, in every object of the three outbound replication types:
 where an object with ``binding_group = "G"`` (Momentum's per-group objects, e.g.
 ``Replicate "outbound_cidr_G" { class = "outbound_cidr"  binding_group = "G" }``) counts
 only the connections of bindings in group G, and one without counts every connection.
-The type is the stanza's ``class`` when it has one. Domains are counted in lower case, as
+The connection views are the objects named for their type (``Replicate
+"outbound_domains" {}``) and those with a ``class``; an object that only borrows the
+type for its storage (``Replicate "totals" { type = "outbound_domains" }``, a gauge table
+of the caller's own keys) is left alone. Domains are counted in lower case, as
 DNS compares them; the binding as the MTA names it.
 
 The counts go through the node's outboxes (``Node.record``), like any event: exact once
@@ -52,7 +55,7 @@ class ConnectionViews:
         self.objects = [
             ViewObject(obj.name, kind, obj.binding_group.casefold() if obj.binding_group else None)
             for obj in config.objects
-            if (kind := obj.class_ or obj.type) in TYPES
+            if (kind := obj.class_ or obj.type) in TYPES and (obj.class_ or obj.name == obj.type)
         ]
         self._memo: dict[tuple[str, str, str | None, str | None], Targets] = {}
 
