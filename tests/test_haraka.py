@@ -33,6 +33,7 @@ url=http://127.0.0.1:{port}
 fail={fail}
 [inbound]
 max_connections=2
+audit=true
 [inbound_messages]
 in_msgs:@block=3/60
 [inbound_recipients]
@@ -53,7 +54,11 @@ def test_plugin_unit_tests() -> None:
 
 @pytest.fixture
 async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
-    farm = Farm(tmp_path, extra_cluster='  Replicate "shared_named_throttles" {}\n')
+    farm = Farm(
+        tmp_path,
+        extra_cluster='  Replicate "shared_named_throttles" {}\n'
+        '  Replicate "metrics" { parameters = "connect;reception;rejection" }\n',
+    )
     try:
         yield farm
     finally:
@@ -117,6 +122,19 @@ async def test_inbound_cap_and_rates_across_two_harakas(farm: Farm, tmp_path: Pa
         assert await c2.command("RSET") == 250
         assert await c5.command("MAIL FROM:<s@source.test>") == 450  # message 4: refused
         assert "message rate limit reached" in c5.last
+        # [inbound] audit: every refusal above (2 at connect, a recipient, a message) and
+        # the message received, cluster-wide
+
+        async def audited(kind: str) -> float:
+            await farm.flush_all()
+            url = f"{farm.agents['n2'].base}/v1/metrics/ip"
+            params = {"type": kind, "ip": "127.0.0.1", "monitor": "0", "mask": "24"}
+            async with farm.session.get(url, params=params) as resp:
+                assert resp.status == 200, await resp.text()
+                return float((await resp.json())["value"])
+
+        await until(lambda: _at_least(audited("rejection"), 4), 5, what="rejections audited")
+        await until(lambda: _at_least(audited("reception"), 1), 5, what="reception audited")
         # h1 killed with -9 while c5 is open on it: its agent still counts c5 ...
         h1.kill()
         assert await open_in_block() == 2
@@ -131,6 +149,10 @@ async def test_inbound_cap_and_rates_across_two_harakas(farm: Farm, tmp_path: Pa
         for client in clients:
             await client.close()
         stop_all(h1, h2)
+
+
+async def _at_least(value: Awaitable[float], least: float) -> bool:
+    return await value >= least
 
 
 def _equals(read: Callable[[], Awaitable[int]], want: int) -> Callable[[], Awaitable[bool]]:

@@ -38,6 +38,7 @@ exports.register = function () {
   this.agent = new Agent({ url: this.cfg.main.url, timeout_ms: this.cfg.main.timeout_ms, token: this.cfg.main.token })
   this.throttles_made = new Map() // throttle name -> Promise of its creation
   this.outcome_missing_until = 0
+  this.audit_missing_until = 0
   this.stats = { refused: {}, agent_errors: 0 }
   this.journal = new Journal(this.cfg.main.state_dir)
   this.agent_run = null
@@ -49,6 +50,7 @@ exports.register = function () {
     this.register_hook('disconnect', 'inbound_disconnect')
     if (Object.keys(this.cfg.inbound_messages).length) this.register_hook('mail', 'inbound_mail')
     if (Object.keys(this.cfg.inbound_recipients).length) this.register_hook('rcpt', 'inbound_rcpt')
+    if (this.cfg.inbound.audit) this.register_hook('queue_ok', 'inbound_reception')
   }
   if (this.cfg.outbound.enabled) {
     this.register_hook('send_email', 'outbound_send')
@@ -62,7 +64,7 @@ exports.register = function () {
 exports.load_mcluster_ini = function () {
   const cfg = this.config.get(
     'mcluster.ini',
-    { booleans: ['+inbound.enabled', '+outbound.enabled', '+outbound.report_outcomes'] },
+    { booleans: ['+inbound.enabled', '-inbound.audit', '+outbound.enabled', '+outbound.report_outcomes'] },
     () => this.load_mcluster_ini(),
   )
   const main = cfg.main || {}
@@ -87,6 +89,7 @@ exports.load_mcluster_ini = function () {
       ipv4_prefix: num(inbound.ipv4_prefix, 24),
       ipv6_prefix: num(inbound.ipv6_prefix, 64),
       max_connections: num(inbound.max_connections, 0),
+      audit: inbound.audit,
     },
     inbound_messages: cfg.inbound_messages || {},
     inbound_recipients: cfg.inbound_recipients || {},
@@ -121,8 +124,31 @@ function num(value, fallback) {
   return value === undefined || value === '' || !Number.isFinite(n) ? fallback : n
 }
 
-exports.count_refusal = function (what) {
+exports.count_refusal = function (what, connection) {
   this.stats.refused[what] = (this.stats.refused[what] || 0) + 1
+  if (connection) this.audit(connection, 'rejection')
+}
+
+// Momentum's inbound audit metrics, cluster-wide ([inbound] audit = true): connect,
+// reception and rejection per client address, read with `cluster audit` or
+// GET /v1/metrics/inbound. Sent and not waited for; an agent whose config has no
+// `Replicate "metrics"` answers 404, and is left alone for a minute.
+exports.audit = function (connection, type) {
+  if (!this.cfg.inbound.audit || Date.now() < this.audit_missing_until) return
+  const ip = client_ip(connection.remote.ip)
+  this.agent
+    .audit([{ type, ip, count: 1 }])
+    .then((known) => {
+      if (known) return
+      this.audit_missing_until = Date.now() + OUTCOME_RETRY_MS
+      this.logwarn('the agent has no audit metrics (Replicate "metrics"); [inbound] audit paused')
+    })
+    .catch((err) => this.logwarn(`audit event not sent: ${err.message}`))
+}
+
+exports.inbound_reception = function (next, connection) {
+  this.audit(connection, 'reception')
+  next()
 }
 
 // The agent could not answer: log, count, and say whether to let the mail through.
@@ -147,10 +173,12 @@ exports.follow_agent_run = function () {
     this.agent
       .health()
       .then((h) => {
+        if (h.private_name !== this.agent_run) this.loginfo(`agent run ${h.private_name}`)
         this.agent_run = h.private_name || null
       })
-      .catch(() => {
-        this.agent_run = null
+      .catch((err) => {
+        // kept: a late answer under load is no sign that the agent restarted
+        this.logdebug(`agent run not read: ${err.message}`)
       })
   read()
   setInterval(read, AGENT_RUN_EVERY_MS).unref()
@@ -220,7 +248,10 @@ exports.inbound_connect = async function (next, connection) {
     return next(constants.denysoftdisconnect, 'cluster limits unavailable; try again later')
   }
   connection.notes.mcluster_counted = counted
-  if (!inbound.max_connections) return next()
+  if (!inbound.max_connections) {
+    this.audit(connection, 'connect')
+    return next()
+  }
   let open
   try {
     // Every count recorded before the flush is in Redis when it returns, this one too: of
@@ -234,8 +265,11 @@ exports.inbound_connect = async function (next, connection) {
     return next(constants.denysoftdisconnect, 'cluster limits unavailable; try again later')
   }
   connection.results.add(this, { open_in_block: `${open}/${inbound.max_connections}` })
-  if (open <= inbound.max_connections) return next()
-  this.count_refusal('inbound_connections')
+  if (open <= inbound.max_connections) {
+    this.audit(connection, 'connect')
+    return next()
+  }
+  this.count_refusal('inbound_connections', connection)
   await this.inbound_uncount(connection)
   next(
     constants.denysoftdisconnect,
@@ -300,7 +334,7 @@ exports.inbound_rate = async function (next, connection, section, what) {
     return next(constants.denysoft, 'cluster limits unavailable; try again later')
   }
   if (decision.allowed) return next()
-  this.count_refusal(what)
+  this.count_refusal(what, connection)
   const secs = Math.ceil((decision.retry_after_ms || 1000) / 1000)
   next(constants.denysoft, `${what} rate limit reached; try again in ${secs} s`)
 }

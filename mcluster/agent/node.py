@@ -29,6 +29,7 @@ from mcluster.agent.gauge_caches import GaugeCaches
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
 from mcluster.agent.replication import Replication
 from mcluster.agent.results import NodeStats, OutboxStats, ReloadResult, ResetResult
+from mcluster.agent.service import Service, ServiceContext
 from mcluster.agent.slots import SlotDecision
 from mcluster.agent.status import StatusReporter
 from mcluster.agent.throttles import Throttles
@@ -37,7 +38,7 @@ from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.duravip.agent import DuraVipAgent
 from mcluster.errors import AuditError, InvalidType, NotJoined, StaleReply, UnknownObject
 from mcluster.logs.config import DEFAULT_STREAM_MAX, log_files
-from mcluster.logs.shipper import ship_logs
+from mcluster.logs.shipper import LogShipping
 from mcluster.objects import outbound, shards, throttle, views
 from mcluster.objects.kinds import GAUGE_TABLE, Kind
 from mcluster.objects.outbound import OutboundPolicy, Route
@@ -128,6 +129,16 @@ class Node:
         self.shaping = Shaper.from_node(self)
         self.duravip = DuraVipAgent(self)  # and a bad DuraVIP too
         self.log_files = log_files(self.config, self.name)  # and a bad logs dictionary
+        #: What a service may use of this node (``agent/service.py``).
+        self.service_context = ServiceContext(
+            self.keys, self.name, lambda: self.config, lambda: self.scripts, lambda: self.member,
+            self._spawn,
+        )  # fmt: skip
+        max_len = self.config.get_int("log_stream_max", DEFAULT_STREAM_MAX, minimum=1)
+        #: Features run as services: started after the join, stopped before leaving, told
+        #: of every rejoin. (Throttles, caches, gauge caches, audit, slots, DuraVIP and
+        #: shaping are still started by ``start`` itself.)
+        self.services: list[Service] = [LogShipping(self.service_context, self.log_files, max_len)]
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -215,9 +226,8 @@ class Node:
         if self.shaping is not None:  # AIMD steps, on whichever node leads
             self._tasks.append(asyncio.create_task(self.shaping.run(), name="shaping"))
         self._tasks.append(asyncio.create_task(self.duravip.run(), name="duravip"))
-        max_len = self.config.get_int("log_stream_max", DEFAULT_STREAM_MAX, minimum=1)
-        ship = ship_logs(self.client, self.scripts, self.keys, self.name, self.log_files, max_len)
-        self._tasks.append(asyncio.create_task(ship, name="logs"))
+        for service in self.services:
+            await service.start()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A task of this node: cancelled when it stops."""
@@ -250,6 +260,8 @@ class Node:
         for family in (self._throttles, *self._families.values()):
             if family is not None:
                 family.forget_reservations()
+        for service in self.services:
+            service.on_rejoin()
         for box in self.outboxes.values():
             box.resyncing.set()  # a batch being retried gives up: the snapshot holds it
         async with contextlib.AsyncExitStack() as held:
@@ -404,6 +416,8 @@ class Node:
         self._tasks = []
         await self.caches.stop()
         await self.gauge_caches.stop()
+        for service in self.services:
+            await service.stop()
         member = self.member
         if member is not None:
             try:

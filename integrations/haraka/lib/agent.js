@@ -134,6 +134,15 @@ class Agent {
     return this.ok('POST', '/v1/connections/close', { slot })
   }
 
+  // POST /v1/metrics/events (audit metrics). Answers false when the agent's config has no
+  // metrics stanza (404).
+  async audit(events) {
+    const { status, body } = await this.request('POST', '/v1/metrics/events', { events })
+    if (status === 404) return false
+    if (status >= 400) throw new AgentRefused('POST /v1/metrics/events', status, JSON.stringify(body))
+    return true
+  }
+
   // POST /v1/outbound/outcome (mcluster issue 17). Answers false when the agent has no
   // such route yet (404), so the caller can stop asking for a while.
   async outcome(report) {
