@@ -35,8 +35,10 @@ policyd-rate-limit measured in the same run.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -116,6 +118,7 @@ class Server:
     log: Path
     http_port: int = 0  # mcluster: its /metrics
     limiting: bool = True  # its answers must show the limit exactly
+    scratch: Path | None = None  # a folder of its own to remove at the end
     rates: dict[int, list[float]] = field(default_factory=dict)
     latencies: dict[int, list[float]] = field(default_factory=dict)
     answers: dict[int, Counter[str]] = field(default_factory=dict)
@@ -154,7 +157,9 @@ def prl_python(venv: Path) -> Path | None:
     return script
 
 
-def spawn_agent(name: str, rules: str, redis_url: str, workdir: Path, index: int) -> Server:
+def spawn_agent(
+    name: str, rules: str, redis_url: str, workdir: Path, index: int, tree: str = ""
+) -> Server:
     config = workdir / f"agent{index}.conf"
     config.write_text(AGENT_CONFIG.format(rules=rules, index=index))
     port, http_port = free_port(), free_port()
@@ -164,6 +169,7 @@ def spawn_agent(name: str, rules: str, redis_url: str, workdir: Path, index: int
          "--node", f"bench-{index}", "--redis", redis_url, "--log-level", "WARNING",
          "--listen", f"127.0.0.1:{http_port}", "--policy", f"127.0.0.1:{port}"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": tree} if tree else None,
     )  # fmt: skip
     return Server(name, "RCPT", port, proc, log, http_port)
 
@@ -185,7 +191,7 @@ def spawn_prl(script: Path, workdir: Path, limit: int) -> Server:
     proc = subprocess.Popen(
         [str(script), "--file", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT
     )
-    return Server("policyd-rate-limit", "DATA", port, proc, log)
+    return Server("policyd-rate-limit", "DATA", port, proc, log, scratch=db)
 
 
 def spawn_floor(workdir: Path) -> Server:
@@ -315,31 +321,39 @@ async def metric(session: aiohttp.ClientSession, server: Server, name: str) -> f
     return 0.0
 
 
-async def measure(server: RedisServer, report: Report, args: object, quick: bool) -> None:
-    seconds: float = min(args.seconds, 0.4) if quick else args.seconds  # type: ignore[attr-defined]
-    rounds: int = 1 if quick else args.rounds  # type: ignore[attr-defined]
-    limit: int = args.limit  # type: ignore[attr-defined]
-    users: int = args.users  # type: ignore[attr-defined]
+async def measure(
+    server: RedisServer, report: Report, args: argparse.Namespace, quick: bool
+) -> None:
+    seconds: float = min(args.seconds, 0.4) if quick else args.seconds
+    rounds: int = 1 if quick else args.rounds
+    limit: int = args.limit
+    users: int = args.users
     levels = (1, 5) if quick else LEVELS
     workdir = Path(tempfile.mkdtemp(prefix="mcluster-policy-bench-"))
     workdir.chmod(0o755)
-    servers = [spawn_floor(workdir)]
     notes = []
-    prl = None if args.no_prl else prl_python(Path(args.prl_venv).expanduser())  # type: ignore[attr-defined]
-    if prl is not None:
-        servers.append(spawn_prl(prl, workdir, limit))
-    else:
+    # What can fail goes first: nothing is started yet, so nothing is left running.
+    prl = None if args.no_prl else prl_python(Path(args.prl_venv).expanduser())
+    if prl is None:
         notes.append(f"policyd-rate-limit {PRL_VERSION}: left out (not installed, or --no-prl)")
-    servers.append(
-        spawn_agent("mcluster client_rates", RATES.format(limit=limit), server.url, workdir, 1)
-    )
-    if has_quotas():
-        rules = QUOTAS.format(limit=limit, rcpt=2 * limit)
-        servers.append(spawn_agent("mcluster quotas", rules, server.url, workdir, 2))
-    else:
+    quotas = has_quotas()
+    if not quotas:
         notes.append("mcluster quotas: left out (this tree has no Quota scopes yet)")
+    rates, rules = RATES.format(limit=limit), QUOTAS.format(limit=limit, rcpt=2 * limit)
+    servers: list[Server] = []
     degraded: dict[str, float] = {}
     try:
+        servers.append(spawn_floor(workdir))
+        if prl is not None:
+            servers.append(spawn_prl(prl, workdir, limit))
+        url, tree = server.url, args.agent_tree
+        servers.append(spawn_agent("mcluster client_rates", rates, url, workdir, 1, tree))
+        if quotas:
+            servers.append(spawn_agent("mcluster quotas", rules, url, workdir, 2, tree))
+            if args.before:
+                servers.append(
+                    spawn_agent("mcluster quotas, before", rules, url, workdir, 3, args.before)
+                )
         for one in servers:
             await wait_ready(one)
         for one in servers:  # warm up (imports, script loading, SQLite pages)
@@ -367,6 +381,9 @@ async def measure(server: RedisServer, report: Report, args: object, quick: bool
                 one.proc.wait(15)
             except subprocess.TimeoutExpired:
                 one.proc.kill()
+            if one.scratch is not None:
+                shutil.rmtree(one.scratch, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
     for note in notes:
         report.figure(note, "")
     for clients in levels:
@@ -421,6 +438,13 @@ def main() -> None:
         help="the venv of policyd-rate-limit (made and installed there on first use)",
     )
     parser.add_argument("--no-prl", action="store_true", help="leave policyd-rate-limit out")
+    parser.add_argument(
+        "--agent-tree", default="", help="run the agents from this source tree (an older commit)"
+    )
+    parser.add_argument(
+        "--before", default="", help="a source tree whose quotas agent is measured too, "
+        "in the same rounds (e.g. the commit before a change: git archive REV | tar -x -C DIR)",
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(HERE.parent))
 

@@ -14,7 +14,8 @@
 -- window_retry_after(W, cost, now) -> ms until `cost` fits in W (W.n, W.p, W.w set by the
 --   caller), at most W.p; -1 when it never can (cost > N).
 -- window_write(W, ttl_ms): stores W.add (counted at W.last, default now; a bucket's time
---   only ever grows) and the new sum.
+--   only ever grows) and the new sum; a window only read (a probe, a refusal) before any
+--   count gets the same expiry, so no key is left without one.
 -- window_share(key, W, add, ttl_ms): counts `add` in a node's share of the window.
 local function window_open(key, p, w, now)
   local W = {key = key, now = now, cur = math.floor(now / w), oldest = math.floor((now - p) / w),

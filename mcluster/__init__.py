@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 from mcluster.agent.caches import UnknownCache
 from mcluster.agent.gauge_caches import GaugeCacheError, UnknownGaugeCache
 from mcluster.agent.node import Node
+from mcluster.agent.results import NodeStats, OutboxStats, ReloadResult, ResetResult
 from mcluster.config import (
     ClusterConfig,
     ReplicateObject,
@@ -44,6 +45,7 @@ from mcluster.objects.cidrtree import Row
 from mcluster.objects.outbound import Route
 from mcluster.objects.throttle import Decision, ThrottleConflict, ThrottleDef
 from mcluster.objects.views import Listing, ObjectInfo
+from mcluster.shaping.model import Outcome, OutcomeResult, ShapingError
 from mcluster.store.connect.access import RedisAccessError
 from mcluster.store.connect.embedded import EmbeddedRedisError
 
@@ -63,17 +65,24 @@ __all__ = [
     "JobError",
     "Listing",
     "Node",
+    "NodeStats",
     "NotEmptyReply",
     "NotFound",
     "NotJoined",
     "ObjectInfo",
+    "OutboxStats",
+    "Outcome",
+    "OutcomeResult",
     "RedisAccessError",
     "RedisUnavailable",
     "RedisUrlError",
+    "ReloadResult",
     "ReplicateObject",
+    "ResetResult",
     "Route",
     "Row",
     "ScriptReply",
+    "ShapingError",
     "StaleReply",
     "ThrottleConflict",
     "ThrottleDef",

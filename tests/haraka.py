@@ -90,6 +90,8 @@ class Sink:
     are spent in each DATA, so sessions overlap."""
 
     hold: float = 0.0
+    #: the answer at the end of DATA
+    reply: str = "250 2.0.0 OK"
     port: int = 0
     current: int = 0
     peak: int = 0
@@ -100,8 +102,8 @@ class Sink:
     _server: asyncio.Server | None = None
 
     @classmethod
-    async def start(cls, hold: float = 0.0) -> Sink:
-        sink = cls(hold)
+    async def start(cls, hold: float = 0.0, reply: str = "250 2.0.0 OK") -> Sink:
+        sink = cls(hold, reply)
         loop = asyncio.get_running_loop()
         sink._server = await loop.create_server(lambda: _SinkSMTP(sink), "127.0.0.1", 0)
         sink.port = sink._server.sockets[0].getsockname()[1]
@@ -130,7 +132,7 @@ class Sink:
         if self.hold:
             await asyncio.sleep(self.hold)
         self.messages.append(time.monotonic())
-        return "250 2.0.0 OK"
+        return self.reply
 
 
 class _SinkSMTP(SMTP):
@@ -305,6 +307,7 @@ async def send_mail(port: int, rcpts: list[str], count: int = 1) -> list[int]:
 
 __all__ = [
     "HOW_TO_INSTALL",
+    "PLUGIN_DIR",
     "Haraka",
     "Sink",
     "SmtpClient",

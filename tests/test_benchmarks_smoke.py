@@ -57,3 +57,14 @@ def test_broadcast_benchmark_quick() -> None:
 def test_shards_benchmark_quick() -> None:
     out = quick("shards.py", timeout=300)  # starts a 6-node Redis Cluster too
     assert "PASS  listings and /0 counts exact" in out and "Cluster, shards = 8" in out
+
+
+def test_outbound_benchmark_quick() -> None:
+    out = quick("outbound.py")
+    assert "PASS  views and slots drained after the run" in out
+    assert "PASS  every pair admitted and closed" in out and "python / naive, 50 callers" in out
+
+
+def test_shaping_benchmark_quick() -> None:
+    out = quick("shaping.py")
+    assert "shaped/plain (50 callers)" in out and "held (1 caller)" in out

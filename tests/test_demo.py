@@ -174,6 +174,19 @@ def test_demo_farm_runs_10_s_and_its_figures_are_exact(
     assert reception == clients["messages"]
     assert rejection == clients["refused"] + clients["deferred"]
     assert "final figures exact: OK" in out
+    # the outbound half: relays forwarded every accepted message to the provider's sinks,
+    # whose most concurrent sessions never passed the farm-wide cap (issue 16)
+    provider = re.search(
+        r"^provider bigmail: at most (\d+) concurrent sessions at its sinks, cap (\d+) "
+        r"\(cluster_max_outbound_connections\): OK$\n  forwarded ([\d,]+) of ([\d,]+) "
+        r"accepted messages .*; 0 refused by the sinks \(421\);.* 0 failed$",
+        out,
+        re.M,
+    )
+    assert provider, out
+    most, cap, forwarded, accepted = (int(n.replace(",", "")) for n in provider.groups())
+    assert 1 <= most <= cap, out
+    assert forwarded == accepted == clients["messages"], out
     assert re.search(r"^  manager +pid \d+$", out, re.M), out  # stopped cleanly: exit 0
     assert re.search(r"^ +\d+s +events sent: .* smtp: [\d,]+ sessions", out, re.M), out
     smtp_ports = [

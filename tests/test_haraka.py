@@ -12,6 +12,7 @@ its figures printed (docs/haraka.md records them).
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 import redis.asyncio
 
 from tests.agents import Farm, until
-from tests.haraka import Haraka, Sink, SmtpClient, densest, send_mail, skip_reason
+from tests.haraka import PLUGIN_DIR, Haraka, Sink, SmtpClient, densest, send_mail, skip_reason
 from tests.redis_servers import free_port
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
@@ -32,6 +33,7 @@ url=http://127.0.0.1:{port}
 fail={fail}
 [inbound]
 max_connections=2
+audit=true
 [inbound_messages]
 in_msgs:@block=3/60
 [inbound_recipients]
@@ -41,9 +43,22 @@ enabled=false
 """
 
 
+def test_plugin_unit_tests() -> None:
+    """The plugin's own tests (node --test): client blocks, the journal, reply parsing."""
+    result = subprocess.run(
+        ["node", "--test", "test/"], cwd=PLUGIN_DIR, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "# fail 0" in result.stdout
+
+
 @pytest.fixture
 async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
-    farm = Farm(tmp_path, extra_cluster='  Replicate "shared_named_throttles" {}\n')
+    farm = Farm(
+        tmp_path,
+        extra_cluster='  Replicate "shared_named_throttles" {}\n'
+        '  Replicate "metrics" { parameters = "connect;reception;rejection" }\n',
+    )
     try:
         yield farm
     finally:
@@ -107,6 +122,26 @@ async def test_inbound_cap_and_rates_across_two_harakas(farm: Farm, tmp_path: Pa
         assert await c2.command("RSET") == 250
         assert await c5.command("MAIL FROM:<s@source.test>") == 450  # message 4: refused
         assert "message rate limit reached" in c5.last
+        # [inbound] audit: every refusal above (2 at connect, a recipient, a message) and
+        # the message received, cluster-wide
+
+        async def audited(kind: str) -> float:
+            await farm.flush_all()
+            url = f"{farm.agents['n2'].base}/v1/metrics/ip"
+            params = {"type": kind, "ip": "127.0.0.1", "monitor": "0", "mask": "24"}
+            async with farm.session.get(url, params=params) as resp:
+                assert resp.status == 200, await resp.text()
+                return float((await resp.json())["value"])
+
+        await until(lambda: _at_least(audited("rejection"), 4), 5, what="rejections audited")
+        await until(lambda: _at_least(audited("reception"), 1), 5, what="reception audited")
+        # h1 killed with -9 while c5 is open on it: its agent still counts c5 ...
+        h1.kill()
+        assert await open_in_block() == 2
+        # ... until h1 starts again and gives back what its journal says it held
+        await h1.start()
+        await until(_equals(open_in_block, 1), 10, what="c5's count given back at restart")
+        assert h1.grep("gave back 0 slot(s) and 1 inbound count(s)")
         for client in clients:
             await client.close()
         await until(_equals(open_in_block, 0), 5, what="every connection uncounted")
@@ -114,6 +149,10 @@ async def test_inbound_cap_and_rates_across_two_harakas(farm: Farm, tmp_path: Pa
         for client in clients:
             await client.close()
         stop_all(h1, h2)
+
+
+async def _at_least(value: Awaitable[float], least: float) -> bool:
+    return await value >= least
 
 
 def _equals(read: Callable[[], Awaitable[int]], want: int) -> Callable[[], Awaitable[bool]]:
@@ -167,7 +206,11 @@ DECISION_JITTER = 0.25
 OUTBOUND_CAPS = f"""
 Domain "capped.test" {{ cluster_max_outbound_connections = {CAP} }}
 Domain "rated.test" {{ cluster_outbound_throttle_messages = "{RATE_N}/{RATE_S:g}" }}
+Shaping "yahoo_ts" {{
+  domain = "yahoo.test"  match = "/\\[TS0[1-4]\\]/"  action = "suspend"  duration = 30
+}}
 """
+TS03 = "421 4.7.0 [TS03] Messages from 127.0.0.1 temporarily deferred"
 SLOTS_KEY = "max:default::capped.test"
 #: fail closed: an agent late under load (or a degraded decision) defers the message
 #: instead of letting it past the limits, which is what the checks below hold it to
@@ -330,16 +373,22 @@ async def kill_scenario(plugin: str, farm: Farm, tmp_path: Path) -> tuple[Sink, 
     return sink, h1, h2
 
 
+async def most_slots(farm: Farm, h1: Haraka, h2: Haraka) -> tuple[dict[str, int], str, str, Haraka]:
+    """The slots each node holds (CAP in all), the node holding most, the other, and the
+    Haraka beside the first."""
+    held = {n: await farm.count("outbound_slots", SLOTS_KEY, view=n) for n in ("n1", "n2")}
+    assert sum(held.values()) == CAP
+    victim, survivor = ("n1", "n2") if held["n1"] >= held["n2"] else ("n2", "n1")
+    return held, victim, survivor, h1 if victim == "n1" else h2
+
+
 async def test_kill_node_frees_its_slots(outbound_farm: Farm, tmp_path: Path) -> None:
     """A node lost (its Haraka and its agent, kill -9) frees its slots within lease TTL +
     1 s; the other Haraka then uses them; the sink never sees more than the cap."""
     farm = outbound_farm
     sink, h1, h2 = await kill_scenario("mcluster", farm, tmp_path)
     try:
-        held = {n: await farm.count("outbound_slots", SLOTS_KEY, view=n) for n in ("n1", "n2")}
-        assert sum(held.values()) == CAP
-        victim, survivor = ("n1", "n2") if held["n1"] >= held["n2"] else ("n2", "n1")
-        dead = h1 if victim == "n1" else h2
+        held, victim, survivor, dead = await most_slots(farm, h1, h2)
         dead.kill()
         farm.kill(victim)
 
@@ -354,6 +403,41 @@ async def test_kill_node_frees_its_slots(outbound_farm: Farm, tmp_path: Path) ->
             f"mcluster: kill -9 of {victim} (Haraka + agent) holding {held[victim]} of {CAP} "
             f"slots: freed after {took:.2f} s (lease TTL {farm.lease_ttl} s); the sink saw "
             f"{sink.over(CAP)} sessions over the cap, peak {sink.peak}"
+        )
+        assert sink.peak <= CAP and sink.over(CAP) == 0
+    finally:
+        stop_all(h1, h2)
+        await sink.stop()
+
+
+async def test_kill_haraka_alone_slots_given_back_at_restart(
+    outbound_farm: Farm, tmp_path: Path
+) -> None:
+    """A Haraka killed with -9 while its agent lives: the agent holds the slots for its node
+    and keeps them; the plugin's journal gives them back when that Haraka starts again."""
+    farm = outbound_farm
+    sink, h1, h2 = await kill_scenario("mcluster", farm, tmp_path)
+    try:
+        held, victim, _, dead = await most_slots(farm, h1, h2)
+        dead.kill()
+        await until(lambda: sink.current == CAP - held[victim], 5, what="its sessions closed")
+        await farm.flush_all()
+        assert await farm.count("outbound_slots", SLOTS_KEY) == CAP  # still taken
+        restarted = asyncio.get_running_loop().time()
+        await dead.start()
+
+        def given_back() -> int:
+            lines = dead.grep("slot(s) and 0 inbound count(s) left by a stopped Haraka")
+            return int(lines[0].split("gave back ")[1].split()[0]) if lines else 0
+
+        await until(given_back, 10, what="the slots given back at restart")
+        took = asyncio.get_running_loop().time() - restarted
+        assert given_back() >= held[victim]
+        await until(lambda: sink.current == CAP, 10, what="the slots in use again")
+        print(
+            f"mcluster: kill -9 of the Haraka beside {victim} alone, holding {held[victim]} of "
+            f"{CAP} slots: still taken while it is down; given back {took:.2f} s after it "
+            f"was started again; the sink saw {sink.over(CAP)} sessions over the cap"
         )
         assert sink.peak <= CAP and sink.over(CAP) == 0
     finally:
@@ -384,3 +468,89 @@ async def test_kill_haraka_plugin_limit_counter(outbound_farm: Farm, tmp_path: P
     finally:
         stop_all(h1, h2)
         await sink.stop()
+
+
+async def test_outcome_reports_drive_shaping(outbound_farm: Farm, tmp_path: Path) -> None:
+    """Every outcome goes to POST /v1/outbound/outcome: a receiver's [TS03] deferral seen by
+    the Haraka beside n1 suspends the domain (rule yahoo_ts) for the other node's OBTM,
+    and the other Haraka's message waits the suspension's time instead of being tried."""
+    farm = outbound_farm
+    sink = await Sink.start(reply=TS03)
+    h1, h2 = outbound_harakas(farm, tmp_path, "mcluster", {"yahoo.test": sink.port})
+    try:
+        await start_all(h1, h2)
+        assert await send_mail(h1.port, ["a@yahoo.test"]) == [250]
+        await until(lambda: h1.grep("Temp failing"), 10, what="h1 deferred by the sink")
+        deferred = asyncio.get_running_loop().time()
+        url = f"{farm.agents['n2'].base}/v1/outbound/message"
+
+        async def suspended() -> str:
+            async with farm.session.post(
+                url, json={"binding": "default", "domain": "yahoo.test"}
+            ) as r:
+                body = await r.json()
+            return "" if body["allowed"] else str(body.get("reason", ""))
+
+        reason = await until_value(suspended, 5, what="yahoo.test suspended on n2")
+        took = asyncio.get_running_loop().time() - deferred
+        assert "yahoo_ts" in reason, reason
+        assert await send_mail(h2.port, ["b@yahoo.test"]) == [250]
+        await until(lambda: h2.grep("OBTM default::yahoo.test refused, retry in"), 10,
+                    what="h2's message held by the suspension")  # fmt: skip
+        retry_ms = int(h2.grep("OBTM default::yahoo.test refused, retry in")[0]
+                       .split("retry in ")[1].split()[0])  # fmt: skip
+        assert 0 < retry_ms <= 30_000
+        assert sink.sessions == 1  # nothing more was tried
+        print(f"mcluster: a [TS03] deferral reported by h1 suspends yahoo.test on n2 "
+              f"{took:.2f} s after Haraka deferred it; h2 waits {retry_ms} ms")  # fmt: skip
+    finally:
+        stop_all(h1, h2)
+        await sink.stop()
+
+
+async def until_value(cond: Callable[[], Awaitable[str]], timeout: float, what: str) -> str:
+    """``until`` for a condition whose truthy value the caller wants."""
+    found: list[str] = []
+
+    async def check() -> bool:
+        value = await cond()
+        if value:
+            found.append(value)
+        return bool(value)
+
+    await until(check, timeout, what=what)
+    return found[0]
+
+
+async def test_agent_api_token(tmp_path: Path) -> None:
+    """An agent started with --api-token-file: a Haraka whose token_file names the same file
+    is answered; one without the token gets 401, logged, and its fail policy."""
+    token = tmp_path / "api_token"
+    token.write_text("s3cret-token-for-haraka\n")
+    token.chmod(0o600)
+    farm = Farm(tmp_path, extra_cluster='  Replicate "OBTM" {}\n', extra=OUTBOUND_CAPS)
+    sink = await Sink.start()
+    routes = {"out.test": sink.port}
+    ini = "[main]\nurl=http://127.0.0.1:{port}\nfail=closed\n{extra}[inbound]\nenabled=false\n"
+    try:
+        await farm.start("n1", args=["--api-token-file", str(token)])
+        port = farm.agents["n1"].port
+        with_token = ini.format(port=port, extra=f"token_file={token}\n")
+        good = Haraka(tmp_path / "good", plugins=["mcluster"], routes=routes,
+                      ini={"mcluster.ini": with_token})  # fmt: skip
+        bad = Haraka(tmp_path / "bad", plugins=["mcluster"], routes=routes,
+                     ini={"mcluster.ini": ini.format(port=port, extra="")})  # fmt: skip
+        try:
+            await start_all(good, bad)
+            assert await send_mail(good.port, ["a@out.test"]) == [250]
+            await until(lambda: len(sink.messages) == 1, 10, what="the message with a token")
+            assert good.grep("OBTM default::out.test allowed")
+            assert await send_mail(bad.port, ["b@out.test"]) == [250]  # queued
+            await until(lambda: bad.grep("mcluster agent refused POST /v1/outbound/message: 401"),
+                        10, what="401 logged")  # fmt: skip
+            assert len(sink.messages) == 1  # fail closed: the message waits
+        finally:
+            stop_all(good, bad)
+    finally:
+        await sink.stop()
+        await farm.close()

@@ -34,6 +34,7 @@ cluster {{
   lease_ttl = 0.6
 {VIEWS}
   Replicate "outbound_domains_H" {{ class = "outbound_domains"  binding_group = "H" }}
+  Replicate "totals" {{ type = "outbound_domains" }}
 }}
 Binding_Group "G" {{ Binding "b1" {{}} }}
 """
@@ -61,6 +62,8 @@ def test_targets_follow_class_and_binding_group() -> None:
         ("outbound_binding_domains", "b9::x.org"),
     )
     assert ("outbound_domains_H", "x.org") in views.targets("b9", "x.org", "H")
+    # an object that only takes the type for its storage keeps the caller's keys
+    assert all(obj != "totals" for obj, _ in views.targets("b9", "x.org", "H"))
     v6 = views.targets("b1", "x.org", None, "2001:DB8::0:1")
     assert v6[0] == ("outbound_cidr", "2001:db8::1")
 

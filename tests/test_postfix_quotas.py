@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -200,3 +203,29 @@ async def test_agent_killed_mid_transaction_keeps_the_count(mx: Mx) -> None:
     await mx.restart(0)
     again = await mx.postfix.send(0, client=client(), sender=sender(), login=login)
     assert not again.accepted and 'quota "per_user"' in again.replies("RCPT")[0]
+
+
+def console(mx: Mx, command: str) -> dict[str, object]:
+    """``mcluster console --json -c COMMAND`` against the farm's Redis: its JSON."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mcluster", "console", "--redis", mx.farm.redis.url,
+         "--namespace", mx.farm.namespace, "--json", "-c", command],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shown: dict[str, object] = json.loads(result.stdout)
+    return shown
+
+
+async def test_console_shows_a_spent_login_and_reset_lets_it_send(mx: Mx) -> None:
+    """The operator's view of what Postfix saw: used 3 of 3, a retry time within the
+    window; ``policy reset`` and the next message goes through either listener."""
+    login = "reset-login"
+    sent = await send_all(mx, 4, login=login)
+    assert [s.accepted for s in sent] == [True] * 3 + [False], transcripts(sent)
+    shown = await asyncio.to_thread(console, mx, f"policy show per_user {login}")
+    assert (shown["used"], shown["limit"]) == (3, 3), shown
+    assert 0 < int(shown["retry_after_ms"]) <= 3_600_000, shown  # type: ignore[call-overload]
+    await asyncio.to_thread(console, mx, f"policy reset per_user {login}")
+    again = await send_all(mx, 2, login=login)
+    assert all(s.accepted for s in again), transcripts(again)

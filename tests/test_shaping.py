@@ -26,6 +26,7 @@ CONF = """
 cluster {
   heartbeat_interval = 0.2
   lease_ttl = 0.6
+  shaping_deadline_ms = 2000
   Replicate "OBTM" {}
   Replicate "outbound_binding_domains" {}
   Replicate "metrics" { parameters = "delivery;transfail;permfail" }
@@ -40,6 +41,7 @@ Shaping "slow_down" { domain = "slow.test"  match = "/^421/"  action = "rate"  f
                       duration = 30 }
 Shaping "long_ts" { domain = "long.test"  match = "/\\[TS0[1-4]\\]/"  action = "suspend"
                      duration = 120 }
+Adaptive "ad" { domain = "adaptive.test"  min = "1/1"  max = "50/1"  increase = "1/1" }
 Shaping "fewer" { host = "mx.few.test"  match = "/too many connections/i"
                   action = "connections"  limit = 2  duration = 30 }
 """
@@ -175,16 +177,17 @@ async def test_trigger_counts_matches_cluster_wide(nodes: list[Node]) -> None:
 async def test_a_slow_redis_does_not_lift_a_suspension_seen(
     nodes: list[Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mcluster.shaping import service
 
     a, b, _ = nodes
     await a.outbound_outcome(Outcome("b1", "long.test", 421, TS03))
     seen = await b.outbound_message(Route("b1", "long.test"))
     assert not seen.allowed and not seen.degraded
-    scripts = b.decision_scripts
+    scripts, shaper = b.decision_scripts, b.shaping
+    assert shaper is not None
+    monkeypatch.setattr(shaper, "deadline_ms", 50)
 
     async def slow(name: str, keys: list[object], args: list[object]) -> object:
-        await asyncio.sleep(10 * service.CHECK_DEADLINE)  # Redis too slow to wait for
+        await asyncio.sleep(10 * shaper.deadline_ms / 1000)  # Redis too slow to wait for
         raise AssertionError("not given up at the deadline")
 
     monkeypatch.setattr(scripts, "run", slow)
@@ -193,6 +196,16 @@ async def test_a_slow_redis_does_not_lift_a_suspension_seen(
     assert 0 < held.retry_after_ms <= seen.retry_after_ms
     other = await b.outbound_message(Route("b1", "yahoo.test"))  # nothing seen: let through
     assert other.allowed and other.degraded
+
+
+async def test_concurrent_checks_of_a_route_share_one_call(nodes: list[Node]) -> None:
+    shaper = nodes[0].shaping
+    assert shaper is not None
+    before = shaper.stats.checks
+    route = Route("b1", "yahoo.test")
+    decisions = await asyncio.gather(*(nodes[0].outbound_message(route) for _ in range(20)))
+    assert all(d.allowed for d in decisions)
+    assert shaper.stats.checks - before < 20  # they came in one turn: most joined one call
 
 
 async def test_rate_and_connection_actions(nodes: list[Node]) -> None:
@@ -289,6 +302,7 @@ AIMD_CONF = """
 cluster {
   heartbeat_interval = 0.2
   lease_ttl = 0.6
+  shaping_deadline_ms = 2000
   Replicate "OBTM" {}
 }
 Adaptive "sink" { domain = "sink.test"  min = "5/1"  max = "400/1"  decrease = 0.8
@@ -356,7 +370,9 @@ async def test_aimd_converges_on_a_sinks_hidden_rate(
 
 
 WARM_CONF = """
-cluster { heartbeat_interval = 0.2  lease_ttl = 0.6  Replicate "OBTM" {} }
+cluster {
+  heartbeat_interval = 0.2  lease_ttl = 0.6  shaping_deadline_ms = 2000  Replicate "OBTM" {}
+}
 Warmup "new_ip" { binding = "b1"  schedule = ("1:3/86400" "2:5/86400" "4:8/86400") }
 """
 
@@ -426,7 +442,12 @@ async def test_console_and_http_show_history_clear(
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    [action] = json.loads(done.stdout)["actions"]
+    shown = json.loads(done.stdout)
+    [action] = shown["actions"]
+    # a console without the config lists the adaptive rules the nodes published
+    assert [(r["name"], r["destination"], r["rate"]) for r in shown["adaptive"]] == [
+        ("ad", "domain:adaptive.test", 50.0)
+    ]
     assert (action["rule"], action["destination"], action["action"]) == (
         "long_ts", "domain:long.test", "suspend",
     )  # fmt: skip
@@ -488,6 +509,6 @@ async def test_config_reload_takes_new_rules(
         assert [(r.rule, r.status) for r in fired.rules] == [("r", "fired")]
         assert not (await node.outbound_message(Route("b9", "reload.test"))).allowed
         path.write_text(WARM_CONF + 'Shaping "r" { domain = "reload.test"  match = "/(/" }\n')
-        with pytest.raises(ConfigError, match=r"mcluster.conf:4:\d+: Shaping 'r': match: bad"):
+        with pytest.raises(ConfigError, match=r"mcluster.conf:6:39: Shaping 'r': match: bad"):
             await node.reload()
         assert [r.name for r in node.shaping.config.rules] == ["r"]  # nothing applied

@@ -12,10 +12,14 @@
 // `POST /v1/outbound/outcome`. When the agent cannot be reached in time, `fail = open`
 // lets mail through and `fail = closed` defers it.
 
+const fs = require('node:fs')
+const path = require('node:path')
+
 const constants = require('haraka-constants')
 
 const { Agent, AgentUnavailable } = require('./lib/agent')
 const { block, client_ip } = require('./lib/cidr')
+const { Journal } = require('./lib/journal')
 
 // How long an unknown route (404: an agent older than mcluster issue 17) is left alone
 // before the plugin asks again.
@@ -23,19 +27,30 @@ const OUTCOME_RETRY_MS = 60_000
 // A slot whose close the agent did not answer is asked again this many times (the agent
 // itself retries a close it has accepted; this covers a request that never reached it).
 const CLOSE_TRIES = 5
+// How often the agent's run (its private name) is read again, and how long what a
+// crashed Haraka held is tried to be given back while the agent does not answer.
+const AGENT_RUN_EVERY_MS = 5_000
+const RECOVER_EVERY_MS = 2_000
+const RECOVER_TRIES = 150
 
 exports.register = function () {
   this.load_mcluster_ini()
-  this.agent = new Agent({ url: this.cfg.main.url, timeout_ms: this.cfg.main.timeout_ms })
+  this.agent = new Agent({ url: this.cfg.main.url, timeout_ms: this.cfg.main.timeout_ms, token: this.cfg.main.token })
   this.throttles_made = new Map() // throttle name -> Promise of its creation
   this.outcome_missing_until = 0
+  this.audit_missing_until = 0
   this.stats = { refused: {}, agent_errors: 0 }
+  this.journal = new Journal(this.cfg.main.state_dir)
+  this.agent_run = null
+  this.follow_agent_run()
+  this.recover(this.journal.orphans(), 1)
 
   if (this.cfg.inbound.enabled) {
     this.register_hook('connect', 'inbound_connect')
     this.register_hook('disconnect', 'inbound_disconnect')
     if (Object.keys(this.cfg.inbound_messages).length) this.register_hook('mail', 'inbound_mail')
     if (Object.keys(this.cfg.inbound_recipients).length) this.register_hook('rcpt', 'inbound_rcpt')
+    if (this.cfg.inbound.audit) this.register_hook('queue_ok', 'inbound_reception')
   }
   if (this.cfg.outbound.enabled) {
     this.register_hook('send_email', 'outbound_send')
@@ -49,7 +64,7 @@ exports.register = function () {
 exports.load_mcluster_ini = function () {
   const cfg = this.config.get(
     'mcluster.ini',
-    { booleans: ['+inbound.enabled', '+outbound.enabled', '+outbound.report_outcomes'] },
+    { booleans: ['+inbound.enabled', '-inbound.audit', '+outbound.enabled', '+outbound.report_outcomes'] },
     () => this.load_mcluster_ini(),
   )
   const main = cfg.main || {}
@@ -65,6 +80,8 @@ exports.load_mcluster_ini = function () {
       timeout_ms: num(main.timeout_ms, 500),
       fail: fail === 'closed' ? 'closed' : 'open',
       retry_seconds: num(main.retry_seconds, 60),
+      state_dir: main.state_dir || path.join(process.env.HARAKA || process.cwd(), 'mcluster-state'),
+      token: this.read_token(main.token_file),
     },
     inbound: {
       enabled: inbound.enabled,
@@ -72,6 +89,7 @@ exports.load_mcluster_ini = function () {
       ipv4_prefix: num(inbound.ipv4_prefix, 24),
       ipv6_prefix: num(inbound.ipv6_prefix, 64),
       max_connections: num(inbound.max_connections, 0),
+      audit: inbound.audit,
     },
     inbound_messages: cfg.inbound_messages || {},
     inbound_recipients: cfg.inbound_recipients || {},
@@ -86,6 +104,18 @@ exports.load_mcluster_ini = function () {
   if (this.agent) {
     this.agent.url = this.cfg.main.url.replace(/\/+$/, '')
     this.agent.timeout_ms = this.cfg.main.timeout_ms
+    this.agent.token = this.cfg.main.token
+  }
+}
+
+// The agent's API token: the file its --api-token-file names, stripped (as the agent reads it).
+exports.read_token = function (file) {
+  if (!file) return null
+  try {
+    return fs.readFileSync(file, 'utf8').trim() || null
+  } catch (err) {
+    this.logerror(`mcluster.ini [main] token_file = ${file}: ${err.message}`)
+    return null
   }
 }
 
@@ -94,8 +124,31 @@ function num(value, fallback) {
   return value === undefined || value === '' || !Number.isFinite(n) ? fallback : n
 }
 
-exports.count_refusal = function (what) {
+exports.count_refusal = function (what, connection) {
   this.stats.refused[what] = (this.stats.refused[what] || 0) + 1
+  if (connection) this.audit(connection, 'rejection')
+}
+
+// Momentum's inbound audit metrics, cluster-wide ([inbound] audit = true): connect,
+// reception and rejection per client address, read with `cluster audit` or
+// GET /v1/metrics/inbound. Sent and not waited for; an agent whose config has no
+// `Replicate "metrics"` answers 404, and is left alone for a minute.
+exports.audit = function (connection, type) {
+  if (!this.cfg.inbound.audit || Date.now() < this.audit_missing_until) return
+  const ip = client_ip(connection.remote.ip)
+  this.agent
+    .audit([{ type, ip, count: 1 }])
+    .then((known) => {
+      if (known) return
+      this.audit_missing_until = Date.now() + OUTCOME_RETRY_MS
+      this.logwarn('the agent has no audit metrics (Replicate "metrics"); [inbound] audit paused')
+    })
+    .catch((err) => this.logwarn(`audit event not sent: ${err.message}`))
+}
+
+exports.inbound_reception = function (next, connection) {
+  this.audit(connection, 'reception')
+  next()
 }
 
 // The agent could not answer: log, count, and say whether to let the mail through.
@@ -109,6 +162,75 @@ exports.agent_failed = function (err, what) {
   return this.cfg.main.fail === 'open'
 }
 
+// -- what a crashed Haraka held ------------------------------------------------------------
+
+// The agent's private name, read now and then: an inbound count is given back after a
+// crash only to the same run of the agent (a restarted agent started from zero, and a -1
+// there would count wrong). Slots need no such care: closing a slot the agent does not
+// hold changes nothing.
+exports.follow_agent_run = function () {
+  const read = () =>
+    this.agent
+      .health()
+      .then((h) => {
+        if (h.private_name !== this.agent_run) this.loginfo(`agent run ${h.private_name}`)
+        this.agent_run = h.private_name || null
+      })
+      .catch((err) => {
+        // kept: a late answer under load is no sign that the agent restarted
+        this.logdebug(`agent run not read: ${err.message}`)
+      })
+  read()
+  setInterval(read, AGENT_RUN_EVERY_MS).unref()
+}
+
+exports.recover = async function (orphans, attempt) {
+  if (!orphans.length) return
+  const left = []
+  for (const orphan of orphans) {
+    let run
+    try {
+      run = (await this.agent.health()).private_name
+    } catch (err) {
+      left.push(orphan)
+      continue
+    }
+    const pending = []
+    let slots = 0
+    let counts = 0
+    for (const entry of orphan.entries) {
+      try {
+        if (entry.kind === 'slot') {
+          await this.agent.close_connection(entry.slot)
+          slots++
+        } else if (entry.kind === 'in' && entry.agent && entry.agent === run) {
+          await this.agent.events([{ object: entry.object, key: entry.key, delta: -1 }])
+          counts++
+        }
+      } catch (err) {
+        if (!(err instanceof AgentUnavailable)) continue // refused: nothing to retry
+        pending.push(entry)
+      }
+    }
+    if (slots || counts) {
+      this.lognotice(
+        `gave back ${slots} slot(s) and ${counts} inbound count(s) left by a stopped Haraka (${orphan.file})`,
+      )
+    }
+    if (pending.length) {
+      left.push({ file: orphan.file, entries: pending })
+    } else {
+      fs.rmSync(orphan.file, { force: true })
+    }
+  }
+  if (!left.length) return
+  if (attempt >= RECOVER_TRIES) {
+    this.logerror(`could not give back what a stopped Haraka held: ${left.map((o) => o.file).join(', ')}`)
+    return
+  }
+  setTimeout(() => this.recover(left, attempt + 1), RECOVER_EVERY_MS).unref()
+}
+
 // -- inbound ---------------------------------------------------------------------------------
 
 exports.inbound_connect = async function (next, connection) {
@@ -116,14 +238,20 @@ exports.inbound_connect = async function (next, connection) {
   const ip = client_ip(connection.remote.ip)
   const cidr = block(ip, inbound.ipv4_prefix, inbound.ipv6_prefix)
   if (!cidr) return next()
+  const counted = { object: inbound.object, key: ip, id: `in:${connection.uuid}` }
+  this.journal.add(counted.id, { kind: 'in', agent: this.agent_run, object: counted.object, key: ip })
   try {
     await this.agent.events([{ object: inbound.object, key: ip, delta: 1 }])
   } catch (err) {
+    this.journal.remove(counted.id)
     if (this.agent_failed(err, 'count connection')) return next()
     return next(constants.denysoftdisconnect, 'cluster limits unavailable; try again later')
   }
-  connection.notes.mcluster_counted = { object: inbound.object, key: ip }
-  if (!inbound.max_connections) return next()
+  connection.notes.mcluster_counted = counted
+  if (!inbound.max_connections) {
+    this.audit(connection, 'connect')
+    return next()
+  }
   let open
   try {
     // Every count recorded before the flush is in Redis when it returns, this one too: of
@@ -137,8 +265,11 @@ exports.inbound_connect = async function (next, connection) {
     return next(constants.denysoftdisconnect, 'cluster limits unavailable; try again later')
   }
   connection.results.add(this, { open_in_block: `${open}/${inbound.max_connections}` })
-  if (open <= inbound.max_connections) return next()
-  this.count_refusal('inbound_connections')
+  if (open <= inbound.max_connections) {
+    this.audit(connection, 'connect')
+    return next()
+  }
+  this.count_refusal('inbound_connections', connection)
   await this.inbound_uncount(connection)
   next(
     constants.denysoftdisconnect,
@@ -151,10 +282,11 @@ exports.inbound_uncount = async function (connection) {
   if (!counted) return
   delete connection.notes.mcluster_counted
   try {
-    await this.agent.events([{ ...counted, delta: -1 }])
+    await this.agent.events([{ object: counted.object, key: counted.key, delta: -1 }])
   } catch (err) {
     this.agent_failed(err, 'uncount connection')
   }
+  this.journal.remove(counted.id) // tried once: a -1 that did reach the agent must not repeat
 }
 
 exports.inbound_disconnect = async function (next, connection) {
@@ -202,7 +334,7 @@ exports.inbound_rate = async function (next, connection, section, what) {
     return next(constants.denysoft, 'cluster limits unavailable; try again later')
   }
   if (decision.allowed) return next()
-  this.count_refusal(what)
+  this.count_refusal(what, connection)
   const secs = Math.ceil((decision.retry_after_ms || 1000) / 1000)
   next(constants.denysoft, `${what} rate limit reached; try again in ${secs} s`)
 }
@@ -273,6 +405,7 @@ exports.outbound_send = async function (next, hmail) {
   }
   // Kept on the message object (not in its notes: Haraka shares one notes object between
   // the messages of a transaction's domains).
+  this.journal.add(`slot:${slot.slot}`, { kind: 'slot', slot: slot.slot })
   hmail.mcluster_slot = { slot: slot.slot, route, sockets: 0, done: false, closed: false }
   next()
 }
@@ -338,13 +471,17 @@ exports.maybe_close = function (state) {
 }
 
 exports.close_slot = function (slot, attempt) {
-  this.agent.close_connection(slot).catch((err) => {
-    if (attempt >= CLOSE_TRIES || !(err instanceof AgentUnavailable)) {
-      this.logerror(`slot ${slot} not given back: ${err.message}`)
-      return
-    }
-    setTimeout(() => this.close_slot(slot, attempt + 1), 200 * 2 ** attempt).unref()
-  })
+  this.agent
+    .close_connection(slot)
+    .then(() => this.journal.remove(`slot:${slot}`))
+    .catch((err) => {
+      if (attempt >= CLOSE_TRIES || !(err instanceof AgentUnavailable)) {
+        // left in the journal: the next start of Haraka tries again
+        this.logerror(`slot ${slot} not given back: ${err.message}`)
+        return
+      }
+      setTimeout(() => this.close_slot(slot, attempt + 1), 200 * 2 ** attempt).unref()
+    })
 }
 
 // The end of an attempt: mark it done (the slot goes back once its socket is closed) and
@@ -371,13 +508,20 @@ exports.attempt_over = function (hmail, outcome) {
     .catch((err) => this.logdebug(`outcome not reported: ${err.message}`))
 }
 
+// Haraka's texts carry the receiver's reply inside its own words ("Upstream error: 421
+// 4.7.0 [TS03] ..."): the code, and the reply after it (enhanced status and text).
 function reply_code(text, fallback) {
   const m = /\b([245]\d\d)\b/.exec(String(text || ''))
   return m ? Number(m[1]) : fallback
 }
 
+exports.reply_code = reply_code
+exports.reply_text = reply_text
+
 function reply_text(text) {
-  return String(text || '').slice(0, 1000)
+  const s = String(text || '')
+  const m = /\b[245]\d\d\b[ -]?/.exec(s)
+  return (m ? s.slice(m.index + m[0].length) || s : s).slice(0, 1000)
 }
 
 exports.outbound_delivered = function (next, hmail, params) {

@@ -1,4 +1,9 @@
-"""Membership: a node's lease, its heartbeat, the leader lease, and signs of lost data.
+"""Membership: a member's lease, its heartbeat, the leader lease, and signs of lost data.
+
+``Member`` is the membership core that nodes and managers share: it joins with a new
+epoch (never one used before), renews the lease, follows who leads and leaves. What a
+member does when the lease or the data is lost (a node re-syncs its views, a manager
+just joins again) stays with the member's owner.
 
 A node is a member while its lease key holds its private name; the heartbeat renews it
 every ``heartbeat_interval`` seconds for ``lease_ttl`` seconds. The first live node to
@@ -9,10 +14,14 @@ vanishes (FLUSHALL, a restart without persistence), every node re-syncs.
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
+
+from mcluster import __version__
 from mcluster.agent.outbox import Outbox
 from mcluster.store import members
 from mcluster.store.keys import ClusterKeys, text
@@ -95,3 +104,88 @@ async def release_leader(scripts: Scripts, keys: ClusterKeys, member: members.Me
     leader = await scripts.client.get(keys.leader)
     if leader is not None and text(leader).rsplit(" ", 1)[0] == member.private_name:
         await scripts.client.delete(keys.leader)
+
+
+class Member:
+    """One cluster member's membership: record, lease, heartbeat and leadership.
+
+    ``record`` is None until the first join ends; ``incarnation`` is the data set's marker
+    found at the join; ``leader``/``is_leader`` are what the last heartbeat found."""
+
+    def __init__(
+        self,
+        scripts: Callable[[], Scripts],
+        keys: ClusterKeys,
+        name: str,
+        *,
+        lease_ttl: float,
+        leader_ttl: float = 0.0,
+        address: str | None = None,
+        node_type: str | None = None,
+        groups: tuple[str, ...] | None = None,
+    ) -> None:
+        self._scripts = scripts  # a node makes its Redis client at start, not before
+        self.keys = keys
+        self.name = name
+        self.lease_ttl = lease_ttl
+        self.leader_ttl = leader_ttl  # 0: never takes the leader lease (a manager)
+        self.address = address
+        self.node_type = node_type
+        self.groups = groups
+        self.record: members.Member | None = None
+        self.incarnation = ""
+        self.leader = ""
+        self.is_leader = False
+
+    @property
+    def scripts(self) -> Scripts:
+        return self._scripts()
+
+    @property
+    def client(self) -> Redis:
+        return self.scripts.client
+
+    async def join(
+        self, register: Callable[[members.Member], Awaitable[None]] | None = None
+    ) -> members.Member:
+        """A new epoch and private name, and the lease; ``register(record)`` runs before
+        the record becomes ``self.record`` (a node registers its views there)."""
+        epoch = await members.new_epoch(self.client, self.keys)
+        old = self.record
+        if old is not None and epoch <= old.epoch:
+            # Redis lost the epoch counter (FLUSHALL, failover): never reuse an epoch.
+            epoch = int(await self.client.incrby(self.keys.epoch, old.epoch - epoch + 1))
+        record = members.new_member(self.name, epoch, os.getpid(), __version__, self.address)
+        update: dict[str, object] = {}
+        if self.node_type is not None:
+            update["node_type"] = self.node_type
+        if self.groups is not None:
+            update["groups"] = self.groups
+        if update:
+            record = record.model_copy(update=update)
+        self.incarnation = await take_lease(self.scripts, self.keys, record, self.lease_ttl)
+        if register is not None:
+            await register(record)
+        self.record = record
+        return record
+
+    async def beat(self, record: members.Member, status: str = "") -> Beat:
+        """Renew ``record``'s lease (and the leader lease, for a member that may lead)."""
+        found = await beat(
+            self.scripts, self.keys, record, self.lease_ttl, self.incarnation,
+            self.leader_ttl, status,
+        )  # fmt: skip
+        if self.leader_ttl:
+            self.leader, self.is_leader = found.leader, found.is_leader
+        return found
+
+    async def release_leader(self) -> None:
+        """Give the leader lease up (leaving, or a reset): another member takes over now."""
+        if self.record is not None:
+            await release_leader(self.scripts, self.keys, self.record)
+
+    async def leave(self) -> None:
+        """Remove the record and the lease if they are still ours; ``record`` is None after."""
+        record, self.record = self.record, None
+        if record is not None:
+            await members.leave(self.client, self.keys, record)

@@ -15,18 +15,21 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from redis.asyncio import Redis
 
-from mcluster import __version__
 from mcluster.agent import membership, reaper, reload, resync, slots
 from mcluster.agent.audit_recorder import AuditRecorder
 from mcluster.agent.caches import Caches
 from mcluster.agent.gauge_caches import GaugeCaches
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
+from mcluster.agent.replication import Replication
+from mcluster.agent.results import NodeStats, OutboxStats, ReloadResult, ResetResult
+from mcluster.agent.service import Service, ServiceContext
 from mcluster.agent.slots import SlotDecision
 from mcluster.agent.status import StatusReporter
 from mcluster.agent.throttles import Throttles
@@ -35,9 +38,9 @@ from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.duravip.agent import DuraVipAgent
 from mcluster.errors import AuditError, InvalidType, NotJoined, StaleReply, UnknownObject
 from mcluster.logs.config import DEFAULT_STREAM_MAX, log_files
-from mcluster.logs.shipper import ship_logs
+from mcluster.logs.shipper import LogShipping
 from mcluster.objects import outbound, shards, throttle, views
-from mcluster.objects.kinds import GAUGE_TABLE, Kind, kind_for_type
+from mcluster.objects.kinds import GAUGE_TABLE, Kind
 from mcluster.objects.outbound import OutboundPolicy, Route
 from mcluster.objects.throttle import Decision, ThrottleDef
 from mcluster.outbound.views import ConnectionViews
@@ -48,6 +51,7 @@ from mcluster.shaping.service import Shaper
 from mcluster.store import members
 from mcluster.store.connect.urls import decision_client, make_async_client, resolve_redis_url
 from mcluster.store.keys import GLOBAL, ClusterKeys, check_name
+from mcluster.store.retry import worth_logging
 from mcluster.store.scripts import Scripts
 
 log = logging.getLogger("mcluster.agent")
@@ -86,22 +90,29 @@ class Node:
         self._reset_asked = False
         #: Held by a re-sync and by a config reload: one changes the outboxes at a time.
         self.reconfiguring = asyncio.Lock()
-        self.member: members.Member | None = None
-        self.incarnation = ""
-        self.leader = ""
-        self.is_leader = False
+        #: Called with the new config after a reload applied it (the policy service's).
+        self.reload_hooks: list[Callable[[ClusterConfig], None]] = []
+        #: Record, lease, heartbeat and leadership (``agent/membership.py``).
+        self.membership = membership.Member(
+            lambda: self.scripts, self.keys, self.name, lease_ttl=self.lease_ttl,
+            leader_ttl=self.leader_ttl, address=address,
+        )  # fmt: skip
         self.rejoins = 0
         #: What the guards refused (``mcluster.security``); the agent shares it with them.
         self.refusals = Refusals()
-        self.outboxes: dict[str, Outbox] = {}
-        self._shards: dict[str, list[Outbox]] = {}  # sharded objects: shard k's outbox
         self._tasks: list[asyncio.Task[Any]] = []
         self._resync_needed = asyncio.Event()
+        #: The outboxes, their shards and views, and every change to them.
+        self.replication = Replication(
+            self.keys, self.name, lambda: self.scripts, self._spawn,
+            self._resync_needed.set, self.max_buffered,
+        )  # fmt: skip
+        self.outboxes = self.replication.outboxes  # the same dicts, changed in place only:
+        self._shards = self.replication.shards  # read by record(), the hot path
         self._stopping = False
         self._joined = asyncio.Condition()
         self._scripts: Scripts | None = None
         self._decision_scripts: Scripts | None = None
-        self._managed: dict[str, str] = {}
         self._throttles: Throttles | None = None
         self._slots: slots.Slots | None = None
         self._families: dict[str, Throttles] = {}
@@ -118,6 +129,16 @@ class Node:
         self.shaping = Shaper.from_node(self)
         self.duravip = DuraVipAgent(self)  # and a bad DuraVIP too
         self.log_files = log_files(self.config, self.name)  # and a bad logs dictionary
+        #: What a service may use of this node (``agent/service.py``).
+        self.service_context = ServiceContext(
+            self.keys, self.name, lambda: self.config, lambda: self.scripts, lambda: self.member,
+            self._spawn,
+        )  # fmt: skip
+        max_len = self.config.get_int("log_stream_max", DEFAULT_STREAM_MAX, minimum=1)
+        #: Features run as services: started after the join, stopped before leaving, told
+        #: of every rejoin. (Throttles, caches, gauge caches, audit, slots, DuraVIP and
+        #: shaping are still started by ``start`` itself.)
+        self.services: list[Service] = [LogShipping(self.service_context, self.log_files, max_len)]
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -143,6 +164,28 @@ class Node:
         return self._decision_scripts
 
     @property
+    def member(self) -> members.Member | None:
+        """This node's member record, None while it has not joined."""
+        return self.membership.record
+
+    @member.setter
+    def member(self, record: members.Member | None) -> None:
+        self.membership.record = record
+
+    @property
+    def incarnation(self) -> str:
+        return self.membership.incarnation
+
+    @property
+    def leader(self) -> str:
+        """The private name of the leader the last heartbeat saw ('' when none)."""
+        return self.membership.leader
+
+    @property
+    def is_leader(self) -> bool:
+        return self.membership.is_leader
+
+    @property
     def private_name(self) -> str:
         if self.member is None:
             raise NotJoined("the node has not joined yet")
@@ -150,25 +193,12 @@ class Node:
 
     async def start(self) -> None:
         """Join: take a new epoch and a lease, register this node's views, start beating."""
-        scripts = self.scripts
-        managed: dict[str, str] = {}
-        for obj in self.config.objects:
-            kind = kind_for_type(obj.type)
-            if kind is None:
-                log.info("object %s: type %s is not replicated by this release", obj.name, obj.type)
-                continue
-            managed[obj.name] = obj.type
-            self._add_outbox(obj.name, kind, obj.max_pending, obj.max_delay)
-            if obj.shards > 1:  # gauge tables and CIDR trees (checked by the config)
-                self._shards[obj.name] = [self.outboxes[obj.name]] + [
-                    self._add_outbox(obj.name, kind, obj.max_pending, obj.max_delay, shard=k)
-                    for k in range(1, obj.shards)
-                ]
-        self._managed = managed
+        replication = self.replication
+        replication.build(self.config)
         types = {o.type for o in self.config.objects}
         if types & {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}:
-            box = self._add_outbox(slots.OBJECT, GAUGE_TABLE, 100, 1.0)
-            self._managed[slots.OBJECT] = "outbound_binding_domains"
+            box = replication.add_outbox(slots.OBJECT, GAUGE_TABLE, 100, 1.0)
+            replication.manage(slots.OBJECT, "outbound_binding_domains")
             self._slots = slots.Slots(
                 lambda: self.scripts, box, self.outbound, self._count_connection
             )
@@ -177,19 +207,17 @@ class Node:
                 self._families[family] = Throttles(
                     lambda: self.decision_scripts, self.keys, family, self.name
                 )
-                self._managed[family] = family
+                replication.manage(family, family)
         if throttle.OBJECT in types:
-            self._managed[throttle.OBJECT] = throttle.OBJECT
+            replication.manage(throttle.OBJECT, throttle.OBJECT)
             self._throttles = Throttles(
                 lambda: self.decision_scripts, self.keys, throttle.OBJECT, self.name
             )
             await self._throttles.load(throttle.config_throttles(self.config))
         await self.caches.start()  # snapshot caches hold every live pair before the join
         await self._join()
-        self._tasks = [
-            asyncio.create_task(box.run(scripts), name=f"outbox:{box.name}")
-            for box in self.outboxes.values()
-        ]
+        self._tasks = []
+        replication.start()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         if self._audit is not None:
             await self._audit.publish()
@@ -198,19 +226,14 @@ class Node:
         if self.shaping is not None:  # AIMD steps, on whichever node leads
             self._tasks.append(asyncio.create_task(self.shaping.run(), name="shaping"))
         self._tasks.append(asyncio.create_task(self.duravip.run(), name="duravip"))
-        max_len = self.config.get_int("log_stream_max", DEFAULT_STREAM_MAX, minimum=1)
-        ship = ship_logs(self.client, self.scripts, self.keys, self.name, self.log_files, max_len)
-        self._tasks.append(asyncio.create_task(ship, name="logs"))
+        for service in self.services:
+            await service.start()
 
-    def _add_outbox(
-        self, name: str, kind: Kind, max_pending: int, max_delay: float, shard: int = 0
-    ) -> Outbox:
-        okeys, box_name = self.keys.object(name, shard), shards.box_name(name, shard)
-        box = Outbox(box_name, kind, okeys, "", max_pending, max_delay,
-                     max_buffered=self.max_buffered)  # fmt: skip
-        box.on_stale = self._resync_needed.set
-        self.outboxes[box_name] = box
-        return box
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task of this node: cancelled when it stops."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        return task
 
     async def add_object(
         self, name: str, type_: str, kind: Kind, max_pending: int = 100, max_delay: float = 1.0
@@ -222,39 +245,13 @@ class Node:
             return box
         if self.member is None:
             raise NotJoined(f"cannot add object {name!r}: the node has not joined yet")
-        box = self._add_outbox(name, kind, max_pending, max_delay)
-        self._managed[name] = type_
-        await views.publish_objects(self.client, self.keys, {name: type_})
-        await self.client.hset(box.keys.views, self.member.private_name, self.name)
-        box.view = self.member.private_name
-        self._tasks.append(asyncio.create_task(box.run(self.scripts), name=f"outbox:{name}"))
-        return box
-
-    async def _retire_own(self, box: Outbox) -> None:
-        """Take this node's view of one object out of the cluster (refuse, then drain)."""
-        await resync.drain_own(self, box)
+        return await self.replication.add_object(
+            name, type_, kind, max_pending, max_delay, self.member
+        )
 
     async def _join(self) -> None:
         """A new epoch and private name, the lease, and a fresh view in every object."""
-        client = self.client
-        epoch = await members.new_epoch(client, self.keys)
-        if self.member is not None and epoch <= self.member.epoch:
-            # Redis lost the epoch counter (FLUSHALL, failover): never reuse an epoch.
-            epoch = int(await client.incrby(self.keys.epoch, self.member.epoch - epoch + 1))
-        member = members.new_member(self.name, epoch, os.getpid(), __version__, self.address)
-        self.incarnation = await membership.take_lease(
-            self.scripts, self.keys, member, self.lease_ttl
-        )
-        counts = {name: len(boxes) for name, boxes in self._shards.items()}
-        for problem in await shards.layout_conflicts(client, self.keys, self.name, counts,
-                                                      self._managed):  # fmt: skip
-            log.error("%s: give every node the same shards (docs/architecture.md)", problem)
-        await views.publish_objects(client, self.keys, self._managed, counts)
-        for box in self.outboxes.values():
-            await client.hset(box.keys.views, member.private_name, self.name)
-            box.view, box.seq, box.acked = member.private_name, 0, 0
-        self.member = member
-        log.info("joined as %s with %d objects", member.private_name, len(self.outboxes))
+        await self.membership.join(self.replication.register_views)
 
     async def _rejoin(self, reason: str, kind: str = "resync") -> None:
         """Re-sync as a job (``agent/resync.py``). After an abort the node stays out of the
@@ -263,6 +260,8 @@ class Node:
         for family in (self._throttles, *self._families.values()):
             if family is not None:
                 family.forget_reservations()
+        for service in self.services:
+            service.on_rejoin()
         for box in self.outboxes.values():
             box.resyncing.set()  # a batch being retried gives up: the snapshot holds it
         async with contextlib.AsyncExitStack() as held:
@@ -291,7 +290,7 @@ class Node:
             self.rejoins += 1
             self._joined.notify_all()
 
-    async def reset(self) -> dict[str, Any]:
+    async def reset(self) -> ResetResult:
         """``cluster reset``: leave and rejoin with a new epoch, re-publish the state (a
         ``reset`` job); returns once done. Retries an aborted re-sync at once."""
         if self.member is None:
@@ -306,10 +305,9 @@ class Node:
             await self._joined.wait_for(lambda: not self._reset_asked and self.rejoins > rejoins)
         assert self.member is not None
         keys = sum(len(box.state) for box in self.outboxes.values())
-        return {"node": self.name, "private_name": self.member.private_name,
-                "epoch": self.member.epoch, "keys": keys}  # fmt: skip
+        return ResetResult(self.name, self.member.private_name, self.member.epoch, keys)
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> ReloadResult:
         """Re-read the config file and apply it (``agent/reload.py``; SIGHUP)."""
         try:
             return await reload.reload_config(self)
@@ -336,7 +334,7 @@ class Node:
                 failures = 0
             except RETRY_ERRORS as exc:
                 failures += 1
-                if failures in (1, 10) or failures % 60 == 0:
+                if worth_logging(failures):
                     log.error("heartbeat failed (%d in a row): %s", failures, exc)
             except Exception:
                 failures += 1
@@ -347,16 +345,9 @@ class Node:
         member = self.member
         if member is None:
             return rejoin
-        beat = await membership.beat(
-            self.scripts,
-            self.keys,
-            member,
-            self.lease_ttl,
-            self.incarnation,
-            self.leader_ttl,
-            self.status.report(self.name, self.outboxes, self.caches.replicas).to_json(),
+        beat = await self.membership.beat(
+            member, self.status.report(self.name, self.outboxes, self.caches.replicas).to_json()
         )
-        self.leader, self.is_leader = beat.leader, beat.is_leader
         if self.member is not member or (rejoin is not None and not rejoin.done()):
             return rejoin  # a re-sync ran during the beat: this beat speaks of the old epoch
         if rejoin is not None and rejoin.exception() is not None:
@@ -425,14 +416,17 @@ class Node:
         self._tasks = []
         await self.caches.stop()
         await self.gauge_caches.stop()
-        if self.member is not None:
+        for service in self.services:
+            await service.stop()
+        member = self.member
+        if member is not None:
             try:
                 async with asyncio.timeout(timeout):
-                    await self._leave(self.member, drain)
-                log.info("left the cluster as %s", self.member.private_name)
+                    await self._leave(member, drain)
+                log.info("left the cluster as %s", member.private_name)
             except (TimeoutError, *RETRY_ERRORS) as exc:
                 log.error("could not flush and leave (%r); leaving anyway", exc)
-            self.member = None
+            self.membership.record = None
         if self._decision_scripts is not None:
             if self._decision_scripts.client is not self._client:
                 await self._decision_scripts.client.aclose()
@@ -451,9 +445,9 @@ class Node:
         if drain:
             for box in self.outboxes.values():
                 async with box.lock:
-                    await self._retire_own(box)
-        await membership.release_leader(self.scripts, self.keys, member)
-        await members.leave(self.client, self.keys, member)
+                    await self.replication.drain_own(box)
+        await self.membership.release_leader()
+        await self.membership.leave()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -596,14 +590,11 @@ class Node:
 
     def shard_names(self, obj: str) -> list[str]:
         """The outbox names of an object: its own, then its shards' (``obj#k``) if split."""
-        return [obj] + [box.name for box in self._shards.get(obj, [])[1:]]
+        return self.replication.shard_names(obj)
 
     def shard_box(self, obj: str, packed: bytes) -> Outbox:
         """The outbox of the shard holding ``packed`` (the object's own for one shard)."""
-        parts = self._shards.get(obj)
-        if parts is None:
-            return self.outboxes[obj]
-        return parts[shards.shard_of(packed, len(parts), parts[0].kind.name)]
+        return self.replication.shard_box(obj, packed)
 
     async def flush(self) -> None:
         """Return once everything recorded before this call is applied in Redis.
@@ -660,12 +651,11 @@ class Node:
             self.client, self.keys, obj, self._view_node(view), limit, self._configured()
         )
 
-    def stats(self) -> dict[str, Any]:
-        shipped = {
-            name: vars(box.stats)
-            | {"seq": box.seq, "max_delay": box.max_delay, "max_pending": box.max_pending}
+    def stats(self) -> NodeStats:
+        """This node's figures: shipping per object, the audit recorder, cache replicas."""
+        objects = {
+            name: OutboxStats(dict(vars(box.stats)), box.seq, box.max_delay, box.max_pending)
             for name, box in self.outboxes.items()
         }
-        if self._audit is not None:
-            shipped["audit"] = self._audit.stats_json()
-        return shipped | self.caches.figures()
+        audit = self._audit.stats_json() if self._audit is not None else None
+        return NodeStats(objects, audit, self.caches.figures())

@@ -8,6 +8,12 @@ the config file and apply what changed to the running node, losing no counts.
 * changed ``max_delay`` / ``max_pending`` apply from the next batch; pending deltas stay
   where they are, so nothing recorded is lost;
 * a removed sharded object (``shards = N``) is drained from every shard;
+* a changed ``Policy`` scope (rules, quotas, on_error; not who may connect) is taken up
+  by the policy service running beside the node (``Node.reload_hooks``), from its next
+  request;
+* the ``Shaping``/``Adaptive``/``Warmup`` rules apply from the next report or decision
+  (actions in force stay until they end; shaping added to a node that had none, or all
+  of it removed, needs a restart);
 * new ``Shared_Throttle`` scopes are defined; the outbound caps and OBTM/OBTC rates
   (``Domain``/``Binding`` options) are read from the new file from the next decision.
 
@@ -21,19 +27,18 @@ changes nothing: the error names the file, line and column.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from mcluster.agent import resync
-from mcluster.config import ClusterConfig, ReplicateObject, load_config
+from mcluster.agent.results import ReloadResult
+from mcluster.config import ClusterConfig, Option, ReplicateObject, load_config
 from mcluster.objects import throttle
 from mcluster.objects.kinds import kind_for_type
 from mcluster.objects.outbound import OutboundPolicy
 from mcluster.objects.policy import policy_config
 from mcluster.outbound.views import ConnectionViews
+from mcluster.security.clients import GUARD_OPTIONS, policy_guard
 from mcluster.shaping.config import shaping_config
 
 if TYPE_CHECKING:
@@ -45,6 +50,8 @@ log = logging.getLogger("mcluster.agent")
 
 #: Cluster options a running node cannot take up.
 _FIXED_OPTIONS = ("namespace", "heartbeat_interval", "lease_ttl", "max_buffered_keys")
+#: A changed Policy scope: applied by a running policy service, else needs a restart.
+POLICY_CHANGE = "Policy (the policy service's rules and quotas)"
 #: Any of these types gives the node its connection slots (``outbound_slots``).
 _SLOT_TYPES = {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}
 
@@ -81,12 +88,23 @@ def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
     slots = [bool({o.type for o in c.objects} & _SLOT_TYPES) for c in (old, new)]
     if slots[0] != slots[1]:
         changes.append("outbound connection slots")
-    if old.tree.scopes("Policy") != new.tree.scopes("Policy"):  # positions aside
-        changes.append("Policy (the policy service's rules and quotas)")
+    rules, guard = zip(*(_policy_parts(c) for c in (old, new)), strict=True)
+    if rules[0] != rules[1]:  # positions aside
+        changes.append(POLICY_CHANGE)
+    if guard[0] != guard[1]:  # a live change could shut out every smtpd: read at start
+        changes.append("Policy clients and bounds (who may connect)")
     return changes
 
 
-async def reload_config(node: Node) -> dict[str, Any]:
+def _policy_parts(config: ClusterConfig) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """The Policy scope's rules and quotas, and its guard options (mcluster.security)."""
+    scopes = config.tree.scopes("Policy")
+    items = scopes[0].items if scopes else ()
+    guard = tuple(i for i in items if isinstance(i, Option) and i.key.casefold() in GUARD_OPTIONS)
+    return tuple(i for i in items if i not in guard), guard
+
+
+async def reload_config(node: Node) -> ReloadResult:
     """Re-read ``node.config.source`` and apply it; returns what changed."""
     path = node.config.source
     if not path or not os.path.isfile(path):
@@ -95,9 +113,14 @@ async def reload_config(node: Node) -> dict[str, Any]:
     declared = throttle.config_throttles(new)
     policy = OutboundPolicy(new)
     policy_config(new)  # a bad Policy or Quota scope fails the reload like any error
+    policy_guard(new)
     shaping = shaping_config(new)  # bad rules: ConfigError, nothing applied
     old_objects, new_objects = _replicated(node.config), _replicated(new)
     needs_restart = _fixed_changes(node.config, new)
+    applied = []  # what the reload hooks take up (the policy service: its Policy scope)
+    if node.reload_hooks and POLICY_CHANGE in needs_restart:
+        needs_restart.remove(POLICY_CHANGE)
+        applied.append("Policy")
     if (node.shaping is None) != (not shaping.enabled):
         needs_restart.append("shaping (Shaping, Adaptive or Warmup scopes added or all removed)")
     added, removed, changed = [], [], []
@@ -116,47 +139,26 @@ async def reload_config(node: Node) -> dict[str, Any]:
     removed = [name for name in old_objects if name not in new_objects]
     async with node.reconfiguring:
         for name in changed:
-            box, obj = node.outboxes[name], new_objects[name]
-            box.max_delay, box.max_pending = obj.max_delay, obj.max_pending
-            box.wake.set()  # the run loop takes the new max_delay from now
+            obj = new_objects[name]
+            node.replication.retune(name, obj.max_delay, obj.max_pending)
         for name in added:
             obj = new_objects[name]
             kind = kind_for_type(obj.type)
             assert kind is not None
             await node.add_object(name, obj.type, kind, obj.max_pending, obj.max_delay)
         for name in removed:
-            for part in node.shard_names(name):
-                await _remove_object(node, part)
-            node._shards.pop(name, None)
-        throttles = node._throttles
+            await node.replication.remove_object(name)
+        throttles = node.throttle_families().get(throttle.OBJECT)
         if throttles is not None:
             await throttles.load([d for d in declared if d.name not in throttles.defs])
         node.outbound.adopt(policy)
         if node.shaping is not None and shaping.enabled:
             node.shaping.reconfigure(shaping)  # actions in force stay until they expire
-        node.connection_views.objects = ConnectionViews(new).objects
+        node.connection_views.adopt(ConnectionViews(new))
         node.config = new
-    result = {"node": node.name, "file": path, "added": added, "removed": removed,
-              "changed": changed, "needs_restart": needs_restart}  # fmt: skip
-    log.info("config reloaded: %s", result)
+        for hook in node.reload_hooks:
+            hook(new)
+    result = ReloadResult(node.name, path, tuple(added), tuple(removed),
+                          tuple(changed + applied), tuple(needs_restart))  # fmt: skip
+    log.info("config reloaded: %s", result.to_json())
     return result
-
-
-async def _remove_object(node: Node, name: str) -> None:
-    """Stop recording ``name`` (an object, or one shard's ``name#k``) and drain this node's
-    view of it out of the cluster."""
-    box = node.outboxes.pop(name)  # record() now refuses it as an unknown object
-    node._managed.pop(name, None)
-    box.stopping = True
-    box.wake.set()
-    runs = [t for t in node._tasks if t.get_name() == f"outbox:{name}"]
-    if runs:
-        await asyncio.wait(runs, timeout=5.0)
-    for task in runs:
-        task.cancel()
-    async with box.lock:
-        await resync.drain_own(node, box)
-    with contextlib.suppress(Exception):
-        if "#" not in name and not await node.client.hlen(box.keys.views):
-            await node.client.hdel(node.keys.objects, name)
-    log.info("object %s removed from the config: this node's view drained", name)

@@ -22,22 +22,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from mcluster.agent import membership, reaper
-from mcluster.agent.outbox import Outbox
 from mcluster.store.jobs import Job, JobAborted
 
 if TYPE_CHECKING:
     from mcluster.agent.node import Node
 
-__all__ = ["JobAborted", "drain_own", "resync"]
+__all__ = ["JobAborted", "resync"]
 
 log = logging.getLogger("mcluster.agent")
-
-
-async def drain_own(node: Node, box: Outbox, job: Job | None = None) -> None:
-    """Take this node's view of one object out of the cluster (refuse, then drain)."""
-    await reaper.retire(node.scripts, box.keys, box.view, node.name)
-    await reaper.drain(node.scripts, node.keys, box.kind, box.keys, box.view, node.name, job)
 
 
 async def resync(node: Node, reason: str, kind: str) -> None:
@@ -51,14 +43,14 @@ async def resync(node: Node, reason: str, kind: str) -> None:
     )  # fmt: skip
     async with job:
         if kind == "reset" and old is not None:  # it leaves: another node may lead,
-            await membership.release_leader(node.scripts, node.keys, old)
+            await node.membership.release_leader()
             # and its DuraVIPs are negotiated again (Momentum: a reset restarts Spread).
             await node.duravip.leave("cluster reset")
         if old is not None:
             job.record.detail = "draining the old views"
             for box in boxes:
-                await drain_own(node, box, job)
-        await node._join()
+                await node.replication.drain_own(box, job)
+        await node.membership.join(node.replication.register_views)
         node.duravip.rejoin()  # a candidate again, as the new epoch
         assert node.member is not None
         job.record.runner_private = node.member.private_name
@@ -76,7 +68,7 @@ async def resync(node: Node, reason: str, kind: str) -> None:
         except JobAborted:
             log.warning("re-sync aborted: rolling back the half-published views")
             for box in boxes:
-                await drain_own(node, box)
+                await node.replication.drain_own(box)
             job.record.detail = "rolled back: the node is out of the views until it re-syncs"
             raise
         job.record.detail = f"{published} keys published as {node.member.private_name}"

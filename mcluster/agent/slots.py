@@ -1,11 +1,14 @@
 """Cluster-wide connection caps: slots taken all-or-nothing, counted in the node's view.
 
-``open`` takes one slot under every cap that applies to a route (one script); ``close``
-gives it back. Slots are counted in this node's view of the ``outbound_slots`` object
-(a gauge table), so when the node dies, reaping frees its slots within lease TTL + 1 s.
-A slot closed twice, or after its view was reaped, changes nothing. On a re-sync the
-node re-opens the slots it still holds, under its new view, without checking the caps
-(the connections are open already).
+``open`` takes one slot under every cap that applies to a route; ``close`` gives it back.
+Both run in ``slot_batch``: a caller that finds no call in flight sends at once, and the
+opens and closes that arrive meanwhile go together in the next call (decided in order,
+each open all or nothing: exactly as one by one), on a connection of its own
+(``ScriptLink``), so 50 concurrent callers cost a few calls, not 50. Slots are counted in
+this node's view of the ``outbound_slots`` object (a gauge table), so when the node
+dies, reaping frees its slots within lease TTL + 1 s. A slot closed twice, or after its
+view was reaped, changes nothing. On a re-sync the node re-opens the slots it still
+holds, under its new view, without checking the caps (the connections are open already).
 
 A slot taken also counts its connection in the outbound views (``mcluster/outbound/
 views.py``) through ``count``, the node's ``record``: +1 when taken, -1 when given back,
@@ -26,16 +29,20 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from redis.exceptions import ResponseError
-
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox
+from mcluster.errors import StaleReply
 from mcluster.objects.outbound import Cap, OutboundPolicy, Route
 from mcluster.outbound.providers import normal_host
 from mcluster.outbound.views import Targets
 from mcluster.store.keys import GLOBAL
+from mcluster.store.script_link import ScriptLink
 from mcluster.store.scripts import Scripts
 
 OBJECT = "outbound_slots"
+MAX_BATCH = 256  # operations in one slot_batch call
+
+#: One operation of ``slot_batch``: kind ("o" open, "f" forced open, "c" close), slot, caps.
+Op = tuple[str, str, Sequence[Cap]]
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class SlotStats:
 
     opened: int = 0
     closed: int = 0
+    batches: int = 0  # slot_batch calls
     refused: Counter[str] = field(default_factory=Counter)  # by what refused: "OPTION (SCOPE)"
 
 
@@ -91,6 +99,9 @@ class Slots:
         self.count = count
         self.stats = SlotStats()
         self.held: dict[str, Held] = {}
+        self._inflight = False  # a slot_batch call is on its way
+        self._queue: list[tuple[Op, asyncio.Future[str]]] = []
+        self._link: ScriptLink | None = None
         self._open_gate = asyncio.Event()  # cleared while a re-sync moves the slots
         self._open_gate.set()
         self._busy = 0  # opens and closes in flight
@@ -166,11 +177,68 @@ class Slots:
                      if all(used[c.key] < c.limit for c in group))  # fmt: skip
 
     async def _open(self, slot: str, caps: list[Cap], *, force: bool) -> tuple[bool, str]:
-        args: list[str | int] = [self.box.view, slot, 1 if force else 0]
-        for cap in caps:
-            args += [cap.key, cap.limit]
-        allowed, full = await self._scripts().run("slot_open", self._keys(), args)
-        return bool(allowed), full.decode() if isinstance(full, bytes) else str(full)
+        full = await self._submit(("f" if force else "o", slot, caps))
+        if full == "STALE":
+            raise StaleReply(f"STALE view {self.box.view} is not registered for {OBJECT}")
+        return full == "", full
+
+    async def _submit(self, op: Op) -> str:
+        """Run one operation in ``slot_batch``: at once when no call is in flight (in the
+        caller's task), else in the next call, with every operation waiting then."""
+        if self._inflight:
+            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._queue.append((op, future))
+            return await future
+        self._inflight = True
+        try:
+            return (await self._call([op]))[0]
+        finally:
+            self._next_batch()
+
+    def _next_batch(self) -> None:
+        """After a call: send what queued meanwhile (in a task: the caller has its answer)."""
+        if not self._queue:
+            self._inflight = False
+            return
+        batch = self._queue[:MAX_BATCH]
+        del self._queue[:MAX_BATCH]
+        task = asyncio.create_task(self._send(batch))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _send(self, batch: list[tuple[Op, asyncio.Future[str]]]) -> None:
+        try:
+            results = await self._call([op for op, _ in batch])
+        except BaseException as exc:  # every caller of the batch sees the error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self._next_batch()
+
+    async def _call(self, ops: list[Op]) -> list[str]:
+        """One ``slot_batch`` call (on this object's own connection when the client
+        allows: one call in flight at a time)."""
+        args: list[str | int] = [self.box.view]
+        for kind, slot, caps in ops:
+            args += [kind, slot, len(caps)]
+            for cap in caps:
+                args += [cap.key, cap.limit]
+        self.stats.batches += 1
+        scripts = self._scripts()
+        if self._link is None or self._link.scripts is not scripts:
+            self._link = ScriptLink(scripts) if ScriptLink.usable(scripts) else None
+        if self._link is None:
+            reply = await scripts.run("slot_batch", self._keys(), args)
+        else:
+            reply = await self._link.run("slot_batch", self._keys(), args)
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in reply]
 
     async def close(self, slot: str) -> bool:
         """Give a slot back; False when there was nothing to give back. When Redis does
@@ -185,14 +253,14 @@ class Slots:
                     self.count(obj, key, -1)
             view = self.box.view
             try:
-                done = await self._scripts().run("slot_close", self._keys(), [view, slot])
+                done = await self._submit(("c", slot, ()))
             except RETRY_ERRORS:
                 if held:
                     task = asyncio.create_task(self._close_later(slot, view))
                     self._retries.add(task)
                     task.add_done_callback(self._retries.discard)
                 raise
-        return bool(done)
+        return done == "1"
 
     async def _close_later(self, slot: str, view: str) -> None:
         delay = 0.05
@@ -202,14 +270,13 @@ class Slots:
             try:
                 async with self._op():
                     if self.box.view == view:
-                        await self._scripts().run("slot_close", self._keys(), [view, slot])
+                        await self._submit(("c", slot, ()))
                 return
             except RETRY_ERRORS:
                 continue
-            except ResponseError:  # STALE: the view was retired, its slots drained
-                return
 
     async def reopen(self) -> None:
         """After a re-sync (inside ``held_still``): count the slots held under the new view."""
-        for slot, record in list(self.held.items()):
-            await self._open(slot, record.caps, force=True)
+        ops: list[Op] = [("f", slot, record.caps) for slot, record in self.held.items()]
+        for start in range(0, len(ops), MAX_BATCH):
+            await self._call(ops[start : start + MAX_BATCH])

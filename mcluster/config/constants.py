@@ -65,6 +65,9 @@ USED_SCOPES: tuple[str, ...] = (
     "Binding",
     "Binding_Group",
     "Listen",
+    "Shaping",
+    "Adaptive",
+    "Warmup",
 )
 
 #: Scopes read wherever they are nested, when they hold one of these options (DuraVIP's

@@ -8,7 +8,9 @@ itself.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
+
+from mcluster.agent.results import ReloadResult, ResetResult
 
 __all__ = ["LocalMember"]
 
@@ -19,10 +21,10 @@ class LocalMember(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def reset(self) -> dict[str, Any]:
+    async def reset(self) -> ResetResult:
         """Leave and rejoin with a new epoch; re-publish the state (``cluster reset``)."""
         ...
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> ReloadResult:
         """Re-read the config file and apply it (``config reload``)."""
         ...

@@ -22,7 +22,7 @@ from mcluster.objects.cidrtree import Row
 from mcluster.objects.policy import FAMILY as POLICY_FAMILY
 from mcluster.objects.rates import parse_rate
 from mcluster.objects.views import ObjectInfo
-from mcluster.quotas.usage import KeyUse, Nearest
+from mcluster.quotas.usage import KeyUse, nearest
 from mcluster.shaping.model import ActiveAction
 from mcluster.shaping.service import ShapingKeys, active_actions
 from mcluster.store import cluster_view, members, node_status
@@ -251,7 +251,6 @@ class SnapshotReader:
     configured: list[tuple[str, str]] = field(default_factory=list)
     rescan: float = RESCAN
     chosen: dict[str, _Chosen] = field(default_factory=dict)
-    quotas: Nearest = field(default_factory=Nearest)
 
     async def read(self) -> Snapshot:
         client, keys = self.client, self.keys
@@ -299,5 +298,5 @@ class SnapshotReader:
             anomalies=tuple(anomalies),
             jobs=tuple(jobs),
             shaping=await active_actions(client, ShapingKeys.of(keys), now_ms),
-            quotas=tuple(await self.quotas.read(client, keys.object(POLICY_FAMILY))),
+            quotas=tuple(await nearest(client, keys.object(POLICY_FAMILY))),
         )

@@ -20,6 +20,7 @@ import aiohttp
 from rich.console import Console
 
 from mcluster.console.dashboard import watch
+from mcluster.demo import outbound
 from mcluster.demo.smtp import Limits, SmtpServer, start_server
 from mcluster.demo.traffic import FIGURES, NETWORKS, Generator, Network, Outcomes, figures
 from mcluster.store.connect.urls import make_async_client
@@ -37,7 +38,7 @@ CONFIG_STANZAS = f"""\
   }}
   Shared_Throttle "{THROTTLE}" {{ rate = "{THROTTLE_RATE}" }}
   Replicate "metrics" {{ parameters = "connect;reception;rejection" }}
-"""
+{outbound.CLUSTER_STANZAS}"""
 LIMITS = Limits(
     max_connections=MAX_CONNECTIONS, throttle=THROTTLE, totals=TOTALS_OBJECT, audit=True
 )
@@ -69,6 +70,8 @@ class SmtpFarm:
 
     servers: list[SmtpServer]
     generator: Generator
+    sinks: outbound.Sinks = field(default_factory=outbound.Sinks)
+    forwarders: list[outbound.Forwarder] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -83,7 +86,13 @@ class SmtpFarm:
                 await server.stop()
             raise
         addresses = [(s.host, s.port) for s in servers]
-        return cls(servers, Generator(addresses, networks()))
+        farm = cls(servers, Generator(addresses, networks()))
+        await farm.sinks.start()
+        for i, server in enumerate(servers, start=1):  # each relay sends from its binding
+            forwarder = outbound.Forwarder(server.gate.agent, f"relay{i}", farm.sinks)
+            server.gate.forward = forwarder.submit
+            farm.forwarders.append(forwarder)
+        return farm
 
     def describe(self) -> list[str]:
         return [f"  smtp {s.gate.node}  {s.host}:{s.port}" for s in self.servers]
@@ -99,6 +108,14 @@ class SmtpFarm:
                 await self.task
         for server in self.servers:
             await server.stop()
+        await asyncio.gather(*(f.drain(outbound.DRAIN_TIMEOUT) for f in self.forwarders))
+        await self.sinks.stop()
+
+    def forwarded(self) -> outbound.ForwardStats:
+        total = outbound.ForwardStats()
+        for forwarder in self.forwarders:
+            total.add(forwarder.stats)
+        return total
 
     def served(self) -> dict[str, int]:
         total = dict.fromkeys(FIGURES, 0)
@@ -129,7 +146,10 @@ class SmtpFarm:
         errors = seen.errors + sum(s.gate.tally.agent_errors for s in self.servers)
         audit_ok, audit_line = await self.audit_figures(seen)
         lines.append(audit_line)
+        provider_ok, provider_lines = outbound.provider_line(self.sinks, self.forwarded())
+        lines += provider_lines
         agree = all(v == rows["SMTP clients saw"] for v in rows.values()) and audit_ok
+        agree = agree and provider_ok
         ok = agree and errors == 0
         verdict = "OK" if ok else f"FAIL ({'disagree' if not agree else ''} {errors} errors)"
         lines.append(f"final figures exact: {verdict}")

@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 
 from mcluster.agent.outbox import wait_event
 from mcluster.console import console_main
+from mcluster.demo import outbound
 from mcluster.demo.farm import CONFIG_STANZAS, SmtpFarm, dashboard
 from mcluster.errors import Error
 from mcluster.store.connect.embedded import (
@@ -450,7 +451,8 @@ def run_demo(
     code = 1
     try:
         config = workdir / "mcluster.conf"
-        config.write_text(DEMO_CONFIG.format(namespace=namespace, stanzas=CONFIG_STANZAS))
+        text = DEMO_CONFIG.format(namespace=namespace, stanzas=CONFIG_STANZAS)
+        config.write_text(text + outbound.SCOPES)
         which = f"the embedded Redis {url}" if not redis_url else f"Redis {redact_url(url)}"
         print(f"mcluster demo: {nodes} agents on {which}, namespace {namespace!r}")
         print(f"work dir {workdir} (config and agent logs)", flush=True)

@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +140,8 @@ class Gate:
     mine: Counter[str] = field(default_factory=Counter)  # open connections by block
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     pending: set[asyncio.Task[None]] = field(default_factory=set)
+    #: called for each accepted message (the demo's outbound half forwards it), or None
+    forward: Callable[[], None] | None = None
 
     def block(self, ip: str) -> str:
         addr = ipaddress.ip_address(ip)
@@ -246,7 +249,11 @@ class Handler:
         self.gate = gate
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        return QUEUED if await self.gate.message(peer_ip(session)) else THROTTLED
+        if not await self.gate.message(peer_ip(session)):
+            return THROTTLED
+        if self.gate.forward is not None:
+            self.gate.forward()
+        return QUEUED
 
 
 class GatedSMTP(SMTP):

@@ -23,6 +23,7 @@ from typing import BinaryIO
 from redis.asyncio import Redis
 
 from mcluster.agent.outbox import RETRY_ERRORS, stop_if_cancelled
+from mcluster.agent.service import ServiceContext
 from mcluster.errors import Error
 from mcluster.logs.config import LogKeys, registry
 from mcluster.store.keys import ClusterKeys, text
@@ -177,3 +178,29 @@ async def ship_logs(
     shippers = [Shipper(client, scripts, LogKeys(keys, name, node), path, max_len)
                 for name, path in files.items()]  # fmt: skip
     await asyncio.gather(*(s.run() for s in shippers))
+
+
+class LogShipping:
+    """The node's log shipping as a ``Service`` (``agent/service.py``)."""
+
+    name = "logs"
+
+    def __init__(self, ctx: ServiceContext, files: dict[str, str], max_len: int) -> None:
+        self.ctx = ctx
+        self.files = files
+        self.max_len = max_len
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        ctx = self.ctx
+        shipping = ship_logs(ctx.client, ctx.scripts(), ctx.keys, ctx.node, self.files,
+                             self.max_len)  # fmt: skip
+        self._task = ctx.spawn(shipping, self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+
+    def on_rejoin(self) -> None:
+        """The logs are the node's, not its epoch's: shipping goes on."""

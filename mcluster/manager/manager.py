@@ -17,23 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from redis.asyncio import Redis
 
-from mcluster import __version__
 from mcluster.agent import membership
 from mcluster.agent.outbox import RETRY_ERRORS, wait_event
+from mcluster.agent.results import ReloadResult, ResetResult
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.store import jobs, members
 from mcluster.store.connect.urls import make_async_client, resolve_redis_url
 from mcluster.store.keys import ClusterKeys, check_name
+from mcluster.store.retry import worth_logging
 from mcluster.store.scripts import Scripts
 
 __all__ = ["MANAGER_GROUPS", "MANAGER_TYPE", "Manager", "default_name", "run_manager"]
@@ -74,19 +73,32 @@ class Manager:
         beat = config.get_float("heartbeat_interval", 1.0, above=0) if config else 1.0
         self.heartbeat_interval = beat
         self.lease_ttl = config.get_float("lease_ttl", 3.0, above=beat) if config else 3.0
-        self.member: members.Member | None = None
-        self.incarnation = ""
         self.rejoins = 0
         if client is None:
             url = resolve_redis_url(redis_url, configured=configured_redis_url(config))
             client = make_async_client(url)
         self.client = client
         self.scripts = Scripts(self.client)
+        #: Record, lease and heartbeat, as a node's (``agent/membership.py``); it never
+        #: takes the leader lease (``leader_ttl`` 0): reaping stays with the nodes.
+        self.membership = membership.Member(
+            lambda: self.scripts, self.keys, self.name, lease_ttl=self.lease_ttl,
+            node_type=MANAGER_TYPE, groups=MANAGER_GROUPS,
+        )  # fmt: skip
         self._services: list[tuple[str, Service]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._wake = asyncio.Event()
         self._membership = asyncio.Lock()
+
+    @property
+    def member(self) -> members.Member | None:
+        """The manager's member record, None while it has not joined."""
+        return self.membership.record
+
+    @property
+    def incarnation(self) -> str:
+        return self.membership.incarnation
 
     @property
     def stopping(self) -> bool:
@@ -118,41 +130,32 @@ class Manager:
         if self.member is not None:
             try:
                 async with asyncio.timeout(5.0):
-                    await members.leave(self.client, self.keys, self.member)
+                    await self.membership.leave()
             except (TimeoutError, *RETRY_ERRORS) as exc:
                 log.error("could not leave the cluster (%r); the lease will expire", exc)
-            self.member = None
+            self.membership.record = None
         await self.client.aclose()
 
     async def _join(self) -> None:
-        epoch = await members.new_epoch(self.client, self.keys)
-        member = members.new_member(self.name, epoch, os.getpid(), __version__, None)
-        member = member.model_copy(update={"node_type": MANAGER_TYPE, "groups": MANAGER_GROUPS})
-        self.incarnation = await membership.take_lease(
-            self.scripts, self.keys, member, self.lease_ttl
-        )
-        self.member = member
+        member = await self.membership.join()
         log.info("manager joined as %s", member.private_name)
 
-    async def reset(self) -> dict[str, Any]:
+    async def reset(self) -> ResetResult:
         """``cluster reset`` on the manager: rejoin with a new epoch (it has no views)."""
         async with self._membership:  # never at once with a heartbeat's rejoin
-            old = self.member
-            if old is not None:
-                await members.leave(self.client, self.keys, old)
+            if self.member is not None:
+                await self.membership.leave()
             await self._join()
             self.rejoins += 1
         assert self.member is not None
-        return {"node": self.name, "private_name": self.member.private_name,
-                "epoch": self.member.epoch, "keys": 0}  # fmt: skip
+        return ResetResult(self.name, self.member.private_name, self.member.epoch, 0)
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> ReloadResult:
         """``config reload`` on the manager: re-read its config (services read it anew)."""
         if self.config is None or not self.config.source:
-            return {"node": self.name, "file": None, "reason": "started without --config"}
+            return ReloadResult(self.name, None, reason="started without --config")
         self.config = load_config(self.config.source)
-        return {"node": self.name, "file": self.config.source, "added": [], "removed": [],
-                "changed": [], "needs_restart": []}  # fmt: skip
+        return ReloadResult(self.name, self.config.source)
 
     async def _keep(self, name: str, service: Service) -> None:
         while not self._stopping:
@@ -178,20 +181,18 @@ class Manager:
                 async with self._membership:
                     if self.member is not member:  # a reset rejoined meanwhile
                         continue
-                    beat = await membership.beat(
-                        self.scripts, self.keys, member, self.lease_ttl, self.incarnation, 0
-                    )
+                    beat = await self.membership.beat(member)
                     if not beat.lease or not beat.same_data:
                         log.warning("the manager's lease was lost; rejoining")
                         await self._join()
                 failures = 0
             except RETRY_ERRORS as exc:
                 failures += 1
-                if failures in (1, 10) or failures % 60 == 0:
+                if worth_logging(failures):
                     log.error("manager heartbeat failed (%d in a row): %s", failures, exc)
             except Exception:  # any other error (READONLY, OOM, a script error): beat on,
                 failures += 1  # or the manager would silently lose its membership for good
-                if failures in (1, 10) or failures % 60 == 0:
+                if worth_logging(failures):
                     log.exception("manager heartbeat failed (%d in a row)", failures)
 
 
@@ -205,12 +206,12 @@ async def settle_jobs(manager: Manager, every: float = JOBS_EVERY) -> None:
         await asyncio.sleep(every)
 
 
-def reload_in_background(reload: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+def reload_in_background(reload: Callable[[], Awaitable[ReloadResult]]) -> None:
     """SIGHUP: reload without blocking the signal handler; the outcome goes to the log."""
 
     async def run() -> None:
         try:
-            log.info("config reloaded: %s", await reload())
+            log.info("config reloaded: %s", (await reload()).to_json())
         except Exception as exc:  # a bad file: say where, keep running on the old config
             log.error("config reload failed; keeping the running config: %s", exc)
 

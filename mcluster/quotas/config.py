@@ -105,6 +105,11 @@ class Quota:
     def warn_only(self) -> bool:
         return self.action == "WARN"
 
+    @property
+    def longest_period(self) -> float:
+        """The longest window of the quota and its overrides (seconds)."""
+        return max([self.limit.period, *(r.period for r in self.overrides.values())])
+
     def rate_for(self, value: str) -> Rate:
         """The limit of one key value: its override, else the quota's."""
         return self.overrides.get(value, self.limit)
@@ -112,7 +117,8 @@ class Quota:
     def limit_text(self, rate: Rate | None = None) -> str:
         """``3 messages per 60 s``, ``10485760 bytes per 86400 s``."""
         rate = rate or self.limit
-        return f"{rate.count} {self.count} per {rate.period:g} s"
+        noun = self.count[:-1] if rate.count == 1 else self.count  # 1 message, 2 messages
+        return f"{rate.count} {noun} per {rate.period:g} s"
 
     def describe(self) -> str:
         extra = "".join(

@@ -56,6 +56,7 @@ CODES = {"DEFER_IF_PERMIT": "4.7.1", "DEFER": "4.7.1", "REJECT": "5.7.1"}
 MAX_MADE = 65536  # Limits remembered (a busy user or sender asks again and again)
 MAX_SHOWN = 100  # characters of a key value quoted in an answer
 FLUSH_EVERY = 2.0  # seconds between adding this agent's refusal counts to the cluster's
+MAX_HOT = 10_000  # key values per quota noted between two flushes
 
 
 @dataclass(frozen=True)
@@ -166,13 +167,22 @@ class QuotaEngine:
     """The ``Quota`` scopes of one policy service: limits per request, and decisions."""
 
     def __init__(self, quotas: Sequence[Quota]) -> None:
-        self.quotas = tuple(quotas)
-        self.by_name = {q.name.casefold(): q for q in self.quotas}
         self.stats = QuotaStats()
         self._unsent: Counter[str] = Counter()  # refusal counts not yet in Redis
+        self._hot: dict[str, set[str]] = {}  # quota -> key values at half their limit or more
+        self.quotas: tuple[Quota, ...] = ()
+        self.adopt(quotas)
+
+    def adopt(self, quotas: Sequence[Quota]) -> None:
+        """Take up the quotas of a reloaded config from the next request (the counts stay:
+        a window is named by its quota and key value; the statistics go on)."""
+        before, self.quotas = self.quotas, tuple(quotas)
+        self.by_name = {q.name.casefold(): q for q in self.quotas}
         self._messages = [q for q in self.quotas if q.count == "messages"]
         self._recipients = [q for q in self.quotas if q.count == "recipients"]
         self._bytes = [q for q in self.quotas if q.count == "bytes"]
+        # run() publishes them (again); an agent that never had any leaves the others'
+        self.published = not (self.quotas or before)
         self._made: dict[tuple[str, str, int, str], Limit] = {}
 
     def __bool__(self) -> bool:
@@ -243,9 +253,10 @@ class QuotaEngine:
             decision = await acquire([(limit.window, limit.cost) for limit in active])
             if decision.degraded:
                 return Outcome("", "", degraded=True)
+            left = dict(decision.remaining)
+            self._note_hot(active, left)
             if decision.allowed:
                 break
-            left = dict(decision.remaining)
             tripped = [a for a in active if left.get(a.window, -1) < a.need] or active
             enforcing = [a for a in tripped if not a.warn_only]
             retry = decision.retry_after_ms
@@ -268,13 +279,12 @@ class QuotaEngine:
     async def run(self, client: Callable[[], Redis], okeys: ObjectKeys) -> None:
         """Publish the quotas for consoles, then add this agent's refusal counts to the
         cluster's every FLUSH_EVERY s (until cancelled; a last flush then)."""
-        published = False
         try:
             while True:
                 with contextlib.suppress(*RETRY_ERRORS):
-                    if not published:
+                    if not self.published:
                         await usage.publish(client(), okeys, self.quotas)
-                        published = True
+                        self.published = True
                     await self.flush(client(), okeys)
                 stop_if_cancelled()  # a cancel redis-py swallowed (found by fuzzing: stop hung)
                 await asyncio.sleep(FLUSH_EVERY)
@@ -284,12 +294,31 @@ class QuotaEngine:
                     await self.flush(client(), okeys)
             raise
 
+    def _note_hot(self, active: Sequence[Limit], left: dict[str, int]) -> None:
+        """Remember the key values with half their limit or less left (the dashboard's
+        "nearest their limit" reads them, instead of scanning every window)."""
+        for limit in active:
+            quota = limit.quota
+            if quota is None:
+                continue
+            remaining = left.get(limit.window)
+            if remaining is not None and 2 * remaining <= quota.rate_for(limit.value).count:
+                hot = self._hot.setdefault(quota.name, set())
+                if len(hot) < MAX_HOT:
+                    hot.add(limit.value)
+
     async def flush(self, client: Redis, okeys: ObjectKeys) -> None:
         unsent, self._unsent = self._unsent, Counter()
-        if not unsent:
-            return
+        hot, self._hot = self._hot, {}
         try:
-            await usage.add_counts(client, okeys, unsent)
+            if unsent:
+                await usage.add_counts(client, okeys, unsent)
+                unsent = Counter()
+            if hot:
+                periods = {q.name: q.longest_period for q in self.quotas}
+                await usage.add_hot(client, okeys, hot, periods)
         except BaseException:
             self._unsent.update(unsent)  # sent with the next flush
+            for name, values in hot.items():
+                self._hot.setdefault(name, set()).update(values)
             raise

@@ -11,7 +11,7 @@ would see; a node's share (``from NODE``) is the sum of its share's live buckets
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -115,10 +115,14 @@ class KeyUse:
 
 
 async def publish(client: Redis, okeys: ObjectKeys, quotas: Iterable[Quota]) -> None:
-    """Write this agent's quotas where consoles read them (the last agent started wins)."""
+    """Write this agent's quotas where consoles read them (the last agent started or
+    reloaded wins)."""
     mapping: dict[Any, Any] = {q.name: json.dumps(QuotaInfo.of(q).to_json()) for q in quotas}
+    pipe = client.pipeline(transaction=True)  # the quotas a reload removed go too
+    pipe.delete(quotas_key(okeys))
     if mapping:
-        await client.hset(quotas_key(okeys), mapping=mapping)
+        pipe.hset(quotas_key(okeys), mapping=mapping)
+    await pipe.execute()
 
 
 async def add_counts(client: Redis, okeys: ObjectKeys, counts: Mapping[str, int]) -> None:
@@ -129,10 +133,40 @@ async def add_counts(client: Redis, okeys: ObjectKeys, counts: Mapping[str, int]
     await pipe.execute()
 
 
+def hot_key(okeys: ObjectKeys, quota: str) -> str:
+    """A sorted set: the quota's key values that had half their limit or less left, by
+    when an agent last saw that (ms)."""
+    return f"{okeys.base}:hot:{quota}"
+
+
+async def add_hot(
+    client: Redis, okeys: ObjectKeys, hot: Mapping[str, set[str]], periods: Mapping[str, float]
+) -> None:
+    """Note key values near their limit now; forget those not seen so for a window."""
+    now = await members.server_time_ms(client)
+    pipe = client.pipeline(transaction=False)
+    for quota, values in hot.items():
+        period_ms = int(periods.get(quota, 86400) * 1000)
+        key = hot_key(okeys, quota)
+        pipe.zadd(key, dict.fromkeys(values, now))
+        pipe.zremrangebyscore(key, 0, now - period_ms)
+        pipe.pexpire(key, period_ms + 60_000)
+    await pipe.execute()
+
+
+async def hot_values(client: Redis, okeys: ObjectKeys, quota: str) -> list[str]:
+    raw = cast(list[bytes], await client.zrange(hot_key(okeys, quota), 0, -1))
+    return sorted(text(v) for v in raw)
+
+
 async def load(client: Redis, okeys: ObjectKeys) -> dict[str, QuotaInfo]:
     """The published quotas by name."""
     raw = cast(dict[bytes, bytes], await client.hgetall(quotas_key(okeys)))
-    return {text(k): QuotaInfo(**json.loads(v)) for k, v in sorted(raw.items())}
+    known = {f.name for f in dataclasses.fields(QuotaInfo)}  # another release may add some
+    return {
+        text(k): QuotaInfo(**{f: x for f, x in json.loads(v).items() if f in known})
+        for k, v in sorted(raw.items())
+    }
 
 
 async def counts(client: Redis, okeys: ObjectKeys) -> dict[str, int]:
@@ -294,27 +328,15 @@ async def one_key(
     return info, use
 
 
-@dataclass
-class Nearest:
-    """The keys nearest their quota's limit, read again and again (the dashboard): the
-    key values are listed (a SCAN) every ``rescan`` seconds, their use read every time."""
-
-    rescan: float = 10.0
-    _listed: dict[str, list[str]] = field(default_factory=dict)
-    _at: float = -1e9
-
-    async def read(self, client: Redis, okeys: ObjectKeys, n: int = TOP) -> list[KeyUse]:
-        loop_time = asyncio.get_running_loop().time()
-        quotas = await load(client, okeys)
-        if loop_time - self._at >= self.rescan:
-            self._listed = {q: await keys_in_use(client, okeys, q) for q in quotas}
-            self._at = loop_time
-        rows: list[KeyUse] = []
-        for name, info in quotas.items():
-            values = [v for v in self._listed.get(name, []) if not v.startswith("(sha")]
-            rows += [u for u in await uses(client, okeys, info, values) if u.used > 0]
-        rows.sort(key=lambda u: (-u.fraction, -u.used, u.quota, u.key))
-        return rows[:n]
+async def nearest(client: Redis, okeys: ObjectKeys, n: int = TOP) -> list[KeyUse]:
+    """The key values nearest their quota's limit (the dashboard): those the agents noted
+    with half their limit or less left, read now; no scan of the windows."""
+    rows: list[KeyUse] = []
+    for name, info in (await load(client, okeys)).items():
+        values = await hot_values(client, okeys, name)
+        rows += [u for u in await uses(client, okeys, info, values) if u.used > 0]
+    rows.sort(key=lambda u: (-u.fraction, -u.used, u.quota, u.key))
+    return rows[:n]
 
 
 async def check_node(client: Redis, keys: ClusterKeys, node: str | None) -> None:

@@ -41,6 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mcluster.store import members
 from mcluster.store.keys import ClusterKeys
+from mcluster.store.retry import worth_logging
 
 __all__ = [
     "TIMEOUT",
@@ -197,7 +198,7 @@ async def serve(
                 failures = 0
             except _ERRORS as exc:
                 failures += 1
-                if failures in (1, 10) or failures % 60 == 0:
+                if worth_logging(failures):
                     log.warning("console requests of %s: Redis error (%s)", node, exc)
                 await asyncio.sleep(POLL)
                 continue

@@ -28,8 +28,9 @@ from mcluster.store.scripts import Scripts
 
 def _pack(conn: AbstractConnection, *args: Any) -> Any:
     """The command as RESP bytes: hiredis's packer in one C call (redis[hiredis] is a
-    dependency) instead of redis-py's encoder, a Python call per argument: a tenth of a
-    throttle batch's client CPU. redis-py's packer for what hiredis does not take."""
+    dependency) instead of redis-py's encoder, a Python call per argument (8 % of the
+    policy agent's GIL time in a py-spy profile, before). redis-py's packer for what
+    hiredis does not take."""
     try:
         return hiredis_pack(args)
     except TypeError:  # an argument hiredis does not pack: redis-py says what it is

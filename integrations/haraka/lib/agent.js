@@ -26,9 +26,11 @@ class AgentRefused extends Error {
 }
 
 class Agent {
-  constructor({ url = 'http://127.0.0.1:4802', timeout_ms = 250 } = {}) {
+  // token: the agent's API token (its --api-token-file), sent as a bearer token
+  constructor({ url = 'http://127.0.0.1:4802', timeout_ms = 250, token = null } = {}) {
     this.url = url.replace(/\/+$/, '')
     this.timeout_ms = timeout_ms
+    this.token = token
   }
 
   // One request; answers {status, body}. Network errors, timeouts and 5xx throw
@@ -38,9 +40,11 @@ class Agent {
   // LATE_LIMIT_MS), so something the agent granted meanwhile can be given back.
   async request(method, path, body, on_late) {
     const what = `${method} ${path}`
+    const headers = body === undefined ? {} : { 'content-type': 'application/json' }
+    if (this.token) headers.authorization = `Bearer ${this.token}`
     const fetching = fetch(this.url + path, {
       method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       signal: AbortSignal.timeout(on_late ? LATE_LIMIT_MS : this.timeout_ms),
     }).then(async (resp) => ({ resp, text: await resp.text() }))
@@ -86,6 +90,11 @@ class Agent {
 
   // -- the calls --------------------------------------------------------------------------
 
+  // {"status", "node", "private_name"}: the private name changes with every run of the agent
+  health() {
+    return this.ok('GET', '/healthz')
+  }
+
   events(events) {
     return this.ok('POST', '/v1/events', { events }, [202])
   }
@@ -123,6 +132,15 @@ class Agent {
 
   close_connection(slot) {
     return this.ok('POST', '/v1/connections/close', { slot })
+  }
+
+  // POST /v1/metrics/events (audit metrics). Answers false when the agent's config has no
+  // metrics stanza (404).
+  async audit(events) {
+    const { status, body } = await this.request('POST', '/v1/metrics/events', { events })
+    if (status === 404) return false
+    if (status >= 400) throw new AgentRefused('POST /v1/metrics/events', status, JSON.stringify(body))
+    return true
   }
 
   // POST /v1/outbound/outcome (mcluster issue 17). Answers false when the agent has no

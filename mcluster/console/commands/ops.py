@@ -172,10 +172,10 @@ async def reset(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Resu
         return forwarded
     done = await member.reset()
     message = (
-        f"reset: rejoined as {done['private_name']} (epoch {done['epoch']}); "
-        f"{done['keys']:,} keys re-published"
+        f"reset: rejoined as {done.private_name} (epoch {done.epoch}); "
+        f"{done.republished:,} keys re-published"
     )
-    return Result(Message(message), done)
+    return Result(Message(message), done.to_json())
 
 
 @command("config reload", "", "Re-read the config file and apply it.", order=190, top=True)
@@ -188,10 +188,10 @@ async def config_reload(ctx: ConsoleContext, spec: CommandSpec, rest: list[str])
         done = await member.reload()
     except (ConfigError, ValueError) as exc:
         raise CommandError(f"config reload failed, nothing changed: {exc}") from None
-    if not done.get("file"):
-        return Result(Message(f"nothing to reload: {done.get('reason', '')}"), done)
-    lines = [f"reloaded {done['file']}"]
-    for what in ("added", "removed", "changed", "needs_restart"):
-        names = done.get(what) or []
+    if not done.file:
+        return Result(Message(f"nothing to reload: {done.reason or ''}"), done.to_json())
+    lines = [f"reloaded {done.file}"]
+    parts = (done.added, done.removed, done.changed, done.needs_restart)
+    for what, names in zip(("added", "removed", "changed", "needs_restart"), parts, strict=True):
         lines.append(f"{what.replace('_', ' ')}: {', '.join(names) if names else 'none'}")
-    return Result(Message("\n".join(lines)), done)
+    return Result(Message("\n".join(lines)), done.to_json())

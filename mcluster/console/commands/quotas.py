@@ -44,7 +44,8 @@ def retry_text(ms: int) -> str:
     return "now" if ms <= 0 else f"{-(-ms // 1000)} s"
 
 
-def quota_table(quota: QuotaUse) -> Table:
+def quota_table(quota: QuotaUse) -> Group:
+    """A title line (the quota, its refusals), then its top keys."""
     info = quota.info
     tally = (
         f"would have refused {quota.would_refuse}"
@@ -52,14 +53,14 @@ def quota_table(quota: QuotaUse) -> Table:
         else f"refused {quota.refused}"
     )
     title = f'Quota "{info.name}": {info.key}, {info.limit} {info.count}, {info.action}; {tally}'
-    table = Table(title=title, title_justify="left", expand=False)
+    table = Table(expand=False)
     for column in ("key", "used", "limit", "retry"):
         table.add_column(column, justify="left" if column == "key" else "right")
     for row in quota.top:
         table.add_row(shown(row.key), str(row.used), str(row.limit), retry_text(row.retry_after_ms))
     if not quota.top:
         table.add_row(Text("no key in use", style="dim"), "", "", "")
-    return table
+    return Group(Text(title, no_wrap=True, overflow="ellipsis"), table)
 
 
 @command(

@@ -25,6 +25,7 @@ from mcluster.console.commands.base import (
     UsageError,
     command,
 )
+from mcluster.console.render import line
 from mcluster.shaping.config import ShapingConfig, shaping_config
 from mcluster.shaping.model import HistoryEntry, ShapingError, ShapingState
 from mcluster.shaping.service import (
@@ -103,14 +104,15 @@ async def show(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Resul
 def history_view(entries: list[HistoryEntry]) -> RenderableType:
     if not entries:
         return Text("no shaping history")
-    table = Table()
-    for column in ("at (UTC)", "rule", "action", "value", "destination", "node", "until", "reply"):
-        table.add_column(column)
+    # one line per entry, never wrapped: replies are long, and operators grep these
+    lines = []
     for e in entries:
-        until = _when(e.expires_ms) if e.expires_ms else "-"
-        table.add_row(_when(e.at_ms), e.rule, e.action, e.value or "-", e.destination, e.node,
-                      until, e.reply)  # fmt: skip
-    return table
+        what = f"{e.action} {e.value}".strip()
+        until = f" until {_when(e.expires_ms)}" if e.expires_ms else ""
+        reply = f"  {e.reply}" if e.reply else ""
+        lines.append(line(f"{_when(e.at_ms)}  {e.rule}  {what}  {e.destination}  "
+                          f"by {e.node}{until}{reply}"))  # fmt: skip
+    return Group(*lines)
 
 
 @command(

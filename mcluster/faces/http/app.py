@@ -162,7 +162,7 @@ async def get_count(request: web.Request) -> web.Response:
 
 
 async def get_stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[NODE_KEY].stats())
+    return web.json_response(request.app[NODE_KEY].stats().to_json())
 
 
 async def get_membership(request: web.Request) -> web.Response:
