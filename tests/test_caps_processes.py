@@ -60,3 +60,48 @@ async def test_caps_race_and_kill(tmp_path: Path) -> None:
         print(f"kill -9 -> 4 slots free again: {took:.2f} s (lease {farm.lease_ttl} s)")
     finally:
         await farm.close()
+
+
+MX_CAPS = """
+Host "mx1.example.net" { cluster_max_outbound_connections = 7 }
+Provider "google" {
+  mx_suffix = (".google.com")
+  cluster_max_outbound_connections = 5
+}
+"""
+
+
+async def test_host_and_provider_caps_across_agent_processes(tmp_path: Path) -> None:
+    """100 concurrent opens over HTTP across 3 agents: the MX host's cap (7) and the
+    provider's (5) hold exactly, each counting every binding and domain."""
+    farm = Farm(tmp_path, extra_cluster='  Replicate "outbound_binding_domains" {}\n',
+                extra=MX_CAPS)  # fmt: skip
+    names = ["n1", "n2", "n3"]
+    reports = [
+        {"binding": "b1", "domain": "example.org", "host": "mx1.example.net"},
+        {"binding": "b2", "domain": "example.com", "host": "MX1.example.net."},
+        {"binding": "b1", "domain": "gmail.com", "host": "alt1.gmail-smtp-in.l.google.com"},
+        {"binding": "b3", "domain": "customer.example", "host": "aspmx.l.google.com"},
+    ]
+
+    async def open_(i: int) -> dict[str, Any]:
+        url = f"{farm.agents[names[i % 3]].base}/v1/connections/open"
+        async with farm.session.post(url, json=reports[i % 4]) as r:
+            assert r.status == 200, await r.text()
+            body: dict[str, Any] = await r.json()
+            return body
+
+    try:
+        await farm.start(*names)
+        results = await asyncio.gather(*(open_(i) for i in range(100)))
+        to_host = [r for i, r in enumerate(results) if i % 4 < 2]
+        to_google = [r for i, r in enumerate(results) if i % 4 >= 2]
+        assert sum(r["allowed"] for r in to_host) == 7
+        assert sum(r["allowed"] for r in to_google) == 5
+        assert await farm.count("outbound_slots", "max:host:mx1.example.net") == 7
+        assert await farm.count("outbound_slots", "max:provider:google") == 5
+        refused = {r["reason"].split(":")[0] for r in results if not r["allowed"]}
+        assert refused == {"cluster_max_outbound_connections (host)",
+                           "cluster_max_outbound_connections (provider)"}  # fmt: skip
+    finally:
+        await farm.close()

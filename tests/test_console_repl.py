@@ -22,7 +22,7 @@ OBJECTS = ["inbound_cidr", "outbound_cidr", "outbound_domains"]
 NODES = ["relay-0-1", "relay-0-2", "mx-1"]
 FIRST = ["abort", "arp", "duravip", "help", "info", "membership", "nodeaddr", "nodename"]
 FIRST = sorted([*FIRST, "jobs", "reset", "shared", "show"])
-MODULES = ["audit_series", "inbound_audit"]
+MODULES = ["audit_series", "inbound_audit", "policy", "shaping"]
 TOP = ["broadcast", "unicast", "config"]
 SERIES = ["senders", "subjects"]
 
