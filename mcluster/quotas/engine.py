@@ -35,7 +35,7 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
-from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.agent.outbox import RETRY_ERRORS, stop_if_cancelled
 from mcluster.objects.rates import Rate
 from mcluster.objects.throttle import Decision
 from mcluster.quotas import usage
@@ -286,6 +286,7 @@ class QuotaEngine:
                         await usage.publish(client(), okeys, self.quotas)
                         self.published = True
                     await self.flush(client(), okeys)
+                stop_if_cancelled()  # a cancel redis-py swallowed (found by fuzzing: stop hung)
                 await asyncio.sleep(FLUSH_EVERY)
         except asyncio.CancelledError:
             with contextlib.suppress(*RETRY_ERRORS, TimeoutError):
