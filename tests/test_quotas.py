@@ -626,6 +626,8 @@ Policy {
     assert quota_answer(limits["d"], 6500) == f'DEFER 4.7.1 quota "d" {tail}'
     assert quota_answer(limits["h"], 6500) == f'HOLD quota "h" {tail}'
     assert quota_answer(limits["x"], 6500) == f'DISCARD quota "x" {tail}'
+    utf8 = engine.limits({"sender": "jörg@bücher.example"}, "MAIL", first=True)[0]
+    assert "for sender j?rg@b?cher.example (limit" in quota_answer(utf8, 1000)
     # The retry time never exceeds the window, whatever the reckoning said.
     assert quota_answer(limits["r"], 900_000).endswith("per 60 s); try again in 60 s")
 

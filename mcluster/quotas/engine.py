@@ -122,7 +122,9 @@ def retry_seconds(retry_ms: int, rate: Rate) -> int:
 
 
 def _shown(value: str) -> str:
-    text = value if value else "<>"
+    """A key value as an SMTP reply may quote it: printable ASCII (an SMTPUTF8 address's
+    other characters become ?), at most MAX_SHOWN characters, ``<>`` when empty."""
+    text = "".join(ch if " " <= ch <= "~" else "?" for ch in value) if value else "<>"
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
