@@ -315,6 +315,9 @@ async def test_bytes_refused_at_end_of_message_then_at_first_request(
         spent = await c1.mail(size=10, sender="s@b5.example", **user)
         assert deferred(spent[0], "size") and len(set(spent)) == 1
         # A message bigger than the whole limit can never pass: no retry time promised.
+        absurd = await c1.mail(size=10**30, sender="s@b7.example", sasl_username="fresh")
+        assert deferred(absurd[3], "size") and "over the limit" in absurd[3]  # no error
+        assert agents.a.stats.errors == 0
         big = await c2.mail(size=11 * MB, sender="s@b6.example", sasl_username="fresh")
         assert big[3].endswith("(a 11534336-byte message is over the limit of 10485760 bytes "
                                "per 86400 s)")  # fmt: skip
@@ -623,6 +626,8 @@ Policy {
     assert quota_answer(limits["d"], 6500) == f'DEFER 4.7.1 quota "d" {tail}'
     assert quota_answer(limits["h"], 6500) == f'HOLD quota "h" {tail}'
     assert quota_answer(limits["x"], 6500) == f'DISCARD quota "x" {tail}'
+    utf8 = engine.limits({"sender": "jörg@bücher.example"}, "MAIL", first=True)[0]
+    assert "for sender j?rg@b?cher.example (limit" in quota_answer(utf8, 1000)
     # The retry time never exceeds the window, whatever the reckoning said.
     assert quota_answer(limits["r"], 900_000).endswith("per 60 s); try again in 60 s")
 
