@@ -27,10 +27,13 @@ from tests.redis_servers import free_port
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
 BLOCK = "127.0.0.0/24"
+#: timeout_ms: on a loaded machine a 500 ms answer is possible, and fail = open would then
+#: admit a connection over the cap
 INBOUND_INI = """
 [main]
 url=http://127.0.0.1:{port}
 fail={fail}
+timeout_ms=5000
 [inbound]
 max_connections=2
 audit=true
