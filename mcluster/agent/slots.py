@@ -145,7 +145,13 @@ class Slots:
         caps = [*self.policy.caps(route), *extra]
         slot = uuid.uuid4().hex
         async with self._op():
-            allowed, full = await self._open(slot, caps, force=False)
+            try:
+                allowed, full = await self._open(slot, caps, force=False)
+            except StaleReply:  # nothing was taken
+                raise
+            except BaseException:  # cancelled, or no answer: Redis may hold the slot anyway
+                self._close_soon(slot, self.box.view)
+                raise
             if allowed:
                 self.held[slot] = Held(caps, views)
                 for obj, key in views:
@@ -190,10 +196,11 @@ class Slots:
             self._queue.append((op, future))
             return await future
         self._inflight = True
-        try:
-            return (await self._call([op]))[0]
-        finally:
-            self._next_batch()
+        # a task of its own, shielded: a cancelled caller never cuts a call in half (its
+        # reply would be left on the connection), and the queue goes on after it
+        call = asyncio.ensure_future(self._call([op]))
+        call.add_done_callback(lambda _: self._next_batch())
+        return (await asyncio.shield(call))[0]
 
     def _next_batch(self) -> None:
         """After a call: send what queued meanwhile (in a task: the caller has its answer)."""
@@ -256,11 +263,21 @@ class Slots:
                 done = await self._submit(("c", slot, ()))
             except RETRY_ERRORS:
                 if held:
-                    task = asyncio.create_task(self._close_later(slot, view))
-                    self._retries.add(task)
-                    task.add_done_callback(self._retries.discard)
+                    self._close_soon(slot, view)
                 raise
         return done == "1"
+
+    @property
+    def closing(self) -> int:
+        """Closes (and batches) still running in the background."""
+        return len(self._retries)
+
+    def _close_soon(self, slot: str, view: str) -> None:
+        """Close ``slot`` in the background until done (a close of a slot Redis never
+        took changes nothing), or until a re-sync drains ``view``."""
+        task = asyncio.create_task(self._close_later(slot, view))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     async def _close_later(self, slot: str, view: str) -> None:
         delay = 0.05
@@ -274,6 +291,8 @@ class Slots:
                 return
             except RETRY_ERRORS:
                 continue
+            except Exception:  # the node stopped (client closed): its views are drained
+                return
 
     async def reopen(self) -> None:
         """After a re-sync (inside ``held_still``): count the slots held under the new view."""
