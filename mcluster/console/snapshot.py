@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from mcluster.errors import NotFound
 from mcluster.manager.manager import MANAGER_TYPE
@@ -24,7 +23,6 @@ from mcluster.objects.policy import FAMILY as POLICY_FAMILY
 from mcluster.objects.rates import parse_rate
 from mcluster.objects.views import ObjectInfo
 from mcluster.quotas.usage import KeyUse, nearest
-from mcluster.security.readonly import missing_permission
 from mcluster.shaping.model import ActiveAction
 from mcluster.shaping.service import ShapingKeys, active_actions
 from mcluster.store import cluster_view, members, node_status
@@ -300,16 +298,5 @@ class SnapshotReader:
             anomalies=tuple(anomalies),
             jobs=tuple(jobs),
             shaping=await active_actions(client, ShapingKeys.of(keys), now_ms),
-            quotas=await _nearest_quotas(client, keys),
+            quotas=tuple(await nearest(client, keys.object(POLICY_FAMILY))),
         )
-
-
-async def _nearest_quotas(client: Redis, keys: ClusterKeys) -> tuple[KeyUse, ...]:
-    """The quota panel's keys; none for a read-only console user (a key's use is read by
-    throttle_acquire.lua, which tidies as it reads), so the rest of the dashboard shows."""
-    try:
-        return tuple(await nearest(client, keys.object(POLICY_FAMILY)))
-    except RedisError as exc:
-        if missing_permission(exc) is None:
-            raise
-        return ()
