@@ -346,8 +346,9 @@ async def test_outbound_cap_and_obtm_across_two_harakas(
     # every delivery was reported (POST /v1/outbound/outcome -> the delivery audit metric)
     await until(lambda: _at_least(outcomes(outbound_farm, "capped.test", "delivery"), 40), 5,
                 what="40 deliveries reported")  # fmt: skip
-    # 40 messages at 10 per 2 s: the last arrives at least 3 windows after the first
-    assert spread >= (len(rated.messages) / RATE_N - 1) * RATE_S - DECISION_JITTER
+    # 40 messages at 10 per 2 s: the last is admitted at least 3 windows after the first
+    # (at the sink, Haraka's delivery times can shorten or stretch that)
+    assert admitted[-1] - admitted[0] >= (len(admitted) / RATE_N - 1) * RATE_S - DECISION_JITTER
 
 
 async def test_outbound_haraka_plugin_limit_same_scenario(
