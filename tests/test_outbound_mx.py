@@ -10,7 +10,7 @@ import pytest
 
 from mcluster import ConfigError, Node, parse_config
 from mcluster.objects.outbound import MAX_CONN, OBTM_OPTION, OutboundPolicy, Route
-from tests.helpers import until
+from tests.helpers import crash, until
 from tests.redis_cluster import AnyRedis
 
 CONF = """
@@ -206,3 +206,34 @@ async def test_a_cancelled_open_leaves_no_slot(nodes: list[Node]) -> None:
         False,
     ]
     assert nodes[0]._slots is not None and nodes[0]._slots.held == {}
+
+
+async def test_slot_records_leave_with_their_view(
+    nodes: list[Node], shared_redis: AnyRedis
+) -> None:
+    """A node that dies holding slots: reaping frees its counts and deletes its slot
+    records too (they are kept per view), so dead connections leave nothing behind."""
+    route = Route("b1", "example.org", host="mx1.example.net")
+    for _ in range(3):
+        assert (await nodes[2].open_connection(route)).allowed
+    live = await nodes[0].open_connection(route)
+    assert live.allowed
+    client = nodes[0].client
+    pattern = f"{nodes[0].keys.namespace}:{{outbound_slots}}:n:*:slots"
+
+    async def records() -> dict[str, int]:
+        found = {}
+        async for key in client.scan_iter(match=pattern):
+            found[key.decode()] = int(await client.hlen(key))
+        return found
+
+    assert sorted((await records()).values()) == [1, 3]
+    await crash(nodes[2])
+
+    async def reaped() -> bool:
+        return await nodes[0].count("outbound_slots", "max:host:mx1.example.net") == 1
+
+    await until(reaped, 5.0, "the dead node's slots are reaped")
+    assert list((await records()).values()) == [1]  # only the live node's record is left
+    assert await nodes[0].close_connection(str(live.slot))
+    assert await records() == {}

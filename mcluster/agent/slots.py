@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+from mcluster.agent import reaper
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox
 from mcluster.errors import StaleReply
 from mcluster.objects.outbound import Cap, OutboundPolicy, Route
@@ -134,8 +135,9 @@ class Slots:
 
     def _keys(self) -> list[str]:
         k = self.box.keys
-        return [f"{k.base}:slots", k.views, k.data(GLOBAL), k.data(self.box.view),
-                k.meta(GLOBAL), k.meta(self.box.view)]  # fmt: skip
+        view = self.box.view  # its slot records go with the view when it is drained
+        return [reaper.slot_records(k, view), k.views, k.data(GLOBAL), k.data(view),
+                k.meta(GLOBAL), k.meta(view)]  # fmt: skip
 
     async def open(
         self, route: Route, views: Targets = (), extra: Sequence[Cap] = ()
