@@ -13,11 +13,12 @@
 // lets mail through and `fail = closed` defers it.
 
 const fs = require('node:fs')
+const os = require('node:os')
 const path = require('node:path')
 
 const constants = require('haraka-constants')
 
-const { Agent, AgentUnavailable } = require('./lib/agent')
+const { Agent, AgentRefused, AgentUnavailable } = require('./lib/agent')
 const { block, client_ip } = require('./lib/cidr')
 const { Journal } = require('./lib/journal')
 
@@ -41,6 +42,9 @@ exports.register = function () {
   this.audit_missing_until = 0
   this.stats = { refused: {}, agent_errors: 0 }
   this.journal = new Journal(this.cfg.main.state_dir)
+  // The agent frees the slots of an owner that stops renewing (a Haraka killed with -9):
+  // this process's slots, renewed every lease TTL / 3 while it holds any.
+  this.lease = { owner: `haraka-${os.hostname()}-${process.pid}`, held: new Set(), every_ms: 0, timer: null, unsupported: false }
   this.agent_run = null
   this.follow_agent_run()
   this.recover(this.journal.orphans(), 1)
@@ -395,7 +399,7 @@ exports.outbound_send = async function (next, hmail) {
   }
   let slot
   try {
-    slot = await this.agent.open_connection(route)
+    slot = await this.open_slot(route)
   } catch (err) {
     return this.agent_failed(err, 'connection slot') ? next() : fail_delay()
   }
@@ -408,8 +412,53 @@ exports.outbound_send = async function (next, hmail) {
   // Kept on the message object (not in its notes: Haraka shares one notes object between
   // the messages of a transaction's domains).
   this.journal.add(`slot:${slot.slot}`, { kind: 'slot', slot: slot.slot })
+  this.hold_slot(slot.slot, slot.lease_ttl)
   hmail.mcluster_slot = { slot: slot.slot, route, sockets: 0, done: false, closed: false }
   next()
+}
+
+// A slot under this process's lease; an agent older than leases (400 naming "owner")
+// gets opens without one from then on (the journal still gives them back at a restart).
+exports.open_slot = async function (route) {
+  if (this.lease.unsupported) return this.agent.open_connection(route)
+  try {
+    return await this.agent.open_connection(route, this.lease.owner)
+  } catch (err) {
+    if (!(err instanceof AgentRefused) || err.status !== 400 || !/owner/.test(err.message)) throw err
+    this.logwarn(`the agent takes no slot owner (${err.message}); slots without a lease`)
+    this.lease.unsupported = true
+    return this.agent.open_connection(route)
+  }
+}
+
+// Renew the lease while this process holds slots: every lease TTL / 3 (the agent's
+// answer gives the TTL), so two renewals may be lost or late before the agent frees them.
+exports.hold_slot = function (slot, lease_ttl) {
+  const lease = this.lease
+  if (!lease_ttl) return // no lease (an older agent)
+  lease.held.add(slot)
+  lease.every_ms = Math.max(50, (lease_ttl * 1000) / 3)
+  if (lease.timer) return
+  lease.timer = setInterval(() => this.renew_lease(), lease.every_ms)
+  lease.timer.unref()
+}
+
+exports.renew_lease = function () {
+  const lease = this.lease
+  if (!lease.held.size) {
+    clearInterval(lease.timer)
+    lease.timer = null
+    return
+  }
+  this.agent
+    .renew(lease.owner)
+    .then((answer) => {
+      if (answer.renewed < lease.held.size) {
+        // the agent freed some (a renewal came too late, or the agent restarted)
+        this.logwarn(`lease ${lease.owner}: the agent holds ${answer.renewed} of ${lease.held.size} slot(s)`)
+      }
+    })
+    .catch((err) => this.logwarn(`lease ${lease.owner} not renewed: ${err.message}`))
 }
 
 // Haraka calls the delivered hook before it sends QUIT, so giving the slot back there
@@ -469,6 +518,7 @@ exports.watch_sockets = function () {
 exports.maybe_close = function (state) {
   if (state.closed || !state.done || state.sockets > 0) return
   state.closed = true
+  this.lease.held.delete(state.slot) // its close renews the lease one last time
   this.close_slot(state.slot, 1)
 }
 

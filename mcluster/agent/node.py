@@ -43,6 +43,7 @@ from mcluster.objects import outbound, shards, throttle, views
 from mcluster.objects.kinds import GAUGE_TABLE, Kind
 from mcluster.objects.outbound import OutboundPolicy, Route
 from mcluster.objects.throttle import Decision, ThrottleDef
+from mcluster.outbound.leases import OwnerLeases, check_owner
 from mcluster.outbound.views import ConnectionViews
 from mcluster.security.config_limits import ConfigLimitError
 from mcluster.security.refusals import Refusals
@@ -115,6 +116,8 @@ class Node:
         self._decision_scripts: Scripts | None = None
         self._throttles: Throttles | None = None
         self._slots: slots.Slots | None = None
+        #: Which client (``owner``) holds which slot: freed when it stops renewing.
+        self.owner_leases = OwnerLeases(self.lease_ttl)
         self._families: dict[str, Throttles] = {}
         self.outbound = OutboundPolicy(self.config)
         self.connection_views = ConnectionViews(self.config)
@@ -226,6 +229,9 @@ class Node:
             await self._audit.publish()
             self._tasks.append(asyncio.create_task(self._audit.run(), name="audit"))
         self._tasks.append(asyncio.create_task(self._reap_loop()))
+        if self._slots is not None:  # the slots of clients that stopped renewing
+            leases = self.owner_leases.run(self.close_connection)
+            self._tasks.append(asyncio.create_task(leases, name="owner-leases"))
         if self.shaping is not None:  # AIMD steps, on whichever node leads
             self._tasks.append(asyncio.create_task(self.shaping.run(), name="shaping"))
         self._tasks.append(asyncio.create_task(self.duravip.run(), name="duravip"))
@@ -521,12 +527,28 @@ class Node:
             [ThrottleDef(name=path, rate=str(rate)) for path, rate in buckets]
         )
 
-    async def open_connection(self, route: Route) -> SlotDecision:
+    async def open_connection(self, route: Route, owner: str | None = None) -> SlotDecision:
         """OBTC and the connection caps: a slot when every one has room, else a reason.
 
         Once admitted, the connection counts in every outbound view it belongs to
         (``mcluster/outbound/views.py``) until ``close_connection``, or until this node's
-        views are reaped."""
+        views are reaped. With an ``owner`` (``mcluster/outbound/leases.py``), also until
+        that owner goes longer than lease TTL without renewing (``renew_owner``)."""
+        if owner is None:
+            return await self._open_connection(route)
+        check_owner(owner)
+        self.owner_leases.renew(owner)  # an open renews what the owner holds already
+        decision = await self._open_connection(route)
+        if decision.allowed and decision.slot is not None:
+            self.owner_leases.add(owner, decision.slot)
+        return decision
+
+    def renew_owner(self, owner: str) -> int:
+        """Renew the lease of ``owner`` on its slots; how many it holds (0: none)."""
+        check_owner(owner)
+        return self.owner_leases.renew(owner) if self._slots is not None else 0
+
+    async def _open_connection(self, route: Route) -> SlotDecision:
         if self._slots is None:
             raise UnknownObject(
                 'connection caps need Replicate "outbound_binding_domains" {} (or '
@@ -567,6 +589,7 @@ class Node:
         """Give a connection slot back; a second close changes nothing."""
         if self._slots is None:
             return False
+        self.owner_leases.drop(slot)
         return await self._slots.close(slot)
 
     # -- the hot path ----------------------------------------------------------------

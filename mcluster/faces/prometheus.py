@@ -216,6 +216,12 @@ class NodeCollector(Collector):
             "mcluster_connections_closed", "Outbound connection slots given back",
             value=stats.closed,
         )  # fmt: skip
+        yield CounterMetricFamily(
+            "mcluster_connections_owner_expired",
+            "Outbound connection slots freed because their owner (a client of the agent, "
+            "e.g. a Haraka process) did not renew within lease TTL",
+            value=self.node.owner_leases.expired,
+        )
         refused = CounterMetricFamily(
             "mcluster_connections_refused",
             "Outbound connection opens refused, by what refused: the cap's option and scope "

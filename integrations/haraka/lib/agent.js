@@ -123,11 +123,19 @@ class Agent {
   }
 
   // A slot granted after the deadline (the caller has given up on it) is given back at once.
-  open_connection(route) {
+  // With an owner, the agent frees the slot if that owner stops renewing for its lease TTL
+  // (the answer's lease_ttl, seconds): see renew.
+  open_connection(route, owner = null) {
     const give_back = (late) => {
       if (late?.allowed && late.slot) this.close_connection(late.slot).catch(() => {})
     }
-    return this.ok('POST', '/v1/connections/open', route, [200], give_back)
+    const body = owner ? { ...route, owner } : route
+    return this.ok('POST', '/v1/connections/open', body, [200], give_back)
+  }
+
+  // {"renewed": N (slots the owner holds), "lease_ttl"}
+  renew(owner) {
+    return this.ok('POST', '/v1/connections/renew', { owner })
   }
 
   close_connection(slot) {

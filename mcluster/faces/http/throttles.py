@@ -11,6 +11,9 @@ POST /v1/connections/open   {"binding", "domain"[, "binding_group", "host", "ip"
                             -> {"allowed", "slot", "reason", "spill_over": [...]}
                             (OBTC and the caps; once allowed, counted in the outbound views)
 POST /v1/connections/close  {"slot": "..."} -> {"closed": bool}
+POST /v1/connections/renew  {"owner": "..."} -> {"renewed": N}
+                            (an open with "owner" is freed when its owner stops renewing
+                            for lease TTL: mcluster/outbound/leases.py)
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from mcluster.agent.slots import SlotDecision
-from mcluster.errors import ThrottleError
+from mcluster.errors import InvalidValue, ThrottleError
 from mcluster.faces.http.common import NODE_KEY, error, read_json
 from mcluster.objects import throttle
 from mcluster.objects.outbound import Route
 from mcluster.objects.throttle import Decision, ThrottleConflict, ThrottleDef
+from mcluster.outbound.leases import check_owner
 
 MAX_LIMITS = 32
 
@@ -132,9 +136,22 @@ async def post_message(request: web.Request) -> web.Response:
 
 
 async def post_open(request: web.Request) -> web.Response:
-    """OBTC and the caps for one new connection."""
+    """OBTC and the caps for one new connection; with an ``owner``, the answer also gives
+    the ``lease_ttl`` within which that owner must renew."""
     node = request.app[NODE_KEY]
-    return await _route_decision(request, lambda route: node.open_connection(route))
+    body = await read_json(request)
+    owner = body.pop("owner", None) if isinstance(body, dict) else None
+    try:
+        route = parse_route(body)
+        if owner is not None:
+            check_owner(owner)
+    except (ThrottleError, InvalidValue) as exc:
+        return error(400, str(exc))
+    decision = await node.open_connection(route, owner)
+    answer = decision.to_json()
+    if owner is not None:
+        answer["lease_ttl"] = node.lease_ttl
+    return web.json_response(answer)
 
 
 async def _route_decision(
@@ -155,7 +172,21 @@ async def post_close(request: web.Request) -> web.Response:
     return web.json_response({"closed": await node.close_connection(body["slot"])})
 
 
+async def post_renew(request: web.Request) -> web.Response:
+    """Renew an owner's lease on its slots: {"renewed": the slots it holds}."""
+    node = request.app[NODE_KEY]
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) != {"owner"}:
+        return error(400, 'body must be a JSON object {"owner": "..."}')
+    try:
+        renewed = node.renew_owner(body["owner"])
+    except InvalidValue as exc:
+        return error(400, str(exc))
+    return web.json_response({"renewed": renewed, "lease_ttl": node.lease_ttl})
+
+
 def add_outbound_routes(app: web.Application) -> None:
     app.router.add_post("/v1/outbound/message", post_message)
     app.router.add_post("/v1/connections/open", post_open)
     app.router.add_post("/v1/connections/close", post_close)
+    app.router.add_post("/v1/connections/renew", post_renew)
