@@ -1,5 +1,6 @@
 -- slot_batch: opens and closes of one node's connection slots, in order, in one call.
--- KEYS[1] slots hash (slot id -> "view\ncap1\ncap2...")   KEYS[2] views hash (live views)
+-- KEYS[1] the view's slot records (slot id -> "view\ncap1\ncap2..."; deleted with the
+--         view when it is drained)   KEYS[2] views hash (live views)
 -- KEYS[3] global counts hash   KEYS[4] node counts hash   KEYS[5] global meta   KEYS[6] node meta
 -- ARGV[1] view id
 -- ARGV[2..] operations, each: kind ("o" open, "f" forced open: a re-sync re-opening a slot

@@ -45,6 +45,7 @@ from mcluster.objects.cidrtree import Row
 from mcluster.objects.outbound import Route
 from mcluster.objects.throttle import Decision, ThrottleConflict, ThrottleDef
 from mcluster.objects.views import Listing, ObjectInfo
+from mcluster.security.config_limits import ConfigLimitError
 from mcluster.shaping.model import Outcome, OutcomeResult, ShapingError
 from mcluster.store.connect.access import RedisAccessError
 from mcluster.store.connect.embedded import EmbeddedRedisError
@@ -55,6 +56,7 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "ConfigIssue",
+    "ConfigLimitError",
     "ConflictReply",
     "Decision",
     "EmbeddedRedisError",

@@ -87,11 +87,14 @@ def skip_reason() -> str | None:
 class Sink:
     """A loopback SMTP server that accepts everything and records, per session, when it
     opened and closed, and the time of every message (at end of DATA). ``hold`` seconds
-    are spent in each DATA, so sessions overlap."""
+    are spent in each DATA, so sessions overlap; ``quit_delay`` seconds before answering
+    QUIT, as a receiver slow to close."""
 
     hold: float = 0.0
     #: the answer at the end of DATA
     reply: str = "250 2.0.0 OK"
+    #: seconds before QUIT is answered (a receiver slow to close: the session stays open)
+    quit_delay: float = 0.0
     port: int = 0
     current: int = 0
     peak: int = 0
@@ -102,8 +105,10 @@ class Sink:
     _server: asyncio.Server | None = None
 
     @classmethod
-    async def start(cls, hold: float = 0.0, reply: str = "250 2.0.0 OK") -> Sink:
-        sink = cls(hold, reply)
+    async def start(
+        cls, hold: float = 0.0, reply: str = "250 2.0.0 OK", quit_delay: float = 0.0
+    ) -> Sink:
+        sink = cls(hold, reply, quit_delay)
         loop = asyncio.get_running_loop()
         sink._server = await loop.create_server(lambda: _SinkSMTP(sink), "127.0.0.1", 0)
         sink.port = sink._server.sockets[0].getsockname()[1]
@@ -133,6 +138,11 @@ class Sink:
             await asyncio.sleep(self.hold)
         self.messages.append(time.monotonic())
         return self.reply
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.quit_delay:
+            await asyncio.sleep(self.quit_delay)
+        return "221 Bye"
 
 
 class _SinkSMTP(SMTP):

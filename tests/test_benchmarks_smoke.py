@@ -68,3 +68,8 @@ def test_outbound_benchmark_quick() -> None:
 def test_shaping_benchmark_quick() -> None:
     out = quick("shaping.py")
     assert "shaped/plain (50 callers)" in out and "held (1 caller)" in out
+
+
+def test_fuzz_benchmark_quick() -> None:
+    out = quick("fuzz.py", timeout=300)
+    assert "PASS  no property failed" in out and "9 properties" in out

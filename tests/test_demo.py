@@ -187,6 +187,14 @@ def test_demo_farm_runs_10_s_and_its_figures_are_exact(
     most, cap, forwarded, accepted = (int(n.replace(",", "")) for n in provider.groups())
     assert 1 <= most <= cap, out
     assert forwarded == accepted == clients["messages"], out
+    # shaping (issue 17): every deferral the sinks gave was reported to an agent and retried
+    shaping = re.search(
+        r"^  shaping: (\d+) deferred by the sinks \(451 4\.7\.500 Server busy above \d+/s\), "
+        r"(\d+) reported and retried; rule bigmail_busy suspended provider:bigmail \d+ times?",
+        out,
+        re.M,
+    )
+    assert shaping and shaping.group(1) == shaping.group(2), out
     assert re.search(r"^  manager +pid \d+$", out, re.M), out  # stopped cleanly: exit 0
     assert re.search(r"^ +\d+s +events sent: .* smtp: [\d,]+ sessions", out, re.M), out
     smtp_ports = [

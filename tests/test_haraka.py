@@ -27,10 +27,13 @@ from tests.redis_servers import free_port
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
 BLOCK = "127.0.0.0/24"
+#: timeout_ms: on a loaded machine a 500 ms answer is possible, and fail = open would then
+#: admit a connection over the cap
 INBOUND_INI = """
 [main]
 url=http://127.0.0.1:{port}
 fail={fail}
+timeout_ms=5000
 [inbound]
 max_connections=2
 audit=true
@@ -212,6 +215,9 @@ Shaping "yahoo_ts" {{
 """
 TS03 = "421 4.7.0 [TS03] Messages from 127.0.0.1 temporarily deferred"
 SLOTS_KEY = "max:default::capped.test"
+#: capped.test's sink answers QUIT this late: Haraka runs its delivered hook before it
+#: sends QUIT, so a limit given back in that hook frees the slot while the session is open
+QUIT_DELAY = 0.2
 #: fail closed: an agent late under load (or a degraded decision) defers the message
 #: instead of letting it past the limits, which is what the checks below hold it to
 MCLUSTER_OUT_INI = """
@@ -263,7 +269,12 @@ def outbound_harakas(
 
 @pytest.fixture
 async def outbound_farm(tmp_path: Path) -> AsyncIterator[Farm]:
-    farm = Farm(tmp_path, extra_cluster='  Replicate "OBTM" {}\n', extra=OUTBOUND_CAPS)
+    farm = Farm(
+        tmp_path,
+        extra_cluster='  Replicate "OBTM" {}\n'
+        '  Replicate "metrics" { parameters = "delivery;transfail;permfail" }\n',
+        extra=OUTBOUND_CAPS,
+    )
     try:
         await farm.start("n1", "n2")
         yield farm
@@ -275,10 +286,13 @@ async def deliver_all(
     plugin: str, farm: Farm, tmp_path: Path, per_haraka: int, decisions: dict[str, list[float]]
 ) -> dict[str, Sink]:
     """Each of two Harakas gets ``per_haraka`` messages for capped.test (the sink holds each
-    0.3 s) and, with mcluster, as many for rated.test; returns the sinks once all arrived
-    and every session and slot is closed. ``decisions`` gets the times of each Haraka's
-    OBTM admissions for rated.test, from its log."""
-    sinks = {"capped": await Sink.start(hold=0.3), "rated": await Sink.start()}
+    0.3 s and answers QUIT after QUIT_DELAY) and, with mcluster, as many for rated.test;
+    returns the sinks once all arrived and every session and slot is closed. ``decisions``
+    gets the times of each Haraka's OBTM admissions for rated.test, from its log."""
+    sinks = {
+        "capped": await Sink.start(hold=0.3, quit_delay=QUIT_DELAY),
+        "rated": await Sink.start(),
+    }
     routes = {"capped.test": sinks["capped"].port, "rated.test": sinks["rated"].port}
     h1, h2 = outbound_harakas(farm, tmp_path, plugin, routes)
     rcpts = ["a@capped.test", "b@rated.test"] if plugin == "mcluster" else ["a@capped.test"]
@@ -329,8 +343,12 @@ async def test_outbound_cap_and_obtm_across_two_harakas(
     assert capped.peak == CAP  # the cap was reached, so it was tested
     assert len(admitted) == len(rated.messages) == 40
     assert densest_admitted <= RATE_N
-    # 40 messages at 10 per 2 s: the last arrives at least 3 windows after the first
-    assert spread >= (len(rated.messages) / RATE_N - 1) * RATE_S - DECISION_JITTER
+    # every delivery was reported (POST /v1/outbound/outcome -> the delivery audit metric)
+    await until(lambda: _at_least(outcomes(outbound_farm, "capped.test", "delivery"), 40), 5,
+                what="40 deliveries reported")  # fmt: skip
+    # 40 messages at 10 per 2 s: the last is admitted at least 3 windows after the first
+    # (at the sink, Haraka's delivery times can shorten or stretch that)
+    assert admitted[-1] - admitted[0] >= (len(admitted) / RATE_N - 1) * RATE_S - DECISION_JITTER
 
 
 async def test_outbound_haraka_plugin_limit_same_scenario(
@@ -470,15 +488,31 @@ async def test_kill_haraka_plugin_limit_counter(outbound_farm: Farm, tmp_path: P
         await sink.stop()
 
 
+async def outcomes(farm: Farm, domain: str, kind: str) -> float:
+    """The outcomes of ``kind`` (delivery, transfail, permfail) reported for ``domain``,
+    cluster-wide, over every window of the first monitor."""
+    await farm.flush_all()
+    url = f"{farm.agents['n2'].base}/v1/metrics/outbound"
+    async with farm.session.get(url, params={"domain": domain}) as resp:
+        assert resp.status == 200, await resp.text()
+        return float(sum((await resp.json())["monitors"][0][kind]))
+
+
 async def test_outcome_reports_drive_shaping(outbound_farm: Farm, tmp_path: Path) -> None:
     """Every outcome goes to POST /v1/outbound/outcome: a receiver's [TS03] deferral seen by
     the Haraka beside n1 suspends the domain (rule yahoo_ts) for the other node's OBTM,
     and the other Haraka's message waits the suspension's time instead of being tried."""
     farm = outbound_farm
     sink = await Sink.start(reply=TS03)
-    h1, h2 = outbound_harakas(farm, tmp_path, "mcluster", {"yahoo.test": sink.port})
+    bouncer = await Sink.start(reply="550 5.1.1 no such user")
+    routes = {"yahoo.test": sink.port, "bounce.test": bouncer.port}
+    h1, h2 = outbound_harakas(farm, tmp_path, "mcluster", routes)
     try:
         await start_all(h1, h2)
+        # a bounce is reported too (permfail)
+        assert await send_mail(h2.port, ["c@bounce.test"]) == [250]
+        await until(lambda: _at_least(outcomes(farm, "bounce.test", "permfail"), 1), 10,
+                    what="the bounce reported")  # fmt: skip
         assert await send_mail(h1.port, ["a@yahoo.test"]) == [250]
         await until(lambda: h1.grep("Temp failing"), 10, what="h1 deferred by the sink")
         deferred = asyncio.get_running_loop().time()
@@ -501,11 +535,13 @@ async def test_outcome_reports_drive_shaping(outbound_farm: Farm, tmp_path: Path
                        .split("retry in ")[1].split()[0])  # fmt: skip
         assert 0 < retry_ms <= 30_000
         assert sink.sessions == 1  # nothing more was tried
+        assert await outcomes(farm, "yahoo.test", "transfail") == 1
         print(f"mcluster: a [TS03] deferral reported by h1 suspends yahoo.test on n2 "
               f"{took:.2f} s after Haraka deferred it; h2 waits {retry_ms} ms")  # fmt: skip
     finally:
         stop_all(h1, h2)
         await sink.stop()
+        await bouncer.stop()
 
 
 async def until_value(cond: Callable[[], Awaitable[str]], timeout: float, what: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from mcluster import ConfigError, Node, parse_config
 from mcluster.objects.outbound import MAX_CONN, OBTM_OPTION, OutboundPolicy, Route
+from tests.helpers import crash, until
 from tests.redis_cluster import AnyRedis
 
 CONF = """
@@ -180,3 +181,59 @@ async def test_spill_over_names_siblings_with_room(nodes: list[Node]) -> None:
         assert (await nodes[0].open_connection(Route("b1", "example.org"))).allowed
     full = await nodes[0].open_connection(Route("b1", "example.org", host=mx[2], mx_hosts=mx))
     assert not full.allowed and "(domain)" in str(full.reason) and full.spill_over == ()
+
+
+async def test_a_cancelled_open_leaves_no_slot(nodes: list[Node]) -> None:
+    """Opens cancelled while their batch is on its way may still be taken by Redis: the
+    node gives those slots back by itself."""
+    route = Route("b1", "example.org", host="mx2.example.net")  # cap 2
+    opens = [asyncio.create_task(nodes[0].open_connection(route)) for _ in range(6)]
+    await asyncio.sleep(0)  # every open is in flight or queued
+    for task in opens:
+        task.cancel()
+    await asyncio.gather(*opens, return_exceptions=True)
+    key = "max:host:mx2.example.net"
+
+    async def freed() -> bool:
+        slots = nodes[0]._slots
+        assert slots is not None
+        return slots.closing == 0 and await nodes[1].count("outbound_slots", key) == 0
+
+    await until(freed, 2.0, "the cancelled opens' slots are given back")
+    assert [(await nodes[1].open_connection(route)).allowed for _ in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+    assert nodes[0]._slots is not None and nodes[0]._slots.held == {}
+
+
+async def test_slot_records_leave_with_their_view(
+    nodes: list[Node], shared_redis: AnyRedis
+) -> None:
+    """A node that dies holding slots: reaping frees its counts and deletes its slot
+    records too (they are kept per view), so dead connections leave nothing behind."""
+    route = Route("b1", "example.org", host="mx1.example.net")
+    for _ in range(3):
+        assert (await nodes[2].open_connection(route)).allowed
+    live = await nodes[0].open_connection(route)
+    assert live.allowed
+    client = nodes[0].client
+    pattern = f"{nodes[0].keys.namespace}:{{outbound_slots}}:n:*:slots"
+
+    async def records() -> dict[str, int]:
+        found = {}
+        async for key in client.scan_iter(match=pattern):
+            found[key.decode()] = int(await client.hlen(key))
+        return found
+
+    assert sorted((await records()).values()) == [1, 3]
+    await crash(nodes[2])
+
+    async def reaped() -> bool:
+        return await nodes[0].count("outbound_slots", "max:host:mx1.example.net") == 1
+
+    await until(reaped, 5.0, "the dead node's slots are reaped")
+    assert list((await records()).values()) == [1]  # only the live node's record is left
+    assert await nodes[0].close_connection(str(live.slot))
+    assert await records() == {}

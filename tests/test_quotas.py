@@ -3,6 +3,7 @@ policy protocol against a real redis-server with two agents (counts exact across
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -28,12 +29,14 @@ from mcluster.faces.policy import PolicyService
 from mcluster.objects import throttle
 from mcluster.objects.policy import FAMILY, policy_config
 from mcluster.objects.rates import Rate
-from mcluster.objects.throttle import Decision
+from mcluster.objects.throttle import Decision, Request, ThrottleDef
 from mcluster.quotas import usage
 from mcluster.quotas.config import parse_limit
 from mcluster.quotas.engine import QuotaEngine, quota_answer
 from mcluster.quotas.keys import parse_key, split_window, window_name
-from mcluster.store.keys import ObjectKeys
+from mcluster.store.connect.urls import make_async_client
+from mcluster.store.keys import ClusterKeys, ObjectKeys
+from mcluster.store.scripts import Scripts
 from tests.helpers import until
 from tests.postfix import Smtpd
 from tests.postfix import request as smtpd_request
@@ -312,6 +315,9 @@ async def test_bytes_refused_at_end_of_message_then_at_first_request(
         spent = await c1.mail(size=10, sender="s@b5.example", **user)
         assert deferred(spent[0], "size") and len(set(spent)) == 1
         # A message bigger than the whole limit can never pass: no retry time promised.
+        absurd = await c1.mail(size=10**30, sender="s@b7.example", sasl_username="fresh")
+        assert deferred(absurd[3], "size") and "over the limit" in absurd[3]  # no error
+        assert agents.a.stats.errors == 0
         big = await c2.mail(size=11 * MB, sender="s@b6.example", sasl_username="fresh")
         assert big[3].endswith("(a 11534336-byte message is over the limit of 10485760 bytes "
                                "per 86400 s)")  # fmt: skip
@@ -620,6 +626,8 @@ Policy {
     assert quota_answer(limits["d"], 6500) == f'DEFER 4.7.1 quota "d" {tail}'
     assert quota_answer(limits["h"], 6500) == f'HOLD quota "h" {tail}'
     assert quota_answer(limits["x"], 6500) == f'DISCARD quota "x" {tail}'
+    utf8 = engine.limits({"sender": "jörg@bücher.example"}, "MAIL", first=True)[0]
+    assert "for sender j?rg@b?cher.example (limit" in quota_answer(utf8, 1000)
     # The retry time never exceeds the window, whatever the reckoning said.
     assert quota_answer(limits["r"], 900_000).endswith("per 60 s); try again in 60 s")
 
@@ -662,3 +670,66 @@ async def test_decide_refusal_order_and_degraded() -> None:
         return Decision(True, 0, (), degraded=True)
 
     assert (await engine.decide(limits, away)).degraded
+
+
+async def test_read_only_use_agrees_with_the_scripts(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """policy show reckons a window's use and retry from plain reads; throttle_acquire
+    (a probe: nothing counted) must say the same, on windows of every age."""
+    node_keys = ClusterKeys(namespace)
+    okeys = node_keys.object(FAMILY)
+    client = make_async_client(redis_server.url)
+    scripts = Scripts(client)
+    rate = Rate(5, 0.5)  # 50 ms buckets: a few sleeps cross bucket edges and the window
+    name = window_name("t", "v")
+    defs = {name: ThrottleDef(name=name, rate=str(rate))}
+    try:
+        for step in range(12):
+            request = Request(((name, 1),))
+            keys, args = throttle.plan(okeys, [request], defs, "n1")
+            await scripts.run("throttle_acquire", keys, args)  # counts when it fits
+            probe = Request(((name, -1),))
+            keys, args = throttle.plan(okeys, [probe], defs, "n1")
+            (lua,) = throttle.decisions([probe], await scripts.run("throttle_acquire", keys, args))
+            raw = await client.hgetall(throttle.window_key(okeys, name))
+            used, retry = usage.window_use(raw, rate, lua.at_ms)
+            assert used == rate.count - lua.remaining[0][1], step
+            assert retry == lua.retry_after_ms, step
+            await asyncio.sleep(0.03 * (step % 4))
+    finally:
+        await client.aclose()
+
+
+async def test_a_read_only_console_user_shows_quotas(
+    agents: Agents, redis_server: RedisServer
+) -> None:
+    """docs/redis.md's console ACL user (reads only) runs policy show."""
+    async with Client(agents.a.port) as c:
+        for i in range(2):
+            await c.mail(sasl_username="ro", sender=f"r@ro{i}.example")
+    await published(agents)
+    ns = agents.a.node.keys.namespace
+    line = next(
+        row.strip().strip("`")
+        for row in (Path(__file__).parents[1] / "docs" / "redis.md").read_text().splitlines()
+        if row.strip().strip("`").startswith("user mcluster-console on ")
+    )
+    rules = [r.replace("~mc:", f"~{ns}:").replace("&mc:", f"&{ns}:") for r in line.split()[2:]]
+    name = f"console-{ns}"
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", name, "reset", *(
+        ">pw" if r == ">PASSWORD" else r for r in rules
+    ))  # fmt: skip
+    host, port = redis_server.url.removeprefix("redis://").split("/")[0].rsplit(":", 1)
+    reader = make_async_client(f"redis://{name}:pw@{host}:{port}/0")
+    try:
+        ctx = ConsoleContext(reader, agents.a.node.keys)
+        one = await run_command(ctx, "policy show per_user ro from relay-1")
+        assert (one.data["used"], one.data["limit"]) == (2, 3)  # type: ignore[call-overload]
+        listing = await run_command(ctx, "policy show")
+        assert len(listing.data["quotas"]) == 4  # type: ignore[call-overload]
+    finally:
+        await reader.aclose()
+        admin.execute_command("ACL", "DELUSER", name)
+        admin.close()

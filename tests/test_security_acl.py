@@ -28,7 +28,8 @@ PYTHON_COMMANDS = {
     "xrevrange": "XREVRANGE", "xtrim": "XTRIM", "zrangebyscore": "ZRANGEBYSCORE",
     "xgroup_create": "XGROUP|CREATE", "evalsha": "EVALSHA", "publish": "PUBLISH",
     "hscan": "HSCAN", "zscan": "ZSCAN", "hscan_iter": "HSCAN", "zscan_iter": "ZSCAN",
-    "srem": "SREM", "scan_iter": "SCAN", "unlink": "UNLINK",
+    "srem": "SREM", "zadd": "ZADD", "zrange": "ZRANGE", "zremrangebyscore": "ZREMRANGEBYSCORE",
+    "scan_iter": "SCAN", "unlink": "UNLINK",
 }  # fmt: skip
 #: Commands only ``mcluster demo`` runs (it deletes its keys at the end), documented apart.
 DEMO_ONLY = {"UNLINK"}
@@ -88,7 +89,7 @@ ARGS: dict[str, list[str]] = {
     "HDEL": ["mc:x", "f"], "HEXISTS": ["mc:x", "f"], "HGET": ["mc:x", "f"],
     "HINCRBY": ["mc:x", "f", "1"], "HMGET": ["mc:x", "f"], "HSCAN": ["mc:x", "0"],
     "ZSCAN": ["mc:x", "0"], "ZADD": ["mc:x", "1", "m"], "ZREM": ["mc:x", "m"],
-    "ZSCORE": ["mc:x", "m"], "ZRANGEBYSCORE": ["mc:x", "0", "1"],
+    "ZSCORE": ["mc:x", "m"], "ZRANGEBYSCORE": ["mc:x", "0", "1"], "ZRANGE": ["mc:x", "0", "1"],
     "ZREMRANGEBYRANK": ["mc:x", "0", "1"], "ZREMRANGEBYSCORE": ["mc:x", "0", "1"],
     "XADD": ["mc:x", "*", "f", "1"], "XREVRANGE": ["mc:x", "+", "-"], "XACK": ["mc:x", "g", "0-1"],
     "XTRIM": ["mc:x", "MAXLEN", "1"], "RPUSH": ["mc:x", "1"], "SADD": ["mc:x", "m"],

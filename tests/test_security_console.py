@@ -55,8 +55,8 @@ async def farm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Farm]:
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     farm = Farm(
         tmp,
-        heartbeat=0.4,
-        lease_ttl=1.2,
+        heartbeat=1.0,  # slow leases: no owner change under load while the test runs
+        lease_ttl=5.0,
         extra_cluster=f'  duravip_command = "{script} {{action}} {{address}} {{interface}}"\n'
         '  duravip_interface = "vip0"\n',
         extra='Binding "b0" { Bind_Address = "10.80.116.50"  Enable_Duravip = true }\n'
@@ -101,11 +101,13 @@ async def test_console_and_watch_show_everything(farm: Farm) -> None:
     await farm.flush("n1")
     for command in ("cluster shared list", "cluster shared show inbound_cidr",
                     "cluster membership", "cluster jobs", "cluster duravip show",
-                    "policy show"):  # fmt: skip
+                    "policy show", "policy show per_user alice"):  # fmt: skip
         done = await asyncio.to_thread(console, farm, "-c", command)
         assert done.returncode == 0 and done.stderr == "", (command, done)
     shown = await asyncio.to_thread(console, farm, "-c", "cluster shared show inbound_cidr")
     assert "10.0.0.0/8" in shown.stdout or "/" in shown.stdout, shown.stdout
+    okeys = farm.keys.object(QUOTAS)
+    await farm.client.zadd(usage.hot_key(okeys, "per_user"), {"alice": 1})  # a panel row
     watch = await asyncio.to_thread(console, farm, "--watch", "--seconds", "1.5")
     assert watch.returncode == 0, watch
     assert "n1" in watch.stdout and "n2" in watch.stdout, watch.stdout[-2000:]

@@ -181,3 +181,20 @@ def test_the_agent_refuses_a_policy_service_off_loopback_without_clients(
     assert done.returncode == 1, done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "clients" in lines[0] and "--policy" in lines[0], done.stderr
+
+
+async def test_an_agent_counts_policy_refusals_in_its_metrics(tmp_path: Path) -> None:
+    """End to end: ``mcluster agent --policy`` shares one count of refusals between its
+    faces, and /metrics shows the policy service's."""
+    from tests.agents import Farm
+
+    farm = Farm(tmp_path, extra='Policy {\n  clients = ("127.0.0.2/32")\n}\n')
+    try:
+        port = free_port()
+        await farm.start("n1", args=["--policy", f"127.0.0.1:{port}"])
+        assert await exchange(port, "127.0.0.3") == b""
+        async with farm.session.get(farm.agents["n1"].base + "/metrics") as resp:
+            text = await resp.text()
+        assert 'mcluster_refusals_total{face="policy",reason="not_allowed"} 1.0' in text
+    finally:
+        await farm.close()

@@ -299,6 +299,8 @@ exports.inbound_disconnect = async function (next, connection) {
 exports.ensure_throttle = function (name, rate) {
   let made = this.throttles_made.get(name)
   if (!made) {
+    // one name per client block: forget them now and then (creating again is idempotent)
+    if (this.throttles_made.size >= 10_000) this.throttles_made.clear()
     made = this.agent.create_throttle(name, rate)
     this.throttles_made.set(name, made)
     made.catch(() => this.throttles_made.delete(name))

@@ -603,7 +603,7 @@ class Node:
         (its snapshot holds everything recorded) and the flush returns after that.
         """
         rejoins = self.rejoins
-        shipping = [box.ship(self.scripts) for box in self.outboxes.values()]
+        shipping = self.replication.shipments()
         if self._audit is not None:
             shipping.append(self._audit.ship())
         results = await asyncio.gather(*shipping, return_exceptions=True)

@@ -41,6 +41,11 @@ class Closed(Error):
     """The view being drained was closed meanwhile (another node drained it)."""
 
 
+def slot_records(okeys: ObjectKeys, view: str) -> str:
+    """The hash of a view's connection slot records (``outbound_slots``; agent/slots.py)."""
+    return f"{okeys.view_base(view)}:slots"
+
+
 async def retire(scripts: Scripts, okeys: ObjectKeys, view: str, node: str) -> bool:
     """Stop ``view`` being live; its later batches are refused. True if it was live."""
     done = await scripts.run("view_retire", [okeys.views, okeys.reaping], [view, node])
@@ -73,6 +78,7 @@ async def drain(
         log.info("%s of %s was drained by another node", view, okeys.name)
         done = 0
     await scripts.run("view_close", [okeys.reaping, okeys.seq, okeys.meta(view)], [view])
+    await client.delete(slot_records(okeys, view))  # the view's connection slots, if any
     await client.hdel(keys.reaping, f"{okeys.name} {view}")
     if done:
         log.info("reaped %s of %s: %d keys", view, okeys.name, done)

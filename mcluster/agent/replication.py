@@ -187,6 +187,12 @@ class Replication:
         await reaper.retire(scripts, box.keys, box.view, self.name)
         await reaper.drain(scripts, self.keys, box.kind, box.keys, box.view, self.name, job)
 
+    def shipments(self) -> list[Coroutine[Any, Any, None]]:
+        """One ``ship`` per outbox: awaited together, everything recorded so far is applied
+        (a ``StaleView`` from one of them: the node must re-sync first)."""
+        scripts = self.scripts
+        return [box.ship(scripts) for box in self.outboxes.values()]
+
     # -- lookups --------------------------------------------------------------------------
 
     def shard_names(self, obj: str) -> list[str]:

@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+from mcluster.agent import reaper
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox
 from mcluster.errors import StaleReply
 from mcluster.objects.outbound import Cap, OutboundPolicy, Route
@@ -134,8 +135,9 @@ class Slots:
 
     def _keys(self) -> list[str]:
         k = self.box.keys
-        return [f"{k.base}:slots", k.views, k.data(GLOBAL), k.data(self.box.view),
-                k.meta(GLOBAL), k.meta(self.box.view)]  # fmt: skip
+        view = self.box.view  # its slot records go with the view when it is drained
+        return [reaper.slot_records(k, view), k.views, k.data(GLOBAL), k.data(view),
+                k.meta(GLOBAL), k.meta(view)]  # fmt: skip
 
     async def open(
         self, route: Route, views: Targets = (), extra: Sequence[Cap] = ()
@@ -145,7 +147,13 @@ class Slots:
         caps = [*self.policy.caps(route), *extra]
         slot = uuid.uuid4().hex
         async with self._op():
-            allowed, full = await self._open(slot, caps, force=False)
+            try:
+                allowed, full = await self._open(slot, caps, force=False)
+            except StaleReply:  # nothing was taken
+                raise
+            except BaseException:  # cancelled, or no answer: Redis may hold the slot anyway
+                self._close_soon(slot, self.box.view)
+                raise
             if allowed:
                 self.held[slot] = Held(caps, views)
                 for obj, key in views:
@@ -190,10 +198,11 @@ class Slots:
             self._queue.append((op, future))
             return await future
         self._inflight = True
-        try:
-            return (await self._call([op]))[0]
-        finally:
-            self._next_batch()
+        # a task of its own, shielded: a cancelled caller never cuts a call in half (its
+        # reply would be left on the connection), and the queue goes on after it
+        call = asyncio.ensure_future(self._call([op]))
+        call.add_done_callback(lambda _: self._next_batch())
+        return (await asyncio.shield(call))[0]
 
     def _next_batch(self) -> None:
         """After a call: send what queued meanwhile (in a task: the caller has its answer)."""
@@ -256,11 +265,21 @@ class Slots:
                 done = await self._submit(("c", slot, ()))
             except RETRY_ERRORS:
                 if held:
-                    task = asyncio.create_task(self._close_later(slot, view))
-                    self._retries.add(task)
-                    task.add_done_callback(self._retries.discard)
+                    self._close_soon(slot, view)
                 raise
         return done == "1"
+
+    @property
+    def closing(self) -> int:
+        """Closes (and batches) still running in the background."""
+        return len(self._retries)
+
+    def _close_soon(self, slot: str, view: str) -> None:
+        """Close ``slot`` in the background until done (a close of a slot Redis never
+        took changes nothing), or until a re-sync drains ``view``."""
+        task = asyncio.create_task(self._close_later(slot, view))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     async def _close_later(self, slot: str, view: str) -> None:
         delay = 0.05
@@ -274,6 +293,8 @@ class Slots:
                 return
             except RETRY_ERRORS:
                 continue
+            except Exception:  # the node stopped (client closed): its views are drained
+                return
 
     async def reopen(self) -> None:
         """After a re-sync (inside ``held_still``): count the slots held under the new view."""

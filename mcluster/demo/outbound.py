@@ -15,6 +15,12 @@ The provider's MX hosts are loopback "sink" SMTP servers that share one count of
 sessions: they answer ``421`` when the farm holds more than the configured concurrency
 (the cap) and record the most sessions they ever had open at once. The final summary
 puts that figure beside the cap: the farm never exceeded it, or the demo fails.
+
+The provider also pushes back on volume as Microsoft does: above ``SINK_RATE`` messages a
+second it defers a message with ``451 4.7.500 Server busy``. Relays report every attempt
+(``POST /v1/outbound/outcome``) and retry a deferred message; the demo config's
+``Shaping "bigmail_busy"`` rule suspends the whole provider for a second on every node
+after three such replies (docs/shaping.md), and the summary counts what shaping did.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 from mcluster.demo.smtp import AgentClient, AgentError
@@ -41,6 +48,9 @@ DESTINATIONS = {
     "partner.example": ("mx1.bigmail.test", "mx2.bigmail.test"),
 }
 SINK_HOLD = 0.3  # seconds a sink takes to accept a message (so sessions overlap)
+SINK_RATE = 12  # messages a second the provider takes; above it: "451 4.7.500 Server busy"
+BUSY = "4.7.500 Server busy. Please try again later. (S77714)"
+MAX_DEFERRALS = 100  # a message deferred this often is given up (counted as failed)
 WORKERS = 4  # deliveries in flight per relay at most
 ATTEMPTS = 200  # tries for a slot before a message is given up
 DRAIN_TIMEOUT = 15.0  # the longest the end of the demo waits for the forwarding queues
@@ -57,6 +67,8 @@ Provider "{PROVIDER}" {{
   cluster_outbound_throttle_messages = "1000/1"
 }}
 Host "{MX_HOSTS[0]}" {{ cluster_max_outbound_connections = {HOST_CAP} }}
+Shaping "bigmail_busy" {{ provider = "{PROVIDER}"  match = "/4\\.7\\.500 Server busy/"
+  action = "suspend"  duration = 1  trigger = "3/5" }}
 """
 
 
@@ -71,6 +83,9 @@ class Sinks:
     sessions: int = 0
     refused: int = 0  # 421: more than ``limit`` sessions at once
     messages: int = 0
+    rate: int = SINK_RATE
+    deferred: int = 0  # 451 4.7.500: more than ``rate`` messages in the last second
+    recent: deque[float] = field(default_factory=deque)  # when the last messages came
     ports: dict[str, int] = field(default_factory=dict)
     servers: list[asyncio.Server] = field(default_factory=list)
 
@@ -112,14 +127,28 @@ class Sinks:
                     while (await reader.readline()) not in (b".\r\n", b""):
                         pass
                     await asyncio.sleep(self.hold)
-                    self.messages += 1
-                    writer.write(b"250 2.0.0 accepted\r\n")
+                    if self._busy():
+                        self.deferred += 1
+                        writer.write(f"451 {BUSY}\r\n".encode())
+                    else:
+                        self.messages += 1
+                        writer.write(b"250 2.0.0 accepted\r\n")
                 elif verb == b"QUIT":
                     writer.write(b"221 bye\r\n")
                     return
                 else:
                     writer.write(b"250 ok\r\n")
                 await writer.drain()
+
+    def _busy(self) -> bool:
+        """Too many messages in the last second (else this one is counted in it)."""
+        now = asyncio.get_running_loop().time()
+        while self.recent and self.recent[0] <= now - 1.0:
+            self.recent.popleft()
+        if len(self.recent) >= self.rate:
+            return True
+        self.recent.append(now)
+        return False
 
     @staticmethod
     async def _close(writer: asyncio.StreamWriter) -> None:
@@ -137,6 +166,9 @@ class ForwardStats:
     spilled: int = 0  # went to a sibling MX host the refusal named
     sink_refused: int = 0  # the sink answered 421
     failed: int = 0  # an SMTP or agent error, or no slot after ATTEMPTS tries
+    deferred: int = 0  # the sink answered 451 4.7.500 (retried)
+    suspensions: int = 0  # reports that fired the shaping rule
+    shaped_waits: int = 0  # OBTM said not yet because of a shaping rule
 
     def add(self, other: ForwardStats) -> None:
         for name, value in vars(other).items():
@@ -179,12 +211,22 @@ class Forwarder:
                 self.queue.task_done()
 
     async def _deliver(self, domain: str) -> None:
+        """Deliver one message, again after each deferral (at most MAX_DEFERRALS)."""
+        for _ in range(MAX_DEFERRALS):
+            if await self._attempt(domain):
+                return
+        self.stats.failed += 1
+
+    async def _attempt(self, domain: str) -> bool:
+        """One delivery attempt; False when the sink deferred it (retry)."""
         route = {"binding": self.binding, "domain": domain}
         while True:  # OBTM: may one more message go out?
             decision = await self.agent.call("POST", "/v1/outbound/message", json=route)
             if decision["allowed"]:
                 break
             self.stats.obtm_waits += 1
+            if "shaping rule" in str(decision.get("reason")):
+                self.stats.shaped_waits += 1
             await asyncio.sleep(min(0.5, max(0.01, decision["retry_after_ms"] / 1000)))
         mx = DESTINATIONS[domain]
         host = mx[0]
@@ -210,8 +252,20 @@ class Forwarder:
             self.stats.delivered += seen.messages
             self.stats.sink_refused += seen.refused
             self.stats.failed += seen.errors
-            return
+            if seen.messages or seen.deferred:  # what the provider answered: to shaping
+                await self._report(route | {"host": host}, deferred=bool(seen.deferred))
+            if seen.deferred:
+                self.stats.deferred += 1
+                return False
+            return True
         self.stats.failed += 1
+        return True
+
+    async def _report(self, route: dict[str, str], deferred: bool) -> None:
+        code, text = (451, BUSY) if deferred else (250, "2.0.0 accepted")
+        body = route | {"code": code, "text": text}
+        result = await self.agent.call("POST", "/v1/outbound/outcome", json=body)
+        self.stats.suspensions += sum(r["status"] == "fired" for r in result["rules"])
 
 
 def provider_line(sinks: Sinks, stats: ForwardStats) -> tuple[bool, list[str]]:
@@ -232,4 +286,8 @@ def provider_line(sinks: Sinks, stats: ForwardStats) -> tuple[bool, list[str]]:
         f"{len(DESTINATIONS)} domains on {len(MX_HOSTS)} MX hosts; {sinks.refused} refused "
         f"by the sinks (421); {stats.cap_waits:,} waits on a cap, {stats.spilled:,} "
         f"spilled to a sibling MX, {stats.obtm_waits:,} OBTM waits, {stats.failed} failed",
+        f"  shaping: {sinks.deferred} deferred by the sinks (451 4.7.500 Server busy above "
+        f"{sinks.rate}/s), {stats.deferred} reported and retried; rule bigmail_busy "
+        f"suspended provider:{PROVIDER} {stats.suspensions} "
+        f"time{'' if stats.suspensions == 1 else 's'}, {stats.shaped_waits:,} OBTM waits on it",
     ]

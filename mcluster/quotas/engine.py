@@ -35,8 +35,8 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
-from mcluster.agent.outbox import RETRY_ERRORS
-from mcluster.objects.rates import Rate
+from mcluster.agent.outbox import RETRY_ERRORS, stop_if_cancelled
+from mcluster.objects.rates import MAX_COUNT, Rate
 from mcluster.objects.throttle import Decision
 from mcluster.quotas import usage
 from mcluster.quotas.config import Quota
@@ -104,8 +104,10 @@ ADMITTED = Outcome("DUNNO", "DUNNO")
 
 
 def _number(attrs: dict[str, str], name: str) -> int:
+    """A count Postfix sent (``size``, ``recipient_count``): 0 when it is not a number,
+    at most MAX_COUNT (more can fit no limit: refused, never an error)."""
     try:
-        return max(0, int(attrs.get(name, "0") or "0"))
+        return min(MAX_COUNT, max(0, int(attrs.get(name, "0") or "0")))
     except ValueError:
         return 0
 
@@ -120,7 +122,9 @@ def retry_seconds(retry_ms: int, rate: Rate) -> int:
 
 
 def _shown(value: str) -> str:
-    text = value if value else "<>"
+    """A key value as an SMTP reply may quote it: printable ASCII (an SMTPUTF8 address's
+    other characters become ?), at most MAX_SHOWN characters, ``<>`` when empty."""
+    text = "".join(ch if " " <= ch <= "~" else "?" for ch in value) if value else "<>"
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
@@ -304,6 +308,7 @@ class QuotaEngine:
                         await usage.publish(client(), okeys, self.quotas)
                         self.published = True
                     await self.flush(client(), okeys)
+                stop_if_cancelled()  # a cancel redis-py swallowed (found by fuzzing: stop hung)
                 await asyncio.sleep(FLUSH_EVERY)
         except asyncio.CancelledError:
             with contextlib.suppress(*RETRY_ERRORS, TimeoutError):

@@ -4,9 +4,9 @@
 Each agent running the policy service publishes its quotas (key, limit, count, action,
 overrides) in the hash ``B:quotas`` (``B`` the policy family's base) when it starts, and
 adds its refusals and WARN quotas' would-have-refused counts to ``B:quota_counts`` every
-few seconds. A key's use and retry time are read by ``throttle_acquire`` itself, with a
-probe (a negative cost: nothing is counted), so they are exactly what the next decision
-would see; a node's share (``from NODE``) is the sum of its share's live buckets.
+few seconds. A key's use and retry time are reckoned from its window hash as
+``_window.lua`` reckons them (plain reads: a read-only console user may show quotas); a
+node's share (``from NODE``) is the sum of its share's live buckets.
 """
 
 from __future__ import annotations
@@ -22,15 +22,12 @@ from redis.asyncio import Redis
 from mcluster.errors import InvalidValue, NotFound
 from mcluster.objects import throttle
 from mcluster.objects.rates import Rate, parse_rate
-from mcluster.objects.throttle import Request, ThrottleDef
 from mcluster.quotas.config import Quota
 from mcluster.quotas.keys import KeySpec, parse_key, split_window, window_name
 from mcluster.store import members
 from mcluster.store.keys import ClusterKeys, ObjectKeys, text
-from mcluster.store.scripts import Scripts
 
 TOP = 10  # keys per quota that ``policy show`` lists
-PROBES_PER_CALL = 256
 SCAN_COUNT = 1000
 EMPTY_SHOWN = "<>"  # how an empty key value (no login, the null sender) is typed and shown
 
@@ -118,11 +115,12 @@ async def publish(client: Redis, okeys: ObjectKeys, quotas: Iterable[Quota]) -> 
     """Write this agent's quotas where consoles read them (the last agent started or
     reloaded wins)."""
     mapping: dict[Any, Any] = {q.name: json.dumps(QuotaInfo.of(q).to_json()) for q in quotas}
-    pipe = client.pipeline(transaction=True)  # the quotas a reload removed go too
-    pipe.delete(quotas_key(okeys))
+    key = quotas_key(okeys)
+    gone = [k for k in map(text, await client.hkeys(key)) if k not in mapping]
+    if gone:  # quotas a reload removed (no MULTI: the least ACL user has none)
+        await client.hdel(key, *gone)
     if mapping:
-        pipe.hset(quotas_key(okeys), mapping=mapping)
-    await pipe.execute()
+        await client.hset(key, mapping=mapping)
 
 
 async def add_counts(client: Redis, okeys: ObjectKeys, counts: Mapping[str, int]) -> None:
@@ -155,7 +153,7 @@ async def add_hot(
 
 
 async def hot_values(client: Redis, okeys: ObjectKeys, quota: str) -> list[str]:
-    raw = cast(list[bytes], await client.zrange(hot_key(okeys, quota), 0, -1))
+    raw = cast(list[bytes], await client.zrangebyscore(hot_key(okeys, quota), "-inf", "+inf"))
     return sorted(text(v) for v in raw)
 
 
@@ -194,35 +192,48 @@ def key_value(info: QuotaInfo, typed: str) -> str:
     return value
 
 
-async def _probe(client: Redis, okeys: ObjectKeys, windows: list[tuple[str, Rate]]) -> list[int]:
-    """For each window, its remaining budget and retry time, read by ``throttle_acquire``
-    with a probe of 1 (nothing is counted): flat [remaining, retry_ms, ...]."""
-    out: list[int] = []
-    scripts = Scripts(client)
-    for start in range(0, len(windows), PROBES_PER_CALL):
-        chunk = windows[start : start + PROBES_PER_CALL]
-        defs = {name: ThrottleDef(name=name, rate=str(rate)) for name, rate in chunk}
-        requests = [Request(((name, -1),)) for name, _ in chunk]
-        keys, args = throttle.plan(okeys, requests, defs, "console")
-        reply = await scripts.run("throttle_acquire", keys, args)
-        for decision in throttle.decisions(requests, reply):
-            out += [decision.remaining[0][1], decision.retry_after_ms]
-    return out
+def window_use(raw: Mapping[bytes | str, bytes | str], rate: Rate, now: int) -> tuple[int, int]:
+    """(used, ms until one more fits: 0 when it fits now) of a window hash, as
+    ``_window.lua`` reckons them (``window_open`` and ``window_retry_after``), read-only:
+    the live buckets are those from the oldest the window overlaps, less that oldest one
+    once its last count is a period old; a bucket leaves a period after its last count
+    (``m<bucket>``; without one, a period after the bucket's end)."""
+    p, w = rate.period_ms, rate.bucket_ms
+    oldest = (now - p) // w
+    counts: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for field_, value in raw.items():
+        name = text(field_)
+        if name.isdigit() and int(name) >= oldest:
+            counts[int(name)] = int(value)
+        elif name.startswith("m") and name[1:].isdigit():
+            times[int(name[1:])] = int(value)
+    last = times.get(oldest)
+    if last is not None and last + p <= now:
+        counts.pop(oldest, None)
+    used = sum(counts.values())
+    excess = used + 1 - rate.count
+    if excess <= 0:
+        return used, 0
+    for bucket in sorted(counts):
+        excess -= counts[bucket]
+        if excess <= 0:
+            leaves = times.get(bucket, (bucket + 1) * w) + p
+            return used, min(p, max(1, leaves - now))
+    return used, p
 
 
-async def _shares(
-    client: Redis, okeys: ObjectKeys, windows: list[tuple[str, Rate]], node: str
-) -> list[int]:
-    """What ``node`` admitted in each window now (its share's live buckets)."""
+async def _read(
+    client: Redis, okeys: ObjectKeys, windows: list[tuple[str, Rate]], node: str | None = None
+) -> list[tuple[int, int]]:
+    """(used, retry ms) of each window, cluster-wide, or ``node``'s share (used only):
+    plain reads (HGETALL and TIME), so a read-only console user may run them."""
     now = await members.server_time_ms(client)
     pipe = client.pipeline(transaction=False)
     for name, _ in windows:
         pipe.hgetall(throttle.window_key(okeys, name, node))
-    used = []
-    for (_, rate), raw in zip(windows, await pipe.execute(), strict=True):
-        oldest = (now - rate.period_ms) // rate.bucket_ms
-        used.append(sum(int(c) for b, c in raw.items() if b.isdigit() and int(b) >= oldest))
-    return used
+    replies = await pipe.execute()
+    return [window_use(raw, rate, now) for (_, rate), raw in zip(windows, replies, strict=True)]
 
 
 async def uses(
@@ -234,14 +245,13 @@ async def uses(
 ) -> list[KeyUse]:
     """The use of each key value of one quota, cluster-wide or ``node``'s share."""
     windows = [(window_name(info.name, v), info.rate_for(v)) for v in values]
-    probed = await _probe(client, okeys, windows)
-    shares = await _shares(client, okeys, windows, node) if node is not None else None
+    cluster = await _read(client, okeys, windows)
+    shares = await _read(client, okeys, windows, node) if node is not None else cluster
     out = []
-    for i, (value, (_, rate)) in enumerate(zip(values, windows, strict=True)):
-        remaining, retry = probed[2 * i], probed[2 * i + 1]
-        used = rate.count - remaining if shares is None else shares[i]
-        out.append(KeyUse(info.name, value, used, rate.count, rate.period,
-                          max(0, retry), info.count, node))  # fmt: skip
+    for value, (_, rate), (_, retry), (used, _) in zip(
+        values, windows, cluster, shares, strict=True
+    ):
+        out.append(KeyUse(info.name, value, used, rate.count, rate.period, retry, info.count, node))
     return out
 
 

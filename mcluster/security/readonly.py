@@ -23,7 +23,7 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 READ_ONLY_ACL = (
     "user mcluster-console on >PASSWORD ~mc:* resetchannels &mc:* -@all +ping +evalsha "
     "+script|load +time +get +mget +hget +hexists +hgetall +hkeys +hvals +hlen +hmget "
-    "+hscan +zscore +zcard +zrangebyscore +zscan +xread +xrevrange +scan"
+    "+hscan +zscore +zcard +zrange +zrangebyscore +zscan +xread +xrevrange +scan"
 )
 #: The commands of the access probe that change data (the others only read).
 PROBE_WRITES = frozenset({

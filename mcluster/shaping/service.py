@@ -61,6 +61,7 @@ AUDIT_LENGTH = 10_000  # entries kept in the audit stream (approximately)
 #: ms: a check Redis does not answer in time is skipped (as OBTM's on_error = allow);
 #: ``cluster { shaping_deadline_ms = N }`` sets it, and the deadline of shaping's buckets.
 DEFAULT_DEADLINE_MS = 50
+MAX_LEARNED = 100_000  # domains whose provider a node remembers at most
 PROVIDER_TTL = 1.0  # s: how long a node trusts "this domain has no known provider"
 #: A count key under every connection to a destination that has a ``connections`` rule,
 #: so the cap, once in force, counts the connections already open.
@@ -140,7 +141,7 @@ class Shaper:
         self.stats = ShapingStats()
         #: Activations this node made, by (rule, action): ``mcluster_shaping_actions_total``.
         self.activations: Counter[tuple[str, str]] = Counter()
-        #: OBTM refusals and connection refusals by rule: ``mcluster_shaping_refusals_total``.
+        #: OBTM refusals by (rule or bucket, reason): ``mcluster_shaping_refusals_total``.
         self.refusals: Counter[tuple[str, str]] = Counter()
         self._providers: dict[str, tuple[str | None, float]] = {}
         self.deadline_ms = node.config.get_int(
@@ -177,12 +178,18 @@ class Shaper:
         """(known, provider) of the route: from its MX host, else what this node learned."""
         provider = self.config.provider_of(route.host, route.mx_hosts)
         if provider is not None:
-            self._providers[route.domain.casefold()] = (provider, float("inf"))
+            self._learn(route.domain.casefold(), provider, float("inf"))
             return True, provider
         learned = self._providers.get(route.domain.casefold())
         if learned is not None and learned[1] > time.monotonic():
             return True, learned[0]
         return False, None
+
+    def _learn(self, domain: str, provider: str | None, until: float) -> None:
+        """Remember a domain's provider (None: none known) until ``until`` (monotonic)."""
+        if len(self._providers) >= MAX_LEARNED and domain not in self._providers:
+            self._providers.clear()  # bounded: relearned from the next reports and checks
+        self._providers[domain] = (provider, until)
 
     def shaped(self, route: Route) -> bool:
         """Whether any rule, adaptive rate or warm-up can touch ``route`` (else no check)."""
@@ -279,9 +286,9 @@ class Shaper:
     def _route_state(self, domain: str, reply: list[Any]) -> RouteState:
         now, provider = int(reply[0]), text(reply[1]) or None
         if provider is None:
-            self._providers[domain] = (None, time.monotonic() + PROVIDER_TTL)
+            self._learn(domain, None, time.monotonic() + PROVIDER_TTL)
         else:
-            self._providers[domain] = (provider, float("inf"))
+            self._learn(domain, provider, float("inf"))
         i, actions = 3, []
         for _ in range(int(reply[2])):
             rule, dest, action, value, left = reply[i : i + 5]
@@ -294,7 +301,9 @@ class Shaper:
         rates: dict[str, float] = {}
         for _ in range(int(reply[i])):
             name, rate = text(reply[i + 1]), text(reply[i + 2])
-            rates[name] = float(rate) if rate else self._adaptive[name].max
+            rule = self._adaptive.get(name)  # None: a config reload removed it meanwhile
+            if rule is not None:
+                rates[name] = float(rate) if rate else rule.max
             i += 2
         i += 1
         days: dict[str, int] = {}
@@ -359,12 +368,13 @@ class Shaper:
         limits = []
         adaptive_rate: Rate | None = None
         for name, rate in state.rates.items():
-            rule = self._adaptive[name]
+            rule = self._adaptive[name]  # (_route_state kept only the configured ones)
             adaptive_rate = Rate(max(1, round(rate)), rule.period)
             limits.append(self._bucket(f"adaptive:{name}", adaptive_rate))
+        warmups = {w.name: w for w in self.config.warmups}
         for name, day in state.days.items():
-            warm = next(w for w in self.config.warmups if w.name == name)
-            day_rate = warm.rate_on(day)
+            warm = warmups.get(name)  # None: a config reload removed it meanwhile
+            day_rate = warm.rate_on(day) if warm is not None else None
             if day_rate is not None:
                 limits.append(self._bucket(f"warmup:{name}", day_rate))
         under = adaptive_rate or base

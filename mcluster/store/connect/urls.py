@@ -99,7 +99,11 @@ def resolve_redis_url(
 def redact_url(url: str) -> str:
     """Replace any credentials in ``url`` (user:password@, ?password=) with ``***``."""
     match = _SCHEME_RE.match(url)
-    if match is None:
+    if match is None:  # not a URL; "user:password@host" typed without a scheme: hide it
+        query_at = min((i for i in (url.find("?"), url.find("#")) if i != -1), default=len(url))
+        at = url.rfind("@", 0, query_at)
+        if at != -1:
+            url = "***" + url[at:]
         return _QUERY_PASSWORD_RE.sub(r"\1***", url)
     scheme, rest = match[1], match[2]
     query_at = min((i for i in (rest.find("?"), rest.find("#")) if i != -1), default=len(rest))
@@ -107,6 +111,8 @@ def redact_url(url: str) -> str:
         # unix://[user[:password]@]/path: the userinfo is followed by the path's '/', and
         # socket paths may contain '@' themselves
         at = -1 if rest.startswith("/") else rest.rfind("@/", 0, query_at)
+        if at == -1 and not rest.startswith("/"):  # malformed (no path): hide it all the same
+            at = rest.rfind("@", 0, query_at)
     else:
         # TCP URLs have no '@' in their path, so a '/' in an unescaped password can't hide it
         at = rest.rfind("@", 0, query_at)
