@@ -310,7 +310,10 @@ async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:
 
 
 class Caches:
-    """Every replicated cache of the config on one node (``Node.caches``)."""
+    """Every replicated cache of the config on one node (``Node.caches``); a ``Service``
+    (``agent/service.py``) of the node."""
+
+    name = "caches"
 
     def __init__(
         self,
@@ -353,6 +356,9 @@ class Caches:
 
     async def stop(self) -> None:
         await cancel_tasks(self._tasks)
+
+    def on_rejoin(self) -> None:
+        """Nothing: the caches are the cluster's, not this node's epoch's."""
 
     def set_loader(self, name: str, loader: Loader | None, ttl: str | int = 0) -> None:
         """Fill misses of cache ``name`` from ``loader(key)`` (a value, or None for none);

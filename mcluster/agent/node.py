@@ -135,10 +135,13 @@ class Node:
             self._spawn,
         )  # fmt: skip
         max_len = self.config.get_int("log_stream_max", DEFAULT_STREAM_MAX, minimum=1)
-        #: Features run as services: started after the join, stopped before leaving, told
-        #: of every rejoin. (Throttles, caches, gauge caches, audit, slots, DuraVIP and
-        #: shaping are still started by ``start`` itself.)
-        self.services: list[Service] = [LogShipping(self.service_context, self.log_files, max_len)]
+        #: Features run as services: started before the join, stopped before leaving, told
+        #: of every rejoin. (Throttles, gauge caches, audit, slots, DuraVIP and shaping
+        #: are still started by ``start`` itself.)
+        self.services: list[Service] = [
+            self.caches,
+            LogShipping(self.service_context, self.log_files, max_len),
+        ]
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -214,9 +217,9 @@ class Node:
                 lambda: self.decision_scripts, self.keys, throttle.OBJECT, self.name
             )
             await self._throttles.load(throttle.config_throttles(self.config))
-        await self.caches.start()  # snapshot caches hold every live pair before the join
+        for service in self.services:  # before the join: a snapshot cache holds every
+            await service.start()  # live pair by the time this node is a member
         await self._join()
-        self._tasks = []
         replication.start()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         if self._audit is not None:
@@ -226,8 +229,6 @@ class Node:
         if self.shaping is not None:  # AIMD steps, on whichever node leads
             self._tasks.append(asyncio.create_task(self.shaping.run(), name="shaping"))
         self._tasks.append(asyncio.create_task(self.duravip.run(), name="duravip"))
-        for service in self.services:
-            await service.start()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A task of this node: cancelled when it stops."""
@@ -414,7 +415,6 @@ class Node:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.warning("%s ended with %r", task.get_name(), task.exception())
         self._tasks = []
-        await self.caches.stop()
         await self.gauge_caches.stop()
         for service in self.services:
             await service.stop()

@@ -1,10 +1,11 @@
 """The ``Service`` protocol: a feature the node runs beside its replication.
 
-A service is started once the node has joined, stopped when the node stops (before it
-leaves), and told when the node rejoined with a new epoch (a re-sync or ``cluster
-reset``). It receives a ``ServiceContext``: the few things a feature may use (the Redis
-client and scripts, the cluster's keys, the node's name, its membership and config, and a
-way to start tasks the node owns), never the whole ``Node``. The manager's
+A service is started just before the node joins (so that, say, a snapshot cache holds
+every live pair by the time the node is a member), stopped when the node stops (its tasks
+cancelled, before it leaves), and told when the node rejoined with a new epoch (a re-sync
+or ``cluster reset``). It receives a ``ServiceContext``: the few things a feature may use
+(the Redis client and scripts, the cluster's keys, the node's name, its membership and
+config, and a way to start tasks the node owns), never the whole ``Node``. The manager's
 ``add_service`` and dramatiq's middleware are the models.
 
     class LogShipping:                       # mcluster/logs/shipper.py: copy it
@@ -33,12 +34,12 @@ __all__ = ["Service", "ServiceContext"]
 
 
 class Service(Protocol):
-    """A feature the node starts after joining, stops before leaving, and tells of rejoins."""
+    """A feature the node starts before joining, stops before leaving, tells of rejoins."""
 
     name: str
 
     async def start(self) -> None:
-        """Begin (the node has joined): load state, start tasks through ``ctx.spawn``."""
+        """Begin (just before the join): load state, start tasks through ``ctx.spawn``."""
         ...
 
     async def stop(self) -> None:
