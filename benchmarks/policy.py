@@ -169,7 +169,9 @@ def spawn_agent(
          "--node", f"bench-{index}", "--redis", redis_url, "--log-level", "WARNING",
          "--listen", f"127.0.0.1:{http_port}", "--policy", f"127.0.0.1:{port}"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": tree} if tree else None,
+        # the older tree as the working directory too: ``python -m`` puts the working
+        # directory before PYTHONPATH, so from a checkout it would run that checkout
+        env={**os.environ, "PYTHONPATH": tree} if tree else None, cwd=tree or None,
     )  # fmt: skip
     return Server(name, "RCPT", port, proc, log, http_port)
 

@@ -256,6 +256,34 @@ class Throttles:
         self.stats.allowed += decision.allowed
         return decision
 
+    async def acquire_many(self, requests: Sequence[Request], until: float) -> list[Decision]:
+        """Decide ``requests`` (each all-or-nothing, in order) in one ``throttle_acquire``
+        call that ends by ``until`` (event loop time; after it every one is degraded): the
+        policy service's batch of one loop turn, with no coroutine, future or timer per
+        request. The caller has checked them (``throttle.check_request``, exact mode)."""
+        deadline = until - asyncio.get_running_loop().time()
+        if deadline > 0 and self._busy:  # a call is in flight: each waits its turn
+            return list(await asyncio.gather(*(self._decide(r, until) for r in requests)))
+        decided: list[Decision] | None = None
+        if deadline > 0:
+            self._busy = True
+            try:
+                keys, args = throttle.plan(self.okeys, requests, self.defs, self.node)
+                call = self._run_batch("throttle_acquire", keys, args)
+                decided = throttle.decisions(requests, await self._within(deadline, call))
+            except (TimeoutError, *RETRY_ERRORS) as exc:
+                log.debug("throttle decisions degraded (%s)", type(exc).__name__)
+            finally:
+                self._busy = False
+                if self._pending:
+                    self._start_worker()
+        if decided is None:
+            return [self._degraded(r, [self.defs[n] for n, _ in r.limits]) for r in requests]
+        self.stats.batches += 1
+        self.stats.decisions += len(decided)
+        self.stats.allowed += sum(d.allowed for d in decided)
+        return decided
+
     async def _alone(self, request: Request, deadline: float) -> Decision | None:
         """Send at once, in the caller's task, with the requests of callers that became
         ready in the same turn of the event loop (so concurrent callers still batch)."""

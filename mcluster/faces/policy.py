@@ -32,6 +32,7 @@ import re
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
@@ -49,9 +50,19 @@ from mcluster.objects.policy import (
     policy_config,
 )
 from mcluster.objects.rates import MAX_COUNT
-from mcluster.quotas.engine import MAIL_STATES, RECIPIENT_STATES, Limit, Outcome, QuotaEngine
+from mcluster.quotas.engine import (
+    ADMITTED,
+    MAIL_STATES,
+    RECIPIENT_STATES,
+    Limit,
+    Outcome,
+    QuotaEngine,
+)
 from mcluster.security.clients import PolicyGuard, RefusalLog
 from mcluster.security.refusals import Refusals
+
+if TYPE_CHECKING:
+    from mcluster.faces.policy_conn import PolicyConnection
 
 log = logging.getLogger("mcluster.policy")
 
@@ -90,7 +101,7 @@ class PolicyStats:
     released: Counter[str] = field(default_factory=Counter)
 
 
-@dataclass
+@dataclass(slots=True)
 class Transaction:
     """One mail transaction as the policy service saw it."""
 
@@ -100,6 +111,22 @@ class Transaction:
     started: float
     quotas_due: bool = False  # asked before MAIL: the message quotas are still to count
     recipients_counted: bool = False  # asked at RCPT or later: recipients quotas counted
+
+
+@dataclass(slots=True)
+class Step:
+    """A request whose answer waits for a decision: the windows to acquire, and what
+    ``PolicyService.complete`` needs then (``txn``: a later request of an admitted
+    transaction; else a new transaction of ``client``)."""
+
+    state: str
+    instance: str
+    address: str
+    limits: list[Limit]
+    txn: Transaction | None = None
+    client: Address | None = None
+    client_text: str = ""
+    first: bool = False
 
 
 class TimedOut(Garbage):
@@ -192,33 +219,41 @@ class RequestReader:
         """One request's attributes; None when the client closed between requests."""
         buffer = self.buffer
         while True:
-            end = buffer.find(b"\n\n")
-            if end >= 0 or b"\r" in buffer:  # CRLF lines end with "\n\r\n"
-                crlf = buffer.find(b"\n\r\n")
-                if crlf >= 0 and (end < 0 or crlf < end):
-                    end = crlf
-            if end >= 0 or buffer.startswith((b"\n", b"\r\n")):
+            attrs, used = cut_request(buffer)
+            if attrs is not None:
                 break
-            lines_end = buffer.rfind(b"\n") + 1
-            if len(buffer) - lines_end > MAX_LINE:
-                raise Garbage(f"a line longer than {MAX_LINE} bytes")
-            if _BINARY_LINES.search(buffer, 0, lines_end):  # not the protocol: say so now
-                raise Garbage("binary data (control characters)")
-            if len(buffer) > MAX_REQUEST:
-                raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
             chunk = await self._read(bool(buffer))
             if not chunk:
                 if buffer:
                     raise Garbage("the connection closed in the middle of a request")
                 return None
             buffer += chunk
-        if end < 0:  # an empty line first
-            raise Garbage("an empty request (no name=value line before the empty line)")
-        block = buffer[:end]
-        skip = 3 if buffer[end + 1 : end + 2] == b"\r" else 2
-        self.buffer = buffer[end + skip :]
+        self.buffer = buffer[used:]
         self.deadline = None  # the next request's starts at its first byte
-        return parse_request(block)
+        return attrs
+
+
+def cut_request(buffer: bytes) -> tuple[dict[str, str] | None, int]:
+    """The first whole request in ``buffer`` and how many bytes it took, or (None, 0)
+    when none is whole yet; Garbage as soon as the buffer cannot be the protocol."""
+    end = buffer.find(b"\n\n")
+    if end >= 0 or b"\r" in buffer:  # CRLF lines end with "\n\r\n"
+        crlf = buffer.find(b"\n\r\n")
+        if crlf >= 0 and (end < 0 or crlf < end):
+            end = crlf
+    if end < 0 and not buffer.startswith((b"\n", b"\r\n")):
+        lines_end = buffer.rfind(b"\n") + 1
+        if len(buffer) - lines_end > MAX_LINE:
+            raise Garbage(f"a line longer than {MAX_LINE} bytes")
+        if _BINARY_LINES.search(buffer, 0, lines_end):  # not the protocol: say so now
+            raise Garbage("binary data (control characters)")
+        if len(buffer) > MAX_REQUEST:
+            raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
+        return None, 0
+    if end < 0:  # an empty line first
+        raise Garbage("an empty request (no name=value line before the empty line)")
+    skip = 3 if buffer[end + 1 : end + 2] == b"\r" else 2
+    return parse_request(buffer[:end]), end + skip
 
 
 def parse_request(block: bytes) -> dict[str, str]:
@@ -290,7 +325,11 @@ class PolicyService:
         self._client_cache: dict[Address, tuple[tuple[Limit, ...], str]] = {}
         self.stats = PolicyStats()
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._writers: set[PolicyConnection] = set()  # the connections served
+        self._tasks: set[asyncio.Future[None]] = set()  # batch calls in flight
+        from mcluster.faces.policy_conn import DecisionBatch  # it builds on this module
+
+        self.batch = DecisionBatch(self)
         self._sweeper: asyncio.Task[None] | None = None
         self._quota_task: asyncio.Task[None] | None = None
         self._audit_events: frozenset[str] = frozenset()
@@ -299,7 +338,10 @@ class PolicyService:
 
     async def start(self, host: str, port: int) -> None:
         self._audit_events = audit_events(self.node)
-        self._server = await asyncio.start_server(self._serve, host, port)
+        from mcluster.faces.policy_conn import PolicyConnection
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: PolicyConnection(self), host, port)
         self._sweeper = asyncio.create_task(self._sweep_loop())
         okeys = self.node.keys.object(FAMILY)  # quotas: published, refusals added up
         self._quota_task = asyncio.create_task(self.quotas.run(lambda: self.node.client, okeys))
@@ -328,9 +370,9 @@ class PolicyService:
             self.node.reload_hooks.remove(self.adopt)
         if self._server is not None:
             self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        for task in (self._sweeper, self._quota_task):
+        for conn in list(self._writers):
+            conn.close()
+        for task in (self._sweeper, self._quota_task, *self._tasks):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -343,7 +385,7 @@ class PolicyService:
 
     # -- the protocol -----------------------------------------------------------------
 
-    def _admit(self, peer: object, writer: asyncio.StreamWriter) -> bool:
+    def _admit(self, peer: object, transport: asyncio.Transport) -> bool:
         """Whether a new connection may be served; a refused one is closed at once, before
         anything is read or answered, and counted (logged once a minute per address)."""
         host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
@@ -360,45 +402,26 @@ class PolicyService:
         else:
             return True
         self.refusals.count("policy", reason)
-        writer.transport.abort()  # no answer, no lingering
+        transport.abort()  # no answer, no lingering
         return False
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        if not self._admit(peer, writer):
-            return
-        self._writers.add(writer)
-        self.stats.connections += 1
-        current = ""  # the transaction this smtpd process is in
-        transport = writer.transport
-        requests = RequestReader(reader, self.guard.idle_timeout, self.guard.request_timeout)
-        try:
-            while (attrs := await requests.request()) is not None:
-                instance = attrs.get("instance", "")
-                if instance != current:  # the smtpd process moved on: that one is over
-                    self._release(current, "next")
-                    current = instance
-                action = await self.answer(attrs)
-                writer.write(f"action={action}\n\n".encode())
-                if transport.get_write_buffer_size() > WRITE_BUFFER:  # a client not reading
-                    await writer.drain()
-        except TimedOut as exc:
-            self.refusals.count("policy", exc.reason)
-            log.info("policy client %s: %s; connection closed", peer, exc)
-        except Garbage as exc:
-            self.stats.garbage += 1
-            log.warning("policy client %s sent %s; connection closed", peer, exc)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            requests.close()
-            self._release(current, "closed")
-            self._writers.discard(writer)
-            writer.close()
+    def _track(self, task: asyncio.Future[None]) -> None:
+        """Keep a batch call's task until it ends (the loop holds only weak references)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def answer(self, attrs: dict[str, str]) -> str:
         """The action for one request (without ``action=``). Garbage when it is not a
         policy request; any other failure answers the ``on_error`` policy."""
+        step = self.begin(attrs)
+        if isinstance(step, str):
+            return step
+        return self.complete(step, await self._limit(step.limits, step.address))
+
+    def begin(self, attrs: dict[str, str]) -> str | Step:
+        """A request's answer when no window needs asking, else the Step that waits for
+        its decision (``complete`` then makes the answer). Garbage when it is not a policy
+        request."""
         self.stats.requests += 1
         if attrs.get("request") != REQUEST:
             raise Garbage(f"request={attrs.get('request', '')!r}, expected {REQUEST}")
@@ -408,65 +431,68 @@ class PolicyService:
         if state == "CONNECT":
             self._audit("connect", address)
         txn = self.transactions.get(instance) if instance else None
-        if txn is None:
-            action = await self._decide(attrs, address, instance, state)
+        if txn is None:  # a new transaction: every window of its client, its quotas
+            client = parse_client(address)
+            first = state in MAIL_STATES
+            limits, client_text = self._client_limits(client) if client is not None else ([], "")
+            if self.quotas:
+                limits += self.quotas.limits(attrs, state, first=first, recipients_due=True)
+            if client is None and not self.quotas:  # no client address to limit (local)
+                return self._finish(state, instance, address, "DUNNO")
+            self.stats.transactions += 1
+            step = Step(state, instance, address, limits, None, client, client_text, first)
         elif txn.action == "DUNNO" and self.quotas:  # admitted: recipients, bytes
-            action = await self._quota_stage(txn, attrs, state)
+            # (and its message quotas when the first request came before MAIL)
+            first = txn.quotas_due and state in MAIL_STATES
+            if first:
+                txn.quotas_due = False
+            due = not txn.recipients_counted
+            txn.recipients_counted |= state in RECIPIENT_STATES
+            limits = self.quotas.limits(attrs, state, first=first, recipients_due=due)
+            if not limits:
+                return self._finish(state, instance, address, "DUNNO")
+            step = Step(state, instance, address, limits, txn)
         else:
-            action = txn.action
+            return self._finish(state, instance, address, txn.action)
+        if not step.limits:
+            return self.complete(step, ADMITTED)
+        return step
+
+    def complete(self, step: Step, outcome: Outcome) -> str:
+        """The answer of a Step once its windows are decided: a new transaction is
+        remembered (and leased), a later request's refusal becomes the transaction's."""
+        txn = step.txn
+        if txn is not None:
+            if outcome.transaction != "DUNNO":
+                txn.action = outcome.transaction
+            return self._finish(step.state, step.instance, step.address, outcome.answer)
+        if outcome.transaction != "DUNNO":
+            self._audit("rejection", step.address)
+        if step.instance and step.state != END_OF_MESSAGE:
+            client = step.client
+            leased = outcome.transaction == "DUNNO" and self.count_object is not None
+            leased = leased and client is not None
+            if leased:
+                self.node.record(self.count_object or "", step.client_text, +1)
+            self.transactions[step.instance] = Transaction(
+                step.client_text,
+                outcome.transaction,
+                leased,
+                time.monotonic(),
+                quotas_due=not step.first,
+                recipients_counted=step.state in RECIPIENT_STATES,
+            )
+            if len(self.transactions) > MAX_TRANSACTIONS:
+                self._release(next(iter(self.transactions)), "overflow")
+        return self._finish(step.state, step.instance, step.address, outcome.answer)
+
+    def _finish(self, state: str, instance: str, address: str, action: str) -> str:
         if state == END_OF_MESSAGE:
             if admits(action):
                 self._audit("reception", address)
             self._release(instance, "end-of-message")
         self.stats.actions[action.split(" ", 1)[0]] += 1
         return action
-
-    async def _decide(self, attrs: dict[str, str], address: str, instance: str, state: str) -> str:
-        """Count a new transaction in every window of its client (and its quotas);
-        remember the answer."""
-        client = parse_client(address)
-        first = state in MAIL_STATES
-        limits, client_text = self._client_limits(client) if client is not None else ([], "")
-        if self.quotas:
-            limits += self.quotas.limits(attrs, state, first=first, recipients_due=True)
-        if client is None and not self.quotas:  # no client address to limit (local)
-            return "DUNNO"
-        self.stats.transactions += 1
-        outcome = await self._limit(limits, address)
-        if outcome.transaction != "DUNNO":
-            self._audit("rejection", address)
-        if instance and state != END_OF_MESSAGE:
-            leased = outcome.transaction == "DUNNO" and self.count_object is not None
-            leased = leased and client is not None
-            if leased:
-                self.node.record(self.count_object or "", client_text, +1)
-            self.transactions[instance] = Transaction(
-                client_text,
-                outcome.transaction,
-                leased,
-                time.monotonic(),
-                quotas_due=not first,
-                recipients_counted=state in RECIPIENT_STATES,
-            )
-            if len(self.transactions) > MAX_TRANSACTIONS:
-                self._release(next(iter(self.transactions)), "overflow")
-        return outcome.answer
-
-    async def _quota_stage(self, txn: Transaction, attrs: dict[str, str], state: str) -> str:
-        """A later request of an admitted transaction: its recipient or bytes quotas (and
-        its message quotas when the first request came before MAIL)."""
-        first = txn.quotas_due and state in MAIL_STATES
-        if first:
-            txn.quotas_due = False
-        due = not txn.recipients_counted
-        txn.recipients_counted |= state in RECIPIENT_STATES
-        limits = self.quotas.limits(attrs, state, first=first, recipients_due=due)
-        if not limits:
-            return "DUNNO"
-        outcome = await self._limit(limits, attrs.get("client_address", ""))
-        if outcome.transaction != "DUNNO":
-            txn.action = outcome.transaction
-        return outcome.answer
 
     def _client_limits(self, client: Address) -> tuple[list[Limit], str]:
         """The windows of a client's blocks (a new list: the caller adds its quotas) and
@@ -491,32 +517,49 @@ class PolicyService:
             f"(cluster limit {rule.rate.count} per {rule.rate.period:g} s); try again in {wait} s"
         )
 
-    async def _limit(self, limits: list[Limit], address: str) -> Outcome:
+    async def _limit(
+        self,
+        limits: list[Limit],
+        address: str,
+        until: float | None = None,
+        recipient: str = "",
+        warning: str = "",
+    ) -> Outcome:
         """Acquire ``limits`` all-or-nothing within the deadline (``on_error`` answers
-        when Redis does not, or when anything fails)."""
+        when Redis does not, or when anything fails). ``until``, ``recipient`` and
+        ``warning`` go on from a batch decision that asked for more."""
         if not limits:
-            return Outcome("DUNNO", "DUNNO")
+            return ADMITTED
         # Every decision of this answer ends by the deadline: a deadline passed down to
         # the throttles' own timers, not an asyncio.timeout per answer (7 % of the agent's
         # GIL time in a py-spy profile).
-        until = asyncio.get_running_loop().time() + self.config.deadline_ms / 1000
+        if until is None:
+            until = asyncio.get_running_loop().time() + self.config.deadline_ms / 1000
+        acquire = functools.partial(self.windows.acquire, until=until)
         try:
             outcome = await self.quotas.decide(
-                limits, functools.partial(self.windows.acquire, until=until)
+                limits, acquire, recipient=recipient, warning=warning
             )
         except (TimeoutError, *RETRY_ERRORS) as exc:
             log.debug("policy decision degraded (%s)", type(exc).__name__)
             outcome = Outcome("", "", degraded=True)
         except Exception:  # never let a request kill the connection or the agent
-            log.exception("policy decision failed for %s; answering %s", address, self._on_error())
-            self.stats.errors += 1
-            action = self._on_error()
-            return Outcome(action, action)
+            return self._failed(address)
         if outcome.degraded:
-            self.stats.degraded += 1
-            action = self._on_error()
-            return Outcome(action, action)
+            return self._degrade()
         return outcome
+
+    def _degrade(self) -> Outcome:
+        self.stats.degraded += 1
+        action = self._on_error()
+        return Outcome(action, action)
+
+    def _failed(self, address: str) -> Outcome:
+        """Called in an ``except``: logs the exception, answers ``on_error``."""
+        log.exception("policy decision failed for %s; answering %s", address, self._on_error())
+        self.stats.errors += 1
+        action = self._on_error()
+        return Outcome(action, action)
 
     def _on_error(self) -> str:
         if self.config.on_error == "DUNNO":

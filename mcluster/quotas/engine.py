@@ -248,37 +248,55 @@ class QuotaEngine:
         self,
         limits: Sequence[Limit],
         acquire: Callable[[list[tuple[str, int]]], Awaitable[Decision]],
+        *,
+        recipient: str = "",
+        warning: str = "",
     ) -> Outcome:
         """Acquire ``limits`` all-or-nothing (asking again as the module docstring says
-        after a refusal of recipient or WARN windows only)."""
+        after a refusal of recipient or WARN windows only). ``recipient`` and ``warning``
+        go on from a ``settle`` that asked for more."""
         active = list(limits)
-        recipient = warning = ""
         while active:
             decision = await acquire([(limit.window, limit.cost) for limit in active])
-            if decision.degraded:
-                return Outcome("", "", degraded=True)
-            left = dict(decision.remaining)
-            self._note_hot(active, left)
-            if decision.allowed:
-                break
-            tripped = [a for a in active if left.get(a.window, -1) < a.need] or active
-            enforcing = [a for a in tripped if not a.warn_only]
-            retry = decision.retry_after_ms
-            stopped = next((a for a in enforcing if a.stage == "transaction"), None)
-            if stopped is not None:
-                answer = self._refuse(stopped, retry)
-                return Outcome(answer, answer)
-            if enforcing:  # recipient windows only: this recipient is refused
-                recipient = recipient or self._refuse(enforcing[0], retry)
-                active = [a for a in active if a.stage != "recipient"]
-                continue
+            step = self.settle(active, decision, recipient, warning)
+            if isinstance(step, Outcome):
+                return step
+            active, recipient, warning = step
+        return Outcome("DUNNO", recipient or warning or "DUNNO")
+
+    def settle(
+        self, active: Sequence[Limit], decision: Decision, recipient: str = "", warning: str = ""
+    ) -> Outcome | tuple[list[Limit], str, str]:
+        """What one decision on ``active`` makes of the request: its Outcome, or the
+        windows to ask again (with the recipient refusal and warning so far) when only
+        recipient or WARN windows refused. Synchronous, so that the policy service can
+        settle a whole batch of decisions without a coroutine per request."""
+        if decision.degraded:
+            return Outcome("", "", degraded=True)
+        left = dict(decision.remaining)
+        self._note_hot(active, left)
+        if decision.allowed:
+            return Outcome("DUNNO", recipient or warning or "DUNNO")
+        tripped = [a for a in active if left.get(a.window, -1) < a.need] or list(active)
+        enforcing = [a for a in tripped if not a.warn_only]
+        retry = decision.retry_after_ms
+        stopped = next((a for a in enforcing if a.stage == "transaction"), None)
+        if stopped is not None:
+            answer = self._refuse(stopped, retry)
+            return Outcome(answer, answer)
+        if enforcing:  # recipient windows only: this recipient is refused
+            recipient = recipient or self._refuse(enforcing[0], retry)
+            rest = [a for a in active if a.stage != "recipient"]
+        else:
             for limit in tripped:  # WARN quotas only: shadow mode
                 assert limit.quota is not None
                 self.stats.warned[limit.quota.name] += 1
                 self._unsent[f"would_refuse:{limit.quota.name}"] += 1
             warning = warning or f"WARN {quota_reason(tripped[0], retry)}"
-            active = [a for a in active if a not in tripped]
-        return Outcome("DUNNO", recipient or warning or "DUNNO")
+            rest = [a for a in active if a not in tripped]
+        if not rest:
+            return Outcome("DUNNO", recipient or warning or "DUNNO")
+        return rest, recipient, warning
 
     async def run(self, client: Callable[[], Redis], okeys: ObjectKeys) -> None:
         """Publish the quotas for consoles, then add this agent's refusal counts to the
