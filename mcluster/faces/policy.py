@@ -509,8 +509,8 @@ class PolicyService:
         return list(found[0]), found[1]
 
     def _client_refusal(self, rule: ClientRate, block: str, retry_after_ms: int) -> str:
-        # The window's buckets can put the reckoned retry past the window's end; room is
-        # certain again within one window, so the answer never says more than that.
+        # The scripts' retry_after_ms is at most the window (a bucket leaves a period after
+        # its last count, _window.lua); rounding up to whole seconds must not pass it either.
         wait = min(max(1, -(-retry_after_ms // 1000)), math.ceil(rule.rate.period))
         return (
             f"DEFER_IF_PERMIT 4.7.1 too many mail transactions from {block} "
