@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mcluster.agent.node import Node
@@ -120,3 +120,22 @@ def redis_pids(server: AnyRedis) -> tuple[int, ...]:
     """The redis-server processes behind ``server`` (every node of a Redis Cluster)."""
     nodes = server.nodes if isinstance(server, RedisCluster) else [server]
     return tuple(n.proc.pid for n in nodes)
+
+
+@contextlib.asynccontextmanager
+async def started_nodes(
+    text: str, redis_url: str, namespace: str, count: int = 3
+) -> AsyncIterator[list[Node]]:
+    """Nodes ``relay-0-1`` .. ``relay-0-COUNT`` of one config text, started in that order,
+    stopped in that order at the end."""
+    config = parse_config(text)
+    made = [
+        Node(config, f"relay-0-{i}", redis_url, namespace=namespace) for i in range(1, count + 1)
+    ]
+    for node in made:
+        await node.start()
+    try:
+        yield made
+    finally:
+        for node in made:
+            await node.stop()

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from mcluster import ConfigError, Node, parse_config
 from mcluster.faces.http.app import make_app
 from mcluster.objects.outbound import OBTM_OPTION, OutboundPolicy, Route
-from tests.helpers import crash, redis_pids, until, until_running
+from tests.helpers import crash, redis_pids, started_nodes, until, until_running
 from tests.redis_cluster import AnyRedis
 
 CONF = """
@@ -123,13 +123,8 @@ def test_regex_domains_are_one_shared_bucket() -> None:
 
 @pytest.fixture
 async def nodes(shared_redis: AnyRedis, namespace: str) -> AsyncIterator[list[Node]]:
-    cfg = parse_config(CONF)
-    made = [Node(cfg, f"relay-0-{i}", shared_redis.url, namespace=namespace) for i in (1, 2, 3)]
-    for node in made:
-        await node.start()
-    yield made
-    for node in made:
-        await node.stop()
+    async with started_nodes(CONF, shared_redis.url, namespace, 3) as made:
+        yield made
 
 
 async def test_obtm_binding_group_is_one_bucket(nodes: list[Node]) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from mcluster import ConfigError, Node, parse_config
 from mcluster.objects.outbound import MAX_CONN, OBTM_OPTION, OutboundPolicy, Route
-from tests.helpers import crash, until
+from tests.helpers import crash, started_nodes, until
 from tests.redis_cluster import AnyRedis
 
 CONF = """
@@ -101,13 +101,8 @@ def test_bad_host_and_provider_scopes(text: str, message: str) -> None:
 
 @pytest.fixture
 async def nodes(shared_redis: AnyRedis, namespace: str) -> AsyncIterator[list[Node]]:
-    cfg = parse_config(CONF)
-    made = [Node(cfg, f"relay-0-{i}", shared_redis.url, namespace=namespace) for i in (1, 2, 3)]
-    for node in made:
-        await node.start()
-    yield made
-    for node in made:
-        await node.stop()
+    async with started_nodes(CONF, shared_redis.url, namespace, 3) as made:
+        yield made
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from mcluster.faces.http.app import make_app
 from mcluster.objects.outbound import Route
 from mcluster.outbound.views import ConnectionViews
 from tests.agents import Farm, until
+from tests.helpers import started_nodes
 from tests.redis_cluster import AnyRedis
 
 VIEWS = """
@@ -80,13 +81,8 @@ def test_bad_reports_are_refused(fields: dict[str, Any], message: str) -> None:
 
 @pytest.fixture
 async def nodes(shared_redis: AnyRedis, namespace: str) -> AsyncIterator[list[Node]]:
-    cfg = parse_config(CONF)
-    made = [Node(cfg, f"relay-0-{i}", shared_redis.url, namespace=namespace) for i in (1, 2)]
-    for node in made:
-        await node.start()
-    yield made
-    for node in made:
-        await node.stop()
+    async with started_nodes(CONF, shared_redis.url, namespace, 2) as made:
+        yield made
 
 
 def _text(renderable: Any) -> list[str]:
