@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 
 from mcluster.agent.node import Node
 from mcluster.config import ClusterConfig, parse_config
+from mcluster.faces.policy import PolicyService
+from mcluster.objects.policy import policy_config
+from mcluster.security.clients import policy_guard
 from tests.redis_cluster import AnyRedis, RedisCluster
 
 CONFIG_TEXT = """
@@ -139,3 +142,17 @@ async def started_nodes(
     finally:
         for node in made:
             await node.stop()
+
+
+@contextlib.asynccontextmanager
+async def policy_service(text: str, redis_url: str, namespace: str) -> AsyncIterator[PolicyService]:
+    """A node ``relay-1`` of the config ``text`` and its policy service on a free loopback
+    port (``svc.port``), its Policy scope and guard taken from the same config."""
+    config = parse_config(text)
+    async with Node(config, "relay-1", redis_url, namespace=namespace) as node:
+        svc = PolicyService(node, policy_config(config), policy_guard(config))
+        await svc.start("127.0.0.1", 0)
+        try:
+            yield svc
+        finally:
+            await svc.stop()

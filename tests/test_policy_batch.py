@@ -10,12 +10,9 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 
-from mcluster import Node, parse_config
 from mcluster.faces.policy import PolicyService
 from mcluster.faces.policy_conn import READ_LIMIT, PolicyConnection
-from mcluster.objects.policy import policy_config
-from mcluster.security.clients import policy_guard
-from tests.helpers import until
+from tests.helpers import policy_service, until
 from tests.postfix import request
 from tests.redis_servers import RedisServer
 
@@ -34,14 +31,8 @@ Policy {
 async def service(
     redis_server: RedisServer, namespace: str, limit: int
 ) -> AsyncIterator[PolicyService]:
-    config = parse_config(CONF % limit)
-    async with Node(config, "relay-1", redis_server.url, namespace=namespace) as node:
-        svc = PolicyService(node, policy_config(config), policy_guard(config))
-        await svc.start("127.0.0.1", 0)
-        try:
-            yield svc
-        finally:
-            await svc.stop()
+    async with policy_service(CONF % limit, redis_server.url, namespace) as svc:
+        yield svc
 
 
 async def answers(reader: asyncio.StreamReader, n: int) -> list[str]:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from mcluster import Node, parse_config
+from mcluster import parse_config
 from mcluster.config import ConfigError
 from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import policy_config
 from mcluster.security.clients import LOG_EVERY, PolicyGuard, RefusalLog, policy_guard
 from mcluster.security.errors import GuardError
-from tests.helpers import until
+from tests.helpers import policy_service, until
 from tests.postfix import request
 from tests.redis_servers import RedisServer, free_port
 
@@ -41,14 +41,8 @@ ASK = request("RCPT", "10.4.0.9", "1.2.3.4", recipient="bob@example.org")
 async def service(redis_server: RedisServer, namespace: str, extra: str) -> AsyncIterator[
     PolicyService
 ]:  # fmt: skip
-    config = parse_config(CONF % extra)
-    async with Node(config, "relay-1", redis_server.url, namespace=namespace) as node:
-        svc = PolicyService(node, policy_config(config), policy_guard(config))
-        await svc.start("127.0.0.1", 0)
-        try:
-            yield svc
-        finally:
-            await svc.stop()
+    async with policy_service(CONF % extra, redis_server.url, namespace) as svc:
+        yield svc
 
 
 async def exchange(port: int, source: str, data: bytes = ASK) -> bytes:
