@@ -1,17 +1,51 @@
-"""Shared bits of the benchmarks: percentiles, the figures table and PASS/FAIL verdicts."""
+"""Shared bits of the benchmarks: percentiles, the figures table, PASS/FAIL verdicts, and
+the closed loop of callers that the throttle and outbound benchmarks drive."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 console = Console(width=110, highlight=False)
+
+
+def who(callers: int) -> str:
+    return "1 caller" if callers == 1 else f"{callers} callers"
+
+
+async def closed_loop(
+    call: Callable[[], Awaitable[Any]],
+    n: int,
+    callers: int,
+    latencies: list[float],
+    ok: Callable[[Any], bool] = bool,
+) -> int:
+    """``callers`` tasks each making n // callers calls back to back, each call's latency
+    appended to ``latencies``; returns how many answers ``ok`` called a refusal."""
+    refused = 0
+
+    async def caller() -> None:
+        nonlocal refused
+        clock = time.perf_counter
+        for _ in range(n // callers):
+            start = clock()
+            result = await call()
+            latencies.append(clock() - start)
+            if not ok(result):
+                refused += 1
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return refused
 
 
 def make_parser(description: str) -> argparse.ArgumentParser:

@@ -30,7 +30,6 @@ HTTP is reported against the same baseline.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import statistics
 import sys
@@ -45,7 +44,7 @@ import aiohttp
 import redis
 import redis.asyncio
 from _redis import RedisServer, run_benchmark
-from _report import Report, make_parser, percentile
+from _report import Report, closed_loop, make_parser, percentile, who
 
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
@@ -106,10 +105,6 @@ class Case:
         )
 
 
-def who(callers: int) -> str:
-    return "1 caller" if callers == 1 else f"{callers} callers"
-
-
 def redis_counters(admin: redis.Redis) -> tuple[float, int, int]:
     """Redis CPU seconds, commands (those scripts run included) and EVALSHA calls."""
     cpu = admin.info("cpu")
@@ -123,22 +118,6 @@ def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) of process ``pid`` so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def closed_loop(pair: Pair, n: int, callers: int, latencies: list[float]) -> int:
-    refused = 0
-
-    async def caller() -> None:
-        nonlocal refused
-        clock = time.perf_counter
-        for _ in range(n // callers):
-            start = clock()
-            ok = await pair()
-            latencies.append(clock() - start)
-            refused += not ok
-
-    await asyncio.gather(*(caller() for _ in range(callers)))
-    return refused
 
 
 async def measure(

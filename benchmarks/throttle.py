@@ -47,7 +47,7 @@ from typing import Any
 import redis
 import redis.asyncio
 from _redis import RedisServer, run_benchmark
-from _report import Report, make_parser, percentile
+from _report import Report, closed_loop, make_parser, percentile, who
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
@@ -113,32 +113,10 @@ class Case:
         )
 
 
-def who(callers: int) -> str:
-    return "1 caller" if callers == 1 else f"{callers} callers"
-
-
 def redis_counters(admin: redis.Redis) -> tuple[float, int]:
     cpu = admin.info("cpu")
     evals = admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), int(evals)
-
-
-async def closed_loop(call: Call, n: int, callers: int, latencies: list[float]) -> int:
-    """``callers`` tasks each making n // callers decisions back to back; returns refusals."""
-    refused = 0
-
-    async def caller() -> None:
-        nonlocal refused
-        clock = time.perf_counter
-        for _ in range(n // callers):
-            start = clock()
-            result = await call()
-            latencies.append(clock() - start)
-            if not allowed(result):
-                refused += 1
-
-    await asyncio.gather(*(caller() for _ in range(callers)))
-    return refused
 
 
 async def one_round(case: Case, n: int, admin: redis.Redis) -> None:
@@ -148,7 +126,7 @@ async def one_round(case: Case, n: int, admin: redis.Redis) -> None:
     rcpu, evals = redis_counters(admin)
     cpu = time.process_time()
     start = time.perf_counter()
-    case.refused += await closed_loop(case.call, n, case.callers, lat)
+    case.refused += await closed_loop(case.call, n, case.callers, lat, allowed)
     elapsed = time.perf_counter() - start
     case.cpu += time.process_time() - cpu
     rcpu2, evals2 = redis_counters(admin)
