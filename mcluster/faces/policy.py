@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import re
 import time
 from collections import Counter, OrderedDict
@@ -57,6 +56,7 @@ from mcluster.quotas.engine import (
     Limit,
     Outcome,
     QuotaEngine,
+    retry_seconds,
 )
 from mcluster.security.clients import PolicyGuard, RefusalLog
 from mcluster.security.refusals import Refusals
@@ -509,9 +509,9 @@ class PolicyService:
         return list(found[0]), found[1]
 
     def _client_refusal(self, rule: ClientRate, block: str, retry_after_ms: int) -> str:
-        # The scripts' retry_after_ms is at most the window (a bucket leaves a period after
-        # its last count, _window.lua); rounding up to whole seconds must not pass it either.
-        wait = min(max(1, -(-retry_after_ms // 1000)), math.ceil(rule.rate.period))
+        # The same whole seconds as a quota's answer: the scripts' retry_after_ms is at most
+        # the window (_window.lua), and rounding up must not pass it either.
+        wait = retry_seconds(retry_after_ms, rule.rate)
         return (
             f"DEFER_IF_PERMIT 4.7.1 too many mail transactions from {block} "
             f"(cluster limit {rule.rate.count} per {rule.rate.period:g} s); try again in {wait} s"
