@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _report import Report, machine
 
+from mcluster.faces.loop import Loop, loop_factory
 from tests.redis_servers import RedisServer
 from tests.redis_servers import start_redis as _start
 
@@ -30,13 +31,18 @@ def run_benchmark(
     strict: bool,
     run: Callable[[RedisServer, Report], Coroutine[Any, Any, None]],
     limit: float,
+    loop: Loop = "asyncio",
 ) -> None:
-    """Start a server and a watchdog of ``limit`` seconds, run, stop, print the report."""
+    """Start a server and a watchdog of ``limit`` seconds, run (on the event loop ``loop``
+    names: mcluster/faces/loop.py), stop, print the report."""
     server = start_redis()
     timer = watchdog(server, limit)
-    report = Report(f"{name} - redis {server.version()} - {machine()}")
+    factory = loop_factory(loop)
+    shown = "asyncio" if factory is None else "uvloop"
+    report = Report(f"{name} - redis {server.version()} - {machine()} - {shown} loop")
     try:
-        asyncio.run(run(server, report))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run(server, report))
     finally:
         timer.cancel()
         server.stop()

@@ -53,6 +53,13 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test, < 20 s)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="the event loop of this process, as the agent's --loop (default: uvloop when "
+        "installed); the scripts that pass it on say so in their report's title",
+    )
     return parser
 
 

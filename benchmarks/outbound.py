@@ -291,6 +291,7 @@ def main() -> None:
         args.strict,
         lambda server, report: run(server, args.quick, report),
         limit=240 if args.quick else 1200,
+        loop=args.loop,
     )
 
 

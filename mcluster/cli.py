@@ -15,6 +15,8 @@ from redis.exceptions import RedisError
 from mcluster import __version__
 from mcluster.config import ClusterConfig, ConfigError, check_command, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
+from mcluster.errors import Error
+from mcluster.faces.loop import LOOPS, loop_factory
 from mcluster.security import agent_flags
 from mcluster.security.clients import policy_guard
 from mcluster.security.errors import GuardError
@@ -50,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--listen", default="127.0.0.1:4802", help="HTTP API address")
     agent.add_argument("--policy", metavar="HOST:PORT", help="serve Postfix's policy protocol")
     agent.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    agent.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="event loop: uvloop when installed (auto, the default), uvloop, or asyncio",
+    )
     agent_flags.add_flags(agent)
 
     console = sub.add_parser("console", help="the operator console (Momentum's commands)")
@@ -128,9 +136,14 @@ def _agent(args: argparse.Namespace) -> int:
         policy_guard(config).check_listen(split_listen(args.policy)[0])
     url, namespace = _checked_redis(args, config)
     try:
-        asyncio.run(
-            run_agent(config, args.node, url, args.listen, args.policy, namespace, guard, tls)
-        )
+        factory = loop_factory(args.loop)  # --loop uvloop without uvloop: exit 2, said why
+    except Error as exc:
+        return _fail(str(exc), 2)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(
+                run_agent(config, args.node, url, args.listen, args.policy, namespace, guard, tls)
+            )
     except (RedisConnectionError, OSError) as exc:
         return _fail(f"cannot reach Redis at {redact_url(url)}: {exc}")
     return 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.errors import Error
@@ -64,8 +64,7 @@ class PolicyConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's too
         self.peer = transport.get_extra_info("peername")
         service = self.service
         if not service._admit(self.peer, transport):

@@ -25,6 +25,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from aiohttp import web
 
@@ -204,8 +205,8 @@ class GuardedProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a cast, not an isinstance check: uvloop's TCPTransport is not an asyncio.Transport
+        self.transport = transport = cast(asyncio.Transport, transport)
         guard = self.guard
         if guard.open >= guard.limits.max_connections:
             guard.refuse("connections")
