@@ -20,6 +20,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from mcluster.agent.outbox import RETRY_ERRORS, Stats, wait_event
+from mcluster.agent.service import ServiceContext
 from mcluster.config import ClusterConfig
 from mcluster.errors import AuditError
 from mcluster.objects import audit
@@ -60,7 +61,12 @@ Batch = tuple[int, list[tuple[list[Target], dict[Item, int]]]]
 
 
 class AuditRecorder:
-    """Counts audit events and series adds of one node; ``ship`` sends them exactly once."""
+    """Counts audit events and series adds of one node; ``ship`` sends them exactly once.
+
+    A ``Service`` of the node (``agent/service.py``) when made ``from_context``: once the
+    node has joined it publishes what is counted where and ships in a task of the node."""
+
+    name = "audit"
 
     def __init__(
         self,
@@ -92,6 +98,7 @@ class AuditRecorder:
         self.wake = asyncio.Event()
         self.lock = asyncio.Lock()
         self.stopping = False
+        self.ctx: ServiceContext | None = None  # set when the node runs it as a service
 
     @staticmethod
     def from_config(
@@ -105,6 +112,35 @@ class AuditRecorder:
         if not settings.enabled:
             return None
         return AuditRecorder(settings, keys, node, scripts, max_buffered)
+
+    @staticmethod
+    def from_context(ctx: ServiceContext, max_buffered: int = 1_000_000) -> AuditRecorder | None:
+        """The node's recorder, a service of the node; None when the config counts nothing."""
+        recorder = AuditRecorder.from_config(ctx.config(), ctx.keys, ctx.node, ctx.scripts,
+                                             max_buffered)  # fmt: skip
+        if recorder is not None:
+            recorder.ctx = ctx
+        return recorder
+
+    # -- the service ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Nothing before the join: events recorded meanwhile wait in the buffer."""
+
+    async def after_join(self) -> None:
+        await self.publish()
+        if self.ctx is not None:
+            self.ctx.spawn(self.run(), self.name)
+
+    async def before_stop(self) -> None:
+        """The run loop ends after its shipment; the node's last flush ships the rest."""
+        self.stopping = True
+
+    async def stop(self) -> None:
+        """Nothing: the node's task is cancelled already."""
+
+    def on_rejoin(self) -> None:
+        """Nothing: audit counts are events, not views; batches keep their (origin, seq)."""
 
     def _group(self, targets: list[Target]) -> int:
         key = tuple(targets)

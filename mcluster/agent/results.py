@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mcluster.agent.outbox import Outbox
 
 __all__ = ["NodeStats", "OutboxStats", "ReloadResult", "ResetResult"]
 
@@ -75,6 +78,11 @@ class OutboxStats(_ReadsLikeADict):
     seq: int
     max_delay: float
     max_pending: int
+
+    @staticmethod
+    def of(box: Outbox) -> OutboxStats:
+        """The figures of ``box`` now."""
+        return OutboxStats(dict(vars(box.stats)), box.seq, box.max_delay, box.max_pending)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.counters) | {"seq": self.seq, "max_delay": self.max_delay,
