@@ -208,9 +208,13 @@ CAP = 3
 RATE_N, RATE_S = 10, 2.0
 #: how much later than Redis's decision an OBTM admission may be logged by Haraka
 DECISION_JITTER = 0.25
+#: hosted.test's two MX hosts, in priority order, and the cap of each (Host scopes)
+HOST_CAPS = {"mx1.hosted.test": 2, "mx2.hosted.test": 1}
 OUTBOUND_CAPS = f"""
 Domain "capped.test" {{ cluster_max_outbound_connections = {CAP} }}
 Domain "rated.test" {{ cluster_outbound_throttle_messages = "{RATE_N}/{RATE_S:g}" }}
+Host "mx1.hosted.test" {{ cluster_max_outbound_connections = {HOST_CAPS["mx1.hosted.test"]} }}
+Host "mx2.hosted.test" {{ cluster_max_outbound_connections = {HOST_CAPS["mx2.hosted.test"]} }}
 Shaping "yahoo_ts" {{
   domain = "yahoo.test"  match = "/\\[TS0[1-4]\\]/"  action = "suspend"  duration = 30
 }}
@@ -273,7 +277,7 @@ def outbound_harakas(
 async def outbound_farm(tmp_path: Path) -> AsyncIterator[Farm]:
     farm = Farm(
         tmp_path,
-        extra_cluster='  Replicate "OBTM" {}\n'
+        extra_cluster='  Replicate "OBTM" {}\n  Replicate "outbound_cidr" {}\n'
         '  Replicate "metrics" { parameters = "delivery;transfail;permfail" }\n',
         extra=OUTBOUND_CAPS,
     )
@@ -351,6 +355,58 @@ async def test_outbound_cap_and_obtm_across_two_harakas(
     # 40 messages at 10 per 2 s: the last is admitted at least 3 windows after the first
     # (at the sink, Haraka's delivery times can shorten or stretch that)
     assert admitted[-1] - admitted[0] >= (len(admitted) / RATE_N - 1) * RATE_S - DECISION_JITTER
+
+
+async def test_outbound_host_caps_and_spill_over(outbound_farm: Farm, tmp_path: Path) -> None:
+    """The slot is opened once Haraka has chosen the MX (host, address and the domain's MX
+    hosts are reported): each MX host's cap holds at its sink across two Harakas, a
+    refusal by mx1's cap spills over to mx2 (named by the agent), and the connections are
+    counted in outbound_cidr by the address connected to."""
+    farm = outbound_farm
+    sinks = {name: await Sink.start(hold=0.3, quit_delay=QUIT_DELAY) for name in HOST_CAPS}
+    routes: dict[str, int | list[tuple[str, int]]] = {
+        "hosted.test": [(name, sink.port) for name, sink in sinks.items()]
+    }
+    h1, h2 = outbound_harakas(farm, tmp_path, "mcluster", routes)
+    per_haraka = 8
+    try:
+        await start_all(h1, h2)
+        codes = await asyncio.gather(
+            *(send_mail(h.port, ["a@hosted.test"], per_haraka) for h in (h1, h2))
+        )
+        assert all(c == 250 for batch in codes for c in batch), codes
+        seen_ip = 0
+
+        async def delivered() -> bool:
+            nonlocal seen_ip  # the address connected to, counted while a connection is open
+            await farm.flush_all()
+            seen_ip = max(seen_ip, await farm.count("outbound_cidr", "127.0.0.1"))
+            return sum(len(sink.messages) for sink in sinks.values()) >= 2 * per_haraka
+
+        await until(delivered, 60, what="every hosted.test message delivered", interval=0.05)
+        await until(lambda: all(s.current == 0 for s in sinks.values()), 10,
+                    what="every session closed")  # fmt: skip
+        for name in HOST_CAPS:
+            await until(_equals(lambda n=name: farm.count("outbound_slots", f"max:host:{n}"), 0),
+                        5, what=f"every slot of {name} given back")  # fmt: skip
+        spilled = sum(len(h.grep("spilling over to mx2.hosted.test")) for h in (h1, h2))
+        figures = ", ".join(
+            f"{name} cap {cap}: {sinks[name].sessions} sessions, peak {sinks[name].peak}, "
+            f"{sinks[name].over(cap)} opened over the cap"
+            for name, cap in HOST_CAPS.items()
+        )
+        print(f"mcluster: hosted.test by MX host: {figures}; {spilled} spill-overs to mx2; "
+              f"outbound_cidr 127.0.0.1 seen at {seen_ip}")  # fmt: skip
+        for name, cap in HOST_CAPS.items():
+            assert sinks[name].peak <= cap and sinks[name].over(cap) == 0, name
+        assert sinks["mx1.hosted.test"].peak == HOST_CAPS["mx1.hosted.test"]  # reached
+        assert spilled >= 1 and sinks["mx2.hosted.test"].sessions >= 1
+        assert 1 <= seen_ip <= sum(HOST_CAPS.values())
+        assert h1.grep("no slot for hosted.test via") or h2.grep("no slot for hosted.test via")
+    finally:
+        stop_all(h1, h2)
+        for sink in sinks.values():
+            await sink.stop()
 
 
 async def test_outbound_haraka_plugin_limit_same_scenario(

@@ -36,8 +36,8 @@ from mcluster.config import ClusterConfig
 from mcluster.errors import StaleReply
 from mcluster.objects.kinds import GAUGE_TABLE
 from mcluster.objects.outbound import Cap, OutboundPolicy, Route
+from mcluster.objects.providers import normal_host
 from mcluster.outbound.leases import OwnerLeases
-from mcluster.outbound.providers import normal_host
 from mcluster.outbound.views import Targets
 from mcluster.store.keys import GLOBAL
 from mcluster.store.script_link import ScriptLink
