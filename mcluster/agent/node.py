@@ -229,9 +229,11 @@ class Node:
             await self._audit.publish()
             self._tasks.append(asyncio.create_task(self._audit.run(), name="audit"))
         self._tasks.append(asyncio.create_task(self._reap_loop()))
-        if self._slots is not None:  # the slots of clients that stopped renewing
-            leases = self.owner_leases.run(self.close_connection)
-            self._tasks.append(asyncio.create_task(leases, name="owner-leases"))
+        # the slots and counts (POST /v1/events with an owner) of clients that stopped renewing
+        leases = self.owner_leases.run(
+            self.close_connection, lambda obj, key, d: self.shard_box(obj, key).add(key, d)
+        )
+        self._tasks.append(asyncio.create_task(leases, name="owner-leases"))
         if self.shaping is not None:  # AIMD steps, on whichever node leads
             self._tasks.append(asyncio.create_task(self.shaping.run(), name="shaping"))
         self._tasks.append(asyncio.create_task(self.duravip.run(), name="duravip"))
@@ -544,9 +546,9 @@ class Node:
         return decision
 
     def renew_owner(self, owner: str) -> int:
-        """Renew the lease of ``owner`` on its slots; how many it holds (0: none)."""
+        """Renew the lease of ``owner`` on its slots and counts; how many slots it holds."""
         check_owner(owner)
-        return self.owner_leases.renew(owner) if self._slots is not None else 0
+        return self.owner_leases.renew(owner)
 
     async def _open_connection(self, route: Route) -> SlotDecision:
         if self._slots is None:

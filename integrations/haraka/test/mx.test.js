@@ -33,7 +33,7 @@ function fake(answers) {
   const closed = []
   const self = Object.create(plugin)
   self.cfg = { main: { retry_seconds: 60, fail: 'closed' }, outbound: { cap_retry_seconds: 1 } }
-  self.lease = { owner: 'haraka-h-1', held: new Set(), every_ms: 0, timer: null, unsupported: false }
+  self.lease = { owner: 'haraka-h-1', held: new Set(), counts: new Set(), every_ms: 0, timer: null, unsupported: false }
   self.journal = { add() {}, remove() {} }
   self.stats = { refused: {}, agent_errors: 0 }
   self.loginfo = () => {}
@@ -87,7 +87,7 @@ test('refused with no sibling named: the message waits cap_retry_seconds', async
   await hmail.try_deliver()
   assert.deepEqual(deferred, ['1'])
   assert.deepEqual(connected, [])
-  assert.equal(self.stats.refused.outbound_connection, 1)
+  assert.equal(self.stats.refused.outbound_cap, 1)
 })
 
 test('a slot whose MX was never connected to is given back before the next MX', async () => {

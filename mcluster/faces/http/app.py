@@ -1,6 +1,7 @@
 """The agent's local HTTP API (aiohttp), bound to loopback by default.
 
-    POST /v1/events   {"events": [{"object": ..., "key": ..., "delta": 1}, ...]} -> 202
+    POST /v1/events   {"events": [{"object": ..., "key": ..., "delta": 1}, ...]
+                       [, "owner": "haraka-HOST-PID"]} -> 202 {"accepted"[, "lease_ttl"]}
     POST /v1/flush    -> 200 once everything recorded before it is applied in Redis
     GET  /v1/objects  -> {"objects": [...]}       (as ``cluster shared list --json``)
     GET  /v1/objects/{name}?view=global|NODE[&limit=N|all]  (as ``cluster shared show``)
@@ -14,6 +15,7 @@
     /v1/caches...     -> see ``http_caches``
     /v1/metrics..., /v1/series...  -> see ``http_audit``
     /v1/outbound/outcome, /v1/shaping...  -> see ``mcluster.shaping.http``
+    POST /v1/clients/report  -> see ``mcluster.security.client_reports``
 
 A request with a bad event is refused whole (400 naming the first bad event by index and
 why); nothing of it is recorded. The guard (``mcluster.security.http_guard``) runs before
@@ -33,7 +35,7 @@ from aiohttp import web
 
 from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
-from mcluster.errors import Error, NotFound, UnknownObject
+from mcluster.errors import Error, InvalidValue, NotFound, UnknownObject
 from mcluster.faces import prometheus
 from mcluster.faces.http import audit as http_audit
 from mcluster.faces.http import caches as http_caches
@@ -41,7 +43,9 @@ from mcluster.faces.http import throttles as http_throttles
 from mcluster.faces.http.common import NODE_KEY, error, read_json
 from mcluster.faces.policy import PolicyService
 from mcluster.objects.views import DEFAULT_LIMIT
+from mcluster.outbound.leases import check_owner
 from mcluster.quotas import http as quota_http
+from mcluster.security import client_reports
 from mcluster.security.http_guard import GUARD_KEY, HttpGuard, check_batch
 from mcluster.shaping import http as shaping_http
 from mcluster.store.cluster_view import membership_json
@@ -106,15 +110,27 @@ def parse_events(request: web.Request, body: Any) -> list[tuple[str, bytes, int]
 
 
 async def post_events(request: web.Request) -> web.Response:
+    """Record the events; with an ``owner``, what they count is also under that owner's
+    lease (``mcluster/outbound/leases.py``): taken back if it stops renewing."""
     node = request.app[NODE_KEY]
     body = await read_json(request)
     try:
         parsed = parse_events(request, body)
+        owner = body.get("owner")
+        if owner is not None:
+            check_owner(owner)
     except BadEvent as exc:
+        return error(400, str(exc))
+    except InvalidValue as exc:  # the owner
         return error(400, str(exc))
     for obj, packed, delta in parsed:
         node.shard_box(obj, packed).add(packed, delta)
-    return web.json_response({"accepted": len(parsed)}, status=202)
+        if owner is not None:
+            node.owner_leases.count(owner, obj, packed, delta)
+    answer: dict[str, object] = {"accepted": len(parsed)}
+    if owner is not None:
+        answer["lease_ttl"] = node.lease_ttl
+    return web.json_response(answer, status=202)
 
 
 async def post_flush(request: web.Request) -> web.Response:
@@ -209,4 +225,5 @@ def make_app(
     http_audit.add_routes(app)
     quota_http.add_routes(app)
     shaping_http.add_routes(app)
+    client_reports.add_routes(app)
     return app
