@@ -1,4 +1,4 @@
-"""Refusals that clients of the agent decide themselves (mcluster/security/client_reports.py):
+"""Refusals that clients of the agent decide themselves (mcluster/faces/http/clients.py):
 reported as running totals, a repeated or overtaken report changes nothing, a bad report
 is refused whole naming the field, and /metrics exports the sum over reporters."""
 

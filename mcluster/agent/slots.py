@@ -33,7 +33,7 @@ from mcluster.agent import reaper
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox
 from mcluster.errors import StaleReply
 from mcluster.objects.outbound import Cap, OutboundPolicy, Route
-from mcluster.outbound.providers import normal_host
+from mcluster.objects.providers import normal_host
 from mcluster.outbound.views import Targets
 from mcluster.store.keys import GLOBAL
 from mcluster.store.script_link import ScriptLink

@@ -31,7 +31,7 @@ from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.throttles import Throttles
 from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import FAMILY as POLICY_FAMILY
-from mcluster.quotas.config import ACTIONS as QUOTA_ACTIONS
+from mcluster.objects.quota_config import ACTIONS as QUOTA_ACTIONS
 from mcluster.quotas.metrics import quota_metrics
 from mcluster.security.refusals import Refusals
 from mcluster.shaping import metrics as shaping_metrics

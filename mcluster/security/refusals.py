@@ -7,7 +7,7 @@ client in ``mcluster_refusals_total`` instead of only in the log. The known reas
 always exported (at 0), so a rate over them works from the first scrape.
 
 Refusals that clients of the agent decide on their own (the Haraka plugin's inbound cap,
-its fail-closed answers) are reported by them (``client_reports.py``) and kept here too,
+its fail-closed answers) are reported by them (``mcluster/faces/http/clients.py``) and kept here too,
 in ``ClientReports``.
 """
 
@@ -38,7 +38,7 @@ class Refusals:
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
-        #: what clients of the agent refused themselves (``client_reports.py``)
+        #: what clients of the agent refused themselves (``faces/http/clients.py``)
         self.clients = ClientReports()
 
     def count(self, face: str, reason: str) -> None:

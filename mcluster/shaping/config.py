@@ -22,8 +22,8 @@ from typing import Any, Literal, cast
 from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, Option, Pos, Scope, to_python
 from mcluster.errors import InvalidValue
 from mcluster.objects.outbound import PROVIDER_OPTIONS
+from mcluster.objects.providers import Provider, provider_of, read_providers
 from mcluster.objects.rates import Rate, parse_rate
-from mcluster.outbound.providers import Provider, provider_of, read_providers
 
 ACTIONS = ("suspend", "rate", "connections")
 DEST_KINDS = ("domain", "provider", "host")
@@ -132,7 +132,7 @@ class ShapingConfig:
 
     def provider_of(self, host: str | None, mx_hosts: tuple[str, ...] = ()) -> str | None:
         """The (folded) name of the Provider whose ``mx_suffix`` matches ``host`` (else one
-        of ``mx_hosts``), as outbound matches it (``mcluster/outbound/providers.py``)."""
+        of ``mx_hosts``), as outbound matches it (``mcluster/objects/providers.py``)."""
         name = provider_of(list(self.providers), host, mx_hosts)
         return name.casefold() if name is not None else None
 

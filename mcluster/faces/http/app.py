@@ -14,8 +14,9 @@
     /v1/throttles...  -> see ``http_throttles``
     /v1/caches...     -> see ``http_caches``
     /v1/metrics..., /v1/series...  -> see ``http_audit``
-    /v1/outbound/outcome, /v1/shaping...  -> see ``mcluster.shaping.http``
-    POST /v1/clients/report  -> see ``mcluster.security.client_reports``
+    /v1/policy...     -> see ``http_quotas``
+    /v1/outbound/outcome, /v1/shaping...  -> see ``http_shaping``
+    POST /v1/clients/report  -> see ``http_clients``
 
 A request with a bad event is refused whole (400 naming the first bad event by index and
 why); nothing of it is recorded. The guard (``mcluster.security.http_guard``) runs before
@@ -39,15 +40,15 @@ from mcluster.errors import Error, InvalidValue, NotFound, UnknownObject
 from mcluster.faces import prometheus
 from mcluster.faces.http import audit as http_audit
 from mcluster.faces.http import caches as http_caches
+from mcluster.faces.http import clients as http_clients
+from mcluster.faces.http import quotas as http_quotas
+from mcluster.faces.http import shaping as http_shaping
 from mcluster.faces.http import throttles as http_throttles
 from mcluster.faces.http.common import NODE_KEY, error, read_json
 from mcluster.faces.policy import PolicyService
 from mcluster.objects.views import DEFAULT_LIMIT
 from mcluster.outbound.leases import check_owner
-from mcluster.quotas import http as quota_http
-from mcluster.security import client_reports
 from mcluster.security.http_guard import GUARD_KEY, HttpGuard, check_batch
-from mcluster.shaping import http as shaping_http
 from mcluster.store.cluster_view import membership_json
 
 log = logging.getLogger("mcluster.agent")
@@ -223,7 +224,7 @@ def make_app(
     http_caches.add_routes(app)
     prometheus.add_routes(app, node, policy, guard.refusals)
     http_audit.add_routes(app)
-    quota_http.add_routes(app)
-    shaping_http.add_routes(app)
-    client_reports.add_routes(app)
+    http_quotas.add_routes(app)
+    http_shaping.add_routes(app)
+    http_clients.add_routes(app)
     return app
