@@ -7,8 +7,8 @@ client in ``mcluster_refusals_total`` instead of only in the log. The known reas
 always exported (at 0), so a rate over them works from the first scrape.
 
 Refusals that clients of the agent decide on their own (the Haraka plugin's inbound cap,
-its fail-closed answers) are reported by them (``mcluster/faces/http/clients.py``) and kept here too,
-in ``ClientReports``.
+its fail-closed answers) are reported by them (``mcluster/faces/http/clients.py``) and
+kept here too, in ``ClientReports``.
 """
 
 from __future__ import annotations

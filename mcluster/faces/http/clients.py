@@ -20,8 +20,8 @@ A client that was away from the agent reports what it did meanwhile once it is b
 
 Names are short lower-case identifiers, a report has a bounded number of them, and the
 agent keeps the totals of at most ``MAX_REPORTERS`` reporters (client processes) apart
-(``ClientReports`` in ``mcluster/security/refusals.py``): beyond that the least recently heard is folded
-into a remainder, so the exported counters never go down.
+(``ClientReports`` in ``mcluster/security/refusals.py``): beyond that the least recently
+heard is folded into a remainder, so the exported counters never go down.
 """
 
 from __future__ import annotations
