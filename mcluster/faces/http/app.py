@@ -49,7 +49,7 @@ from mcluster.faces.policy import PolicyService
 from mcluster.objects.views import DEFAULT_LIMIT
 from mcluster.outbound.leases import check_owner
 from mcluster.security.http_guard import GUARD_KEY, HttpGuard, check_batch
-from mcluster.store.cluster_view import membership_json
+from mcluster.store.cluster_view import membership
 
 log = logging.getLogger("mcluster.agent")
 
@@ -184,7 +184,7 @@ async def get_stats(request: web.Request) -> web.Response:
 
 async def get_membership(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
-    return web.json_response(await membership_json(node.client, node.keys))
+    return web.json_response([m.to_json() for m in await membership(node.client, node.keys)])
 
 
 async def get_duravip(request: web.Request) -> web.Response:
