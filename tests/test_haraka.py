@@ -2,12 +2,15 @@
 (one redis-server), relaying to loopback sinks that record concurrent sessions.
 
 Inbound: the per-block connection cap and the message / recipient throttles hold across
-two Harakas. Failure: fail-open and fail-closed with no agent. Outbound: the per-domain
-cap is never exceeded at the sink across two Harakas, the OBTM rate holds, and a node
-lost with kill -9 (Haraka and its agent) frees its slots within lease TTL + 1 s, and so
-does a Haraka killed alone (its agent alive: the plugin's slot lease). The same
-outbound scenario with haraka-plugin-limit's outbound concurrency limit is measured and
-its figures printed (docs/haraka.md records them).
+two Harakas, every refusal is in the agents' /metrics, and a Haraka killed with -9 has
+its connections' counts taken back by its lease within lease TTL + 1 s. Failure:
+fail-open and fail-closed with no agent, and with a paused one (counted in its /metrics
+once it is back). Outbound: the per-domain cap is never exceeded at the sink across two
+Harakas, the OBTM rate holds, the caps of two MX hosts (Host scopes) hold at their sinks
+with spill-over between them, and a node lost with kill -9 (Haraka and its agent) frees
+its slots within lease TTL + 1 s, and so does a Haraka killed alone (its agent alive: the
+plugin's slot lease). The same outbound scenario with haraka-plugin-limit's outbound
+concurrency limit is measured and its figures printed (docs/haraka.md records them).
 """
 
 from __future__ import annotations

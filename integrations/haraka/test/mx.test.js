@@ -108,3 +108,24 @@ test('a slot whose MX was never connected to is given back before the next MX', 
   await new Promise(setImmediate)
   assert.deepEqual(closed, ['s1', 's2'])
 })
+
+test('without the wrappers: the slot is opened at send_email and given back at the outcome', async () => {
+  const { self, opened, closed } = fake([{ allowed: true, slot: 's1', reason: null }])
+  self.haraka_require = () => ({ prototype: {} }) // a Haraka without try_deliver & co.
+  self.logerror = () => {}
+  self.mx_hooked = false
+  self.watch_outbound()
+  assert.equal(self.mx_hooked, false)
+  self.cfg.outbound = { ...self.cfg.outbound, binding: 'b', report_outcomes: false }
+  self.agent.outbound_message = async () => ({ allowed: true, retry_after_ms: 0 })
+  const hmail = { todo: { domain: 'example.test', notes: {} } }
+  let answered
+  await self.outbound_send((...args) => {
+    answered = args
+  }, hmail)
+  assert.deepEqual(answered, [])
+  assert.deepEqual(opened, [{ binding: 'b', domain: 'example.test' }])
+  self.outbound_delivered(() => {}, hmail, ['mx1.example.test', '192.0.2.1', '250 ok'])
+  await new Promise(setImmediate)
+  assert.deepEqual(closed, ['s1'])
+})
