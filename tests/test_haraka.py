@@ -2,12 +2,15 @@
 (one redis-server), relaying to loopback sinks that record concurrent sessions.
 
 Inbound: the per-block connection cap and the message / recipient throttles hold across
-two Harakas. Failure: fail-open and fail-closed with no agent. Outbound: the per-domain
-cap is never exceeded at the sink across two Harakas, the OBTM rate holds, and a node
-lost with kill -9 (Haraka and its agent) frees its slots within lease TTL + 1 s, and so
-does a Haraka killed alone (its agent alive: the plugin's slot lease). The same
-outbound scenario with haraka-plugin-limit's outbound concurrency limit is measured and
-its figures printed (docs/haraka.md records them).
+two Harakas, every refusal is in the agents' /metrics, and a Haraka killed with -9 has
+its connections' counts taken back by its lease within lease TTL + 1 s. Failure:
+fail-open and fail-closed with no agent, and with a paused one (counted in its /metrics
+once it is back). Outbound: the per-domain cap is never exceeded at the sink across two
+Harakas, the OBTM rate holds, the caps of two MX hosts (Host scopes) hold at their sinks
+with spill-over between them, and a node lost with kill -9 (Haraka and its agent) frees
+its slots within lease TTL + 1 s, and so does a Haraka killed alone (its agent alive: the
+plugin's slot lease). The same outbound scenario with haraka-plugin-limit's outbound
+concurrency limit is measured and its figures printed (docs/haraka.md records them).
 """
 
 from __future__ import annotations
@@ -140,13 +143,29 @@ async def test_inbound_cap_and_rates_across_two_harakas(farm: Farm, tmp_path: Pa
 
         await until(lambda: _at_least(audited("rejection"), 4), 5, what="rejections audited")
         await until(lambda: _at_least(audited("reception"), 1), 5, what="reception audited")
-        # h1 killed with -9 while c5 is open on it: its agent still counts c5 ...
-        h1.kill()
+        # every refusal the plugins answered is in their agents' /metrics (reported totals)
+        for reason, n in [("connection_cap", 2), ("recipient_rate", 1), ("message_rate", 1)]:
+            sample = f'mcluster_client_refusals_total{{client="haraka",reason="{reason}"}}'
+            await until(lambda s=sample, n=n: _at_least(farm_metric(farm, s), n), 5,  # type: ignore[misc]
+                        what=f"{sample} reported")  # fmt: skip
+        # h1 killed with -9 while c5 is open on it: h1 stops renewing the lease its counts
+        # are under, and its agent takes c5's count back within lease TTL + 1 s (renewed
+        # until then: c2 and c5, open for longer than a lease TTL, are both still counted)
         assert await open_in_block() == 2
-        # ... until h1 starts again and gives back what its journal says it held
+        h1.kill()
+        took = await until(_equals(open_in_block, 1), farm.lease_ttl + 1.0,
+                           what="c5's count taken back", pids=farm.pids())  # fmt: skip
+        print(
+            f"mcluster: kill -9 of a Haraka with an inbound connection open: its count "
+            f"taken back after {took:.2f} s (lease TTL {farm.lease_ttl} s, no restart)"
+        )
+        # started again, h1 leaves that count to the agent (its journal says it was
+        # leased): no -1 of its own, which would take c5 out a second time
         await h1.start()
-        await until(_equals(open_in_block, 1), 10, what="c5's count given back at restart")
-        assert h1.grep("gave back 0 slot(s) and 1 inbound count(s)")
+        await until(lambda: h1.grep("1 inbound count(s) under its lease left to the agent"),
+                    10, what="h1's journal read at restart")  # fmt: skip
+        assert h1.grep("gave back 0 slot(s) and 0 inbound count(s)")
+        await until(_equals(open_in_block, 1), 5, what="h1's own probes uncounted")
         for client in clients:
             await client.close()
         await until(_equals(open_in_block, 0), 5, what="every connection uncounted")
@@ -160,6 +179,21 @@ async def _at_least(value: Awaitable[float], least: float) -> bool:
     return await value >= least
 
 
+async def farm_metric(farm: Farm, sample: str) -> float:
+    """The sum of one /metrics sample (name and labels, as printed) over the running
+    agents of the farm."""
+    total = 0.0
+    for agent in farm.agents.values():
+        if not agent.running:
+            continue
+        async with farm.session.get(f"{agent.base}/metrics") as resp:
+            text = await resp.text()
+        for line in text.splitlines():
+            if line.startswith(sample + " "):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def _equals(read: Callable[[], Awaitable[int]], want: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return bool(await read() == want)
@@ -169,37 +203,58 @@ def _equals(read: Callable[[], Awaitable[int]], want: int) -> Callable[[], Await
 
 async def test_fail_open_and_fail_closed_without_agent(tmp_path: Path) -> None:
     """No agent answers on the configured port: fail = open lets mail in and out, fail =
-    closed answers 421 at connect and keeps outbound mail in the queue."""
+    closed answers 421 at connect and keeps outbound mail queued. An agent paused (too
+    late to answer): the same answers, each counted in that agent's /metrics once it is
+    back (the plugins report their totals)."""
     sink = await Sink.start()
+    farm = Farm(tmp_path, extra_cluster='  Replicate "shared_named_throttles" {}\n')
     dead = free_port()  # nothing listens there
     routes = {"out.test": sink.port}
     open_ini = INBOUND_INI.format(port=dead, fail="open").replace("enabled=false", "enabled=true")
     opened = Haraka(tmp_path / "open", plugins=["mcluster"], routes=routes,
                     ini={"mcluster.ini": open_ini})  # fmt: skip
-    closed_ini = INBOUND_INI.format(port=dead, fail="closed")
-    closed_in = Haraka(tmp_path / "closed_in", plugins=["mcluster"],
-                       ini={"mcluster.ini": closed_ini})  # fmt: skip
     closed_out = Haraka(
         tmp_path / "closed_out", plugins=["mcluster"], routes=routes,
         ini={"mcluster.ini": f"[main]\nurl=http://127.0.0.1:{dead}\nfail=closed\n"
              "[inbound]\nenabled=false\n"},
     )  # fmt: skip
+    await farm.start("n1")
+    late = {fail: Haraka(tmp_path / f"late_{fail}", plugins=["mcluster"], routes=routes,
+                         ini={"mcluster.ini": INBOUND_INI.format(port=farm.agents["n1"].port,
+                              fail=fail).replace("timeout_ms=5000", "timeout_ms=300")})
+            for fail in ("open", "closed")}  # fmt: skip
+    harakas = (opened, closed_out, *late.values())
     try:
-        await start_all(opened, closed_in, closed_out)
+        await start_all(*harakas)
         assert await send_mail(opened.port, ["a@out.test"]) == [250]
         await until(lambda: len(sink.messages) == 1, 10, what="fail-open mail delivered")
-        client = await SmtpClient.connect(closed_in.port)
-        await client.close()
-        assert client.greeting == 421
-        assert "cluster limits unavailable" in client.last
         assert await send_mail(closed_out.port, ["b@out.test"]) == [250]  # queued
         await until(lambda: closed_out.grep("OBTM: mcluster agent unavailable"), 10,
                     what="fail-closed OBTM noticed")  # fmt: skip
         assert closed_out.grep("fail = closed")
         assert len(sink.messages) == 1  # the fail-closed message stays queued
+        farm.pause("n1")
+        try:
+            client = await SmtpClient.connect(late["closed"].port)
+            await client.close()
+            assert client.greeting == 421
+            assert "cluster limits unavailable" in client.last
+            client = await SmtpClient.connect(late["open"].port)
+            await client.close()
+            assert client.greeting == 220
+        finally:
+            farm.resume("n1")
+        for sample in [
+            'mcluster_client_unavailable_total{client="haraka",fail="closed",stage="connect"}',
+            'mcluster_client_refusals_total{client="haraka",reason="agent_unavailable"}',
+            'mcluster_client_unavailable_total{client="haraka",fail="open",stage="connect"}',
+        ]:
+            await until(lambda s=sample: _at_least(farm_metric(farm, s), 1), 10,  # type: ignore[misc]
+                        what=f"{sample} reported")  # fmt: skip
     finally:
-        stop_all(opened, closed_in, closed_out)
+        stop_all(*harakas)
         await sink.stop()
+        await farm.close()
 
 
 # -- outbound ----------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ const RECOVER_EVERY_MS = 2_000
 const RECOVER_TRIES = 150
 // The agent takes at most this many MX hosts in a report (mcluster's MAX_MX_HOSTS).
 const MAX_MX_HOSTS = 32
+// How often the refusal totals are sent to the agent (when they changed).
+const REPORT_EVERY_MS = 1_000
 
 exports.register = function () {
   this.load_mcluster_ini()
@@ -43,14 +45,28 @@ exports.register = function () {
   this.throttles_made = new Map() // throttle name -> Promise of its creation
   this.outcome_missing_until = 0
   this.audit_missing_until = 0
-  this.stats = { refused: {}, agent_errors: 0 }
+  // running totals, reported to the agent's /metrics (report_totals)
+  this.stats = { refused: {}, unavailable: {}, agent_errors: 0 }
+  this.reported = null // the last report the agent took
+  this.reporting = false
+  this.report_missing_until = 0
   this.journal = new Journal(this.cfg.main.state_dir)
-  // The agent frees the slots of an owner that stops renewing (a Haraka killed with -9):
-  // this process's slots, renewed every lease TTL / 3 while it holds any.
-  this.lease = { owner: `haraka-${os.hostname()}-${process.pid}`, held: new Set(), every_ms: 0, timer: null, unsupported: false }
+  // The agent frees the slots and takes back the inbound counts of an owner that stops
+  // renewing (a Haraka killed with -9): this process's, renewed every lease TTL / 3 while
+  // it holds any. counts_unsupported: an agent older than owned events.
+  this.lease = {
+    owner: `haraka-${os.hostname()}-${process.pid}`,
+    held: new Set(),
+    counts: new Set(),
+    every_ms: 0,
+    timer: null,
+    unsupported: false,
+    counts_unsupported: false,
+  }
   this.agent_run = null
   this.follow_agent_run()
   this.recover(this.journal.orphans(), 1)
+  setInterval(() => this.report_totals(), REPORT_EVERY_MS).unref()
 
   if (this.cfg.inbound.enabled) {
     this.register_hook('connect', 'inbound_connect')
@@ -132,9 +148,35 @@ function num(value, fallback) {
   return value === undefined || value === '' || !Number.isFinite(n) ? fallback : n
 }
 
-exports.count_refusal = function (what, connection) {
-  this.stats.refused[what] = (this.stats.refused[what] || 0) + 1
+// Every refusal the plugin answers, by reason: connection_cap (421 over the per-block
+// cap), message_rate / recipient_rate (450), obtm / outbound_cap (a deferral), and
+// agent_unavailable (fail closed). Reported to the agent's /metrics.
+exports.count_refusal = function (reason, connection) {
+  this.stats.refused[reason] = (this.stats.refused[reason] || 0) + 1
   if (connection) this.audit(connection, 'rejection')
+}
+
+// The running totals go to the agent (POST /v1/clients/report): its /metrics has
+// mcluster_client_refusals_total and mcluster_client_unavailable_total. Totals, so a
+// report lost or sent twice costs nothing; what happened while the agent was away is
+// reported once it answers again. An agent without the route (404) is left alone a minute.
+exports.report_totals = function () {
+  if (this.reporting || Date.now() < this.report_missing_until) return
+  const { refused, unavailable } = this.stats
+  const body = { reporter: this.lease.owner, client: 'haraka', refusals: refused, unavailable }
+  const text = JSON.stringify(body)
+  if (text === this.reported || (!Object.keys(refused).length && !Object.keys(unavailable).length)) return
+  this.reporting = true
+  this.agent
+    .report(body)
+    .then((known) => {
+      if (known) this.reported = text
+      else this.report_missing_until = Date.now() + OUTCOME_RETRY_MS
+    })
+    .catch((err) => this.logdebug(`refusal totals not reported: ${err.message}`))
+    .finally(() => {
+      this.reporting = false
+    })
 }
 
 // Momentum's inbound audit metrics, cluster-wide ([inbound] audit = true): connect,
@@ -159,9 +201,17 @@ exports.inbound_reception = function (next, connection) {
   next()
 }
 
-// The agent could not answer: log, count, and say whether to let the mail through.
-exports.agent_failed = function (err, what) {
+// The agent could not answer: log, count, and say whether to let the mail through. stage
+// (connect, mail, rcpt, send) names an answer the plugin gives without a decision: counted
+// by what it does (fail open or closed), a fail-closed one as a refusal too.
+exports.agent_failed = function (err, what, stage = null) {
   this.stats.agent_errors++
+  if (stage) {
+    const { fail } = this.cfg.main
+    const by_fail = (this.stats.unavailable[stage] ||= { open: 0, closed: 0 })
+    by_fail[fail]++
+    if (fail === 'closed') this.count_refusal('agent_unavailable')
+  }
   if (!(err instanceof AgentUnavailable)) {
     this.logerror(`${what}: ${err.message}`)
   } else {
@@ -206,9 +256,14 @@ exports.recover = async function (orphans, attempt) {
     const pending = []
     let slots = 0
     let counts = 0
+    let leased = 0
     for (const entry of orphan.entries) {
       try {
-        if (entry.kind === 'slot') {
+        if (entry.kind === 'in' && entry.leased) {
+          // counted under the stopped process's lease: the agent takes it back (a -1 here
+          // as well would take it out twice)
+          leased++
+        } else if (entry.kind === 'slot') {
           await this.agent.close_connection(entry.slot)
           slots++
         } else if (entry.kind === 'in' && entry.agent && entry.agent === run) {
@@ -220,9 +275,10 @@ exports.recover = async function (orphans, attempt) {
         pending.push(entry)
       }
     }
-    if (slots || counts) {
+    if (slots || counts || leased) {
       this.lognotice(
-        `gave back ${slots} slot(s) and ${counts} inbound count(s) left by a stopped Haraka (${orphan.file})`,
+        `gave back ${slots} slot(s) and ${counts} inbound count(s) left by a stopped Haraka (${orphan.file}); ` +
+          `${leased} inbound count(s) under its lease left to the agent`,
       )
     }
     if (pending.length) {
@@ -246,14 +302,29 @@ exports.inbound_connect = async function (next, connection) {
   const ip = client_ip(connection.remote.ip)
   const cidr = block(ip, inbound.ipv4_prefix, inbound.ipv6_prefix)
   if (!cidr) return next()
-  const counted = { object: inbound.object, key: ip, id: `in:${connection.uuid}` }
-  this.journal.add(counted.id, { kind: 'in', agent: this.agent_run, object: counted.object, key: ip })
+  // Counted under this process's lease: the agent takes the count back if Haraka dies
+  // (kill -9) and stops renewing. Written down first either way: an agent older than
+  // owned events answers without lease_ttl, and then the journal gives it back at restart.
+  const leased = !this.lease.counts_unsupported
+  const counted = { object: inbound.object, key: ip, id: `in:${connection.uuid}`, leased }
+  const entry = { kind: 'in', agent: this.agent_run, object: counted.object, key: ip }
+  this.journal.add(counted.id, { ...entry, leased })
+  let answer
   try {
-    await this.agent.events([{ object: inbound.object, key: ip, delta: 1 }])
+    answer = await this.agent.events([{ object: inbound.object, key: ip, delta: 1 }], leased ? this.lease.owner : null)
   } catch (err) {
     this.journal.remove(counted.id)
-    if (this.agent_failed(err, 'count connection')) return next()
+    if (this.agent_failed(err, 'count connection', 'connect')) return next()
     return next(constants.denysoftdisconnect, 'cluster limits unavailable; try again later')
+  }
+  if (leased && answer?.lease_ttl) {
+    this.lease.counts.add(counted.id)
+    this.keep_lease(answer.lease_ttl)
+  } else if (leased) {
+    this.logwarn('the agent takes no owner for events; inbound counts without a lease')
+    this.lease.counts_unsupported = true
+    counted.leased = false
+    this.journal.add(counted.id, entry)
   }
   connection.notes.mcluster_counted = counted
   if (!inbound.max_connections) {
@@ -268,7 +339,7 @@ exports.inbound_connect = async function (next, connection) {
     await this.agent.flush()
     open = await this.agent.count(inbound.object, cidr)
   } catch (err) {
-    if (this.agent_failed(err, 'connection cap')) return next()
+    if (this.agent_failed(err, 'connection cap', 'connect')) return next()
     await this.inbound_uncount(connection)
     return next(constants.denysoftdisconnect, 'cluster limits unavailable; try again later')
   }
@@ -277,7 +348,7 @@ exports.inbound_connect = async function (next, connection) {
     this.audit(connection, 'connect')
     return next()
   }
-  this.count_refusal('inbound_connections', connection)
+  this.count_refusal('connection_cap', connection)
   await this.inbound_uncount(connection)
   next(
     constants.denysoftdisconnect,
@@ -289,8 +360,10 @@ exports.inbound_uncount = async function (connection) {
   const counted = connection.notes.mcluster_counted
   if (!counted) return
   delete connection.notes.mcluster_counted
+  this.lease.counts.delete(counted.id)
   try {
-    await this.agent.events([{ object: counted.object, key: counted.key, delta: -1 }])
+    const owner = counted.leased ? this.lease.owner : null
+    await this.agent.events([{ object: counted.object, key: counted.key, delta: -1 }], owner)
   } catch (err) {
     this.agent_failed(err, 'uncount connection')
   }
@@ -334,20 +407,22 @@ exports.inbound_rate = async function (next, connection, section, what) {
   try {
     decision = await this.agent.acquire(await this.inbound_limits(section, connection))
   } catch (err) {
-    if (this.agent_failed(err, what)) return next()
+    if (this.agent_failed(err, what, STAGES[what])) return next()
     return next(constants.denysoft, 'cluster limits unavailable; try again later')
   }
   if (decision.degraded) {
     // the agent's own on_error answered, not a decision: the plugin's fail policy applies
     const err = new AgentUnavailable('POST /v1/throttles/acquire', 'degraded decision')
-    if (this.agent_failed(err, what)) return next()
+    if (this.agent_failed(err, what, STAGES[what])) return next()
     return next(constants.denysoft, 'cluster limits unavailable; try again later')
   }
   if (decision.allowed) return next()
-  this.count_refusal(what, connection)
+  this.count_refusal(`${what}_rate`, connection)
   const secs = Math.ceil((decision.retry_after_ms || 1000) / 1000)
   next(constants.denysoft, `${what} rate limit reached; try again in ${secs} s`)
 }
+
+const STAGES = { message: 'mail', recipient: 'rcpt' }
 
 exports.inbound_mail = function (next, connection) {
   return this.inbound_rate(next, connection, this.cfg.inbound_messages, 'message')
@@ -395,7 +470,7 @@ exports.outbound_send = async function (next, hmail) {
     const err = new AgentUnavailable('POST /v1/outbound/message', 'degraded decision')
     if (!this.agent_failed(err, 'OBTM', 'send')) return this.delay(next, this.cfg.main.retry_seconds)
   } else if (!decision.allowed) {
-    this.count_refusal('outbound_message')
+    this.count_refusal('obtm')
     this.loginfo(`OBTM ${route.binding}::${route.domain} refused, retry in ${decision.retry_after_ms} ms`)
     return this.delay(next, Math.max(decision.retry_after_ms || 1000, 1) / 1000)
   } else {
@@ -412,7 +487,7 @@ exports.outbound_send = async function (next, hmail) {
     return this.agent_failed(err, 'connection slot', 'send') ? next() : this.delay(next, this.cfg.main.retry_seconds)
   }
   if (!slot.allowed) {
-    this.count_refusal('outbound_connection')
+    this.count_refusal('outbound_cap')
     hmail.logdebug(this, `no slot for ${route.domain}: ${slot.reason}`)
     return this.delay(next, this.cap_retry(slot))
   }
@@ -456,12 +531,17 @@ exports.open_slot = async function (route) {
   }
 }
 
-// Renew the lease while this process holds slots: every lease TTL / 3 (the agent's
-// answer gives the TTL), so two renewals may be lost or late before the agent frees them.
+// Renew the lease while this process holds slots or inbound counts: every lease TTL / 3
+// (the agent's answer gives the TTL), so two renewals may be lost or late before the
+// agent frees them.
 exports.hold_slot = function (slot, lease_ttl) {
-  const lease = this.lease
   if (!lease_ttl) return // no lease (an older agent)
-  lease.held.add(slot)
+  this.lease.held.add(slot)
+  this.keep_lease(lease_ttl)
+}
+
+exports.keep_lease = function (lease_ttl) {
+  const lease = this.lease
   lease.every_ms = Math.max(50, (lease_ttl * 1000) / 3)
   if (lease.timer) return
   lease.timer = setInterval(() => this.renew_lease(), lease.every_ms)
@@ -470,7 +550,7 @@ exports.hold_slot = function (slot, lease_ttl) {
 
 exports.renew_lease = function () {
   const lease = this.lease
-  if (!lease.held.size) {
+  if (!lease.held.size && !lease.counts?.size) {
     clearInterval(lease.timer)
     lease.timer = null
     return
@@ -597,7 +677,7 @@ exports.open_for_mx = async function (hmail, try_deliver) {
     return this.defer(hmail, this.cfg.main.retry_seconds)
   }
   if (!slot.allowed) {
-    this.count_refusal('outbound_connection')
+    this.count_refusal('outbound_cap')
     const spill = new Set(slot.spill_over || [])
     const siblings = hmail.mxlist.filter((mx) => spill.has(mx_name(mx)))
     if (siblings.length) {

@@ -220,7 +220,12 @@ class Node:
         replication.start()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._tasks.append(asyncio.create_task(self._reap_loop()))
-        for service in self.services:  # audit, owner leases, shaping's AIMD, DuraVIP
+        # the slots and counts (POST /v1/events with an owner) of clients that stopped renewing
+        leases = self.owner_leases.run(
+            self.close_connection, lambda obj, key, d: self.shard_box(obj, key).add(key, d)
+        )
+        self._tasks.append(asyncio.create_task(leases, name="owner-leases"))
+        for service in self.services:  # audit, shaping's AIMD, DuraVIP
             after_join = getattr(service, "after_join", None)
             if after_join is not None:
                 await after_join()
@@ -529,9 +534,9 @@ class Node:
         return decision
 
     def renew_owner(self, owner: str) -> int:
-        """Renew the lease of ``owner`` on its slots; how many it holds (0: none)."""
+        """Renew the lease of ``owner`` on its slots and counts; how many slots it holds."""
         check_owner(owner)
-        return self.owner_leases.renew(owner) if self._slots is not None else 0
+        return self.owner_leases.renew(owner)
 
     async def _open_connection(self, route: Route) -> SlotDecision:
         if self._slots is None:

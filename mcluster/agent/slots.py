@@ -311,8 +311,9 @@ class Slots:
 
 class ConnectionSlots:
     """The node's connection slots as a ``Service`` (``agent/service.py``): the
-    ``outbound_slots`` object (made before the join), the owner leases' sweep (after it),
-    and the slots held still while a re-sync moves them to the new view."""
+    ``outbound_slots`` object (made before the join), and the slots held still while a
+    re-sync moves them to the new view. A close forgets the slot's owner lease (the
+    node's sweep of expired owners, ``outbound/leases.py``, closes through ``close``)."""
 
     name = "connections"
 
@@ -336,10 +337,6 @@ class ConnectionSlots:
         reload removed since is skipped (its views were drained)."""
         if obj in self.ctx.outboxes:
             self.ctx.record(obj, key, delta)
-
-    async def after_join(self) -> None:
-        """Free the slots of clients that stopped renewing (``outbound/leases.py``)."""
-        self.ctx.spawn(self.leases.run(self.close), "owner-leases")
 
     async def close(self, slot: str) -> bool:
         """Give a connection slot back; a second close changes nothing."""

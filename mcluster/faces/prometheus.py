@@ -90,12 +90,19 @@ class NodeCollector(Collector):
         yield from self._membership()
         yield from self._throttles()
         yield from self._connections()
+        yield CounterMetricFamily(
+            "mcluster_counts_owner_expired",
+            "Counts (POST /v1/events with an owner, e.g. a Haraka process's open inbound "
+            "connections) taken back because their owner did not renew within lease TTL",
+            value=self.node.owner_leases.expired_counts,
+        )
         yield from self._caches()
         if self.node.shaping is not None:
             yield from shaping_metrics.collect(self.node.shaping, self.cluster.adaptive)
         if self.policy is not None:
             yield from self._policy(self.policy)
         yield self.refusals.metric()
+        yield from self.refusals.clients.metrics()
 
     def _outboxes(self) -> Iterator[Metric]:
         boxes = self.node.outboxes

@@ -33,7 +33,7 @@ function fake(answers) {
   const closed = []
   const self = Object.create(plugin)
   self.cfg = { main: { retry_seconds: 60, fail: 'closed' }, outbound: { cap_retry_seconds: 1 } }
-  self.lease = { owner: 'haraka-h-1', held: new Set(), every_ms: 0, timer: null, unsupported: false }
+  self.lease = { owner: 'haraka-h-1', held: new Set(), counts: new Set(), every_ms: 0, timer: null, unsupported: false }
   self.journal = { add() {}, remove() {} }
   self.stats = { refused: {}, agent_errors: 0 }
   self.loginfo = () => {}
@@ -87,7 +87,7 @@ test('refused with no sibling named: the message waits cap_retry_seconds', async
   await hmail.try_deliver()
   assert.deepEqual(deferred, ['1'])
   assert.deepEqual(connected, [])
-  assert.equal(self.stats.refused.outbound_connection, 1)
+  assert.equal(self.stats.refused.outbound_cap, 1)
 })
 
 test('a slot whose MX was never connected to is given back before the next MX', async () => {
@@ -107,4 +107,25 @@ test('a slot whose MX was never connected to is given back before the next MX', 
   self.socket_done(socket) // released twice: given back once
   await new Promise(setImmediate)
   assert.deepEqual(closed, ['s1', 's2'])
+})
+
+test('without the wrappers: the slot is opened at send_email and given back at the outcome', async () => {
+  const { self, opened, closed } = fake([{ allowed: true, slot: 's1', reason: null }])
+  self.haraka_require = () => ({ prototype: {} }) // a Haraka without try_deliver & co.
+  self.logerror = () => {}
+  self.mx_hooked = false
+  self.watch_outbound()
+  assert.equal(self.mx_hooked, false)
+  self.cfg.outbound = { ...self.cfg.outbound, binding: 'b', report_outcomes: false }
+  self.agent.outbound_message = async () => ({ allowed: true, retry_after_ms: 0 })
+  const hmail = { todo: { domain: 'example.test', notes: {} } }
+  let answered
+  await self.outbound_send((...args) => {
+    answered = args
+  }, hmail)
+  assert.deepEqual(answered, [])
+  assert.deepEqual(opened, [{ binding: 'b', domain: 'example.test' }])
+  self.outbound_delivered(() => {}, hmail, ['mx1.example.test', '192.0.2.1', '250 ok'])
+  await new Promise(setImmediate)
+  assert.deepEqual(closed, ['s1'])
 })
