@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,7 +187,7 @@ class Haraka:
         home: Path,
         *,
         plugins: list[str],
-        routes: dict[str, int | list[tuple[str, int]]] | None = None,
+        routes: Mapping[str, int | list[tuple[str, int]]] | None = None,
         ini: dict[str, str] | None = None,
     ) -> None:
         modules = node_modules()

@@ -446,40 +446,22 @@ exports.route = function (hmail) {
   return route
 }
 
-// Haraka's send_email hook: OBTM. A refusal defers the message by the agent's retry time
-// (seconds, fractions kept: Haraka waits delay * 1000 ms). The connection slot is opened
-// later, once Haraka has chosen the MX host and address (open_for_mx), so that the caps of
-// a Host scope apply; without the wrappers (watch_outbound) it is opened here, with the
-// binding and domain only.
+// Haraka's send_email hook. With the wrappers (watch_outbound), OBTM and the connection
+// slot are asked later, once Haraka has chosen the MX host and address (open_for_mx), so
+// that the limits of Host and Provider scopes apply; here the attempt is only marked.
+// Without them, both are asked here with the binding and domain only.
 exports.outbound_send = async function (next, hmail) {
   delete hmail.mcluster_route // set again below for this attempt only
   const route = this.route(hmail)
   if (!route.domain) return next()
-  let decision
-  try {
-    decision = await this.agent.outbound_message(route)
-  } catch (err) {
-    return this.agent_failed(err, 'OBTM', 'send') ? next() : this.delay(next, this.cfg.main.retry_seconds)
-  }
-  // one line per decision: operators (and the tests) can see the admitted rate
-  const how = decision.degraded ? ' (degraded: Redis did not answer in time)' : ''
-  if (decision.degraded) {
-    // The agent could not decide in time and applied its own on_error (allow): not a
-    // decision, so it gets the plugin's fail policy like an agent that does not answer.
-    this.loginfo(`OBTM ${route.binding}::${route.domain} undecided${how}`)
-    const err = new AgentUnavailable('POST /v1/outbound/message', 'degraded decision')
-    if (!this.agent_failed(err, 'OBTM', 'send')) return this.delay(next, this.cfg.main.retry_seconds)
-  } else if (!decision.allowed) {
-    this.count_refusal('obtm')
-    this.loginfo(`OBTM ${route.binding}::${route.domain} refused, retry in ${decision.retry_after_ms} ms`)
-    return this.delay(next, Math.max(decision.retry_after_ms || 1000, 1) / 1000)
-  } else {
-    this.loginfo(`OBTM ${route.binding}::${route.domain} allowed`)
-  }
   if (this.mx_hooked) {
     hmail.mcluster_route = route
+    hmail.mcluster_obtm = true // OBTM once per attempt, at its first MX
     return next()
   }
+  const verdict = await this.obtm(route)
+  if (typeof verdict === 'number') return this.delay(next, verdict)
+  if (verdict === 'undecided') return next()
   let slot
   try {
     slot = await this.open_slot(route)
@@ -495,6 +477,35 @@ exports.outbound_send = async function (next, hmail) {
   // the messages of a transaction's domains); given back at the outcome hook.
   hmail.mcluster_slot = this.took_slot(slot)
   next()
+}
+
+// OBTM for one delivery attempt: 'go', 'undecided' (the agent could not decide and fail =
+// open: the attempt goes on without a slot either), or the seconds the message waits
+// (refused: the agent's retry time, fractions kept; fail = closed: retry_seconds).
+exports.obtm = async function (route) {
+  const where = `${route.binding}::${route.domain}`
+  let decision
+  try {
+    decision = await this.agent.outbound_message(route)
+  } catch (err) {
+    return this.agent_failed(err, 'OBTM', 'send') ? 'undecided' : this.cfg.main.retry_seconds
+  }
+  // one line per decision: operators (and the tests) can see the admitted rate
+  if (decision.degraded) {
+    // The agent could not decide in time and applied its own on_error (allow): not a
+    // decision, so it gets the plugin's fail policy like an agent that does not answer
+    // (fail open: the slot is still asked for).
+    this.loginfo(`OBTM ${where} undecided (degraded: Redis did not answer in time)`)
+    const err = new AgentUnavailable('POST /v1/outbound/message', 'degraded decision')
+    return this.agent_failed(err, 'OBTM', 'send') ? 'go' : this.cfg.main.retry_seconds
+  }
+  if (!decision.allowed) {
+    this.count_refusal('obtm')
+    this.loginfo(`OBTM ${where} refused, retry in ${decision.retry_after_ms} ms`)
+    return Math.max(decision.retry_after_ms || 1000, 1) / 1000
+  }
+  this.loginfo(`OBTM ${where} allowed`)
+  return 'go'
 }
 
 // Haraka multiplies the delay by 1000; a string keeps its hook logger quiet (it logs an
@@ -663,12 +674,24 @@ exports.watch_outbound = function () {
   }
 }
 
-// Open the slot for the connection Haraka is about to make to hmail.mxlist[0], then let it
-// connect. Refused by an MX host's cap, the agent names the siblings with room
+// OBTM (first MX of an attempt) and the slot for the connection Haraka is about to make
+// to hmail.mxlist[0], then let it connect. Refused by an MX host's cap, the agent names the siblings with room
 // (spill_over): they are tried in Haraka's order, the others left out of this attempt. Any
 // other refusal defers the message as at send_email.
 exports.open_for_mx = async function (hmail, try_deliver) {
   const route = { ...hmail.mcluster_route, ...mx_route(hmail.mxlist) }
+  if (hmail.mcluster_obtm) {
+    // OBTM once per attempt, with the first MX host and the domain's MX hosts (the Host
+    // and Provider buckets); the next MX of the same attempt (a spill-over, or an address
+    // that refused) does not spend it again
+    delete hmail.mcluster_obtm
+    const verdict = await this.obtm(route)
+    if (typeof verdict === 'number') return this.defer(hmail, verdict)
+    if (verdict === 'undecided') {
+      delete hmail.mcluster_route
+      return try_deliver.call(hmail)
+    }
+  }
   let slot
   try {
     slot = await this.open_slot(route)
