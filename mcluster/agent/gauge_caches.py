@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from mcluster.agent.caches import cancel_tasks
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, stop_if_cancelled
-from mcluster.agent.results import OutboxStats
+from mcluster.agent.results import OutboxStats, ReadsLikeADict
 from mcluster.agent.service import ServiceContext
 from mcluster.errors import CacheError, InvalidType, NotFound
 from mcluster.objects import gauge, gauge_cache, views
@@ -51,7 +51,13 @@ AddObject = Callable[[str, str, Kind], Awaitable[Outbox]]
 Count = Callable[[str, str, str], Awaitable[int]]
 Show = Callable[[str, str, "int | None"], Awaitable[Listing]]
 
-__all__ = ["GaugeCacheError", "GaugeCaches", "LocalGaugeCache", "UnknownGaugeCache"]
+__all__ = [
+    "GaugeCacheError",
+    "GaugeCacheStats",
+    "GaugeCaches",
+    "LocalGaugeCache",
+    "UnknownGaugeCache",
+]
 
 
 class UnknownGaugeCache(NotFound, CacheError):
@@ -119,6 +125,30 @@ class LocalGaugeCache:
             distinct_keys=len(rows),
             anomalies=self.anomalies,
         )
+
+
+@dataclass(frozen=True, eq=False)
+class GaugeCacheStats(ReadsLikeADict):
+    """One gauge cache's definition and figures: a replicated one's shipping (``shipping``,
+    as ``Node.stats()`` has it), a local one's entries, expired, evicted and anomalies."""
+
+    definition: GaugeCacheDef
+    shipping: OutboxStats | None = None
+    entries: int = 0
+    expired: int = 0
+    evicted: int = 0
+    anomalies: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        if self.definition.replicate:
+            shipped = self.shipping.to_json() if self.shipping is not None else {}
+            return self.definition.to_json() | shipped
+        return self.definition.to_json() | {
+            "entries": self.entries,
+            "expired": self.expired,
+            "evicted": self.evicted,
+            "anomalies": self.anomalies,
+        }
 
 
 class GaugeCaches:
@@ -254,20 +284,15 @@ class GaugeCaches:
     def definitions(self) -> list[dict[str, Any]]:
         return [d.to_json() for _, d in sorted(self.defs.items())]
 
-    def figures(self, name: str) -> dict[str, Any]:
-        """Counters of a local gauge cache (a replicated one: see ``Node.stats``)."""
+    def stats(self, name: str) -> GaugeCacheStats:
+        """The figures of one gauge cache (``UnknownGaugeCache`` when not defined here)."""
         definition = self._def(name)
         if definition.replicate:
             box = self.ctx.outboxes.get(name)
-            shipped = OutboxStats.of(box).to_json() if box is not None else {}
-            return definition.to_json() | shipped
+            return GaugeCacheStats(definition, OutboxStats.of(box) if box is not None else None)
         local = self.local[name]
-        return definition.to_json() | {
-            "entries": len(local.entries),
-            "expired": local.expired,
-            "evicted": local.evicted,
-            "anomalies": local.anomalies,
-        }
+        return GaugeCacheStats(definition, None, len(local.entries), local.expired,
+                               local.evicted, local.anomalies)  # fmt: skip
 
     async def maintain(self) -> list[tuple[Kind, ObjectKeys]]:
         """Run by the leader: purge every replicated gauge cache of the cluster (so entries

@@ -23,8 +23,8 @@ from typing import Any, Self
 from redis.asyncio import Redis
 
 from mcluster.agent import membership, reaper, reload, resync, slots
-from mcluster.agent.audit_recorder import AuditRecorder
-from mcluster.agent.caches import Caches
+from mcluster.agent.audit_recorder import AuditRecorder, AuditStats
+from mcluster.agent.caches import CacheReplicaStats, Caches
 from mcluster.agent.gauge_caches import GaugeCaches
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
 from mcluster.agent.replication import Replication
@@ -662,9 +662,7 @@ class Node:
 
     def stats(self) -> NodeStats:
         """This node's figures: shipping per object, the audit recorder, cache replicas."""
-        objects = {
-            name: OutboxStats(dict(vars(box.stats)), box.seq, box.max_delay, box.max_pending)
-            for name, box in self.outboxes.items()
-        }
-        audit = self._audit.stats_json() if self._audit is not None else None
-        return NodeStats(objects, audit, self.caches.figures())
+        objects = {name: OutboxStats.of(box) for name, box in self.outboxes.items()}
+        audit = AuditStats.of(self._audit) if self._audit is not None else None
+        caches = {name: CacheReplicaStats.of(r) for name, r in self.caches.replicas.items()}
+        return NodeStats(objects, audit, caches)

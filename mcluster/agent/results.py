@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mcluster.agent.outbox import Outbox
 
-__all__ = ["NodeStats", "OutboxStats", "ReloadResult", "ResetResult"]
+__all__ = ["NodeStats", "OutboxStats", "ReadsLikeADict", "ReloadResult", "ResetResult", "as_json"]
 
 
-class _ReadsLikeADict(Mapping[str, Any]):
-    """``to_json()``'s keys and values, read through the Mapping interface."""
+class ReadsLikeADict(Mapping[str, Any]):
+    """``to_json()``'s keys and values, read through the Mapping interface (the base of
+    every typed result and stats of the agent's public calls)."""
 
     def to_json(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -33,8 +34,13 @@ class _ReadsLikeADict(Mapping[str, Any]):
         return len(self.to_json())
 
 
+def as_json(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """A typed result's ``to_json()``, or a plain mapping as a dict."""
+    return figures.to_json() if isinstance(figures, ReadsLikeADict) else dict(figures)
+
+
 @dataclass(frozen=True, eq=False)
-class ResetResult(_ReadsLikeADict):
+class ResetResult(ReadsLikeADict):
     """``cluster reset`` done: the member's new private name and epoch, keys re-published."""
 
     node: str
@@ -48,7 +54,7 @@ class ResetResult(_ReadsLikeADict):
 
 
 @dataclass(frozen=True, eq=False)
-class ReloadResult(_ReadsLikeADict):
+class ReloadResult(ReadsLikeADict):
     """``config reload`` done: what was added, removed, changed, and what needs a restart.
 
     ``file`` is None (and ``reason`` says why) when there was nothing to reload."""
@@ -70,7 +76,7 @@ class ReloadResult(_ReadsLikeADict):
 
 
 @dataclass(frozen=True, eq=False)
-class OutboxStats(_ReadsLikeADict):
+class OutboxStats(ReadsLikeADict):
     """One object's shipping figures on this node (``GET /v1/stats``)."""
 
     counters: Mapping[str, int]
@@ -90,8 +96,9 @@ class OutboxStats(_ReadsLikeADict):
 
 
 @dataclass(frozen=True, eq=False)
-class NodeStats(_ReadsLikeADict):
-    """``Node.stats()``: per object, the audit recorder and the cache replicas, by name."""
+class NodeStats(ReadsLikeADict):
+    """``Node.stats()``: per object, the audit recorder (``AuditStats``) and the cache
+    replicas (``CacheReplicaStats``), by name."""
 
     objects: Mapping[str, OutboxStats]
     audit: Mapping[str, Any] | None = None
@@ -100,5 +107,5 @@ class NodeStats(_ReadsLikeADict):
     def to_json(self) -> dict[str, Any]:
         shipped: dict[str, Any] = {name: s.to_json() for name, s in self.objects.items()}
         if self.audit is not None:
-            shipped["audit"] = dict(self.audit)
-        return shipped | {name: dict(figures) for name, figures in self.caches.items()}
+            shipped["audit"] = as_json(self.audit)
+        return shipped | {name: as_json(figures) for name, figures in self.caches.items()}

@@ -25,9 +25,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.agent.results import ReadsLikeADict
 from mcluster.agent.service import ServiceContext
 from mcluster.duravip import arp, store
 from mcluster.duravip.command import Plumber
@@ -39,6 +42,21 @@ from mcluster.store.members import server_time_ms
 log = logging.getLogger("mcluster.duravip")
 
 ARP_REFRESH = 5.0  # seconds between refreshes of the published ARP entries
+
+
+@dataclass(frozen=True, eq=False)
+class DuraVipStatus(ReadsLikeADict):
+    """What one node believes about its DuraVIPs: its addresses, those it owns (with their
+    lease token) and the last command run per address."""
+
+    node: str
+    addresses: tuple[str, ...]
+    owned: Mapping[str, int]
+    commands: Mapping[str, str]  # address -> "up ok", "down failed", ...
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "addresses": list(self.addresses), "owned": dict(self.owned),
+                "commands": dict(self.commands)}  # fmt: skip
 
 
 class DuraVipAgent:
@@ -351,11 +369,11 @@ class DuraVipAgent:
         await store.publish_arp(self.ctx.client, self.vk, self.ctx.node, entries, now_ms)
         self._arp_at = time.monotonic()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> DuraVipStatus:
         """``GET /v1/duravip``: what this node believes it owns, and its last commands."""
-        return {
-            "node": self.ctx.node,
-            "addresses": sorted(self.cfg.addresses),
-            "owned": {a: o.token for a, o in sorted(self.owned.items())},
-            "commands": dict(sorted(self.plumber.last.items())),
-        }
+        return DuraVipStatus(
+            self.ctx.node,
+            tuple(sorted(self.cfg.addresses)),
+            {a: o.token for a, o in sorted(self.owned.items())},
+            dict(sorted(self.plumber.last.items())),
+        )
