@@ -76,3 +76,28 @@ async def test_node_calls_the_optional_hooks_in_order(
         "before_stop", "stop", "before_leave",
     ]  # fmt: skip
     assert all(joined for call, joined in probe.seen if call != "start")
+
+
+EVERY_FEATURE = """
+Datasource "c1" {}
+cluster {
+  Replicate "outbound_binding_domains" {}
+  Replicate "OBTM" {}
+  Replicate "shared_named_throttles" {}
+  Replicate "c1" { type = "cache" }
+  Replicate "metrics" { parameters = "connect;delivery;gauge_cache" }
+}
+Shaping "slow_down" { domain = "slow.test"  match = "/^421/"  action = "rate"  factor = 0.1
+                      duration = 30 }
+"""
+
+
+def test_every_feature_is_a_service_and_none_holds_the_node() -> None:
+    node = Node(parse_config(EVERY_FEATURE, "t.conf"), "n1", "redis://127.0.0.1:1")
+    assert [s.name for s in node.services] == [
+        "connections", "throttles", "caches", "logs", "audit", "gauge_caches", "shaping",
+        "duravip",
+    ]  # fmt: skip
+    for service in node.services:  # a narrow context, never the node itself
+        held = [name for name, value in vars(service).items() if value is node]
+        assert held == [], f"{service.name} holds the Node in {held}"
