@@ -252,7 +252,7 @@ class DuraVipAgent:
         old = previous.get("addresses", {})
         old_since = previous.get("config_since", {})
         since = {a: old_since.get(a, now) if old.get(a) == r else now for a, r in addresses.items()}
-        record = {
+        record: store.VipRecord = {
             "private_name": member.private_name,
             "addresses": addresses,
             "config_since": since,

@@ -31,7 +31,7 @@ from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.service import ServiceContext
 from mcluster.errors import AuditError
 from mcluster.objects.outbound import OBTM_OPTION, Cap, OutboundPolicy, Route
-from mcluster.objects.rates import Rate, parse_rate
+from mcluster.objects.rates import Rate
 from mcluster.objects.throttle import Decision, ThrottleDef
 from mcluster.shaping.config import (
     AdaptiveRule,
@@ -561,9 +561,9 @@ class Shaper:
     async def publish(self) -> None:
         """Write this config's adaptive and warm-up rules where consoles read them."""
         mapping: dict[Any, Any] = {
-            f"adaptive:{a.name}": json.dumps(adaptive_json(a)) for a in self.config.adaptive
+            f"adaptive:{a.name}": json.dumps(a.to_json()) for a in self.config.adaptive
         }
-        mapping |= {f"warmup:{w.name}": json.dumps(warmup_json(w)) for w in self.config.warmups}
+        mapping |= {f"warmup:{w.name}": json.dumps(w.to_json()) for w in self.config.warmups}
         async with self.ctx.client.pipeline(transaction=False) as pipe:  # replace: no stale
             pipe.delete(self.keys.defs)
             if mapping:
@@ -597,31 +597,15 @@ class Shaper:
 # -- reads shared with the console (no node needed) ---------------------------------------
 
 
-def adaptive_json(rule: AdaptiveRule) -> dict[str, Any]:
-    return {"name": rule.name, "dest": str(rule.dest), "period": rule.period, "min": rule.min,
-            "max": rule.max, "decrease": rule.decrease, "increase": rule.increase,
-            "every": rule.every, "transfail_above": rule.transfail_above}  # fmt: skip
-
-
-def warmup_json(rule: WarmupRule) -> dict[str, Any]:
-    return {"name": rule.name, "binding": rule.binding, "start_ms": rule.start_ms,
-            "schedule": [f"{day}:{rate}" for day, rate in rule.schedule]}  # fmt: skip
-
-
 async def published_config(client: Any, keys: ShapingKeys) -> ShapingConfig:
     """The adaptive and warm-up rules the nodes published (for a console without config)."""
     adaptive, warmups = [], []
     for field, raw in (await client.hgetall(keys.defs)).items():
         kind, data = text(field).partition(":")[0], json.loads(raw)
         if kind == "adaptive":
-            data["dest"] = Destination.parse(data["dest"])
-            adaptive.append(AdaptiveRule(**data))
+            adaptive.append(AdaptiveRule.from_json(data))
         elif kind == "warmup":
-            schedule = []
-            for step in data.pop("schedule"):
-                day, _, rate = step.partition(":")
-                schedule.append((int(day), parse_rate(rate)))
-            warmups.append(WarmupRule(schedule=tuple(schedule), **data))
+            warmups.append(WarmupRule.from_json(data))
     by_name = sorted(adaptive, key=lambda a: a.name), sorted(warmups, key=lambda w: w.name)
     return ShapingConfig((), tuple(by_name[0]), tuple(by_name[1]))
 
