@@ -281,8 +281,9 @@ class GaugeCaches:
             return self.local[name].listing(limit)
         return await self._show(name, view, limit)
 
-    def definitions(self) -> list[dict[str, Any]]:
-        return [d.to_json() for _, d in sorted(self.defs.items())]
+    def definitions(self) -> list[GaugeCacheDef]:
+        """Every gauge cache defined here, by name."""
+        return [d for _, d in sorted(self.defs.items())]
 
     def stats(self, name: str) -> GaugeCacheStats:
         """The figures of one gauge cache (``UnknownGaugeCache`` when not defined here)."""

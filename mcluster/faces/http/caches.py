@@ -112,7 +112,8 @@ async def put_gauge_cache(request: web.Request) -> web.Response:
 
 
 async def get_gauge_caches(request: web.Request) -> web.Response:
-    return web.json_response({"gauge_caches": request.app[NODE_KEY].gauge_caches.definitions()})
+    defined = request.app[NODE_KEY].gauge_caches.definitions()
+    return web.json_response({"gauge_caches": [d.to_json() for d in defined]})
 
 
 async def post_change(request: web.Request) -> web.Response:
