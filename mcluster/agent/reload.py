@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from mcluster.agent.results import ReloadResult
+from mcluster.agent.slots import ConnectionSlots
 from mcluster.config import ClusterConfig, Option, ReplicateObject, load_config
 from mcluster.objects import throttle
 from mcluster.objects.kinds import kind_for_type
@@ -54,8 +55,6 @@ log = logging.getLogger("mcluster.agent")
 _FIXED_OPTIONS = ("namespace", "heartbeat_interval", "lease_ttl", "max_buffered_keys")
 #: A changed Policy scope: applied by a running policy service, else needs a restart.
 POLICY_CHANGE = "Policy (the policy service's rules and quotas)"
-#: Any of these types gives the node its connection slots (``outbound_slots``).
-_SLOT_TYPES = {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}
 
 
 def _replicated(config: ClusterConfig) -> dict[str, ReplicateObject]:
@@ -87,7 +86,7 @@ def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
     )
     if differ:
         changes.append(f"objects {', '.join(differ)}")
-    slots = [bool({o.type for o in c.objects} & _SLOT_TYPES) for c in (old, new)]
+    slots = [ConnectionSlots.wanted(c) for c in (old, new)]
     if slots[0] != slots[1]:
         changes.append("outbound connection slots")
     rules, guard = zip(*(_policy_parts(c) for c in (old, new)), strict=True)

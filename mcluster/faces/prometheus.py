@@ -25,6 +25,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from mcluster.agent.caches import CacheReplicaStats
 from mcluster.agent.histogram import Histogram
 from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
@@ -260,12 +261,15 @@ class NodeCollector(Collector):
             labels=["cache"],
         )
         for name, replica in self.node.caches.replicas.items():
-            figures = replica.figures()
-            for quantile, key in (("0.5", "p50"), ("0.99", "p99"), ("1", "max")):
-                value = figures["staleness_ms"][key]
+            figures = CacheReplicaStats.of(replica)
+            for quantile, value in (
+                ("0.5", figures.staleness_p50),
+                ("0.99", figures.staleness_p99),
+                ("1", figures.staleness_max),
+            ):
                 if value is not None:
                     staleness.add_metric([name, quantile], value / 1000)
-            size.add_metric([name], figures["replica_size"])
+            size.add_metric([name], figures.replica_size)
             for result in ("hit", "negative_hit", "miss"):
                 lookups.add_metric([name, result], getattr(replica.stats, LOOKUPS[result]))
             reloads.add_metric([name], replica.stats.reloads)

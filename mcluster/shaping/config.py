@@ -95,6 +95,17 @@ class AdaptiveRule:
     transfail_above: float
     pos: Pos = field(default=Pos("<string>", 0, 0), compare=False)
 
+    def to_json(self) -> dict[str, Any]:
+        """The rule as the nodes publish it (``shaping show`` on a console without the
+        config reads it back with ``from_json``)."""
+        return {"name": self.name, "dest": str(self.dest), "period": self.period, "min": self.min,
+                "max": self.max, "decrease": self.decrease, "increase": self.increase,
+                "every": self.every, "transfail_above": self.transfail_above}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AdaptiveRule:
+        return cls(**{**data, "dest": Destination.parse(data["dest"])})
+
 
 @dataclass(frozen=True)
 class WarmupRule:
@@ -106,6 +117,19 @@ class WarmupRule:
     schedule: tuple[tuple[int, Rate], ...]
     start_ms: int | None = None  # from ``start = "YYYY-MM-DD"``; None: first use
     pos: Pos = field(default=Pos("<string>", 0, 0), compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The rule as the nodes publish it; ``from_json`` reads it back."""
+        return {"name": self.name, "binding": self.binding, "start_ms": self.start_ms,
+                "schedule": [f"{day}:{rate}" for day, rate in self.schedule]}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WarmupRule:
+        schedule = []
+        for step in data["schedule"]:
+            day, _, rate = step.partition(":")
+            schedule.append((int(day), parse_rate(rate)))
+        return cls(**{**data, "schedule": tuple(schedule)})
 
     def rate_on(self, day: int) -> Rate | None:
         """The rate of warm-up day ``day`` (1 = the first), None when warm (or not begun)."""

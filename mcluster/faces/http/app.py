@@ -188,7 +188,7 @@ async def get_membership(request: web.Request) -> web.Response:
 
 
 async def get_duravip(request: web.Request) -> web.Response:
-    return web.json_response(request.app[NODE_KEY].duravip.status())
+    return web.json_response(request.app[NODE_KEY].duravip.status().to_json())
 
 
 async def healthz(request: web.Request) -> web.Response:
