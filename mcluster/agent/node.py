@@ -29,7 +29,7 @@ from mcluster.agent.gauge_caches import GaugeCaches
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
 from mcluster.agent.replication import Replication
 from mcluster.agent.results import NodeStats, OutboxStats, ReloadResult, ResetResult
-from mcluster.agent.service import Service, ServiceContext
+from mcluster.agent.service import Service, ServiceContext, hooks
 from mcluster.agent.slots import ConnectionSlots, SlotDecision
 from mcluster.agent.status import StatusReporter
 from mcluster.agent.throttles import Throttles, ThrottleService
@@ -225,10 +225,8 @@ class Node:
             self.close_connection, lambda obj, key, d: self.shard_box(obj, key).add(key, d)
         )
         self._tasks.append(asyncio.create_task(leases, name="owner-leases"))
-        for service in self.services:  # audit, shaping's AIMD, DuraVIP
-            after_join = getattr(service, "after_join", None)
-            if after_join is not None:
-                await after_join()
+        for after_join in hooks(self.services, "after_join"):  # audit, shaping, DuraVIP
+            await after_join()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A task of this node: cancelled when it stops."""
@@ -264,10 +262,8 @@ class Node:
             box.resyncing.set()  # a batch being retried gives up: the snapshot holds it
         async with contextlib.AsyncExitStack() as held:
             await held.enter_async_context(self.reconfiguring)
-            for service in self.services:  # the connection slots: none opened or closed
-                resyncing = getattr(service, "resyncing", None)  # while they move
-                if resyncing is not None:
-                    await held.enter_async_context(resyncing())
+            for resyncing in hooks(self.services, "resyncing"):  # the connection slots:
+                await held.enter_async_context(resyncing())  # none opened or closed now
             for box in self.outboxes.values():
                 await held.enter_async_context(box.lock)
             while True:
@@ -395,10 +391,8 @@ class Node:
         logs it; its contribution then stays until it is reaped.
         """
         self._stopping = True
-        for service in reversed(self.services):  # DuraVIP first: it unplumbs and releases
-            before_stop = getattr(service, "before_stop", None)  # its addresses, so others
-            if before_stop is not None:  # take them over now
-                await before_stop()
+        for before_stop in hooks(reversed(self.services), "before_stop"):  # DuraVIP first:
+            await before_stop()  # it unplumbs and releases its addresses: others take over
         for box in self.outboxes.values():
             box.stopping = True  # ends after the batch it is sending: nothing half-sent
             box.wake.set()
@@ -436,10 +430,8 @@ class Node:
     async def _leave(self, member: members.Member, drain: bool) -> None:
         if not self.out_of_views:  # after an aborted re-sync there is no view to ship to
             await self.flush()
-        for service in self.services:  # the throttles hand back their reservations
-            before_leave = getattr(service, "before_leave", None)
-            if before_leave is not None:
-                await before_leave()
+        for before_leave in hooks(self.services, "before_leave"):  # the throttles hand
+            await before_leave()  # back their reservations
         if drain:
             for box in self.outboxes.values():
                 async with box.lock:

@@ -25,16 +25,15 @@ and ``stop``: the reverse order):
 hook               when                                                         used by
 =================  ===========================================================  =========
 ``after_join()``   async; after the first join, once the node is a member        audit,
-                   (tasks that speak for a member: shipping, leader work)       slots,
-                                                                                shaping,
+                   (tasks that speak for a member: shipping, leader work)       shaping,
                                                                                 DuraVIP
 ``before_stop()``  async; first thing of ``Node.stop``, before the node's tasks   DuraVIP,
                    are cancelled (give up now what others should take over)     audit
 ``before_leave()`` async; while the node leaves, after its last flush and before  throttles
                    its views are drained (hand back what it reserved)
 ``resyncing()``    an async context manager held while a re-sync moves the node  slots
-                   to a new epoch (entered before the outboxes' locks; its exit
-                   runs once the re-sync is done)
+                   to a new epoch (entered before the outboxes' locks, left
+                   after them, before waiting callers hear of the re-sync)
 ``on_reset(why)``  async; ``cluster reset``: the node is about to leave its old  DuraVIP
                    epoch (before its old views are drained)
 ``rejoined()``     a re-sync joined with the new epoch (before the state is      DuraVIP
@@ -45,7 +44,7 @@ hook               when                                                         
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,10 +57,17 @@ from mcluster.store import members
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.scripts import Scripts
 
-__all__ = ["OPTIONAL_HOOKS", "Service", "ServiceContext"]
+__all__ = ["OPTIONAL_HOOKS", "Service", "ServiceContext", "hooks"]
 
 #: The hooks a service may define beyond the protocol (see the table above).
 OPTIONAL_HOOKS = ("after_join", "before_stop", "before_leave", "resyncing", "on_reset", "rejoined")
+
+
+def hooks(services: Iterable[Service], name: str) -> list[Callable[..., Any]]:
+    """The optional hook ``name`` of each service that defines it, in ``services`` order."""
+    if name not in OPTIONAL_HOOKS:
+        raise ValueError(f"{name!r} is not a service hook: {', '.join(OPTIONAL_HOOKS)}")
+    return [hook for s in services if (hook := getattr(s, name, None)) is not None]
 
 
 class Service(Protocol):
