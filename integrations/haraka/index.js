@@ -700,14 +700,15 @@ exports.open_for_mx = async function (hmail, try_deliver) {
     return this.defer(hmail, this.cfg.main.retry_seconds)
   }
   if (!slot.allowed) {
-    this.count_refusal('outbound_cap')
     const spill = new Set(slot.spill_over || [])
     const siblings = hmail.mxlist.filter((mx) => spill.has(mx_name(mx)))
     if (siblings.length) {
+      // not a refusal of the message (the agent counts the refused open itself)
       this.loginfo(`no slot for ${route.host} (${slot.reason}); spilling over to ${mx_name(siblings[0])}`)
       hmail.mxlist = siblings
       return hmail.try_deliver()
     }
+    this.count_refusal('outbound_cap')
     this.loginfo(`no slot for ${route.domain} via ${route.host || '?'}: ${slot.reason}`)
     return this.defer(hmail, this.cap_retry(slot))
   }

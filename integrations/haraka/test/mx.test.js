@@ -68,7 +68,7 @@ function fake(answers) {
 }
 
 test('refused by mx1 cap: spills over to the sibling the agent names', async () => {
-  const { hmail, opened, deferred, connected } = fake([
+  const { self, hmail, opened, deferred, connected } = fake([
     { allowed: false, slot: null, reason: 'host full', spill_over: ['mx3.example.test'] },
     { allowed: true, slot: 's1', reason: null },
   ])
@@ -80,6 +80,7 @@ test('refused by mx1 cap: spills over to the sibling the agent names', async () 
   assert.deepEqual(deferred, [])
   assert.equal(hmail.mcluster_pending.slot, 's1')
   assert.equal(hmail.mcluster_host, 'mx3.example.test')
+  assert.deepEqual(self.stats.refused, {}) // spilled over: the message was not refused
 })
 
 test('refused with no sibling named: the message waits cap_retry_seconds', async () => {
