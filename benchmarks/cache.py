@@ -31,6 +31,7 @@ import redis.asyncio
 from _redis import RedisServer, run_benchmark
 from _report import Report, make_parser, percentile
 
+from mcluster.agent.caches import CacheReplicaStats
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
 
@@ -162,7 +163,7 @@ async def run(server: RedisServer, report: Report, quick: bool, nkeys: int) -> N
 
         replica.staleness_ms.clear()  # the agent's figure over the same samples
         lags = await staleness(writer, reader, samples)
-        agent = reader.caches.replicas["c"].figures()["staleness_ms"]
+        agent = CacheReplicaStats.of(reader.caches.replicas["c"])["staleness_ms"]
         rtt = await round_trips(server, samples)
     p50, p99, worst = (percentile(lags, q) for q in (50, 99, 100))
     report.figure("staleness, set -> reader's replica", f"p50 {ms(p50)}, p99 {ms(p99)}",

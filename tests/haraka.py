@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,10 @@ HOW_TO_INSTALL = (
 )
 
 #: A test-only Haraka plugin: every client may relay, and each destination domain's MX is
-#: a loopback sink named in config/test_routes.json (no DNS).
+#: a loopback sink named in config/test_routes.json (no DNS): a port, or a list of
+#: [MX name, port] in priority order. A named MX is given as Haraka gives one it resolved
+#: in DNS (the address in ``exchange``, the name in ``from_dns``), so the mcluster plugin
+#: reports the name as the MX host (outbound.ini's local_mx_ok lets Haraka connect to it).
 ROUTE_PLUGIN = """
 'use strict'
 exports.register = function () {
@@ -54,9 +58,11 @@ exports.hook_connect_init = function (next, connection) {
   next()
 }
 exports.hook_get_mx = function (next, hmail, domain) {
-  const port = this.routes[domain]
-  if (!port) return next()
-  next(OK, { exchange: '127.0.0.1', port, priority: 10 })
+  const route = this.routes[domain]
+  if (!route) return next()
+  if (!Array.isArray(route)) return next(OK, { exchange: '127.0.0.1', port: route, priority: 10 })
+  next(OK, route.map(([name, port], i) => (
+    { exchange: '127.0.0.1', port, priority: 10 * (i + 1), from_dns: name })))
 }
 """
 
@@ -181,7 +187,7 @@ class Haraka:
         home: Path,
         *,
         plugins: list[str],
-        routes: dict[str, int] | None = None,
+        routes: Mapping[str, int | list[tuple[str, int]]] | None = None,
         ini: dict[str, str] | None = None,
     ) -> None:
         modules = node_modules()
@@ -200,6 +206,7 @@ class Haraka:
         shutil.copy(modules / "Haraka" / "config" / "connection.ini", config / "connection.ini")
         (config / "smtp.ini").write_text(f"listen=127.0.0.1:{self.port}\nnodes=0\n")
         (config / "log.ini").write_text("[main]\nlevel=info\ntimestamps=true\n")
+        (config / "outbound.ini").write_text("local_mx_ok=true\n")
         (config / "me").write_text(f"{home.name}.haraka.test\n")
         (config / "plugins").write_text("\n".join(["test_route", *plugins]) + "\n")
         (config / "test_routes.json").write_text(json.dumps(routes or {}))

@@ -2,19 +2,23 @@
 (one redis-server), relaying to loopback sinks that record concurrent sessions.
 
 Inbound: the per-block connection cap and the message / recipient throttles hold across
-two Harakas. Failure: fail-open and fail-closed with no agent. Outbound: the per-domain
-cap is never exceeded at the sink across two Harakas, the OBTM rate holds, and a node
-lost with kill -9 (Haraka and its agent) frees its slots within lease TTL + 1 s, and so
-does a Haraka killed alone (its agent alive: the plugin's slot lease). The same
-outbound scenario with haraka-plugin-limit's outbound concurrency limit is measured and
-its figures printed (docs/haraka.md records them).
+two Harakas, every refusal is in the agents' /metrics, and a Haraka killed with -9 has
+its connections' counts taken back by its lease within lease TTL + 1 s. Failure:
+fail-open and fail-closed with no agent, and with a paused one (counted in its /metrics
+once it is back). Outbound: the per-domain cap is never exceeded at the sink across two
+Harakas, the OBTM rate holds, the caps of two MX hosts (Host scopes) hold at their sinks
+with spill-over between them, and a node lost with kill -9 (Haraka and its agent) frees
+its slots within lease TTL + 1 s, and so does a Haraka killed alone (its agent alive: the
+plugin's slot lease). The same outbound scenario with haraka-plugin-limit's outbound
+concurrency limit is measured and its figures printed (docs/haraka.md records them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -140,13 +144,31 @@ async def test_inbound_cap_and_rates_across_two_harakas(farm: Farm, tmp_path: Pa
 
         await until(lambda: _at_least(audited("rejection"), 4), 5, what="rejections audited")
         await until(lambda: _at_least(audited("reception"), 1), 5, what="reception audited")
-        # h1 killed with -9 while c5 is open on it: its agent still counts c5 ...
-        h1.kill()
+        # every refusal the plugins answered is in their agents' /metrics (reported totals)
+        for reason, n in [("connection_cap", 2), ("recipient_rate", 1), ("message_rate", 1)]:
+            sample = f'mcluster_client_refusals_total{{client="haraka",reason="{reason}"}}'
+            await until(lambda s=sample, n=n: _at_least(farm_metric(farm, s), n), 5,  # type: ignore[misc]
+                        what=f"{sample} reported")  # fmt: skip
+        # h1 killed with -9 while c5 is open on it: h1 stops renewing the lease its counts
+        # are under, and its agent takes c5's count back within lease TTL + 1 s (renewed
+        # until then: c2 and c5, open for longer than a lease TTL, are both still counted)
         assert await open_in_block() == 2
-        # ... until h1 starts again and gives back what its journal says it held
+        killed = time.monotonic()
+        h1.kill()
+        await until(_equals(open_in_block, 1), farm.lease_ttl + 1.0,
+                    what="c5's count taken back", pids=farm.pids())  # fmt: skip
+        print(
+            f"mcluster: kill -9 of a Haraka with an inbound connection open: its count "
+            f"taken back after {time.monotonic() - killed:.2f} s (lease TTL "
+            f"{farm.lease_ttl} s, no restart)"
+        )
+        # started again, h1 leaves that count to the agent (its journal says it was
+        # leased): no -1 of its own, which would take c5 out a second time
         await h1.start()
-        await until(_equals(open_in_block, 1), 10, what="c5's count given back at restart")
-        assert h1.grep("gave back 0 slot(s) and 1 inbound count(s)")
+        await until(lambda: h1.grep("1 inbound count(s) under its lease left to the agent"),
+                    10, what="h1's journal read at restart")  # fmt: skip
+        assert h1.grep("gave back 0 slot(s) and 0 inbound count(s)")
+        await until(_equals(open_in_block, 1), 5, what="h1's own probes uncounted")
         for client in clients:
             await client.close()
         await until(_equals(open_in_block, 0), 5, what="every connection uncounted")
@@ -160,6 +182,21 @@ async def _at_least(value: Awaitable[float], least: float) -> bool:
     return await value >= least
 
 
+async def farm_metric(farm: Farm, sample: str) -> float:
+    """The sum of one /metrics sample (name and labels, as printed) over the running
+    agents of the farm."""
+    total = 0.0
+    for agent in farm.agents.values():
+        if not agent.running:
+            continue
+        async with farm.session.get(f"{agent.base}/metrics") as resp:
+            text = await resp.text()
+        for line in text.splitlines():
+            if line.startswith(sample + " "):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def _equals(read: Callable[[], Awaitable[int]], want: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return bool(await read() == want)
@@ -169,37 +206,58 @@ def _equals(read: Callable[[], Awaitable[int]], want: int) -> Callable[[], Await
 
 async def test_fail_open_and_fail_closed_without_agent(tmp_path: Path) -> None:
     """No agent answers on the configured port: fail = open lets mail in and out, fail =
-    closed answers 421 at connect and keeps outbound mail in the queue."""
+    closed answers 421 at connect and keeps outbound mail queued. An agent paused (too
+    late to answer): the same answers, each counted in that agent's /metrics once it is
+    back (the plugins report their totals)."""
     sink = await Sink.start()
+    farm = Farm(tmp_path, extra_cluster='  Replicate "shared_named_throttles" {}\n')
     dead = free_port()  # nothing listens there
     routes = {"out.test": sink.port}
     open_ini = INBOUND_INI.format(port=dead, fail="open").replace("enabled=false", "enabled=true")
     opened = Haraka(tmp_path / "open", plugins=["mcluster"], routes=routes,
                     ini={"mcluster.ini": open_ini})  # fmt: skip
-    closed_ini = INBOUND_INI.format(port=dead, fail="closed")
-    closed_in = Haraka(tmp_path / "closed_in", plugins=["mcluster"],
-                       ini={"mcluster.ini": closed_ini})  # fmt: skip
     closed_out = Haraka(
         tmp_path / "closed_out", plugins=["mcluster"], routes=routes,
         ini={"mcluster.ini": f"[main]\nurl=http://127.0.0.1:{dead}\nfail=closed\n"
              "[inbound]\nenabled=false\n"},
     )  # fmt: skip
+    await farm.start("n1")
+    late = {fail: Haraka(tmp_path / f"late_{fail}", plugins=["mcluster"], routes=routes,
+                         ini={"mcluster.ini": INBOUND_INI.format(port=farm.agents["n1"].port,
+                              fail=fail).replace("timeout_ms=5000", "timeout_ms=300")})
+            for fail in ("open", "closed")}  # fmt: skip
+    harakas = (opened, closed_out, *late.values())
     try:
-        await start_all(opened, closed_in, closed_out)
+        await start_all(*harakas)
         assert await send_mail(opened.port, ["a@out.test"]) == [250]
         await until(lambda: len(sink.messages) == 1, 10, what="fail-open mail delivered")
-        client = await SmtpClient.connect(closed_in.port)
-        await client.close()
-        assert client.greeting == 421
-        assert "cluster limits unavailable" in client.last
         assert await send_mail(closed_out.port, ["b@out.test"]) == [250]  # queued
         await until(lambda: closed_out.grep("OBTM: mcluster agent unavailable"), 10,
                     what="fail-closed OBTM noticed")  # fmt: skip
         assert closed_out.grep("fail = closed")
         assert len(sink.messages) == 1  # the fail-closed message stays queued
+        farm.pause("n1")
+        try:
+            client = await SmtpClient.connect(late["closed"].port)
+            await client.close()
+            assert client.greeting == 421
+            assert "cluster limits unavailable" in client.last
+            client = await SmtpClient.connect(late["open"].port)
+            await client.close()
+            assert client.greeting == 220
+        finally:
+            farm.resume("n1")
+        for sample in [
+            'mcluster_client_unavailable_total{client="haraka",fail="closed",stage="connect"}',
+            'mcluster_client_refusals_total{client="haraka",reason="agent_unavailable"}',
+            'mcluster_client_unavailable_total{client="haraka",fail="open",stage="connect"}',
+        ]:
+            await until(lambda s=sample: _at_least(farm_metric(farm, s), 1), 10,  # type: ignore[misc]
+                        what=f"{sample} reported")  # fmt: skip
     finally:
-        stop_all(opened, closed_in, closed_out)
+        stop_all(*harakas)
         await sink.stop()
+        await farm.close()
 
 
 # -- outbound ----------------------------------------------------------------------------------
@@ -208,9 +266,13 @@ CAP = 3
 RATE_N, RATE_S = 10, 2.0
 #: how much later than Redis's decision an OBTM admission may be logged by Haraka
 DECISION_JITTER = 0.25
+#: hosted.test's two MX hosts, in priority order, and the cap of each (Host scopes)
+HOST_CAPS = {"mx1.hosted.test": 2, "mx2.hosted.test": 1}
 OUTBOUND_CAPS = f"""
 Domain "capped.test" {{ cluster_max_outbound_connections = {CAP} }}
-Domain "rated.test" {{ cluster_outbound_throttle_messages = "{RATE_N}/{RATE_S:g}" }}
+Host "mx.rated.test" {{ cluster_outbound_throttle_messages = "{RATE_N}/{RATE_S:g}" }}
+Host "mx1.hosted.test" {{ cluster_max_outbound_connections = {HOST_CAPS["mx1.hosted.test"]} }}
+Host "mx2.hosted.test" {{ cluster_max_outbound_connections = {HOST_CAPS["mx2.hosted.test"]} }}
 Shaping "yahoo_ts" {{
   domain = "yahoo.test"  match = "/\\[TS0[1-4]\\]/"  action = "suspend"  duration = 30
 }}
@@ -255,7 +317,7 @@ def obtm_times(haraka: Haraka, verdict: str) -> list[float]:
 
 
 def outbound_harakas(
-    farm: Farm, tmp_path: Path, plugin: str, routes: dict[str, int]
+    farm: Farm, tmp_path: Path, plugin: str, routes: Mapping[str, int | list[tuple[str, int]]]
 ) -> tuple[Haraka, Haraka]:
     """h1 beside n1 and h2 beside n2, with haraka-plugin-mcluster or haraka-plugin-limit
     (its counters in the farm's redis-server, database 4)."""
@@ -273,7 +335,7 @@ def outbound_harakas(
 async def outbound_farm(tmp_path: Path) -> AsyncIterator[Farm]:
     farm = Farm(
         tmp_path,
-        extra_cluster='  Replicate "OBTM" {}\n'
+        extra_cluster='  Replicate "OBTM" {}\n  Replicate "outbound_cidr" {}\n'
         '  Replicate "metrics" { parameters = "delivery;transfail;permfail" }\n',
         extra=OUTBOUND_CAPS,
     )
@@ -295,7 +357,12 @@ async def deliver_all(
         "capped": await Sink.start(hold=0.3, quit_delay=QUIT_DELAY),
         "rated": await Sink.start(),
     }
-    routes = {"capped.test": sinks["capped"].port, "rated.test": sinks["rated"].port}
+    # rated.test's rate is its MX host's (a Host scope): it applies only if the plugin
+    # reports the MX host with OBTM
+    routes: dict[str, int | list[tuple[str, int]]] = {
+        "capped.test": sinks["capped"].port,
+        "rated.test": [("mx.rated.test", sinks["rated"].port)],
+    }
     h1, h2 = outbound_harakas(farm, tmp_path, plugin, routes)
     rcpts = ["a@capped.test", "b@rated.test"] if plugin == "mcluster" else ["a@capped.test"]
     try:
@@ -351,6 +418,61 @@ async def test_outbound_cap_and_obtm_across_two_harakas(
     # 40 messages at 10 per 2 s: the last is admitted at least 3 windows after the first
     # (at the sink, Haraka's delivery times can shorten or stretch that)
     assert admitted[-1] - admitted[0] >= (len(admitted) / RATE_N - 1) * RATE_S - DECISION_JITTER
+
+
+async def test_outbound_host_caps_and_spill_over(outbound_farm: Farm, tmp_path: Path) -> None:
+    """The slot is opened once Haraka has chosen the MX (host, address and the domain's MX
+    hosts are reported): each MX host's cap holds at its sink across two Harakas, a
+    refusal by mx1's cap spills over to mx2 (named by the agent), and the connections are
+    counted in outbound_cidr by the address connected to."""
+    farm = outbound_farm
+    sinks = {name: await Sink.start(hold=0.3, quit_delay=QUIT_DELAY) for name in HOST_CAPS}
+    routes: dict[str, int | list[tuple[str, int]]] = {
+        "hosted.test": [(name, sink.port) for name, sink in sinks.items()]
+    }
+    h1, h2 = outbound_harakas(farm, tmp_path, "mcluster", routes)
+    per_haraka = 8
+    try:
+        await start_all(h1, h2)
+        codes = await asyncio.gather(
+            *(send_mail(h.port, ["a@hosted.test"], per_haraka) for h in (h1, h2))
+        )
+        assert all(c == 250 for batch in codes for c in batch), codes
+        seen_ip = 0
+
+        async def delivered() -> bool:
+            nonlocal seen_ip  # the address connected to, counted while a connection is open
+            await farm.flush_all()
+            seen_ip = max(seen_ip, await farm.count("outbound_cidr", "127.0.0.1"))
+            return sum(len(sink.messages) for sink in sinks.values()) >= 2 * per_haraka
+
+        await until(delivered, 60, what="every hosted.test message delivered", interval=0.05)
+        await until(lambda: all(s.current == 0 for s in sinks.values()), 10,
+                    what="every session closed")  # fmt: skip
+        for name in HOST_CAPS:
+
+            async def slots(host: str = name) -> int:
+                return await farm.count("outbound_slots", f"max:host:{host}")
+
+            await until(_equals(slots, 0), 5, what=f"every slot of {name} given back")
+        spilled = sum(len(h.grep("spilling over to mx2.hosted.test")) for h in (h1, h2))
+        figures = ", ".join(
+            f"{name} cap {cap}: {sinks[name].sessions} sessions, peak {sinks[name].peak}, "
+            f"{sinks[name].over(cap)} opened over the cap"
+            for name, cap in HOST_CAPS.items()
+        )
+        print(f"mcluster: hosted.test by MX host: {figures}; {spilled} spill-overs to mx2; "
+              f"outbound_cidr 127.0.0.1 seen at {seen_ip}")  # fmt: skip
+        for name, cap in HOST_CAPS.items():
+            assert sinks[name].peak <= cap and sinks[name].over(cap) == 0, name
+        assert sinks["mx1.hosted.test"].peak == HOST_CAPS["mx1.hosted.test"]  # reached
+        assert spilled >= 1 and sinks["mx2.hosted.test"].sessions >= 1
+        assert 1 <= seen_ip <= sum(HOST_CAPS.values())
+        assert h1.grep("no slot for hosted.test via") or h2.grep("no slot for hosted.test via")
+    finally:
+        stop_all(h1, h2)
+        for sink in sinks.values():
+            await sink.stop()
 
 
 async def test_outbound_haraka_plugin_limit_same_scenario(

@@ -1,7 +1,8 @@
-"""Client leases on connection slots (mcluster/outbound/leases.py): the slots of an owner
-that stops renewing are freed within lease TTL + 1 s, through the close path (every view
-back to 0, the cap's room back); an owner that renews keeps them; slots without an owner
-behave as before."""
+"""Client leases on connection slots and counts (mcluster/outbound/leases.py): the slots of
+an owner that stops renewing are freed within lease TTL + 1 s, through the close path
+(every view back to 0, the cap's room back), and the counts it posted with POST
+/v1/events are taken back; an owner that renews keeps them; slots and events without an
+owner behave as before."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from mcluster import Node, parse_config
 from mcluster.errors import InvalidValue
 from mcluster.faces.http.app import make_app
-from mcluster.outbound.leases import OwnerLeases
+from mcluster.outbound.leases import Expired, OwnerLeases
 from tests.agents import until
 from tests.redis_cluster import AnyRedis
 
@@ -26,6 +27,7 @@ cluster {{
   heartbeat_interval = 0.2
   lease_ttl = {TTL}
   Replicate "outbound_domains" {{ max_delay = 0.05 }}
+  Replicate "inbound_cidr" {{ max_delay = 0.05 }}
 }}
 Domain "capped.test" {{ cluster_max_outbound_connections = 3 }}
 """
@@ -45,11 +47,33 @@ def test_owner_bookkeeping_with_a_clock() -> None:
     now[0] = 1.85
     assert leases.due() == []
     now[0] = 1.92
-    assert leases.due() == [("b", ["s3"])]
+    assert leases.due() == [Expired("b", ["s3"], {})]
     now[0] = 2.0
-    assert leases.due() == [("a", ["s1"])]
+    assert leases.due() == [Expired("a", ["s1"], {})]
     assert leases.held("a") == 0 and leases.renew("a") == 0
     leases.drop("s1")  # closed after it was freed: nothing to do
+
+
+def test_owner_counts_with_a_clock() -> None:
+    """Counts are summed per owner, object and key; what is back at 0 is forgotten, and an
+    owner holding nothing is too; the rest comes out of due() with the slots."""
+    now = [0.0]
+    leases = OwnerLeases(1.0, clock=lambda: now[0])
+    leases.count("h1", "inbound_cidr", b"k1", 1)
+    leases.count("h1", "inbound_cidr", b"k1", 1)
+    leases.count("h1", "inbound_cidr", b"k2", 1)
+    leases.count("h1", "inbound_cidr", b"k2", -1)  # its connection closed
+    leases.count("h2", "inbound_cidr", b"k1", 1)
+    leases.count("h2", "inbound_cidr", b"k1", -1)  # h2 holds nothing: forgotten
+    leases.add("h1", "s1")
+    leases.drop("s1")  # a slot closed: h1 still holds counts, so it stays
+    now[0] = 0.5
+    assert leases.renew("h1") == 0  # no slot, but the lease (of its counts) is renewed
+    now[0] = 1.4
+    assert leases.due() == []
+    now[0] = 1.6
+    assert leases.due() == [Expired("h1", [], {("inbound_cidr", b"k1"): 2})]
+    assert leases.due() == []
 
 
 @pytest.fixture
@@ -122,6 +146,54 @@ async def test_an_owner_that_stops_renewing_loses_its_slots(node: Node) -> None:
 async def _domain_count(node: Node, domain: str, n: int) -> bool:
     await node.flush()
     return await node.count("outbound_domains", domain) == n
+
+
+async def test_counts_of_an_owner_that_stops_renewing_are_taken_back(node: Node) -> None:
+    """POST /v1/events with an owner (a Haraka counting its open inbound connections): a
+    dead owner's counts go back to what the others hold within lease TTL + 1 s; a renewing
+    owner keeps its own, events without an owner are kept as before."""
+    async with TestClient(TestServer(make_app(node))) as api:
+
+        async def post(owner: str | None, key: str, delta: int) -> dict[str, Any]:
+            body: dict[str, Any] = {"events": [{"object": "inbound_cidr", "key": key,
+                                                "delta": delta}]}  # fmt: skip
+            if owner is not None:
+                body["owner"] = owner
+            resp = await api.post("/v1/events", json=body)
+            assert resp.status == 202, await resp.text()
+            return dict(await resp.json())
+
+        assert await post("haraka-h-1", "10.1.2.3", 1) == {"accepted": 1, "lease_ttl": TTL}
+        await post("haraka-h-1", "10.1.2.4", 1)
+        await post("haraka-h-1", "10.1.2.5", 1)
+        await post("haraka-h-1", "10.1.2.5", -1)  # closed by the owner itself
+        await post("haraka-h-2", "10.1.2.3", 1)
+        assert await post(None, "10.1.2.9", 1) == {"accepted": 1}
+        posted = time.monotonic()
+
+        async def block_count() -> int:
+            await node.flush()
+            return await node.count("inbound_cidr", "10.1.2.0/24")
+
+        assert await block_count() == 4
+
+        async def dead_taken_back() -> bool:
+            resp = await api.post("/v1/connections/renew", json={"owner": "haraka-h-2"})
+            assert resp.status == 200
+            return await block_count() == 2
+
+        await until(dead_taken_back, TTL + 1.0, interval=TTL / 4,
+                    what="the dead owner's counts taken back")  # fmt: skip
+        took = time.monotonic() - posted
+        assert await node.count("inbound_cidr", "10.1.2.3") == 1  # h2's
+        assert await node.count("inbound_cidr", "10.1.2.9") == 1  # without owner
+        metrics = await (await api.get("/metrics")).text()
+        assert "mcluster_counts_owner_expired_total 2.0" in metrics
+        resp = await api.post("/v1/events", json={"events": [], "owner": ""})
+        assert resp.status == 400
+        assert "owner must be a non-empty string" in (await resp.json())["error"]
+        print(f"leases: 2 inbound counts of an owner that stopped renewing taken back "
+              f"{took:.2f} s after its last event (lease TTL {TTL} s)")  # fmt: skip
 
 
 async def test_bad_owners_are_refused(node: Node) -> None:

@@ -13,6 +13,7 @@
 // lets mail through and `fail = closed` defers it.
 
 const fs = require('node:fs')
+const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
 
@@ -33,6 +34,10 @@ const CLOSE_TRIES = 5
 const AGENT_RUN_EVERY_MS = 5_000
 const RECOVER_EVERY_MS = 2_000
 const RECOVER_TRIES = 150
+// The agent takes at most this many MX hosts in a report (mcluster's MAX_MX_HOSTS).
+const MAX_MX_HOSTS = 32
+// How often the refusal totals are sent to the agent (when they changed).
+const REPORT_EVERY_MS = 1_000
 
 exports.register = function () {
   this.load_mcluster_ini()
@@ -40,14 +45,28 @@ exports.register = function () {
   this.throttles_made = new Map() // throttle name -> Promise of its creation
   this.outcome_missing_until = 0
   this.audit_missing_until = 0
-  this.stats = { refused: {}, agent_errors: 0 }
+  // running totals, reported to the agent's /metrics (report_totals)
+  this.stats = { refused: {}, unavailable: {}, agent_errors: 0 }
+  this.reported = null // the last report the agent took
+  this.reporting = false
+  this.report_missing_until = 0
   this.journal = new Journal(this.cfg.main.state_dir)
-  // The agent frees the slots of an owner that stops renewing (a Haraka killed with -9):
-  // this process's slots, renewed every lease TTL / 3 while it holds any.
-  this.lease = { owner: `haraka-${os.hostname()}-${process.pid}`, held: new Set(), every_ms: 0, timer: null, unsupported: false }
+  // The agent frees the slots and takes back the inbound counts of an owner that stops
+  // renewing (a Haraka killed with -9): this process's, renewed every lease TTL / 3 while
+  // it holds any. counts_unsupported: an agent older than owned events.
+  this.lease = {
+    owner: `haraka-${os.hostname()}-${process.pid}`,
+    held: new Set(),
+    counts: new Set(),
+    every_ms: 0,
+    timer: null,
+    unsupported: false,
+    counts_unsupported: false,
+  }
   this.agent_run = null
   this.follow_agent_run()
   this.recover(this.journal.orphans(), 1)
+  setInterval(() => this.report_totals(), REPORT_EVERY_MS).unref()
 
   if (this.cfg.inbound.enabled) {
     this.register_hook('connect', 'inbound_connect')
@@ -61,7 +80,8 @@ exports.register = function () {
     this.register_hook('delivered', 'outbound_delivered')
     this.register_hook('deferred', 'outbound_deferred')
     this.register_hook('bounce', 'outbound_bounce')
-    this.watch_sockets()
+    this.mx_hooked = false
+    this.watch_outbound()
   }
 }
 
@@ -128,9 +148,35 @@ function num(value, fallback) {
   return value === undefined || value === '' || !Number.isFinite(n) ? fallback : n
 }
 
-exports.count_refusal = function (what, connection) {
-  this.stats.refused[what] = (this.stats.refused[what] || 0) + 1
+// Every refusal the plugin answers, by reason: connection_cap (421 over the per-block
+// cap), message_rate / recipient_rate (450), obtm / outbound_cap (a deferral), and
+// agent_unavailable (fail closed). Reported to the agent's /metrics.
+exports.count_refusal = function (reason, connection) {
+  this.stats.refused[reason] = (this.stats.refused[reason] || 0) + 1
   if (connection) this.audit(connection, 'rejection')
+}
+
+// The running totals go to the agent (POST /v1/clients/report): its /metrics has
+// mcluster_client_refusals_total and mcluster_client_unavailable_total. Totals, so a
+// report lost or sent twice costs nothing; what happened while the agent was away is
+// reported once it answers again. An agent without the route (404) is left alone a minute.
+exports.report_totals = function () {
+  if (this.reporting || Date.now() < this.report_missing_until) return
+  const { refused, unavailable } = this.stats
+  const body = { reporter: this.lease.owner, client: 'haraka', refusals: refused, unavailable }
+  const text = JSON.stringify(body)
+  if (text === this.reported || (!Object.keys(refused).length && !Object.keys(unavailable).length)) return
+  this.reporting = true
+  this.agent
+    .report(body)
+    .then((known) => {
+      if (known) this.reported = text
+      else this.report_missing_until = Date.now() + OUTCOME_RETRY_MS
+    })
+    .catch((err) => this.logdebug(`refusal totals not reported: ${err.message}`))
+    .finally(() => {
+      this.reporting = false
+    })
 }
 
 // Momentum's inbound audit metrics, cluster-wide ([inbound] audit = true): connect,
@@ -155,9 +201,17 @@ exports.inbound_reception = function (next, connection) {
   next()
 }
 
-// The agent could not answer: log, count, and say whether to let the mail through.
-exports.agent_failed = function (err, what) {
+// The agent could not answer: log, count, and say whether to let the mail through. stage
+// (connect, mail, rcpt, send) names an answer the plugin gives without a decision: counted
+// by what it does (fail open or closed), a fail-closed one as a refusal too.
+exports.agent_failed = function (err, what, stage = null) {
   this.stats.agent_errors++
+  if (stage) {
+    const { fail } = this.cfg.main
+    const by_fail = (this.stats.unavailable[stage] ||= { open: 0, closed: 0 })
+    by_fail[fail]++
+    if (fail === 'closed') this.count_refusal('agent_unavailable')
+  }
   if (!(err instanceof AgentUnavailable)) {
     this.logerror(`${what}: ${err.message}`)
   } else {
@@ -202,9 +256,14 @@ exports.recover = async function (orphans, attempt) {
     const pending = []
     let slots = 0
     let counts = 0
+    let leased = 0
     for (const entry of orphan.entries) {
       try {
-        if (entry.kind === 'slot') {
+        if (entry.kind === 'in' && entry.leased) {
+          // counted under the stopped process's lease: the agent takes it back (a -1 here
+          // as well would take it out twice)
+          leased++
+        } else if (entry.kind === 'slot') {
           await this.agent.close_connection(entry.slot)
           slots++
         } else if (entry.kind === 'in' && entry.agent && entry.agent === run) {
@@ -216,9 +275,10 @@ exports.recover = async function (orphans, attempt) {
         pending.push(entry)
       }
     }
-    if (slots || counts) {
+    if (slots || counts || leased) {
       this.lognotice(
-        `gave back ${slots} slot(s) and ${counts} inbound count(s) left by a stopped Haraka (${orphan.file})`,
+        `gave back ${slots} slot(s) and ${counts} inbound count(s) left by a stopped Haraka (${orphan.file}); ` +
+          `${leased} inbound count(s) under its lease left to the agent`,
       )
     }
     if (pending.length) {
@@ -242,14 +302,29 @@ exports.inbound_connect = async function (next, connection) {
   const ip = client_ip(connection.remote.ip)
   const cidr = block(ip, inbound.ipv4_prefix, inbound.ipv6_prefix)
   if (!cidr) return next()
-  const counted = { object: inbound.object, key: ip, id: `in:${connection.uuid}` }
-  this.journal.add(counted.id, { kind: 'in', agent: this.agent_run, object: counted.object, key: ip })
+  // Counted under this process's lease: the agent takes the count back if Haraka dies
+  // (kill -9) and stops renewing. Written down first either way: an agent older than
+  // owned events answers without lease_ttl, and then the journal gives it back at restart.
+  const leased = !this.lease.counts_unsupported
+  const counted = { object: inbound.object, key: ip, id: `in:${connection.uuid}`, leased }
+  const entry = { kind: 'in', agent: this.agent_run, object: counted.object, key: ip }
+  this.journal.add(counted.id, { ...entry, leased })
+  let answer
   try {
-    await this.agent.events([{ object: inbound.object, key: ip, delta: 1 }])
+    answer = await this.agent.events([{ object: inbound.object, key: ip, delta: 1 }], leased ? this.lease.owner : null)
   } catch (err) {
     this.journal.remove(counted.id)
-    if (this.agent_failed(err, 'count connection')) return next()
+    if (this.agent_failed(err, 'count connection', 'connect')) return next()
     return next(constants.denysoftdisconnect, 'cluster limits unavailable; try again later')
+  }
+  if (leased && answer?.lease_ttl) {
+    this.lease.counts.add(counted.id)
+    this.keep_lease(answer.lease_ttl)
+  } else if (leased) {
+    this.logwarn('the agent takes no owner for events; inbound counts without a lease')
+    this.lease.counts_unsupported = true
+    counted.leased = false
+    this.journal.add(counted.id, entry)
   }
   connection.notes.mcluster_counted = counted
   if (!inbound.max_connections) {
@@ -264,7 +339,7 @@ exports.inbound_connect = async function (next, connection) {
     await this.agent.flush()
     open = await this.agent.count(inbound.object, cidr)
   } catch (err) {
-    if (this.agent_failed(err, 'connection cap')) return next()
+    if (this.agent_failed(err, 'connection cap', 'connect')) return next()
     await this.inbound_uncount(connection)
     return next(constants.denysoftdisconnect, 'cluster limits unavailable; try again later')
   }
@@ -273,7 +348,7 @@ exports.inbound_connect = async function (next, connection) {
     this.audit(connection, 'connect')
     return next()
   }
-  this.count_refusal('inbound_connections', connection)
+  this.count_refusal('connection_cap', connection)
   await this.inbound_uncount(connection)
   next(
     constants.denysoftdisconnect,
@@ -285,8 +360,10 @@ exports.inbound_uncount = async function (connection) {
   const counted = connection.notes.mcluster_counted
   if (!counted) return
   delete connection.notes.mcluster_counted
+  this.lease.counts.delete(counted.id)
   try {
-    await this.agent.events([{ object: counted.object, key: counted.key, delta: -1 }])
+    const owner = counted.leased ? this.lease.owner : null
+    await this.agent.events([{ object: counted.object, key: counted.key, delta: -1 }], owner)
   } catch (err) {
     this.agent_failed(err, 'uncount connection')
   }
@@ -330,20 +407,22 @@ exports.inbound_rate = async function (next, connection, section, what) {
   try {
     decision = await this.agent.acquire(await this.inbound_limits(section, connection))
   } catch (err) {
-    if (this.agent_failed(err, what)) return next()
+    if (this.agent_failed(err, what, STAGES[what])) return next()
     return next(constants.denysoft, 'cluster limits unavailable; try again later')
   }
   if (decision.degraded) {
     // the agent's own on_error answered, not a decision: the plugin's fail policy applies
     const err = new AgentUnavailable('POST /v1/throttles/acquire', 'degraded decision')
-    if (this.agent_failed(err, what)) return next()
+    if (this.agent_failed(err, what, STAGES[what])) return next()
     return next(constants.denysoft, 'cluster limits unavailable; try again later')
   }
   if (decision.allowed) return next()
-  this.count_refusal(what, connection)
+  this.count_refusal(`${what}_rate`, connection)
   const secs = Math.ceil((decision.retry_after_ms || 1000) / 1000)
   next(constants.denysoft, `${what} rate limit reached; try again in ${secs} s`)
 }
+
+const STAGES = { message: 'mail', recipient: 'rcpt' }
 
 exports.inbound_mail = function (next, connection) {
   return this.inbound_rate(next, connection, this.cfg.inbound_messages, 'message')
@@ -367,54 +446,86 @@ exports.route = function (hmail) {
   return route
 }
 
-// Haraka's send_email hook: OBTM, then a slot. A refusal defers the message by the
-// agent's retry time (seconds, fractions kept: Haraka waits delay * 1000 ms).
+// Haraka's send_email hook. With the wrappers (watch_outbound), OBTM and the connection
+// slot are asked later, once Haraka has chosen the MX host and address (open_for_mx), so
+// that the limits of Host and Provider scopes apply; here the attempt is only marked.
+// Without them, both are asked here with the binding and domain only.
 exports.outbound_send = async function (next, hmail) {
+  delete hmail.mcluster_route // set again below for this attempt only
   const route = this.route(hmail)
   if (!route.domain) return next()
-  // Haraka multiplies the delay by 1000; a string keeps its hook logger quiet (it logs an
-  // error for a number)
-  const delay = (seconds) => next(constants.delay, String(seconds))
-  const fail_delay = () => delay(this.cfg.main.retry_seconds)
-  let decision
-  try {
-    decision = await this.agent.outbound_message(route)
-  } catch (err) {
-    return this.agent_failed(err, 'OBTM') ? next() : fail_delay()
+  if (this.mx_hooked) {
+    hmail.mcluster_route = route
+    hmail.mcluster_obtm = true // OBTM once per attempt, at its first MX
+    return next()
   }
-  // one line per decision: operators (and the tests) can see the admitted rate
-  const how = decision.degraded ? ' (degraded: Redis did not answer in time)' : ''
-  if (decision.degraded) {
-    // The agent could not decide in time and applied its own on_error (allow): not a
-    // decision, so it gets the plugin's fail policy like an agent that does not answer.
-    this.loginfo(`OBTM ${route.binding}::${route.domain} undecided${how}`)
-    const err = new AgentUnavailable('POST /v1/outbound/message', 'degraded decision')
-    if (!this.agent_failed(err, 'OBTM')) return fail_delay()
-  } else if (!decision.allowed) {
-    this.count_refusal('outbound_message')
-    this.loginfo(`OBTM ${route.binding}::${route.domain} refused, retry in ${decision.retry_after_ms} ms`)
-    return delay(Math.max(decision.retry_after_ms || 1000, 1) / 1000)
-  } else {
-    this.loginfo(`OBTM ${route.binding}::${route.domain} allowed`)
-  }
+  const verdict = await this.obtm(route)
+  if (typeof verdict === 'number') return this.delay(next, verdict)
+  if (verdict === 'undecided') return next()
   let slot
   try {
     slot = await this.open_slot(route)
   } catch (err) {
-    return this.agent_failed(err, 'connection slot') ? next() : fail_delay()
+    return this.agent_failed(err, 'connection slot', 'send') ? next() : this.delay(next, this.cfg.main.retry_seconds)
   }
   if (!slot.allowed) {
-    this.count_refusal('outbound_connection')
+    this.count_refusal('outbound_cap')
     hmail.logdebug(this, `no slot for ${route.domain}: ${slot.reason}`)
-    const ms = slot.retry_after_ms || this.cfg.outbound.cap_retry_seconds * 1000
-    return delay(Math.max(ms, 1) / 1000)
+    return this.delay(next, this.cap_retry(slot))
   }
   // Kept on the message object (not in its notes: Haraka shares one notes object between
-  // the messages of a transaction's domains).
+  // the messages of a transaction's domains); given back at the outcome hook.
+  hmail.mcluster_slot = this.took_slot(slot)
+  next()
+}
+
+// OBTM for one delivery attempt: 'go', 'undecided' (the agent could not decide and fail =
+// open: the attempt goes on without a slot either), or the seconds the message waits
+// (refused: the agent's retry time, fractions kept; fail = closed: retry_seconds).
+exports.obtm = async function (route) {
+  const where = `${route.binding}::${route.domain}`
+  let decision
+  try {
+    decision = await this.agent.outbound_message(route)
+  } catch (err) {
+    return this.agent_failed(err, 'OBTM', 'send') ? 'undecided' : this.cfg.main.retry_seconds
+  }
+  // one line per decision: operators (and the tests) can see the admitted rate
+  if (decision.degraded) {
+    // The agent could not decide in time and applied its own on_error (allow): not a
+    // decision, so it gets the plugin's fail policy like an agent that does not answer
+    // (fail open: the slot is still asked for).
+    this.loginfo(`OBTM ${where} undecided (degraded: Redis did not answer in time)`)
+    const err = new AgentUnavailable('POST /v1/outbound/message', 'degraded decision')
+    return this.agent_failed(err, 'OBTM', 'send') ? 'go' : this.cfg.main.retry_seconds
+  }
+  if (!decision.allowed) {
+    this.count_refusal('obtm')
+    this.loginfo(`OBTM ${where} refused, retry in ${decision.retry_after_ms} ms`)
+    return Math.max(decision.retry_after_ms || 1000, 1) / 1000
+  }
+  this.loginfo(`OBTM ${where} allowed`)
+  return 'go'
+}
+
+// Haraka multiplies the delay by 1000; a string keeps its hook logger quiet (it logs an
+// error for a number)
+exports.delay = function (next, seconds) {
+  next(constants.delay, String(seconds))
+}
+
+// Seconds a message waits after a connection cap refused it.
+exports.cap_retry = function (slot) {
+  const ms = slot.retry_after_ms || this.cfg.outbound.cap_retry_seconds * 1000
+  return Math.max(ms, 1) / 1000
+}
+
+// A slot granted: written down, under this process's lease. Its state follows the message
+// (and the socket it is used on) until it is given back.
+exports.took_slot = function (slot) {
   this.journal.add(`slot:${slot.slot}`, { kind: 'slot', slot: slot.slot })
   this.hold_slot(slot.slot, slot.lease_ttl)
-  hmail.mcluster_slot = { slot: slot.slot, route, sockets: 0, done: false, closed: false }
-  next()
+  return { slot: slot.slot, sockets: 0, closed: false }
 }
 
 // A slot under this process's lease; an agent older than leases (400 naming "owner")
@@ -431,12 +542,17 @@ exports.open_slot = async function (route) {
   }
 }
 
-// Renew the lease while this process holds slots: every lease TTL / 3 (the agent's
-// answer gives the TTL), so two renewals may be lost or late before the agent frees them.
+// Renew the lease while this process holds slots or inbound counts: every lease TTL / 3
+// (the agent's answer gives the TTL), so two renewals may be lost or late before the
+// agent frees them.
 exports.hold_slot = function (slot, lease_ttl) {
-  const lease = this.lease
   if (!lease_ttl) return // no lease (an older agent)
-  lease.held.add(slot)
+  this.lease.held.add(slot)
+  this.keep_lease(lease_ttl)
+}
+
+exports.keep_lease = function (lease_ttl) {
+  const lease = this.lease
   lease.every_ms = Math.max(50, (lease_ttl * 1000) / 3)
   if (lease.timer) return
   lease.timer = setInterval(() => this.renew_lease(), lease.every_ms)
@@ -445,7 +561,7 @@ exports.hold_slot = function (slot, lease_ttl) {
 
 exports.renew_lease = function () {
   const lease = this.lease
-  if (!lease.held.size) {
+  if (!lease.held.size && !lease.counts?.size) {
     clearInterval(lease.timer)
     lease.timer = null
     return
@@ -461,62 +577,171 @@ exports.renew_lease = function () {
     .catch((err) => this.logwarn(`lease ${lease.owner} not renewed: ${err.message}`))
 }
 
-// Haraka calls the delivered hook before it sends QUIT, so giving the slot back there
-// would let another node connect while this session is still open at the receiver. The
-// slot is given back when the attempt is over (an outcome hook ran) and every socket the
-// attempt opened is released. Haraka has no hook for sockets; the plugin wraps the two
-// functions of its outbound code that hand a socket to a message and release it. When
-// some recipients fail, Haraka splits them off into a new message and the outcome hooks
-// run on that one (the first may be discarded without any hook): the split-off message
-// carries its parent's attempt, a third wrapper.
-exports.watch_sockets = function () {
+// -- the MX host and its socket ------------------------------------------------------------
+
+// The name of an MX as the agent's Host and Provider scopes know it: Haraka resolves an
+// MX name to addresses and keeps the name in from_dns (for an implicit MX, an A record of
+// the domain, from_dns is the domain).
+function mx_name(mx) {
+  const name = mx?.from_dns || mx?.exchange
+  return name ? String(name).toLowerCase() : null
+}
+
+// The connection about to be made to hmail.mxlist[0]: the MX host, its address, and the
+// domain's MX hosts in Haraka's order (the siblings a refusal may spill over to).
+function mx_route(mxlist) {
+  const mx = mxlist[0]
+  const out = {}
+  const host = mx_name(mx)
+  if (host) out.host = host
+  if (mx?.exchange && net.isIP(mx.exchange)) out.ip = mx.exchange
+  const hosts = [...new Set(mxlist.map(mx_name).filter(Boolean))].slice(0, MAX_MX_HOSTS)
+  if (hosts.length > 1) out.mx_hosts = hosts
+  return out
+}
+
+exports.mx_name = mx_name
+exports.mx_route = mx_route
+
+// Haraka has no hook between choosing the MX (get_mx, then its own address lookup) and
+// connecting, and none for outbound sockets. The plugin wraps four functions of Haraka's
+// outbound code (tested on Haraka 3.3.4):
+// - HMailItem.try_deliver (about to connect to mxlist[0]): the slot is opened there, with
+//   the MX host, its address and the domain's MX hosts (open_for_mx);
+// - HMailItem.try_deliver_host_on_socket (connected): the slot goes with the socket;
+// - client_pool.release_client (the socket is done, after QUIT's answer): the slot is
+//   given back. Haraka runs its delivered hook before it sends QUIT, so giving the slot
+//   back there would let another node connect while this session is still open at the
+//   receiver (the tests measure exactly this at their sinks);
+// - HMailItem.split_to_new_recipients: a message split off for the recipients that failed
+//   carries the MX host to its outcome report.
+// When one cannot be found, the slot is opened at send_email and given back at the outcome.
+exports.watch_outbound = function () {
   let HMailItem
   let client_pool
   try {
     HMailItem = this.haraka_require('outbound/hmail')
     client_pool = this.haraka_require('outbound/client_pool')
   } catch (err) {
-    this.logerror(`cannot follow outbound sockets (${err.message}); slots close at the outcome`)
+    this.logerror(`cannot follow outbound connections (${err.message}); slots at send_email`)
     return
   }
-  if (HMailItem.prototype.try_deliver_host_on_socket.mcluster) return // wrapped already (reload)
+  const proto = HMailItem.prototype
+  const missing = ['try_deliver', 'try_deliver_host_on_socket', 'split_to_new_recipients', 'send_email_respond']
+    .filter((name) => typeof proto[name] !== 'function')
+  if (typeof client_pool.release_client !== 'function') missing.push('client_pool.release_client')
+  if (missing.length) {
+    this.logerror(`this Haraka has no ${missing.join(', ')}: slots opened at send_email without the MX host`)
+    return
+  }
+  this.mx_hooked = true
+  if (proto.try_deliver.mcluster) return // wrapped already (a reload): the wrappers call plugin.*
   const plugin = this
-  const on_socket = HMailItem.prototype.try_deliver_host_on_socket
-  const wrapped = function (mx, host, port, socket) {
-    const state = this.mcluster_slot
+  const try_deliver = proto.try_deliver
+  proto.try_deliver = function () {
+    plugin.drop_unused(this) // a slot taken for an MX that Haraka did not connect to
+    if (!this.mcluster_route || !this.mxlist?.length) return try_deliver.call(this)
+    return plugin.open_for_mx(this, try_deliver)
+  }
+  proto.try_deliver.mcluster = true
+  const on_socket = proto.try_deliver_host_on_socket
+  proto.try_deliver_host_on_socket = function (mx, host, port, socket) {
+    const state = this.mcluster_pending
+    delete this.mcluster_pending
+    const result = on_socket.call(this, mx, host, port, socket)
     if (state && !state.closed) {
       state.sockets++
-      state.host = mx?.from_dns || mx?.exchange || host
-      state.ip = host
       socket.mcluster_state = state
+      // a socket that closes without release_client (which removes every listener) gives
+      // its slot back too
+      socket.once('close', () => plugin.socket_done(socket))
     }
-    return on_socket.call(this, mx, host, port, socket)
+    return result
   }
-  wrapped.mcluster = true
-  HMailItem.prototype.try_deliver_host_on_socket = wrapped
-  const split = HMailItem.prototype.split_to_new_recipients
-  HMailItem.prototype.split_to_new_recipients = function (recipients, response, cb) {
-    const state = this.mcluster_slot || this.mcluster_parent
+  const split = proto.split_to_new_recipients
+  proto.split_to_new_recipients = function (recipients, response, cb) {
+    const host = this.mcluster_host
     return split.call(this, recipients, response, (hmail) => {
-      if (hmail !== this && state && !state.done) hmail.mcluster_parent = state
+      if (hmail !== this && host) hmail.mcluster_host = host
       return cb(hmail)
     })
   }
   const release = client_pool.release_client
   client_pool.release_client = function (socket, mx) {
     const result = release.call(this, socket, mx)
-    const state = socket?.mcluster_state
-    if (state) {
-      delete socket.mcluster_state // released once per socket, whatever calls it again
-      state.sockets--
-      plugin.maybe_close(state)
-    }
+    plugin.socket_done(socket)
     return result
   }
 }
 
-exports.maybe_close = function (state) {
-  if (state.closed || !state.done || state.sockets > 0) return
+// OBTM (first MX of an attempt) and the slot for the connection Haraka is about to make
+// to hmail.mxlist[0], then let it connect. Refused by an MX host's cap, the agent names the siblings with room
+// (spill_over): they are tried in Haraka's order, the others left out of this attempt. Any
+// other refusal defers the message as at send_email.
+exports.open_for_mx = async function (hmail, try_deliver) {
+  const route = { ...hmail.mcluster_route, ...mx_route(hmail.mxlist) }
+  if (hmail.mcluster_obtm) {
+    // OBTM once per attempt, with the first MX host and the domain's MX hosts (the Host
+    // and Provider buckets); the next MX of the same attempt (a spill-over, or an address
+    // that refused) does not spend it again
+    delete hmail.mcluster_obtm
+    const verdict = await this.obtm(route)
+    if (typeof verdict === 'number') return this.defer(hmail, verdict)
+    if (verdict === 'undecided') {
+      delete hmail.mcluster_route
+      return try_deliver.call(hmail)
+    }
+  }
+  let slot
+  try {
+    slot = await this.open_slot(route)
+  } catch (err) {
+    if (this.agent_failed(err, 'connection slot', 'send')) return try_deliver.call(hmail)
+    return this.defer(hmail, this.cfg.main.retry_seconds)
+  }
+  if (!slot.allowed) {
+    const spill = new Set(slot.spill_over || [])
+    const siblings = hmail.mxlist.filter((mx) => spill.has(mx_name(mx)))
+    if (siblings.length) {
+      // not a refusal of the message (the agent counts the refused open itself)
+      this.loginfo(`no slot for ${route.host} (${slot.reason}); spilling over to ${mx_name(siblings[0])}`)
+      hmail.mxlist = siblings
+      return hmail.try_deliver()
+    }
+    this.count_refusal('outbound_cap')
+    this.loginfo(`no slot for ${route.domain} via ${route.host || '?'}: ${slot.reason}`)
+    return this.defer(hmail, this.cap_retry(slot))
+  }
+  hmail.mcluster_pending = this.took_slot(slot)
+  hmail.mcluster_host = route.host
+  return try_deliver.call(hmail)
+}
+
+// Put the message back in the queue for `seconds` from inside Haraka's delivery (after
+// send_email): what Haraka does for a send_email hook's DELAY.
+exports.defer = function (hmail, seconds) {
+  hmail.send_email_respond(constants.delay, String(seconds))
+}
+
+// A slot taken at try_deliver whose connection was never made (no socket: the address
+// refused, or Haraka skipped the MX) is given back before the next MX is tried.
+exports.drop_unused = function (hmail) {
+  const state = hmail.mcluster_pending
+  if (!state) return
+  delete hmail.mcluster_pending
+  this.give_back(state)
+}
+
+exports.socket_done = function (socket) {
+  const state = socket?.mcluster_state
+  if (!state) return
+  delete socket.mcluster_state // released once per socket, whatever calls it again
+  state.sockets--
+  if (state.sockets <= 0) this.give_back(state)
+}
+
+exports.give_back = function (state) {
+  if (state.closed) return
   state.closed = true
   this.lease.held.delete(state.slot) // its close renews the lease one last time
   this.close_slot(state.slot, 1)
@@ -536,21 +761,17 @@ exports.close_slot = function (slot, attempt) {
     })
 }
 
-// The end of an attempt: mark it done (the slot goes back once its socket is closed) and
-// report the outcome.
+// The end of an attempt: a slot opened at send_email (no wrappers) goes back, and the
+// outcome is reported.
 exports.attempt_over = function (hmail, outcome) {
-  const state = hmail.mcluster_slot || hmail.mcluster_parent
-  delete hmail.mcluster_slot // the next attempt of this message opens its own
-  delete hmail.mcluster_parent
-  const route = state?.route || this.route(hmail)
-  if (state && !state.done) {
-    state.done = true
-    this.maybe_close(state)
-  }
+  if (hmail.mcluster_slot) this.give_back(hmail.mcluster_slot)
+  delete hmail.mcluster_slot
+  const host = outcome.host || hmail.mcluster_host
+  delete hmail.mcluster_host
   if (!this.cfg.outbound.report_outcomes || Date.now() < this.outcome_missing_until) return
+  const route = this.route(hmail)
   if (!route.domain) return
   const report = { binding: route.binding, domain: route.domain, code: outcome.code, text: outcome.text }
-  const host = outcome.host || state?.host
   if (host) report.host = host
   this.agent
     .outcome(report)

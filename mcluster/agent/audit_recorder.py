@@ -14,12 +14,15 @@ import asyncio
 import logging
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ResponseError
 
 from mcluster.agent.outbox import RETRY_ERRORS, Stats, wait_event
+from mcluster.agent.results import ReadsLikeADict
+from mcluster.agent.service import ServiceContext
 from mcluster.config import ClusterConfig
 from mcluster.errors import AuditError
 from mcluster.objects import audit
@@ -59,8 +62,69 @@ Pending = tuple[int, str, str, bytes]
 Batch = tuple[int, list[tuple[list[Target], dict[Item, int]]]]
 
 
+@dataclass(frozen=True, eq=False)
+class AuditStats(ReadsLikeADict):
+    """The audit recorder's figures (``Node.stats()["audit"]``, ``GET /v1/stats``): its
+    counters (``AuditRecorder.stats``), the last batch seq and the keys waiting."""
+
+    counters: Mapping[str, int]
+    seq: int
+    pending: int
+
+    @staticmethod
+    def of(recorder: AuditRecorder) -> AuditStats:
+        return AuditStats(dict(vars(recorder.stats)), recorder.seq, len(recorder.buffer))
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.counters) | {"seq": self.seq, "pending": self.pending}
+
+
+@dataclass(frozen=True, eq=False)
+class MonitorCounts(ReadsLikeADict):
+    """One monitor's counts, per event label, per window (index 0: the current one)."""
+
+    window: int  # seconds
+    windows: int
+    counts: Mapping[str, tuple[int, ...]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"window": self.window, "windows": self.windows} | {
+            label: list(per_window) for label, per_window in self.counts.items()
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class AuditCounts(ReadsLikeADict):
+    """``show_ip`` (by ``cidr``) or ``outbound`` (by ``domain`` or ``binding``): the counts
+    of one address block, domain or binding, per monitor."""
+
+    by: str
+    key: str
+    monitors: tuple[MonitorCounts, ...]
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> AuditCounts:
+        """From the JSON the reads of ``objects/audit_views.py`` build (the console's)."""
+        by = next(k for k in data if k != "monitors")
+        monitors = tuple(
+            MonitorCounts(m["window"], m["windows"], {
+                k: tuple(v) for k, v in m.items() if k not in ("window", "windows")
+            })
+            for m in data["monitors"]
+        )  # fmt: skip
+        return AuditCounts(by, data[by], monitors)
+
+    def to_json(self) -> dict[str, Any]:
+        return {self.by: self.key, "monitors": [m.to_json() for m in self.monitors]}
+
+
 class AuditRecorder:
-    """Counts audit events and series adds of one node; ``ship`` sends them exactly once."""
+    """Counts audit events and series adds of one node; ``ship`` sends them exactly once.
+
+    A ``Service`` of the node (``agent/service.py``) when made ``from_context``: once the
+    node has joined it publishes what is counted where and ships in a task of the node."""
+
+    name = "audit"
 
     def __init__(
         self,
@@ -92,6 +156,7 @@ class AuditRecorder:
         self.wake = asyncio.Event()
         self.lock = asyncio.Lock()
         self.stopping = False
+        self.ctx: ServiceContext | None = None  # set when the node runs it as a service
 
     @staticmethod
     def from_config(
@@ -105,6 +170,35 @@ class AuditRecorder:
         if not settings.enabled:
             return None
         return AuditRecorder(settings, keys, node, scripts, max_buffered)
+
+    @staticmethod
+    def from_context(ctx: ServiceContext, max_buffered: int = 1_000_000) -> AuditRecorder | None:
+        """The node's recorder, a service of the node; None when the config counts nothing."""
+        recorder = AuditRecorder.from_config(ctx.config(), ctx.keys, ctx.node, ctx.scripts,
+                                             max_buffered)  # fmt: skip
+        if recorder is not None:
+            recorder.ctx = ctx
+        return recorder
+
+    # -- the service ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Nothing before the join: events recorded meanwhile wait in the buffer."""
+
+    async def after_join(self) -> None:
+        await self.publish()
+        if self.ctx is not None:
+            self.ctx.spawn(self.run(), self.name)
+
+    async def before_stop(self) -> None:
+        """The run loop ends after its shipment; the node's last flush ships the rest."""
+        self.stopping = True
+
+    async def stop(self) -> None:
+        """Nothing: the node's task is cancelled already."""
+
+    def on_rejoin(self) -> None:
+        """Nothing: audit counts are events, not views; batches keep their (origin, seq)."""
 
     def _group(self, targets: list[Target]) -> int:
         key = tuple(targets)
@@ -324,18 +418,19 @@ class AuditRecorder:
             self._scripts(), self.keys, self.settings, event_type, ip, monitor, mask
         )
 
-    async def show_ip(self, cidr: str) -> dict[str, Any]:
-        return await show_ip(self._scripts(), self.keys, self.settings, cidr, "node")
+    async def show_ip(self, cidr: str) -> AuditCounts:
+        """Connections, receptions and rejections under ``cidr``, per monitor and window."""
+        shown = await show_ip(self._scripts(), self.keys, self.settings, cidr, "node")
+        return AuditCounts.from_json(shown)
 
-    async def outbound(self, by: str, key: str) -> dict[str, Any]:
-        return await outbound_counts(self._scripts(), self.keys, self.settings, by, key, "node")
+    async def outbound(self, by: str, key: str) -> AuditCounts:
+        """Deliveries, transient and permanent failures of one domain or binding (``by``)."""
+        counts = await outbound_counts(self._scripts(), self.keys, self.settings, by, key, "node")
+        return AuditCounts.from_json(counts)
 
     async def publish(self) -> None:
         """Tell consoles started without ``--config`` what is counted where."""
         await publish_settings(self._scripts().client, self.keys, self.settings)
-
-    def stats_json(self) -> dict[str, Any]:
-        return vars(self.stats) | {"seq": self.seq, "pending": len(self.buffer)}
 
 
 def check_count(count: object) -> int:

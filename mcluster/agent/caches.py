@@ -19,11 +19,12 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from mcluster.agent.outbox import RETRY_ERRORS, stop_if_cancelled
+from mcluster.agent.results import ReadsLikeADict
 from mcluster.config import ClusterConfig, ReplicateObject
 from mcluster.errors import CacheError, NotFound
 from mcluster.objects import cache, cache_registry
@@ -284,20 +285,58 @@ class Replica:
         finally:
             del self.inflight[key]
 
-    def figures(self) -> dict[str, Any]:
-        samples = list(self.staleness_ms)
+
+@dataclass(frozen=True, eq=False)
+class CacheReplicaStats(ReadsLikeADict):
+    """One replica's figures on this node (``Node.stats()``, ``GET /v1/stats``): its size,
+    the staleness of the changes it applied (ms, p50/p99/max of the last samples) and its
+    counters (``ReplicaStats``)."""
+
+    replica_size: int
+    known_absent: int
+    snapshot: bool
+    max_size: int
+    staleness_samples: int
+    staleness_p50: float | None
+    staleness_p99: float | None
+    staleness_max: float | None
+    counters: Mapping[str, int]
+
+    @staticmethod
+    def of(replica: Replica) -> CacheReplicaStats:
+        samples = list(replica.staleness_ms)
+        return CacheReplicaStats(
+            len(replica.entries), len(replica.absent), replica.snapshot, replica.obj.max_size,
+            len(samples), percentile(samples, 50), percentile(samples, 99),
+            max(samples) if samples else None, dict(vars(replica.stats)),
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
         return {
-            "replica_size": len(self.entries),
-            "known_absent": len(self.absent),
+            "replica_size": self.replica_size,
+            "known_absent": self.known_absent,
             "snapshot": self.snapshot,
-            "max_size": self.obj.max_size,
+            "max_size": self.max_size,
             "staleness_ms": {
-                "samples": len(samples),
-                "p50": percentile(samples, 50),
-                "p99": percentile(samples, 99),
-                "max": max(samples) if samples else None,
+                "samples": self.staleness_samples,
+                "p50": self.staleness_p50,
+                "p99": self.staleness_p99,
+                "max": self.staleness_max,
             },
-        } | vars(self.stats)
+        } | dict(self.counters)
+
+
+@dataclass(frozen=True, eq=False)
+class CacheStats(ReadsLikeADict):
+    """``Caches.stats(name)`` (``GET /v1/caches/{cache}``): the cache's figures in Redis
+    (size, sets, evicted, expired, wseq) and this node's replica's."""
+
+    cache: str
+    redis: Mapping[str, int]
+    replica: CacheReplicaStats
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cache": self.cache, "redis": dict(self.redis), "replica": self.replica.to_json()}
 
 
 async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:
@@ -409,12 +448,8 @@ class Caches:
         replica.put(key, value, written.stamp, ttl_s * 1000)
         return written
 
-    def figures(self) -> dict[str, dict[str, Any]]:
-        """Every replica's figures (part of ``Node.stats`` and ``GET /v1/stats``)."""
-        return {name: replica.figures() for name, replica in self.replicas.items()}
-
-    async def stats(self, name: str) -> dict[str, Any]:
-        """This node's replica figures and the cache's figures in Redis."""
+    async def stats(self, name: str) -> CacheStats:
+        """This node's replica figures and the cache's figures in Redis (one read)."""
         replica = self.replica(name)
         shared = await cache.meta(self._scripts(), replica.keys)
-        return {"cache": name, "redis": shared, "replica": replica.figures()}
+        return CacheStats(name, shared, CacheReplicaStats.of(replica))

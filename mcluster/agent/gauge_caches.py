@@ -18,14 +18,16 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
 from mcluster.agent.caches import cancel_tasks
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, stop_if_cancelled
+from mcluster.agent.results import OutboxStats, ReadsLikeADict
+from mcluster.agent.service import ServiceContext
 from mcluster.errors import CacheError, InvalidType, NotFound
 from mcluster.objects import gauge, gauge_cache, views
 from mcluster.objects.gauge_cache import GaugeCacheDef
@@ -43,10 +45,19 @@ async def _stream_end(client: Redis, stream: str) -> str:
     return text(cast(bytes, last[0][0])) if last else "0-0"
 
 
-if TYPE_CHECKING:
-    from mcluster.agent.node import Node
+#: ``Node.add_object``: manage an object defined at run time (its outbox and view).
+AddObject = Callable[[str, str, Kind], Awaitable[Outbox]]
+#: ``Node.count`` and ``Node.show``: reads of one view of an object.
+Count = Callable[[str, str, str], Awaitable[int]]
+Show = Callable[[str, str, "int | None"], Awaitable[Listing]]
 
-__all__ = ["GaugeCacheError", "GaugeCaches", "LocalGaugeCache", "UnknownGaugeCache"]
+__all__ = [
+    "GaugeCacheError",
+    "GaugeCacheStats",
+    "GaugeCaches",
+    "LocalGaugeCache",
+    "UnknownGaugeCache",
+]
 
 
 class UnknownGaugeCache(NotFound, CacheError):
@@ -116,17 +127,56 @@ class LocalGaugeCache:
         )
 
 
-class GaugeCaches:
-    """The gauge caches this node has defined."""
+@dataclass(frozen=True, eq=False)
+class GaugeCacheStats(ReadsLikeADict):
+    """One gauge cache's definition and figures: a replicated one's shipping (``shipping``,
+    as ``Node.stats()`` has it), a local one's entries, expired, evicted and anomalies."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    definition: GaugeCacheDef
+    shipping: OutboxStats | None = None
+    entries: int = 0
+    expired: int = 0
+    evicted: int = 0
+    anomalies: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        if self.definition.replicate:
+            shipped = self.shipping.to_json() if self.shipping is not None else {}
+            return self.definition.to_json() | shipped
+        return self.definition.to_json() | {
+            "entries": self.entries,
+            "expired": self.expired,
+            "evicted": self.evicted,
+            "anomalies": self.anomalies,
+        }
+
+
+class GaugeCaches:
+    """The gauge caches this node has defined. With replication on (``enabled``), a
+    ``Service`` of the node (``agent/service.py``): stopping it ends the followers of the
+    replicated ones' change streams."""
+
+    name = "gauge_caches"
+
+    def __init__(
+        self, ctx: ServiceContext, add_object: AddObject, count: Count, show: Show
+    ) -> None:
+        self.ctx = ctx
+        self._add_object = add_object
+        self._count = count
+        self._show = show
         self.enabled = any(
-            gauge_cache.TYPE in obj.parameters for obj in node.config.of_type("metrics")
+            gauge_cache.TYPE in obj.parameters for obj in ctx.config().of_type("metrics")
         )
         self.defs: dict[str, GaugeCacheDef] = {}
         self.local: dict[str, LocalGaugeCache] = {}
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Nothing: gauge caches are defined at run time, after the join."""
+
+    def on_rejoin(self) -> None:
+        """Nothing: a replicated one's outbox re-syncs with the node's others."""
 
     async def define(
         self, name: str, maxelems: int, ttl: str | int = 0, replicate: bool = False
@@ -144,12 +194,13 @@ class GaugeCaches:
                     "replicated gauge caches need gauge cache replication: add "
                     'Replicate "metrics" { parameters = "gauge_cache" } to the cluster scope'
                 )
-            if old is None and (name in self.node.outboxes or name in self.node.config.names):
+            ctx = self.ctx
+            if old is None and (name in ctx.outboxes or name in ctx.config().names):
                 raise GaugeCacheError(f"{name!r} already names another replicated object")
-            box = await self.node.add_object(name, gauge_cache.TYPE, GAUGE_CACHE)
-            await gauge_cache.define(self.node.scripts, box.keys, definition)
+            box = await self._add_object(name, gauge_cache.TYPE, GAUGE_CACHE)
+            await gauge_cache.define(ctx.scripts(), box.keys, definition)
             if old is None:
-                start = await _stream_end(self.node.client, box.keys.stream)
+                start = await _stream_end(ctx.client, box.keys.stream)
                 follower = self.follow_drops(box, start)
                 self._tasks.append(asyncio.create_task(follower, name=f"drops:{name}"))
         elif old is not None:
@@ -163,7 +214,7 @@ class GaugeCaches:
         """Forget the entries Redis dropped (ttl, maxelems) from this node's absolute counts,
         so a re-sync does not bring them back. (An entry this node changes in the very
         moment it is dropped may lose that change from its counts: a rare race.)"""
-        client = self.node.client
+        client = self.ctx.client
         while True:
             stop_if_cancelled()
             try:
@@ -199,7 +250,7 @@ class GaugeCaches:
             raise InvalidType(f"by must be an integer, got {by!r}")
         definition = self._def(name)
         if definition.replicate:
-            self.node.record(name, key, by)
+            self.ctx.record(name, key, by)
         else:
             gauge.parse_key(key)
             self.local[name].change(key, by)
@@ -218,8 +269,9 @@ class GaugeCaches:
         if not definition.replicate:
             return self.local[name].get(key)
         if view in ("global", GLOBAL):
-            return await gauge_cache.read(self.node.scripts, self.node.outbox(name).keys, packed)
-        return await self.node.count(name, key, view)
+            box = self.ctx.outboxes[name]
+            return await gauge_cache.read(self.ctx.scripts(), box.keys, packed)
+        return await self._count(name, key, view)
 
     async def show(
         self, name: str, view: str = "global", limit: int | None = views.DEFAULT_LIMIT
@@ -227,37 +279,34 @@ class GaugeCaches:
         """The entries of one view (as ``cluster shared show NAME [from NODE]``)."""
         if not self._def(name).replicate:
             return self.local[name].listing(limit)
-        return await self.node.show(name, view, limit)
+        return await self._show(name, view, limit)
 
-    def definitions(self) -> list[dict[str, Any]]:
-        return [d.to_json() for _, d in sorted(self.defs.items())]
+    def definitions(self) -> list[GaugeCacheDef]:
+        """Every gauge cache defined here, by name."""
+        return [d for _, d in sorted(self.defs.items())]
 
-    def figures(self, name: str) -> dict[str, Any]:
-        """Counters of a local gauge cache (a replicated one: see ``Node.stats``)."""
+    def stats(self, name: str) -> GaugeCacheStats:
+        """The figures of one gauge cache (``UnknownGaugeCache`` when not defined here)."""
         definition = self._def(name)
         if definition.replicate:
-            shipped: dict[str, Any] = self.node.stats().get(name, {})
-            return definition.to_json() | shipped
+            box = self.ctx.outboxes.get(name)
+            return GaugeCacheStats(definition, OutboxStats.of(box) if box is not None else None)
         local = self.local[name]
-        return definition.to_json() | {
-            "entries": len(local.entries),
-            "expired": local.expired,
-            "evicted": local.evicted,
-            "anomalies": local.anomalies,
-        }
+        return GaugeCacheStats(definition, None, len(local.entries), local.expired,
+                               local.evicted, local.anomalies)  # fmt: skip
 
     async def maintain(self) -> list[tuple[Kind, ObjectKeys]]:
         """Run by the leader: purge every replicated gauge cache of the cluster (so entries
         expire when nothing is written) and return those this node does not hold, to be
         reaped with its own objects."""
-        node = self.node
-        registry = cast(dict[bytes, bytes], await node.client.hgetall(node.keys.objects))
+        ctx = self.ctx
+        registry = cast(dict[bytes, bytes], await ctx.client.hgetall(ctx.keys.objects))
         others: list[tuple[Kind, ObjectKeys]] = []
         for raw_name, raw in registry.items():
             if json.loads(raw).get("type") != gauge_cache.TYPE:
                 continue
-            okeys = node.keys.object(text(raw_name))
-            await gauge_cache.purge(node.scripts, okeys)
-            if okeys.name not in node.outboxes:
+            okeys = ctx.keys.object(text(raw_name))
+            await gauge_cache.purge(ctx.scripts(), okeys)
+            if okeys.name not in ctx.outboxes:
                 others.append((GAUGE_CACHE, okeys))
         return others

@@ -23,16 +23,16 @@ from typing import Any, Self
 from redis.asyncio import Redis
 
 from mcluster.agent import membership, reaper, reload, resync, slots
-from mcluster.agent.audit_recorder import AuditRecorder
-from mcluster.agent.caches import Caches
+from mcluster.agent.audit_recorder import AuditRecorder, AuditStats
+from mcluster.agent.caches import CacheReplicaStats, Caches
 from mcluster.agent.gauge_caches import GaugeCaches
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
 from mcluster.agent.replication import Replication
 from mcluster.agent.results import NodeStats, OutboxStats, ReloadResult, ResetResult
-from mcluster.agent.service import Service, ServiceContext
-from mcluster.agent.slots import SlotDecision
+from mcluster.agent.service import Service, ServiceContext, hooks
+from mcluster.agent.slots import ConnectionSlots, SlotDecision
 from mcluster.agent.status import StatusReporter
-from mcluster.agent.throttles import Throttles
+from mcluster.agent.throttles import Throttles, ThrottleService
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.duravip.agent import DuraVipAgent
@@ -40,13 +40,14 @@ from mcluster.errors import AuditError, InvalidType, NotJoined, StaleReply, Unkn
 from mcluster.logs.config import DEFAULT_STREAM_MAX, log_files
 from mcluster.logs.shipper import LogShipping
 from mcluster.objects import outbound, shards, throttle, views
-from mcluster.objects.kinds import GAUGE_TABLE, Kind
+from mcluster.objects.kinds import Kind
 from mcluster.objects.outbound import OutboundPolicy, Route
 from mcluster.objects.throttle import Decision, ThrottleDef
 from mcluster.outbound.leases import OwnerLeases, check_owner
 from mcluster.outbound.views import ConnectionViews
 from mcluster.security.config_limits import ConfigLimitError
 from mcluster.security.refusals import Refusals
+from mcluster.shaping.config import shaping_config
 from mcluster.shaping.model import Outcome, OutcomeResult
 from mcluster.shaping.service import Shaper
 from mcluster.store import members
@@ -114,36 +115,48 @@ class Node:
         self._joined = asyncio.Condition()
         self._scripts: Scripts | None = None
         self._decision_scripts: Scripts | None = None
-        self._throttles: Throttles | None = None
-        self._slots: slots.Slots | None = None
         #: Which client (``owner``) holds which slot: freed when it stops renewing.
         self.owner_leases = OwnerLeases(self.lease_ttl)
-        self._families: dict[str, Throttles] = {}
         self.outbound = OutboundPolicy(self.config)
         self.connection_views = ConnectionViews(self.config)
         self.caches = Caches(self.config, self.keys, self.name, lambda: self.scripts)
         self.status = StatusReporter()  # its figures go with each heartbeat
-        self.gauge_caches = GaugeCaches(self)
-        self._audit = AuditRecorder.from_config(
-            self.config, self.keys, self.name, lambda: self.scripts, self.max_buffered
-        )
-        throttle.config_throttles(self.config)  # a bad Shared_Throttle fails here, not later
-        #: Adaptive shaping (``Shaping``/``Adaptive``/``Warmup`` scopes), None without them.
-        self.shaping = Shaper.from_node(self)
-        self.duravip = DuraVipAgent(self)  # and a bad DuraVIP too
-        self.log_files = log_files(self.config, self.name)  # and a bad logs dictionary
         #: What a service may use of this node (``agent/service.py``).
-        self.service_context = ServiceContext(
-            self.keys, self.name, lambda: self.config, lambda: self.scripts, lambda: self.member,
-            self._spawn,
+        self.service_context = ctx = ServiceContext(
+            keys=self.keys, node=self.name, config=lambda: self.config,
+            scripts=lambda: self.scripts, member=lambda: self.member, spawn=self._spawn,
+            decision_scripts=lambda: self.decision_scripts, is_leader=lambda: self.is_leader,
+            outboxes=self.outboxes, record=self.record,
+            add_outbox=self.replication.add_outbox, manage=self.replication.manage,
+            heartbeat_interval=self.heartbeat_interval, lease_ttl=self.lease_ttl,
+            address=address,
         )  # fmt: skip
+        self.gauge_caches = GaugeCaches(ctx, self.add_object, self.count, self.show)
+        self._audit = AuditRecorder.from_context(ctx, self.max_buffered)
+        throttle.config_throttles(self.config)  # a bad Shared_Throttle fails here, not later
+        shaping = shaping_config(self.config)
+        self._throttles = ThrottleService(ctx, obtm=shaping.enabled)
+        self._connections = ConnectionSlots(ctx, self.outbound, self.owner_leases)
+        #: Adaptive shaping (``Shaping``/``Adaptive``/``Warmup`` scopes), None without them.
+        self.shaping = (
+            Shaper(ctx, shaping, self.outbound, lambda: self._throttles.families.get("OBTM"),
+                   self._audit)
+            if shaping.enabled else None
+        )  # fmt: skip
+        self.duravip = DuraVipAgent(ctx)  # and a bad DuraVIP too
+        self.log_files = log_files(self.config, self.name)  # and a bad logs dictionary
         max_len = self.config.get_int("log_stream_max", DEFAULT_STREAM_MAX, minimum=1)
-        #: Features run as services: started before the join, stopped before leaving, told
-        #: of every rejoin. (Throttles, gauge caches, audit, slots, DuraVIP and shaping
-        #: are still started by ``start`` itself.)
+        #: The features the config turns on, run as services: started before the join,
+        #: stopped (in the reverse order) before leaving, told of every re-sync.
         self.services: list[Service] = [
+            *([self._connections] if ConnectionSlots.wanted(self.config) else []),
+            *([self._throttles] if ThrottleService.wanted(self.config, shaping.enabled) else []),
             self.caches,
-            LogShipping(self.service_context, self.log_files, max_len),
+            LogShipping(ctx, self.log_files, max_len),
+            *([self._audit] if self._audit is not None else []),
+            *([self.gauge_caches] if self.gauge_caches.enabled else []),
+            *([self.shaping] if self.shaping is not None else []),
+            self.duravip,  # last: first to stop, so others take its addresses over at once
         ]
 
     # -- life cycle -------------------------------------------------------------------
@@ -201,40 +214,19 @@ class Node:
         """Join: take a new epoch and a lease, register this node's views, start beating."""
         replication = self.replication
         replication.build(self.config)
-        types = {o.type for o in self.config.objects}
-        if types & {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}:
-            box = replication.add_outbox(slots.OBJECT, GAUGE_TABLE, 100, 1.0)
-            replication.manage(slots.OBJECT, "outbound_binding_domains")
-            self._slots = slots.Slots(
-                lambda: self.scripts, box, self.outbound, self._count_connection
-            )
-        for family in ("OBTM", "OBTC"):
-            if family in types or (family == "OBTM" and self.shaping is not None):
-                self._families[family] = Throttles(
-                    lambda: self.decision_scripts, self.keys, family, self.name
-                )
-                replication.manage(family, family)
-        if throttle.OBJECT in types:
-            replication.manage(throttle.OBJECT, throttle.OBJECT)
-            self._throttles = Throttles(
-                lambda: self.decision_scripts, self.keys, throttle.OBJECT, self.name
-            )
-            await self._throttles.load(throttle.config_throttles(self.config))
         for service in self.services:  # before the join: a snapshot cache holds every
             await service.start()  # live pair by the time this node is a member
         await self._join()
         replication.start()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
-        if self._audit is not None:
-            await self._audit.publish()
-            self._tasks.append(asyncio.create_task(self._audit.run(), name="audit"))
         self._tasks.append(asyncio.create_task(self._reap_loop()))
-        if self._slots is not None:  # the slots of clients that stopped renewing
-            leases = self.owner_leases.run(self.close_connection)
-            self._tasks.append(asyncio.create_task(leases, name="owner-leases"))
-        if self.shaping is not None:  # AIMD steps, on whichever node leads
-            self._tasks.append(asyncio.create_task(self.shaping.run(), name="shaping"))
-        self._tasks.append(asyncio.create_task(self.duravip.run(), name="duravip"))
+        # the slots and counts (POST /v1/events with an owner) of clients that stopped renewing
+        leases = self.owner_leases.run(
+            self.close_connection, lambda obj, key, d: self.shard_box(obj, key).add(key, d)
+        )
+        self._tasks.append(asyncio.create_task(leases, name="owner-leases"))
+        for after_join in hooks(self.services, "after_join"):  # audit, shaping, DuraVIP
+            await after_join()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A task of this node: cancelled when it stops."""
@@ -264,17 +256,14 @@ class Node:
         """Re-sync as a job (``agent/resync.py``). After an abort the node stays out of the
         views for ``resync_hold`` seconds (or until ``cluster reset``), then tries again."""
         log.warning("re-syncing: %s", reason)
-        for family in (self._throttles, *self._families.values()):
-            if family is not None:
-                family.forget_reservations()
         for service in self.services:
             service.on_rejoin()
         for box in self.outboxes.values():
             box.resyncing.set()  # a batch being retried gives up: the snapshot holds it
         async with contextlib.AsyncExitStack() as held:
             await held.enter_async_context(self.reconfiguring)
-            if self._slots is not None:  # no slot opened or closed while they move
-                await held.enter_async_context(self._slots.held_still())
+            for resyncing in hooks(self.services, "resyncing"):  # the connection slots:
+                await held.enter_async_context(resyncing())  # none opened or closed now
             for box in self.outboxes.values():
                 await held.enter_async_context(box.lock)
             while True:
@@ -288,8 +277,6 @@ class Node:
                     self._retry_now.clear()
                     reason = "retrying an aborted re-sync"
             self.out_of_views = False
-            if self._slots is not None:
-                await self._slots.reopen()
         self._resync_needed.clear()
         for box in self.outboxes.values():
             box.resyncing.clear()
@@ -404,12 +391,11 @@ class Node:
         logs it; its contribution then stays until it is reaped.
         """
         self._stopping = True
-        await self.duravip.stop()  # unplumb and release its addresses: others take over now
+        for before_stop in hooks(reversed(self.services), "before_stop"):  # DuraVIP first:
+            await before_stop()  # it unplumbs and releases its addresses: others take over
         for box in self.outboxes.values():
             box.stopping = True  # ends after the batch it is sending: nothing half-sent
             box.wake.set()
-        if self._audit is not None:
-            self._audit.stopping = True
         shipping = [t for t in self._tasks if t.get_name().startswith("outbox:")]
         if shipping:
             await asyncio.wait(shipping, timeout=min(timeout, 5.0))
@@ -421,8 +407,7 @@ class Node:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.warning("%s ended with %r", task.get_name(), task.exception())
         self._tasks = []
-        await self.gauge_caches.stop()
-        for service in self.services:
+        for service in reversed(self.services):
             await service.stop()
         member = self.member
         if member is not None:
@@ -445,9 +430,8 @@ class Node:
     async def _leave(self, member: members.Member, drain: bool) -> None:
         if not self.out_of_views:  # after an aborted re-sync there is no view to ship to
             await self.flush()
-        for family in (self._throttles, *self._families.values()):
-            if family is not None:
-                await family.release()
+        for before_leave in hooks(self.services, "before_leave"):  # the throttles hand
+            await before_leave()  # back their reservations
         if drain:
             for box in self.outboxes.values():
                 async with box.lock:
@@ -467,19 +451,17 @@ class Node:
     @property
     def throttles(self) -> Throttles:
         """Cluster-wide named throttles (needs ``Replicate "shared_named_throttles" {}``)."""
-        if self._throttles is None:
+        named = self._throttles.named
+        if named is None:
             raise UnknownObject(
                 'shared named throttles are not enabled: add Replicate "shared_named_throttles" {}'
                 " to the cluster scope"
             )
-        return self._throttles
+        return named
 
     def throttle_families(self) -> dict[str, Throttles]:
         """The throttle tables this node decides on, by family (for ``GET /metrics``)."""
-        families = dict(self._families)
-        if self._throttles is not None:
-            families[throttle.OBJECT] = self._throttles
-        return families
+        return self._throttles.by_family()
 
     @property
     def audit(self) -> AuditRecorder:
@@ -519,7 +501,7 @@ class Node:
     async def _throttle_route(self, family: str, option: str, route: Route) -> Decision:
         """OBTM or OBTC: one count on every bucket of the route (``OutboundPolicy.buckets``:
         the fall-back one and the MX host's and provider's), all or nothing."""
-        throttles = self._families.get(family)
+        throttles = self._throttles.families.get(family)
         buckets = self.outbound.buckets(option, route) if throttles is not None else []
         if throttles is None or not buckets:
             return Decision(True, 0, ())
@@ -544,9 +526,9 @@ class Node:
         return decision
 
     def renew_owner(self, owner: str) -> int:
-        """Renew the lease of ``owner`` on its slots; how many it holds (0: none)."""
+        """Renew the lease of ``owner`` on its slots and counts; how many slots it holds."""
         check_owner(owner)
-        return self.owner_leases.renew(owner) if self._slots is not None else 0
+        return self.owner_leases.renew(owner)
 
     async def _open_connection(self, route: Route) -> SlotDecision:
         if self._slots is None:
@@ -579,18 +561,14 @@ class Node:
         """Opens, closes and refusals of this node's connection slots (None: no slots)."""
         return self._slots.stats if self._slots is not None else None
 
-    def _count_connection(self, obj: str, key: str, delta: int) -> None:
-        """Count an open (+1) or closed (-1) connection in one view; an object a config
-        reload removed since is skipped (its views were drained)."""
-        if obj in self.outboxes:
-            self.record(obj, key, delta)
-
     async def close_connection(self, slot: str) -> bool:
         """Give a connection slot back; a second close changes nothing."""
-        if self._slots is None:
-            return False
-        self.owner_leases.drop(slot)
-        return await self._slots.close(slot)
+        return await self._connections.close(slot)
+
+    @property
+    def _slots(self) -> slots.Slots | None:
+        """The connection slots this node holds (None: no slots, or not started)."""
+        return self._connections.slots
 
     # -- the hot path ----------------------------------------------------------------
 
@@ -676,9 +654,7 @@ class Node:
 
     def stats(self) -> NodeStats:
         """This node's figures: shipping per object, the audit recorder, cache replicas."""
-        objects = {
-            name: OutboxStats(dict(vars(box.stats)), box.seq, box.max_delay, box.max_pending)
-            for name, box in self.outboxes.items()
-        }
-        audit = self._audit.stats_json() if self._audit is not None else None
-        return NodeStats(objects, audit, self.caches.figures())
+        objects = {name: OutboxStats.of(box) for name, box in self.outboxes.items()}
+        audit = AuditStats.of(self._audit) if self._audit is not None else None
+        caches = {name: CacheReplicaStats.of(r) for name, r in self.caches.replicas.items()}
+        return NodeStats(objects, audit, caches)

@@ -27,18 +27,21 @@ changes nothing: the error names the file, line and column.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from mcluster.agent.results import ReloadResult
+from mcluster.agent.slots import ConnectionSlots
 from mcluster.config import ClusterConfig, Option, ReplicateObject, load_config
 from mcluster.objects import throttle
 from mcluster.objects.kinds import kind_for_type
 from mcluster.objects.outbound import OutboundPolicy
-from mcluster.objects.policy import policy_config
+from mcluster.objects.policy import GUARD_OPTIONS, policy_config
 from mcluster.outbound.views import ConnectionViews
-from mcluster.security.clients import GUARD_OPTIONS, policy_guard
+from mcluster.security.clients import policy_guard
 from mcluster.shaping.config import shaping_config
 
 if TYPE_CHECKING:
@@ -52,8 +55,6 @@ log = logging.getLogger("mcluster.agent")
 _FIXED_OPTIONS = ("namespace", "heartbeat_interval", "lease_ttl", "max_buffered_keys")
 #: A changed Policy scope: applied by a running policy service, else needs a restart.
 POLICY_CHANGE = "Policy (the policy service's rules and quotas)"
-#: Any of these types gives the node its connection slots (``outbound_slots``).
-_SLOT_TYPES = {"outbound_binding_domains", "outbound_domains", "outbound_cidr"}
 
 
 def _replicated(config: ClusterConfig) -> dict[str, ReplicateObject]:
@@ -85,7 +86,7 @@ def _fixed_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
     )
     if differ:
         changes.append(f"objects {', '.join(differ)}")
-    slots = [bool({o.type for o in c.objects} & _SLOT_TYPES) for c in (old, new)]
+    slots = [ConnectionSlots.wanted(c) for c in (old, new)]
     if slots[0] != slots[1]:
         changes.append("outbound connection slots")
     rules, guard = zip(*(_policy_parts(c) for c in (old, new)), strict=True)
@@ -162,3 +163,22 @@ async def reload_config(node: Node) -> ReloadResult:
                           tuple(changed + applied), tuple(needs_restart))  # fmt: skip
     log.info("config reloaded: %s", result.to_json())
     return result
+
+
+def reload_in_background(
+    reload: Callable[[], Awaitable[ReloadResult]], logger: logging.Logger = log
+) -> None:
+    """SIGHUP (``mcluster agent``, ``mcluster manager``): reload without blocking the
+    signal handler; the outcome goes to ``logger``."""
+
+    async def run() -> None:
+        try:
+            logger.info("config reloaded: %s", (await reload()).to_json())
+        except Exception as exc:  # a bad file: say where, keep running on the old config
+            logger.error("config reload failed; keeping the running config: %s", exc)
+
+    _background.add(task := asyncio.ensure_future(run()))
+    task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Future[None]] = set()

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["NodeStats", "OutboxStats", "ReloadResult", "ResetResult"]
+if TYPE_CHECKING:
+    from mcluster.agent.outbox import Outbox
+
+__all__ = ["NodeStats", "OutboxStats", "ReadsLikeADict", "ReloadResult", "ResetResult", "as_json"]
 
 
-class _ReadsLikeADict(Mapping[str, Any]):
-    """``to_json()``'s keys and values, read through the Mapping interface."""
+class ReadsLikeADict(Mapping[str, Any]):
+    """``to_json()``'s keys and values, read through the Mapping interface (the base of
+    every typed result and stats of the agent's public calls)."""
 
     def to_json(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -30,8 +34,13 @@ class _ReadsLikeADict(Mapping[str, Any]):
         return len(self.to_json())
 
 
+def as_json(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """A typed result's ``to_json()``, or a plain mapping as a dict."""
+    return figures.to_json() if isinstance(figures, ReadsLikeADict) else dict(figures)
+
+
 @dataclass(frozen=True, eq=False)
-class ResetResult(_ReadsLikeADict):
+class ResetResult(ReadsLikeADict):
     """``cluster reset`` done: the member's new private name and epoch, keys re-published."""
 
     node: str
@@ -45,7 +54,7 @@ class ResetResult(_ReadsLikeADict):
 
 
 @dataclass(frozen=True, eq=False)
-class ReloadResult(_ReadsLikeADict):
+class ReloadResult(ReadsLikeADict):
     """``config reload`` done: what was added, removed, changed, and what needs a restart.
 
     ``file`` is None (and ``reason`` says why) when there was nothing to reload."""
@@ -67,7 +76,7 @@ class ReloadResult(_ReadsLikeADict):
 
 
 @dataclass(frozen=True, eq=False)
-class OutboxStats(_ReadsLikeADict):
+class OutboxStats(ReadsLikeADict):
     """One object's shipping figures on this node (``GET /v1/stats``)."""
 
     counters: Mapping[str, int]
@@ -76,14 +85,20 @@ class OutboxStats(_ReadsLikeADict):
     max_delay: float
     max_pending: int
 
+    @staticmethod
+    def of(box: Outbox) -> OutboxStats:
+        """The figures of ``box`` now."""
+        return OutboxStats(dict(vars(box.stats)), box.seq, box.max_delay, box.max_pending)
+
     def to_json(self) -> dict[str, Any]:
         return dict(self.counters) | {"seq": self.seq, "max_delay": self.max_delay,
                                       "max_pending": self.max_pending}  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
-class NodeStats(_ReadsLikeADict):
-    """``Node.stats()``: per object, the audit recorder and the cache replicas, by name."""
+class NodeStats(ReadsLikeADict):
+    """``Node.stats()``: per object, the audit recorder (``AuditStats``) and the cache
+    replicas (``CacheReplicaStats``), by name."""
 
     objects: Mapping[str, OutboxStats]
     audit: Mapping[str, Any] | None = None
@@ -92,5 +107,5 @@ class NodeStats(_ReadsLikeADict):
     def to_json(self) -> dict[str, Any]:
         shipped: dict[str, Any] = {name: s.to_json() for name, s in self.objects.items()}
         if self.audit is not None:
-            shipped["audit"] = dict(self.audit)
-        return shipped | {name: dict(figures) for name, figures in self.caches.items()}
+            shipped["audit"] = as_json(self.audit)
+        return shipped | {name: as_json(figures) for name, figures in self.caches.items()}

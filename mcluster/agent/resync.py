@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from mcluster.agent.service import hooks
 from mcluster.store.jobs import Job, JobAborted
 
 if TYPE_CHECKING:
@@ -45,13 +46,15 @@ async def resync(node: Node, reason: str, kind: str) -> None:
         if kind == "reset" and old is not None:  # it leaves: another node may lead,
             await node.membership.release_leader()
             # and its DuraVIPs are negotiated again (Momentum: a reset restarts Spread).
-            await node.duravip.leave("cluster reset")
+            for on_reset in hooks(node.services, "on_reset"):
+                await on_reset("cluster reset")
         if old is not None:
             job.record.detail = "draining the old views"
             for box in boxes:
                 await node.replication.drain_own(box, job)
         await node.membership.join(node.replication.register_views)
-        node.duravip.rejoin()  # a candidate again, as the new epoch
+        for rejoined in hooks(node.services, "rejoined"):  # DuraVIP: a candidate again,
+            rejoined()  # as the new epoch
         assert node.member is not None
         job.record.runner_private = node.member.private_name
         job.record.detail = f"publishing the state as {node.member.private_name}"

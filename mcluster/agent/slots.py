@@ -32,15 +32,21 @@ from dataclasses import dataclass, field
 
 from mcluster.agent import reaper
 from mcluster.agent.outbox import RETRY_ERRORS, Outbox
+from mcluster.agent.service import ServiceContext
+from mcluster.config import ClusterConfig
 from mcluster.errors import StaleReply
+from mcluster.objects.kinds import GAUGE_TABLE
 from mcluster.objects.outbound import Cap, OutboundPolicy, Route
-from mcluster.outbound.providers import normal_host
+from mcluster.objects.providers import normal_host
+from mcluster.outbound.leases import OwnerLeases
 from mcluster.outbound.views import Targets
 from mcluster.store.keys import GLOBAL
 from mcluster.store.script_link import ScriptLink
 from mcluster.store.scripts import Scripts
 
 OBJECT = "outbound_slots"
+#: Any of these object types gives a node its connection slots.
+SLOT_TYPES = frozenset({"outbound_binding_domains", "outbound_domains", "outbound_cidr"})
 MAX_BATCH = 256  # operations in one slot_batch call
 
 #: One operation of ``slot_batch``: kind ("o" open, "f" forced open, "c" close), slot, caps.
@@ -316,3 +322,56 @@ class Slots:
         ops: list[Op] = [("f", slot, record.caps) for slot, record in self.held.items()]
         for start in range(0, len(ops), MAX_BATCH):
             await self._call(ops[start : start + MAX_BATCH])
+
+
+class ConnectionSlots:
+    """The node's connection slots as a ``Service`` (``agent/service.py``): the
+    ``outbound_slots`` object (made before the join), and the slots held still while a
+    re-sync moves them to the new view. A close forgets the slot's owner lease (the
+    node's sweep of expired owners, ``outbound/leases.py``, closes through ``close``)."""
+
+    name = "connections"
+
+    def __init__(self, ctx: ServiceContext, policy: OutboundPolicy, leases: OwnerLeases) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.leases = leases
+        self.slots: Slots | None = None  # made at start
+
+    @staticmethod
+    def wanted(config: ClusterConfig) -> bool:
+        return bool({o.type for o in config.objects} & SLOT_TYPES)
+
+    async def start(self) -> None:
+        box = self.ctx.add_outbox(OBJECT, GAUGE_TABLE, 100, 1.0)
+        self.ctx.manage(OBJECT, "outbound_binding_domains")
+        self.slots = Slots(self.ctx.scripts, box, self.policy, self._count)
+
+    def _count(self, obj: str, key: str, delta: int) -> None:
+        """Count an open (+1) or closed (-1) connection in one view; an object a config
+        reload removed since is skipped (its views were drained)."""
+        if obj in self.ctx.outboxes:
+            self.ctx.record(obj, key, delta)
+
+    async def close(self, slot: str) -> bool:
+        """Give a connection slot back; a second close changes nothing."""
+        if self.slots is None:
+            return False
+        self.leases.drop(slot)
+        return await self.slots.close(slot)
+
+    async def stop(self) -> None:
+        """Nothing: the slots go with this node's view as it leaves."""
+
+    def on_rejoin(self) -> None:
+        """Nothing yet: ``resyncing`` moves the slots once the re-sync holds the node."""
+
+    @contextlib.asynccontextmanager
+    async def resyncing(self) -> AsyncIterator[None]:
+        """No slot opened or closed while they move; then count those held in the new view."""
+        if self.slots is None:
+            yield
+            return
+        async with self.slots.held_still():
+            yield
+            await self.slots.reopen()

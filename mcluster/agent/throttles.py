@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.agent.service import ServiceContext
+from mcluster.config import ClusterConfig
 from mcluster.errors import ThrottleError
 from mcluster.objects import throttle
 from mcluster.objects.throttle import Decision, Request, ThrottleDef
@@ -428,4 +430,66 @@ class Throttles:
             await asyncio.sleep(wait)
 
 
-__all__ = ["Decision", "ThrottleError", "Throttles"]
+#: The throttle families of outbound decisions (``objects/outbound.py``), each a table.
+FAMILIES = ("OBTM", "OBTC")
+
+
+class ThrottleService:
+    """The node's throttle tables as a ``Service`` (``agent/service.py``): the named
+    ``shared_named_throttles`` table and the OBTM/OBTC families. Each is listed in the
+    object registry and made at start (the named ones defined from the config); a re-sync
+    drops the local reservations, and leaving hands back what is unspent."""
+
+    name = "throttles"
+
+    def __init__(self, ctx: ServiceContext, obtm: bool = False) -> None:
+        self.ctx = ctx
+        self.obtm = obtm  # shaping decides OBTM even when the config has no OBTM object
+        #: The ``shared_named_throttles`` table, None until started or when not configured.
+        self.named: Throttles | None = None
+        self.families: dict[str, Throttles] = {}  # OBTM, OBTC: those configured
+
+    @staticmethod
+    def wanted(config: ClusterConfig, obtm: bool = False) -> bool:
+        """Whether the config (or shaping, ``obtm``) has any throttle table for a node."""
+        types = {o.type for o in config.objects}
+        return obtm or bool(types & {*FAMILIES, throttle.OBJECT})
+
+    async def start(self) -> None:
+        ctx = self.ctx
+        config = ctx.config()
+        types = {o.type for o in config.objects}
+        for family in FAMILIES:
+            if family in types or (family == "OBTM" and self.obtm):
+                self.families[family] = Throttles(ctx.decision_scripts, ctx.keys, family, ctx.node)
+                ctx.manage(family, family)
+        if throttle.OBJECT in types:
+            ctx.manage(throttle.OBJECT, throttle.OBJECT)
+            self.named = Throttles(ctx.decision_scripts, ctx.keys, throttle.OBJECT, ctx.node)
+            await self.named.load(throttle.config_throttles(config))
+
+    async def stop(self) -> None:
+        """Nothing: what is reserved goes back as the node leaves (``before_leave``)."""
+
+    def _tables(self) -> list[Throttles]:
+        return [t for t in (self.named, *self.families.values()) if t is not None]
+
+    def on_rejoin(self) -> None:
+        """Local reservations are dropped: the Redis that counted them may have lost them."""
+        for table in self._tables():
+            table.forget_reservations()
+
+    async def before_leave(self) -> None:
+        """Hand back every unspent reservation (after the node's last flush)."""
+        for table in self._tables():
+            await table.release()
+
+    def by_family(self) -> dict[str, Throttles]:
+        """The tables this node decides on, by family (``Node.throttle_families``)."""
+        tables = dict(self.families)
+        if self.named is not None:
+            tables[throttle.OBJECT] = self.named
+        return tables
+
+
+__all__ = ["Decision", "ThrottleError", "ThrottleService", "Throttles"]

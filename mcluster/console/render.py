@@ -14,6 +14,7 @@ from rich.text import Text
 
 from mcluster.objects.cache_registry import CacheInfo
 from mcluster.objects.views import Listing, ObjectInfo
+from mcluster.store.cluster_view import ClusterInfo, MemberView
 
 HEADER_STYLE = "bold"
 FOOTER_STYLE = "dim"
@@ -105,17 +106,17 @@ def seconds_ago(ms: int | None) -> str:
     return "never" if ms is None else f"{ms / 1000:.1f} s ago"
 
 
-def membership_block(member: Mapping[str, Any]) -> list[str]:
+def membership_block(member: MemberView) -> list[str]:
     """One member as Momentum printed it, plus its last heartbeat."""
     return [
-        f"Private Name: {member['private_name']}",
-        f"Node Name: {member['node'] or NULL}",
-        f"Subcluster: {member['subcluster'] or NULL}",
-        f"Node Type: {member['type']}",
-        f"Version: {member['version']}",
-        f"Address: {member['address'] or NO_ADDRESS}",
-        f"Groups: {', '.join(member['groups'])}",
-        f"Last Heartbeat: {seconds_ago(member['last_heartbeat_ms_ago'])}",
+        f"Private Name: {member.private_name}",
+        f"Node Name: {member.node or NULL}",
+        f"Subcluster: {member.subcluster or NULL}",
+        f"Node Type: {member.type}",
+        f"Version: {member.version}",
+        f"Address: {member.address or NO_ADDRESS}",
+        f"Groups: {', '.join(member.groups)}",
+        f"Last Heartbeat: {seconds_ago(member.last_heartbeat_ms_ago)}",
     ]
 
 
@@ -124,35 +125,35 @@ def reaping_line(job: Mapping[str, Any]) -> str:
     return f"Reaping: {job['object']} view {job['view']}: {job['done']:,}/{job['total']:,} keys"
 
 
-def info_lines(info: Mapping[str, Any]) -> list[str]:
+def info_lines(info: ClusterInfo) -> list[str]:
     """``cluster info``: Momentum's four lines, then epoch, lease, leader and reaping."""
-    daemon = info["daemon"] or "-"
-    whom = info["private_name"] or info["node"] or "console"
-    leader = f"{info['leader']} is leader" if info["leader"] is not None else "no leader"
+    daemon = info.daemon or "-"
+    whom = info.private_name or info.node or "console"
+    leader = f"{info.leader} is leader" if info.leader is not None else "no leader"
     out = [
         f"Daemon: {daemon} [{whom}]",
-        f"Control Group: {info['control_group']}",
-        f"Cluster Group: {info['cluster_group']} ({leader})",
-        f"Logger Group: {info['logger_group'] or 'none'}",
-        f"Epoch: {info['epoch'] if info['epoch'] is not None else 'none'}",
+        f"Control Group: {info.control_group}",
+        f"Cluster Group: {info.cluster_group} ({leader})",
+        f"Logger Group: {info.logger_group or 'none'}",
+        f"Epoch: {info.epoch if info.epoch is not None else 'none'}",
     ]
-    if info["node"] is not None:
-        if info["lease_held"] is None:
-            out.append(f"Lease: none ({info['node']} is not a member)")
+    if info.node is not None:
+        if info.lease_held is None:
+            out.append(f"Lease: none ({info.node} is not a member)")
         else:
-            state = "renewed" if info["lease_held"] else "expired, last renewed"
-            out.append(f"Lease: {state} {seconds_ago(info['lease_renewed_ms_ago'])}")
-    token = info["leader_token"]
+            state = "renewed" if info.lease_held else "expired, last renewed"
+            out.append(f"Lease: {state} {seconds_ago(info.lease_renewed_ms_ago)}")
+    token = info.leader_token
     out.append(f"Leader Token: {token if token is not None else 'none'}")
-    out.append(f"Members: {info['members']:,} live")
-    out += [reaping_line(job) for job in info["reaping"]] or ["Reaping: none"]
+    out.append(f"Members: {info.members:,} live")
+    out += [reaping_line(job) for job in info.reaping] or ["Reaping: none"]
     return out
 
 
 class MembershipView:
     """``cluster membership``: one block per live member, a blank line between blocks."""
 
-    def __init__(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, rows: Sequence[MemberView]) -> None:
         self.rows = list(rows)
 
     def lines(self) -> list[str]:
@@ -173,7 +174,7 @@ class MembershipView:
 class InfoView:
     """``cluster info``: the attached node, the groups, the leader, and reaping."""
 
-    def __init__(self, info: Mapping[str, Any]) -> None:
+    def __init__(self, info: ClusterInfo) -> None:
         self.info = info
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from mcluster.errors import NotFound
-from mcluster.manager.manager import MANAGER_TYPE
 from mcluster.objects import shards, views
 from mcluster.objects.cidrtree import Row
 from mcluster.objects.policy import FAMILY as POLICY_FAMILY
@@ -28,6 +27,7 @@ from mcluster.shaping.service import ShapingKeys, active_actions
 from mcluster.store import cluster_view, members, node_status
 from mcluster.store.jobs import list_jobs
 from mcluster.store.keys import GLOBAL, ClusterKeys
+from mcluster.store.members import MANAGER_TYPE
 
 #: Rows of an object's top shown per object, and global rows read to choose them from
 #: (a CIDR tree lists its rows depth first: a few thousand reach past the first /8).

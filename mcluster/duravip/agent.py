@@ -25,9 +25,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.agent.results import ReadsLikeADict
+from mcluster.agent.service import ServiceContext
 from mcluster.duravip import arp, store
 from mcluster.duravip.command import Plumber
 from mcluster.duravip.config import DuraVipConfig, duravip_config
@@ -35,27 +39,47 @@ from mcluster.duravip.state import VipState, elected, states, vip_record
 from mcluster.duravip.store import Owner, Snapshot, VipKeys
 from mcluster.store.members import server_time_ms
 
-if TYPE_CHECKING:
-    from mcluster.agent.node import Node
-
 log = logging.getLogger("mcluster.duravip")
 
 ARP_REFRESH = 5.0  # seconds between refreshes of the published ARP entries
 
 
-class DuraVipAgent:
-    """Owns this node's share of the DuraVIPs; ``owned`` is what it believes it owns."""
+@dataclass(frozen=True, eq=False)
+class DuraVipStatus(ReadsLikeADict):
+    """What one node believes about its DuraVIPs: its addresses, those it owns (with their
+    lease token) and the last command run per address."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.cfg: DuraVipConfig = duravip_config(node.config)
-        self.vk = VipKeys(node.keys)
-        self.plumber = Plumber(self.cfg, node.name)
+    node: str
+    addresses: tuple[str, ...]
+    owned: Mapping[str, int]
+    commands: Mapping[str, str]  # address -> "up ok", "down failed", ...
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "addresses": list(self.addresses), "owned": dict(self.owned),
+                "commands": dict(self.commands)}  # fmt: skip
+
+
+class DuraVipAgent:
+    """Owns this node's share of the DuraVIPs; ``owned`` is what it believes it owns.
+
+    A ``Service`` of the node (``agent/service.py``), on every node, DuraVIPs or none (it
+    publishes the node's record and ARP entries for ``cluster arp show``): its loop starts
+    once the node has joined; it gives everything up first thing when the node stops, and
+    for re-election on ``cluster reset`` (``on_reset``) until the new epoch (``rejoined``).
+    """
+
+    name = "duravip"
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.cfg: DuraVipConfig = duravip_config(ctx.config())
+        self.vk = VipKeys(ctx.keys)
+        self.plumber = Plumber(self.cfg, ctx.node)
         self.owned: dict[str, Owner] = {}
         self.deadline: dict[str, float] = {}
-        self.interval = node.heartbeat_interval / 4
-        self.ttl_ms = int(node.lease_ttl * 1000)
-        self.margin = min(node.heartbeat_interval / 2, node.lease_ttl / 4)
+        self.interval = ctx.heartbeat_interval / 4
+        self.ttl_ms = int(ctx.lease_ttl * 1000)
+        self.margin = min(ctx.heartbeat_interval / 2, ctx.lease_ttl / 4)
         self._busy: dict[str, asyncio.Task[None]] = {}
         self._unowned_since: dict[str, float] = {}
         self._asserted: set[tuple[str, str]] = set()
@@ -71,6 +95,22 @@ class DuraVipAgent:
 
     # -- life cycle -----------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Nothing before the join: the loop needs the member's private name."""
+
+    async def after_join(self) -> None:
+        self.ctx.spawn(self.run(), self.name)
+
+    async def stop(self) -> None:
+        """Nothing left: ``before_stop`` gave everything up, the loop is cancelled."""
+
+    def on_rejoin(self) -> None:
+        """Nothing: a lost lease or lost data does not give up the addresses (their own
+        leases say who owns them); only ``cluster reset`` does (``on_reset``)."""
+
+    async def on_reset(self, why: str) -> None:
+        await self.leave(why)
+
     async def run(self) -> None:
         """The loop (a task of the node); unplumbs every address first, as Momentum does."""
         me = self._task = asyncio.current_task()
@@ -83,7 +123,7 @@ class DuraVipAgent:
                 if me.cancelling():  # a cancel swallowed by a timeout (Python 3.11) or a client
                     raise asyncio.CancelledError
                 try:
-                    async with asyncio.timeout(max(self.node.heartbeat_interval, 1.0)):
+                    async with asyncio.timeout(max(self.ctx.heartbeat_interval, 1.0)):
                         await self.tick()
                 except (TimeoutError, *RETRY_ERRORS) as exc:
                     log.debug("DuraVIP tick interrupted: %r", exc)
@@ -93,7 +133,7 @@ class DuraVipAgent:
         finally:
             watchdog.cancel()
 
-    async def stop(self) -> None:
+    async def before_stop(self) -> None:
         """Unplumb and release every owned address so others take them over at once."""
         self._stopping = True
         task = self._task
@@ -105,21 +145,21 @@ class DuraVipAgent:
             self._drop(address, "this node is stopping")
             await self.plumber.run("down", address)
             with contextlib.suppress(*RETRY_ERRORS):
-                await store.release(self.node.scripts, self.vk, address, owner, "", 0)
+                await store.release(self.ctx.scripts(), self.vk, address, owner, "", 0)
         for busy in list(self._busy.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await busy
         if self._published:  # it talked to Redis: take its ARP entries away
             with contextlib.suppress(*RETRY_ERRORS):
-                await self.node.client.hdel(self.vk.arp, self.node.name)
+                await self.ctx.client.hdel(self.vk.arp, self.ctx.node)
 
     async def leave(self, why: str) -> list[str]:
         """``cluster reset``: stop being a candidate (the record goes), unplumb and release
         every owned address with no handoff, so the others elect new owners at once; the
-        node takes part again after ``rejoin`` (its new epoch). Returns what it gave up."""
+        node takes part again after ``rejoined`` (its new epoch). Returns what it gave up."""
         self._resetting = True
         with contextlib.suppress(*RETRY_ERRORS):
-            await self.node.client.hdel(self.vk.nodes, self.node.name)
+            await self.ctx.client.hdel(self.vk.nodes, self.ctx.node)
         released = sorted(self.owned)
         for address, owner in list(self.owned.items()):
             self._give_up(address, owner, why)
@@ -132,7 +172,7 @@ class DuraVipAgent:
             log.warning("DuraVIP: gave up %s for re-election (%s)", ", ".join(released), why)
         return released
 
-    def rejoin(self) -> None:
+    def rejoined(self) -> None:
         """After ``leave``: publish again (as the new epoch) and take part in elections."""
         if self._resetting:
             self._resetting = False
@@ -175,7 +215,7 @@ class DuraVipAgent:
             await self.plumber.run("down", address)
             reserve = 2 * self.ttl_ms + int(self.cfg.timeout * 1000)
             released = await store.release(
-                self.node.scripts, self.vk, address, owner, to or "", reserve
+                self.ctx.scripts(), self.vk, address, owner, to or "", reserve
             )
             if released and to:
                 log.info("DuraVIP %s: handed to %s", address, to)
@@ -185,14 +225,14 @@ class DuraVipAgent:
     # -- one round --------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        member = self.node.member
+        member = self.ctx.member()
         if member is None or self._resetting:
             return
         if self._published != member.private_name:
             await self.publish()
-        snap = await store.snapshot(self.node.client, self.vk)
+        snap = await store.snapshot(self.ctx.client, self.vk)
         await self._control(snap)
-        if time.monotonic() - self._renewed >= self.node.heartbeat_interval:
+        if time.monotonic() - self._renewed >= self.ctx.heartbeat_interval:
             self._renewed = time.monotonic()
             await self._renew_all()
         for state in states(snap):
@@ -202,17 +242,17 @@ class DuraVipAgent:
 
     async def publish(self) -> None:
         """Publish this node's DuraVIP config (``config_since`` kept for what is unchanged)."""
-        member = self.node.member
+        member = self.ctx.member()
         if member is None:
             return
-        client = self.node.client
-        previous = await store.read_record(client, self.vk, self.node.name) or {}
+        client = self.ctx.client
+        previous = await store.read_record(client, self.vk, self.ctx.node) or {}
         now = await server_time_ms(client)
         addresses = {a: vip_record(v) for a, v in self.cfg.addresses.items()}
         old = previous.get("addresses", {})
         old_since = previous.get("config_since", {})
         since = {a: old_since.get(a, now) if old.get(a) == r else now for a, r in addresses.items()}
-        record = {
+        record: store.VipRecord = {
             "private_name": member.private_name,
             "addresses": addresses,
             "config_since": since,
@@ -220,13 +260,13 @@ class DuraVipAgent:
             "lease_ttl_ms": self.ttl_ms,
             "command_timeout_ms": int(self.cfg.timeout * 1000),
         }
-        await store.publish_record(client, self.vk, self.node.name, record)
+        await store.publish_record(client, self.vk, self.ctx.node, record)
         self._published = member.private_name
         log.debug("DuraVIP: published %d addresses as %s", len(addresses), member.private_name)
 
     async def _control(self, snap: Snapshot) -> None:
         """Console requests: ``duravip debug on|off`` and ``duravip announce view``."""
-        name = self.node.name
+        name = self.ctx.node
         debug = snap.control.get(f"debug:{name}", snap.control.get("debug:*", "0"))
         if debug != self._debug:
             log.setLevel(logging.DEBUG if debug == "1" else logging.NOTSET)
@@ -239,7 +279,7 @@ class DuraVipAgent:
         elif announce != self._announced:
             self._asserted.clear()  # a new view: the preferred node asks for its own again
             await self.publish()
-            await self.node.client.hset(self.vk.control, f"ack:{name}", announce)
+            await self.ctx.client.hset(self.vk.control, f"ack:{name}", announce)
             self._announced = announce
             log.info("DuraVIP: announced this node's view")
 
@@ -247,20 +287,20 @@ class DuraVipAgent:
         for address, owner in list(self.owned.items()):
             sent = time.monotonic()
             held, handoff = await store.renew(
-                self.node.scripts, self.vk, address, owner, self.ttl_ms
+                self.ctx.scripts(), self.vk, address, owner, self.ttl_ms
             )
             if self.owned.get(address) is not owner:
                 continue  # dropped meanwhile (the watchdog): never re-adopt
             if not held:
                 self._drop(address, "its lease is no longer this node's (a newer token holds it)")
                 self._spawn(address, self.plumber.run("down", address))
-            elif handoff and handoff != self.node.name:
+            elif handoff and handoff != self.ctx.node:
                 self._give_up(address, owner, f"handing it to {handoff}", handoff)
             else:
-                self.deadline[address] = sent + self.node.lease_ttl - self.margin
+                self.deadline[address] = sent + self.ctx.lease_ttl - self.margin
 
     async def _decide(self, state: VipState, snap: Snapshot, private: str) -> None:
-        address, me = state.address, self.node.name
+        address, me = state.address, self.ctx.node
         owner = self.owned.get(address)
         if owner is not None:
             if state.broken:
@@ -279,7 +319,7 @@ class DuraVipAgent:
                 dead, handoff = handoff[0], None  # handed to a node that died meanwhile
             if handoff is not None and handoff[0] != me:
                 return
-            waited = time.monotonic() - since > self.node.lease_ttl
+            waited = time.monotonic() - since > self.ctx.lease_ttl
             if handoff is not None or elected(state) == me or waited:
                 await self._take(address, private, dead)
             return
@@ -293,7 +333,7 @@ class DuraVipAgent:
             self._asserted.add((address, private))
             reserve = 2 * self.ttl_ms + int(self.cfg.timeout * 1000)
             ok, why = await store.move(
-                self.node.scripts, self.vk, address, current.node, me, private, reserve
+                self.ctx.scripts(), self.vk, address, current.node, me, private, reserve
             )
             log.info("DuraVIP %s: preferred node asks it back from %s: %s",
                      address, current.node, "ok" if ok else why)  # fmt: skip
@@ -303,15 +343,15 @@ class DuraVipAgent:
             return
         sent = time.monotonic()
         token, why = await store.claim(
-            self.node.scripts, self.vk, address, self.node.name, private, self.ttl_ms,
+            self.ctx.scripts(), self.vk, address, self.ctx.node, private, self.ttl_ms,
             dead_reservation,
         )  # fmt: skip
         if not token:
             log.debug("DuraVIP %s: claim refused: %s", address, why)
             return
-        owner = Owner(self.node.name, private, token)
+        owner = Owner(self.ctx.node, private, token)
         self.owned[address] = owner
-        self.deadline[address] = sent + self.node.lease_ttl - self.margin
+        self.deadline[address] = sent + self.ctx.lease_ttl - self.margin
         self._unowned_since.pop(address, None)
         self._asserted.add((address, private))
         log.info("DuraVIP %s: taken (token %d)", address, token)
@@ -322,18 +362,18 @@ class DuraVipAgent:
         owned = sorted(self.owned)
         if owned == self._arp_owned and time.monotonic() - self._arp_at < ARP_REFRESH:
             return
-        entries = arp.cluster_entries(self.node.address)
+        entries = arp.cluster_entries(self.ctx.address)
         vip_mac = arp.mac_of(self.cfg.interface)
         entries += [(address, vip_mac) for address in owned]
         self._arp_owned = owned
-        await store.publish_arp(self.node.client, self.vk, self.node.name, entries, now_ms)
+        await store.publish_arp(self.ctx.client, self.vk, self.ctx.node, entries, now_ms)
         self._arp_at = time.monotonic()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> DuraVipStatus:
         """``GET /v1/duravip``: what this node believes it owns, and its last commands."""
-        return {
-            "node": self.node.name,
-            "addresses": sorted(self.cfg.addresses),
-            "owned": {a: o.token for a, o in sorted(self.owned.items())},
-            "commands": dict(sorted(self.plumber.last.items())),
-        }
+        return DuraVipStatus(
+            self.ctx.node,
+            tuple(sorted(self.cfg.addresses)),
+            {a: o.token for a, o in sorted(self.owned.items())},
+            dict(sorted(self.plumber.last.items())),
+        )

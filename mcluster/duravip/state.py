@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcluster.duravip.config import VipConfig
-from mcluster.duravip.store import Owner, Snapshot
+from mcluster.duravip.store import Owner, Snapshot, VipAddress, VipRecord
 
 
-def vip_record(vip: VipConfig) -> dict[str, Any]:
+def vip_record(vip: VipConfig) -> VipAddress:
     """How a node publishes one address of its config."""
     return {"services": sorted(s.name for s in vip.services), "preferences": vip.preferences}
 
@@ -74,7 +74,7 @@ def elected(state: VipState) -> str | None:
     return max(state.candidates, key=lambda node: _rank(state.address, node))
 
 
-def _name_addresses(records: dict[str, dict[str, Any]]) -> dict[str, set[str]]:
+def _name_addresses(records: dict[str, VipRecord]) -> dict[str, set[str]]:
     """Service name -> every address any live node puts it on."""
     where: dict[str, set[str]] = {}
     for record in records.values():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from redis.asyncio import Redis
 
@@ -80,12 +80,33 @@ class Owner:
         return cls(node, private, int(token))
 
 
+class VipAddress(TypedDict):
+    """One address of a node's record: the services the node puts on it (sorted) and the
+    preferred nodes its config names (sorted)."""
+
+    services: list[str]
+    preferences: list[str]
+
+
+class VipRecord(TypedDict, total=False):
+    """A node's published DuraVIP config (``B:vip_nodes``, JSON). Other nodes' elections
+    and the console read it as it is stored (a dict, typed here key by key): a record an
+    older agent wrote may lack keys, so readers keep their defaults."""
+
+    private_name: str
+    addresses: dict[str, VipAddress]  # address -> what this node would serve there
+    config_since: dict[str, int]  # address -> Redis ms its entry last changed
+    interface: str
+    lease_ttl_ms: int
+    command_timeout_ms: int
+
+
 @dataclass
 class Snapshot:
     """Everything the election and the console read, in one round trip."""
 
     now_ms: int
-    records: dict[str, dict[str, Any]]  # node -> published record (live nodes only)
+    records: dict[str, VipRecord]  # node -> published record (live nodes only)
     owners: dict[str, Owner | None]  # address -> owner (every address any live node has)
     since: dict[str, int]  # address -> ms of its last ownership change
     handoff: dict[str, tuple[str, int]]  # address -> (node, deadline ms)
@@ -150,13 +171,13 @@ async def move(
     return bool(ok), text(why)
 
 
-async def publish_record(client: Redis, vk: VipKeys, node: str, record: dict[str, Any]) -> None:
+async def publish_record(client: Redis, vk: VipKeys, node: str, record: VipRecord) -> None:
     await client.hset(vk.nodes, node, json.dumps(record, sort_keys=True))
 
 
-async def read_record(client: Redis, vk: VipKeys, node: str) -> dict[str, Any] | None:
+async def read_record(client: Redis, vk: VipKeys, node: str) -> VipRecord | None:
     raw = await client.hget(vk.nodes, node)
-    return None if raw is None else dict(json.loads(raw))
+    return None if raw is None else cast(VipRecord, json.loads(raw))
 
 
 async def snapshot(client: Redis, vk: VipKeys) -> Snapshot:
@@ -168,7 +189,7 @@ async def snapshot(client: Redis, vk: VipKeys) -> Snapshot:
         pipe.hgetall(vk.control)
         raw_nodes, raw_since, raw_handoff, raw_control = await pipe.execute()
     now = await server_time_ms(client)
-    records = {text(k): dict(json.loads(v)) for k, v in raw_nodes.items()}
+    records = {text(k): cast(VipRecord, json.loads(v)) for k, v in raw_nodes.items()}
     names = sorted(records)
     leases = await client.mget([vk.keys.lease(n) for n in names]) if names else []
     live = {

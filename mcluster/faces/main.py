@@ -10,11 +10,11 @@ import ssl
 from aiohttp import web
 
 from mcluster.agent.node import Node
+from mcluster.agent.reload import reload_in_background
 from mcluster.config import ClusterConfig
 from mcluster.console.serve import serve_console
 from mcluster.faces.http.app import make_app
 from mcluster.faces.policy import PolicyService
-from mcluster.manager.manager import reload_in_background
 from mcluster.objects.policy import policy_config
 from mcluster.security.clients import policy_guard
 from mcluster.security.http_guard import HttpGuard

@@ -25,13 +25,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from mcluster.agent.caches import CacheReplicaStats
 from mcluster.agent.histogram import Histogram
 from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.throttles import Throttles
 from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import FAMILY as POLICY_FAMILY
-from mcluster.quotas.config import ACTIONS as QUOTA_ACTIONS
+from mcluster.objects.quota_config import ACTIONS as QUOTA_ACTIONS
 from mcluster.quotas.metrics import quota_metrics
 from mcluster.security.refusals import Refusals
 from mcluster.shaping import metrics as shaping_metrics
@@ -90,12 +91,19 @@ class NodeCollector(Collector):
         yield from self._membership()
         yield from self._throttles()
         yield from self._connections()
+        yield CounterMetricFamily(
+            "mcluster_counts_owner_expired",
+            "Counts (POST /v1/events with an owner, e.g. a Haraka process's open inbound "
+            "connections) taken back because their owner did not renew within lease TTL",
+            value=self.node.owner_leases.expired_counts,
+        )
         yield from self._caches()
         if self.node.shaping is not None:
             yield from shaping_metrics.collect(self.node.shaping, self.cluster.adaptive)
         if self.policy is not None:
             yield from self._policy(self.policy)
         yield self.refusals.metric()
+        yield from self.refusals.clients.metrics()
 
     def _outboxes(self) -> Iterator[Metric]:
         boxes = self.node.outboxes
@@ -253,12 +261,15 @@ class NodeCollector(Collector):
             labels=["cache"],
         )
         for name, replica in self.node.caches.replicas.items():
-            figures = replica.figures()
-            for quantile, key in (("0.5", "p50"), ("0.99", "p99"), ("1", "max")):
-                value = figures["staleness_ms"][key]
+            figures = CacheReplicaStats.of(replica)
+            for quantile, value in (
+                ("0.5", figures.staleness_p50),
+                ("0.99", figures.staleness_p99),
+                ("1", figures.staleness_max),
+            ):
                 if value is not None:
                     staleness.add_metric([name, quantile], value / 1000)
-            size.add_metric([name], figures["replica_size"])
+            size.add_metric([name], figures.replica_size)
             for result in ("hit", "negative_hit", "miss"):
                 lookups.add_metric([name, result], getattr(replica.stats, LOOKUPS[result]))
             reloads.add_metric([name], replica.stats.reloads)

@@ -26,12 +26,14 @@ from redis.asyncio import Redis
 
 from mcluster.agent import membership
 from mcluster.agent.outbox import RETRY_ERRORS, wait_event
+from mcluster.agent.reload import reload_in_background
 from mcluster.agent.results import ReloadResult, ResetResult
 from mcluster.config import ClusterConfig, load_config
 from mcluster.config.connection import configured_redis_url, resolve_namespace
 from mcluster.store import jobs, members
 from mcluster.store.connect.urls import make_async_client, resolve_redis_url
 from mcluster.store.keys import ClusterKeys, check_name
+from mcluster.store.members import MANAGER_TYPE
 from mcluster.store.retry import worth_logging
 from mcluster.store.scripts import Scripts
 
@@ -39,7 +41,6 @@ __all__ = ["MANAGER_GROUPS", "MANAGER_TYPE", "Manager", "default_name", "run_man
 
 log = logging.getLogger("mcluster.manager")
 
-MANAGER_TYPE = "Manager"
 MANAGER_GROUPS = ("ec_cluster",)
 #: Seconds before a failed service is started again.
 RESTART_PAUSE = 1.0
@@ -206,22 +207,6 @@ async def settle_jobs(manager: Manager, every: float = JOBS_EVERY) -> None:
         await asyncio.sleep(every)
 
 
-def reload_in_background(reload: Callable[[], Awaitable[ReloadResult]]) -> None:
-    """SIGHUP: reload without blocking the signal handler; the outcome goes to the log."""
-
-    async def run() -> None:
-        try:
-            log.info("config reloaded: %s", (await reload()).to_json())
-        except Exception as exc:  # a bad file: say where, keep running on the old config
-            log.error("config reload failed; keeping the running config: %s", exc)
-
-    _background.add(task := asyncio.ensure_future(run()))
-    task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Future[None]] = set()
-
-
 async def run_manager(
     config: ClusterConfig | None,
     redis_url: str | None,
@@ -250,7 +235,7 @@ async def run_manager(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload_in_background(manager.reload))
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_in_background(manager.reload, log))
     try:
         await manager.start()
         assert manager.member is not None

@@ -27,7 +27,7 @@ A value of -1 or 0, or no value, is unlimited. A ``Domain "/REGEX/"`` scope (Mom
 regex domains) applies to every destination domain it matches (case-insensitive search)
 that has no Domain scope of its own, the first matching one in config order; like any
 scope it is one bucket shared by all the domains that fall to it. Providers:
-``mcluster/outbound/providers.py``.
+``mcluster/objects/providers.py``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, Option, Scope, to_python
 from mcluster.errors import InvalidValue
+from mcluster.objects.providers import Provider, normal_host, provider_of, read_providers
 from mcluster.objects.rates import Rate, parse_rate
-from mcluster.outbound.providers import Provider, normal_host, provider_of, read_providers
 
 OBTM_OPTION = "cluster_outbound_throttle_messages"
 OBTC_OPTION = "cluster_outbound_throttle_connections"

@@ -27,12 +27,11 @@ from typing import Literal
 
 from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, ListValue, Option, Scope
 from mcluster.config.values import describe, parse_float, parse_int, scalar_text
+from mcluster.objects.quota_config import Quota, parse_quotas
+from mcluster.objects.quota_keys import PREFIX as QUOTA_PREFIX
+from mcluster.objects.quota_keys import window_name
 from mcluster.objects.rates import Rate, parse_rate
 from mcluster.objects.throttle import ThrottleDef
-from mcluster.quotas.config import Quota, parse_quotas
-from mcluster.quotas.keys import PREFIX as QUOTA_PREFIX
-from mcluster.quotas.keys import window_name
-from mcluster.security.clients import GUARD_OPTIONS
 
 FAMILY = "policy_rates"
 SCOPE = "Policy"
@@ -40,13 +39,17 @@ Action = Literal["DUNNO", "DEFER_IF_PERMIT"]
 ACTIONS: tuple[Action, ...] = ("DUNNO", "DEFER_IF_PERMIT")
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 RULES_CACHE = 65536  # client addresses (and window names) whose rules are remembered
+#: The options of the scope that ``mcluster.security.clients`` reads (who may connect, and
+#: the bounds); ``policy_config`` skips them. Named here, not there, so this module
+#: imports no feature.
+GUARD_OPTIONS = ("clients", "max_connections", "idle_timeout", "request_timeout")
 OPTIONS = (
     "client_rates",
     "client_rates_ipv6",
     "on_error",
     "deadline_ms",
     "transaction_timeout",
-    *GUARD_OPTIONS,  # who may connect, and the bounds: read by mcluster.security.clients
+    *GUARD_OPTIONS,
 )
 
 
@@ -299,6 +302,7 @@ def policy_config(config: ClusterConfig) -> PolicyConfig:
 __all__ = [
     "ACTIONS",
     "FAMILY",
+    "GUARD_OPTIONS",
     "Address",
     "ClientRate",
     "PolicyConfig",

@@ -1,4 +1,4 @@
 """Outbound connections as an MTA reports them: which views a connection counts in
-(``views.py``), per-MX and per-provider limits (``providers.py``). The throttle buckets and
-caps themselves are resolved in ``mcluster/objects/outbound.py``; the slots are taken in
-``mcluster/agent/slots.py``."""
+(``views.py``). The ``Provider`` scopes (``mcluster/objects/providers.py``), the throttle
+buckets and the caps are resolved in ``mcluster/objects/``, beside the other replicated
+rules; the slots are taken in ``mcluster/agent/slots.py``."""

@@ -36,11 +36,11 @@ from typing import Literal
 from redis.asyncio import Redis
 
 from mcluster.agent.outbox import RETRY_ERRORS, stop_if_cancelled
+from mcluster.objects.quota_config import Quota
+from mcluster.objects.quota_keys import window_name
 from mcluster.objects.rates import MAX_COUNT, Rate
 from mcluster.objects.throttle import Decision
 from mcluster.quotas import usage
-from mcluster.quotas.config import Quota
-from mcluster.quotas.keys import window_name
 from mcluster.store.keys import ObjectKeys
 
 log = logging.getLogger("mcluster.policy")

@@ -21,9 +21,9 @@ from redis.asyncio import Redis
 
 from mcluster.errors import InvalidValue, NotFound
 from mcluster.objects import throttle
+from mcluster.objects.quota_config import Quota
+from mcluster.objects.quota_keys import KeySpec, parse_key, split_window, window_name
 from mcluster.objects.rates import Rate, parse_rate
-from mcluster.quotas.config import Quota
-from mcluster.quotas.keys import KeySpec, parse_key, split_window, window_name
 from mcluster.store import members
 from mcluster.store.keys import ClusterKeys, ObjectKeys, text
 

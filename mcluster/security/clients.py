@@ -27,14 +27,13 @@ from dataclasses import dataclass
 
 from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, ListValue, Option
 from mcluster.config.values import describe, parse_float, parse_int, scalar_text
+from mcluster.objects.policy import GUARD_OPTIONS
 from mcluster.security.errors import GuardError
 from mcluster.security.listen import is_loopback
 
 log = logging.getLogger("mcluster.security")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-#: The options of the ``Policy`` scope this module reads (``objects/policy.py`` skips them).
-GUARD_OPTIONS = ("clients", "max_connections", "idle_timeout", "request_timeout")
 LOOPBACK: tuple[Network, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),

@@ -22,8 +22,8 @@ from typing import Any, Literal, cast
 from mcluster.config import ClusterConfig, ConfigError, ConfigIssue, Option, Pos, Scope, to_python
 from mcluster.errors import InvalidValue
 from mcluster.objects.outbound import PROVIDER_OPTIONS
+from mcluster.objects.providers import Provider, provider_of, read_providers
 from mcluster.objects.rates import Rate, parse_rate
-from mcluster.outbound.providers import Provider, provider_of, read_providers
 
 ACTIONS = ("suspend", "rate", "connections")
 DEST_KINDS = ("domain", "provider", "host")
@@ -95,6 +95,17 @@ class AdaptiveRule:
     transfail_above: float
     pos: Pos = field(default=Pos("<string>", 0, 0), compare=False)
 
+    def to_json(self) -> dict[str, Any]:
+        """The rule as the nodes publish it (``shaping show`` on a console without the
+        config reads it back with ``from_json``)."""
+        return {"name": self.name, "dest": str(self.dest), "period": self.period, "min": self.min,
+                "max": self.max, "decrease": self.decrease, "increase": self.increase,
+                "every": self.every, "transfail_above": self.transfail_above}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AdaptiveRule:
+        return cls(**{**data, "dest": Destination.parse(data["dest"])})
+
 
 @dataclass(frozen=True)
 class WarmupRule:
@@ -106,6 +117,19 @@ class WarmupRule:
     schedule: tuple[tuple[int, Rate], ...]
     start_ms: int | None = None  # from ``start = "YYYY-MM-DD"``; None: first use
     pos: Pos = field(default=Pos("<string>", 0, 0), compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The rule as the nodes publish it; ``from_json`` reads it back."""
+        return {"name": self.name, "binding": self.binding, "start_ms": self.start_ms,
+                "schedule": [f"{day}:{rate}" for day, rate in self.schedule]}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WarmupRule:
+        schedule = []
+        for step in data["schedule"]:
+            day, _, rate = step.partition(":")
+            schedule.append((int(day), parse_rate(rate)))
+        return cls(**{**data, "schedule": tuple(schedule)})
 
     def rate_on(self, day: int) -> Rate | None:
         """The rate of warm-up day ``day`` (1 = the first), None when warm (or not begun)."""
@@ -132,7 +156,7 @@ class ShapingConfig:
 
     def provider_of(self, host: str | None, mx_hosts: tuple[str, ...] = ()) -> str | None:
         """The (folded) name of the Provider whose ``mx_suffix`` matches ``host`` (else one
-        of ``mx_hosts``), as outbound matches it (``mcluster/outbound/providers.py``)."""
+        of ``mx_hosts``), as outbound matches it (``mcluster/objects/providers.py``)."""
         name = provider_of(list(self.providers), host, mx_hosts)
         return name.casefold() if name is not None else None
 

@@ -22,7 +22,7 @@ async def adaptive_rates(shaper: Shaper, deadline: float) -> tuple[AdaptiveState
         return ()
     try:
         async with asyncio.timeout(deadline):
-            state = await shaping_state(shaper.node.client, shaper.keys, shaper.config)
+            state = await shaping_state(shaper.ctx.client, shaper.keys, shaper.config)
     except (TimeoutError, *RETRY_ERRORS):
         return None
     return state.adaptive

@@ -23,13 +23,15 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from mcluster.agent.outbox import RETRY_ERRORS
+from mcluster.agent.service import ServiceContext
 from mcluster.errors import AuditError
-from mcluster.objects.outbound import OBTM_OPTION, Cap, Route
-from mcluster.objects.rates import Rate, parse_rate
+from mcluster.objects.outbound import OBTM_OPTION, Cap, OutboundPolicy, Route
+from mcluster.objects.rates import Rate
 from mcluster.objects.throttle import Decision, ThrottleDef
 from mcluster.shaping.config import (
     AdaptiveRule,
@@ -53,7 +55,8 @@ from mcluster.shaping.model import (
 from mcluster.store.keys import ClusterKeys, text
 
 if TYPE_CHECKING:
-    from mcluster.agent.node import Node
+    from mcluster.agent.audit_recorder import AuditRecorder
+    from mcluster.agent.throttles import Throttles
 
 log = logging.getLogger("mcluster.shaping")
 
@@ -132,19 +135,36 @@ class ShapingStats:
 
 
 class Shaper:
-    """The shaping rules of one node's config, applied through Redis."""
+    """The shaping rules of one node's config, applied through Redis.
 
-    def __init__(self, node: Node, config: ShapingConfig) -> None:
-        self.node = node
+    A ``Service`` of the node (``agent/service.py``): once the node has joined, its loop
+    publishes the rules for consoles and runs the AIMD steps whenever the node leads.
+    It decides OBTM with the node's OBTM table (``obtm()``, made when the node starts),
+    under the node's outbound policy, and counts outcomes in its audit recorder."""
+
+    name = "shaping"
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        config: ShapingConfig,
+        outbound: OutboundPolicy,
+        obtm: Callable[[], Throttles | None],
+        audit: AuditRecorder | None = None,
+    ) -> None:
+        self.ctx = ctx
         self.config = config
-        self.keys = ShapingKeys.of(node.keys)
+        self.outbound = outbound  # the node's: a config reload adopts the new one in place
+        self._obtm = obtm
+        self.audit = audit
+        self.keys = ShapingKeys.of(ctx.keys)
         self.stats = ShapingStats()
         #: Activations this node made, by (rule, action): ``mcluster_shaping_actions_total``.
         self.activations: Counter[tuple[str, str]] = Counter()
         #: OBTM refusals by (rule or bucket, reason): ``mcluster_shaping_refusals_total``.
         self.refusals: Counter[tuple[str, str]] = Counter()
         self._providers: dict[str, tuple[str | None, float]] = {}
-        self.deadline_ms = node.config.get_int(
+        self.deadline_ms = ctx.config().get_int(
             "shaping_deadline_ms", DEFAULT_DEADLINE_MS, minimum=1
         )
         self._unpublished = True  # the rules are not in Redis for consoles yet
@@ -153,10 +173,19 @@ class Shaper:
         self._seen: dict[str, list[tuple[ActiveAction, float]]] = {}
         self._index()
 
-    @staticmethod
-    def from_node(node: Node) -> Shaper | None:
-        config = shaping_config(node.config)
-        return Shaper(node, config) if config.enabled else None
+    # -- the service ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Nothing before the join: decisions check Redis as they come."""
+
+    async def after_join(self) -> None:
+        self.ctx.spawn(self.run(), self.name)  # AIMD steps, on whichever node leads
+
+    async def stop(self) -> None:
+        """Nothing: the loop is the node's task, cancelled already."""
+
+    def on_rejoin(self) -> None:
+        """Nothing: actions live in Redis with their expiry, not in this node's epoch."""
 
     def _index(self) -> None:
         cfg = self.config
@@ -238,7 +267,7 @@ class Shaper:
         self.stats.checks += 1
         try:
             async with asyncio.timeout(self.deadline_ms / 1000):
-                reply = await self.node.decision_scripts.run(
+                reply = await self.ctx.decision_scripts().run(
                     "shaping_check", [self.keys.providers], args
                 )
         except (TimeoutError, *RETRY_ERRORS) as exc:
@@ -319,10 +348,10 @@ class Shaper:
         the adaptive rate, the warm-up day's rate and a ``rate`` action's share, all
         or nothing in one decision."""
         state = await self.check(route)
-        base = self.node.outbound.throttle(OBTM_OPTION, route)
+        base = self.outbound.throttle(OBTM_OPTION, route)
         tdefs = [  # the fall-back bucket, then any Host and Provider buckets of the route
             ThrottleDef(name=path, rate=str(rate))
-            for path, rate in self.node.outbound.buckets(OBTM_OPTION, route)
+            for path, rate in self.outbound.buckets(OBTM_OPTION, route)
         ]
         # Redis did not answer the check: a suspension this node saw still holds until
         # the end it was told (never longer), so a slow Redis does not lift it early
@@ -339,7 +368,7 @@ class Shaper:
             return Decision(False, max(1, held.remaining_ms), (), state is None, reason=reason)
         if state is not None:
             tdefs += self._extra_limits(route, state, base[1] if base else None)
-        throttles = self.node.throttle_families().get("OBTM")
+        throttles = self._obtm()
         if not tdefs or throttles is None:  # no OBTM object: nothing counts messages
             return Decision(True, 0, (), degraded=state is None)
         decision = await throttles.acquire_buckets(tdefs)
@@ -435,7 +464,7 @@ class Shaper:
             return OutcomeResult(outcome.event, counted, provider, ())
         args: list[str | int] = [
             self.keys.base,
-            self.node.name,
+            self.ctx.node,
             outcome.domain.casefold(),
             provider or "",
             outcome.event[0],
@@ -456,7 +485,7 @@ class Shaper:
                 round(trig.period * 1000) if trig else 0,
             ]
         keys = [self.keys.providers, self.keys.active, self.keys.audit, self.keys.counts]
-        reply = await self.node.scripts.run("shaping_outcome", keys, args)
+        reply = await self.ctx.scripts().run("shaping_outcome", keys, args)
         firings = []
         for k, rule in enumerate(rules):
             status, expires, hits = reply[1 + 3 * k : 4 + 3 * k]
@@ -484,7 +513,7 @@ class Shaper:
     def _count(self, outcome: Outcome) -> bool:
         """Count the attempt in the delivery/transfail/permfail audit metrics, when the
         config counts them (``Replicate "metrics" { parameters = "delivery;..." }``)."""
-        recorder = self.node.audit_recorder
+        recorder = self.audit
         if recorder is None:
             return False
         try:
@@ -497,14 +526,14 @@ class Shaper:
 
     async def show(self) -> ShapingState:
         """Actions in force, AIMD rates and warm-up days (``shaping show``)."""
-        return await shaping_state(self.node.client, self.keys, self.config)
+        return await shaping_state(self.ctx.client, self.keys, self.config)
 
     async def history(self, rule: str | None = None, limit: int = 50) -> list[HistoryEntry]:
-        return await shaping_history(self.node.client, self.keys, rule, limit)
+        return await shaping_history(self.ctx.client, self.keys, rule, limit)
 
     async def clear(self, rule: str, dest: str) -> bool:
         """Lift an action before its expiry (``shaping clear NAME DEST``)."""
-        return await shaping_clear(self.node.client, self.keys, rule, dest, self.node.name)
+        return await shaping_clear(self.ctx.client, self.keys, rule, dest, self.ctx.node)
 
     # -- AIMD, on the leader ------------------------------------------------------------
 
@@ -519,10 +548,10 @@ class Shaper:
             rule.transfail_above,
             rule.name,
             str(rule.dest),
-            self.node.name,
+            self.ctx.node,
             AUDIT_LENGTH,
         ]
-        before, after, t, n, stepped = await self.node.scripts.run(
+        before, after, t, n, stepped = await self.ctx.scripts().run(
             "shaping_aimd", [self.keys.aimd(rule.name), self.keys.audit], args
         )
         if stepped:
@@ -532,10 +561,10 @@ class Shaper:
     async def publish(self) -> None:
         """Write this config's adaptive and warm-up rules where consoles read them."""
         mapping: dict[Any, Any] = {
-            f"adaptive:{a.name}": json.dumps(adaptive_json(a)) for a in self.config.adaptive
+            f"adaptive:{a.name}": json.dumps(a.to_json()) for a in self.config.adaptive
         }
-        mapping |= {f"warmup:{w.name}": json.dumps(warmup_json(w)) for w in self.config.warmups}
-        async with self.node.client.pipeline(transaction=False) as pipe:  # replace: no stale
+        mapping |= {f"warmup:{w.name}": json.dumps(w.to_json()) for w in self.config.warmups}
+        async with self.ctx.client.pipeline(transaction=False) as pipe:  # replace: no stale
             pipe.delete(self.keys.defs)
             if mapping:
                 pipe.hset(self.keys.defs, mapping=mapping)
@@ -554,7 +583,7 @@ class Shaper:
                     log.exception("shaping: publishing the rules failed; trying again")
             adaptive = self.config.adaptive
             await asyncio.sleep(max(0.05, min((a.every for a in adaptive), default=10) / 10))
-            if not self.node.is_leader:
+            if not self.ctx.is_leader():
                 continue
             for rule in self.config.adaptive:
                 try:
@@ -568,31 +597,15 @@ class Shaper:
 # -- reads shared with the console (no node needed) ---------------------------------------
 
 
-def adaptive_json(rule: AdaptiveRule) -> dict[str, Any]:
-    return {"name": rule.name, "dest": str(rule.dest), "period": rule.period, "min": rule.min,
-            "max": rule.max, "decrease": rule.decrease, "increase": rule.increase,
-            "every": rule.every, "transfail_above": rule.transfail_above}  # fmt: skip
-
-
-def warmup_json(rule: WarmupRule) -> dict[str, Any]:
-    return {"name": rule.name, "binding": rule.binding, "start_ms": rule.start_ms,
-            "schedule": [f"{day}:{rate}" for day, rate in rule.schedule]}  # fmt: skip
-
-
 async def published_config(client: Any, keys: ShapingKeys) -> ShapingConfig:
     """The adaptive and warm-up rules the nodes published (for a console without config)."""
     adaptive, warmups = [], []
     for field, raw in (await client.hgetall(keys.defs)).items():
         kind, data = text(field).partition(":")[0], json.loads(raw)
         if kind == "adaptive":
-            data["dest"] = Destination.parse(data["dest"])
-            adaptive.append(AdaptiveRule(**data))
+            adaptive.append(AdaptiveRule.from_json(data))
         elif kind == "warmup":
-            schedule = []
-            for step in data.pop("schedule"):
-                day, _, rate = step.partition(":")
-                schedule.append((int(day), parse_rate(rate)))
-            warmups.append(WarmupRule(schedule=tuple(schedule), **data))
+            warmups.append(WarmupRule.from_json(data))
     by_name = sorted(adaptive, key=lambda a: a.name), sorted(warmups, key=lambda w: w.name)
     return ShapingConfig((), tuple(by_name[0]), tuple(by_name[1]))
 

@@ -26,7 +26,7 @@ import os
 import socket
 import time
 from types import TracebackType
-from typing import Any, Literal, Self, cast
+from typing import Literal, Self, cast
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -253,7 +253,3 @@ async def _trim(client: Redis, keys: ClusterKeys) -> None:
     old = [str(i) for i, state in finished if state != "running"]
     if len(old) > KEEP_FINISHED:
         await client.hdel(keys.jobs, *old[: len(old) - KEEP_FINISHED])
-
-
-def to_json(job: JobRecord) -> dict[str, Any]:
-    return job.model_dump()

@@ -15,6 +15,10 @@ from redis.asyncio import Redis
 
 from mcluster.store.keys import ClusterKeys, text
 
+#: The ``node_type`` of the cluster manager's record (``mcluster/manager/``); the console
+#: tells it from the nodes by this, so it is named here, below both.
+MANAGER_TYPE = "Manager"
+
 
 class Member(BaseModel):
     """What the cluster knows of one node (``cluster membership`` prints it)."""

@@ -95,8 +95,10 @@ class Agent {
     return this.ok('GET', '/healthz')
   }
 
-  events(events) {
-    return this.ok('POST', '/v1/events', { events }, [202])
+  // With an owner, the agent takes the counts back if that owner stops renewing (see
+  // renew); its answer then carries lease_ttl (an older agent's does not).
+  events(events, owner = null) {
+    return this.ok('POST', '/v1/events', owner ? { events, owner } : { events }, [202])
   }
 
   flush() {
@@ -148,6 +150,15 @@ class Agent {
     const { status, body } = await this.request('POST', '/v1/metrics/events', { events })
     if (status === 404) return false
     if (status >= 400) throw new AgentRefused('POST /v1/metrics/events', status, JSON.stringify(body))
+    return true
+  }
+
+  // POST /v1/clients/report: the plugin's refusal totals for the agent's /metrics. Answers
+  // false when the agent has no such route (404).
+  async report(body) {
+    const { status, body: answer } = await this.request('POST', '/v1/clients/report', body)
+    if (status === 404) return false
+    if (status >= 400) throw new AgentRefused('POST /v1/clients/report', status, JSON.stringify(answer))
     return true
   }
 

@@ -20,7 +20,7 @@ function fake(agent) {
   const logs = []
   const self = Object.create(plugin)
   self.agent = agent
-  self.lease = { owner: 'haraka-h-1', held: new Set(), every_ms: 0, timer: null, unsupported: false }
+  self.lease = { owner: 'haraka-h-1', held: new Set(), counts: new Set(), every_ms: 0, timer: null, unsupported: false }
   self.logwarn = (m) => logs.push(m)
   return { self, logs }
 }

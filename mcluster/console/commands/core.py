@@ -159,12 +159,12 @@ async def nodeaddr(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> R
 @command("membership", "", "Display every live member of the cluster.", order=80)
 async def membership(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     no_args(spec, rest)
-    rows = await cluster_view.membership_json(ctx.client, ctx.keys)
-    return Result(MembershipView(rows), rows)
+    rows = await cluster_view.membership(ctx.client, ctx.keys)
+    return Result(MembershipView(rows), [row.to_json() for row in rows])
 
 
 @command("info", "", "Display operating status and parameters.", order=90)
 async def info(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) -> Result:
     no_args(spec, rest)
-    info = await cluster_view.info_json(ctx.client, ctx.keys, ctx.node)
-    return Result(InfoView(info), info)
+    info = await cluster_view.cluster_info(ctx.client, ctx.keys, ctx.node)
+    return Result(InfoView(info), info.to_json())

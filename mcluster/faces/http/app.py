@@ -1,6 +1,7 @@
 """The agent's local HTTP API (aiohttp), bound to loopback by default.
 
-    POST /v1/events   {"events": [{"object": ..., "key": ..., "delta": 1}, ...]} -> 202
+    POST /v1/events   {"events": [{"object": ..., "key": ..., "delta": 1}, ...]
+                       [, "owner": "haraka-HOST-PID"]} -> 202 {"accepted"[, "lease_ttl"]}
     POST /v1/flush    -> 200 once everything recorded before it is applied in Redis
     GET  /v1/objects  -> {"objects": [...]}       (as ``cluster shared list --json``)
     GET  /v1/objects/{name}?view=global|NODE[&limit=N|all]  (as ``cluster shared show``)
@@ -13,7 +14,9 @@
     /v1/throttles...  -> see ``http_throttles``
     /v1/caches...     -> see ``http_caches``
     /v1/metrics..., /v1/series...  -> see ``http_audit``
-    /v1/outbound/outcome, /v1/shaping...  -> see ``mcluster.shaping.http``
+    /v1/policy...     -> see ``http_quotas``
+    /v1/outbound/outcome, /v1/shaping...  -> see ``http_shaping``
+    POST /v1/clients/report  -> see ``http_clients``
 
 A request with a bad event is refused whole (400 naming the first bad event by index and
 why); nothing of it is recorded. The guard (``mcluster.security.http_guard``) runs before
@@ -33,18 +36,20 @@ from aiohttp import web
 
 from mcluster.agent.node import Node
 from mcluster.agent.outbox import RETRY_ERRORS
-from mcluster.errors import Error, NotFound, UnknownObject
+from mcluster.errors import Error, InvalidValue, NotFound, UnknownObject
 from mcluster.faces import prometheus
 from mcluster.faces.http import audit as http_audit
 from mcluster.faces.http import caches as http_caches
+from mcluster.faces.http import clients as http_clients
+from mcluster.faces.http import quotas as http_quotas
+from mcluster.faces.http import shaping as http_shaping
 from mcluster.faces.http import throttles as http_throttles
 from mcluster.faces.http.common import NODE_KEY, error, read_json
 from mcluster.faces.policy import PolicyService
 from mcluster.objects.views import DEFAULT_LIMIT
-from mcluster.quotas import http as quota_http
+from mcluster.outbound.leases import check_owner
 from mcluster.security.http_guard import GUARD_KEY, HttpGuard, check_batch
-from mcluster.shaping import http as shaping_http
-from mcluster.store.cluster_view import membership_json
+from mcluster.store.cluster_view import membership
 
 log = logging.getLogger("mcluster.agent")
 
@@ -106,15 +111,27 @@ def parse_events(request: web.Request, body: Any) -> list[tuple[str, bytes, int]
 
 
 async def post_events(request: web.Request) -> web.Response:
+    """Record the events; with an ``owner``, what they count is also under that owner's
+    lease (``mcluster/outbound/leases.py``): taken back if it stops renewing."""
     node = request.app[NODE_KEY]
     body = await read_json(request)
     try:
         parsed = parse_events(request, body)
+        owner = body.get("owner")
+        if owner is not None:
+            check_owner(owner)
     except BadEvent as exc:
+        return error(400, str(exc))
+    except InvalidValue as exc:  # the owner
         return error(400, str(exc))
     for obj, packed, delta in parsed:
         node.shard_box(obj, packed).add(packed, delta)
-    return web.json_response({"accepted": len(parsed)}, status=202)
+        if owner is not None:
+            node.owner_leases.count(owner, obj, packed, delta)
+    answer: dict[str, object] = {"accepted": len(parsed)}
+    if owner is not None:
+        answer["lease_ttl"] = node.lease_ttl
+    return web.json_response(answer, status=202)
 
 
 async def post_flush(request: web.Request) -> web.Response:
@@ -167,11 +184,11 @@ async def get_stats(request: web.Request) -> web.Response:
 
 async def get_membership(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
-    return web.json_response(await membership_json(node.client, node.keys))
+    return web.json_response([m.to_json() for m in await membership(node.client, node.keys)])
 
 
 async def get_duravip(request: web.Request) -> web.Response:
-    return web.json_response(request.app[NODE_KEY].duravip.status())
+    return web.json_response(request.app[NODE_KEY].duravip.status().to_json())
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -207,6 +224,7 @@ def make_app(
     http_caches.add_routes(app)
     prometheus.add_routes(app, node, policy, guard.refusals)
     http_audit.add_routes(app)
-    quota_http.add_routes(app)
-    shaping_http.add_routes(app)
+    http_quotas.add_routes(app)
+    http_shaping.add_routes(app)
+    http_clients.add_routes(app)
     return app

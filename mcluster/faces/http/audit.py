@@ -110,7 +110,7 @@ async def get_inbound(request: web.Request) -> web.Response:
     cidr = request.query.get("cidr") or request.query.get("ip")
     if cidr is None:
         raise ValueError("missing query parameter cidr (an address or CIDR block)")
-    return web.json_response(await _recorder(request).show_ip(cidr))
+    return web.json_response((await _recorder(request).show_ip(cidr)).to_json())
 
 
 @bad_input
@@ -127,7 +127,8 @@ async def get_ip(request: web.Request) -> web.Response:
 async def get_outbound(request: web.Request) -> web.Response:
     for by in ("domain", "binding"):
         if by in request.query:
-            return web.json_response(await _recorder(request).outbound(by, request.query[by]))
+            counts = await _recorder(request).outbound(by, request.query[by])
+            return web.json_response(counts.to_json())
     raise ValueError("missing query parameter domain or binding")
 
 

@@ -88,7 +88,8 @@ async def get_caches(request: web.Request) -> web.Response:
 
 async def get_cache(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
-    return web.json_response(await node.caches.stats(request.match_info["cache"]))
+    stats = await node.caches.stats(request.match_info["cache"])
+    return web.json_response(stats.to_json())
 
 
 async def put_gauge_cache(request: web.Request) -> web.Response:
@@ -111,13 +112,14 @@ async def put_gauge_cache(request: web.Request) -> web.Response:
 
 
 async def get_gauge_caches(request: web.Request) -> web.Response:
-    return web.json_response({"gauge_caches": request.app[NODE_KEY].gauge_caches.definitions()})
+    defined = request.app[NODE_KEY].gauge_caches.definitions()
+    return web.json_response({"gauge_caches": [d.to_json() for d in defined]})
 
 
 async def post_change(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     name, verb = request.match_info["name"], request.match_info["verb"]
-    node.gauge_caches.figures(name)  # 404 before looking at the body
+    node.gauge_caches.stats(name)  # 404 before looking at the body
     body = await read_json(request)
     try:
         _object(body, _CHANGE_FIELDS, '{"key": "...", "by": 1}')
