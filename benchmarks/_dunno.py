@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import cast
 
 ANSWER = b"action=DUNNO\n\n"
 
 
 class Dunno(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         self.tail = b""
 
     def data_received(self, data: bytes) -> None:

@@ -47,6 +47,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 from _redis import RedisServer, run_benchmark
@@ -158,7 +159,12 @@ def prl_python(venv: Path) -> Path | None:
 
 
 def spawn_agent(
-    name: str, rules: str, redis_url: str, workdir: Path, index: int, tree: str = "",
+    name: str,
+    rules: str,
+    redis_url: str,
+    workdir: Path,
+    index: int,
+    tree: str = "",
     loop: str = "",
 ) -> Server:
     config = workdir / f"agent{index}.conf"
@@ -247,8 +253,7 @@ class Client(asyncio.Protocol):
         self.answered = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
