@@ -48,6 +48,11 @@ OBJECT = "outbound_slots"
 #: Any of these object types gives a node its connection slots.
 SLOT_TYPES = frozenset({"outbound_binding_domains", "outbound_domains", "outbound_cidr"})
 MAX_BATCH = 256  # operations in one slot_batch call
+# slot_batch calls in flight at once, each on a connection of its own: with one, the
+# node's Python and Redis take turns (a pair costs about 27 us of Python, then 23 us of
+# Redis); with more, Python packs the next batch while Redis runs the last. Measured with
+# 50 callers on one node: 1 lane 18-21k pairs/s, 2 lanes 20-22k, 4 lanes 23-25k.
+LANES = 4
 
 #: One operation of ``slot_batch``: kind ("o" open, "f" forced open, "c" close), slot, caps.
 Op = tuple[str, str, Sequence[Cap]]
@@ -107,9 +112,10 @@ class Slots:
         self.count = count
         self.stats = SlotStats()
         self.held: dict[str, Held] = {}
-        self._inflight = False  # a slot_batch call is on its way
+        self._inflight = 0  # slot_batch calls on their way (at most LANES)
         self._queue: list[tuple[Op, asyncio.Future[str]]] = []
-        self._link: ScriptLink | None = None
+        self._flush_soon = False  # a send of the queue is due in this turn of the loop
+        self._links: list[ScriptLink] = []  # connections of their own not in use now
         self._open_gate = asyncio.Event()  # cleared while a re-sync moves the slots
         self._open_gate.set()
         self._busy = 0  # opens and closes in flight
@@ -207,28 +213,38 @@ class Slots:
 
     async def _submit(self, op: Op) -> str:
         """Run one operation in ``slot_batch``: at once when no call is in flight (in the
-        caller's task), else in the next call, with every operation waiting then."""
+        caller's task); else, while a lane is free, in one call with the operations of the
+        same turn of the event loop; else in the next call, with every operation waiting
+        then."""
         if self._inflight:
-            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[str] = loop.create_future()
             self._queue.append((op, future))
+            if self._inflight < LANES and not self._flush_soon:
+                self._flush_soon = True
+                loop.call_soon(self._flush)
             return await future
-        self._inflight = True
+        self._inflight += 1
         # a task of its own, shielded: a cancelled caller never cuts a call in half (its
         # reply would be left on the connection), and the queue goes on after it
         call = asyncio.ensure_future(self._call([op]))
-        call.add_done_callback(lambda _: self._next_batch())
+        call.add_done_callback(self._called)
         return (await asyncio.shield(call))[0]
 
-    def _next_batch(self) -> None:
-        """After a call: send what queued meanwhile (in a task: the caller has its answer)."""
-        if not self._queue:
-            self._inflight = False
-            return
-        batch = self._queue[:MAX_BATCH]
-        del self._queue[:MAX_BATCH]
-        task = asyncio.create_task(self._send(batch))
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
+    def _called(self, _: object) -> None:
+        self._inflight -= 1
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send what queued while a lane is free (in tasks: the callers wait on futures)."""
+        self._flush_soon = False
+        while self._queue and self._inflight < LANES:
+            batch = self._queue[:MAX_BATCH]
+            del self._queue[:MAX_BATCH]
+            self._inflight += 1
+            task = asyncio.create_task(self._send(batch))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
 
     async def _send(self, batch: list[tuple[Op, asyncio.Future[str]]]) -> None:
         try:
@@ -244,11 +260,11 @@ class Slots:
                 if not future.done():
                     future.set_result(result)
         finally:
-            self._next_batch()
+            self._called(None)
 
     async def _call(self, ops: list[Op]) -> list[str]:
-        """One ``slot_batch`` call (on this object's own connection when the client
-        allows: one call in flight at a time)."""
+        """One ``slot_batch`` call, on a connection of this object's own when the client
+        allows (one call at a time on each: ``ScriptLink``), else through the pool."""
         args: list[str | int] = [self.box.view]
         for kind, slot, caps in ops:
             args += [kind, slot, len(caps)]
@@ -256,12 +272,20 @@ class Slots:
                 args += [cap.key, cap.limit]
         self.stats.batches += 1
         scripts = self._scripts()
-        if self._link is None or self._link.scripts is not scripts:
-            self._link = ScriptLink(scripts) if ScriptLink.usable(scripts) else None
-        if self._link is None:
-            reply = await scripts.run("slot_batch", self._keys(), args)
+        links = self._links
+        while links and links[-1].scripts is not scripts:  # of a client since replaced
+            links.pop()
+        if links:
+            link = links.pop()
+        elif ScriptLink.usable(scripts):
+            link = ScriptLink(scripts)
         else:
-            reply = await self._link.run("slot_batch", self._keys(), args)
+            reply = await scripts.run("slot_batch", self._keys(), args)
+            return [r.decode() if isinstance(r, bytes) else str(r) for r in reply]
+        try:
+            reply = await link.run("slot_batch", self._keys(), args)
+        finally:  # after an error too: the link reconnects at its next call
+            links.append(link)
         return [r.decode() if isinstance(r, bytes) else str(r) for r in reply]
 
     async def close(self, slot: str) -> bool:
