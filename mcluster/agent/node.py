@@ -22,11 +22,12 @@ from typing import Any, Self
 
 from redis.asyncio import Redis
 
-from mcluster.agent import membership, reaper, reload, resync, slots
+from mcluster.agent import membership, reload, resync, slots
 from mcluster.agent.audit_recorder import AuditRecorder, AuditStats
 from mcluster.agent.caches import CacheReplicaStats, Caches
 from mcluster.agent.gauge_caches import GaugeCaches
-from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView, wait_event
+from mcluster.agent.lifecycle import Keeper
+from mcluster.agent.outbox import RETRY_ERRORS, Outbox, StaleView
 from mcluster.agent.replication import Replication
 from mcluster.agent.results import NodeStats, OutboxStats, ReloadResult, ResetResult
 from mcluster.agent.service import Service, ServiceContext, hooks
@@ -53,7 +54,6 @@ from mcluster.shaping.service import Shaper
 from mcluster.store import members
 from mcluster.store.connect.urls import decision_client, make_async_client, resolve_redis_url
 from mcluster.store.keys import GLOBAL, ClusterKeys, check_name
-from mcluster.store.retry import worth_logging
 from mcluster.store.scripts import Scripts
 
 log = logging.getLogger("mcluster.agent")
@@ -80,16 +80,12 @@ class Node:
         self._client = client
         self.heartbeat_interval = self.config.get_float("heartbeat_interval", 1.0, above=0)
         self.lease_ttl = self.config.get_float("lease_ttl", 3.0, above=self.heartbeat_interval)
-        self.resync_wait = 30.0  # the longest a flush or a connection open waits for a re-sync
         # The leader lease is shorter, so a new leader takes over within one lease TTL.
         self.leader_ttl = max(
             self.lease_ttl - self.heartbeat_interval, 1.5 * self.heartbeat_interval
         )
         self.max_buffered = self.config.get_int("max_buffered_keys", 1_000_000, minimum=1)
-        self.resync_hold = self.config.get_float("resync_hold", 30.0, above=0)
-        self.out_of_views = False  # after an aborted re-sync, until the next one
-        self._retry_now = asyncio.Event()
-        self._reset_asked = False
+        resync_hold = self.config.get_float("resync_hold", 30.0, above=0)
         #: Held by a re-sync and by a config reload: one changes the outboxes at a time.
         self.reconfiguring = asyncio.Lock()
         #: Called with the new config after a reload applied it (the policy service's).
@@ -99,20 +95,16 @@ class Node:
             lambda: self.scripts, self.keys, self.name, lease_ttl=self.lease_ttl,
             leader_ttl=self.leader_ttl, address=address,
         )  # fmt: skip
-        self.rejoins = 0
         #: What the guards refused (``mcluster.security``); the agent shares it with them.
         self.refusals = Refusals()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._resync_needed = asyncio.Event()
         #: The outboxes, their shards and views, and every change to them.
         self.replication = Replication(
             self.keys, self.name, lambda: self.scripts, self._spawn,
-            self._resync_needed.set, self.max_buffered,
+            lambda: self.keeper.ask_resync(), self.max_buffered,
         )  # fmt: skip
         self.outboxes = self.replication.outboxes  # the same dicts, changed in place only:
         self._shards = self.replication.shards  # read by record(), the hot path
-        self._stopping = False
-        self._joined = asyncio.Condition()
         self._scripts: Scripts | None = None
         self._decision_scripts: Scripts | None = None
         #: Which client (``owner``) holds which slot: freed when it stops renewing.
@@ -158,6 +150,17 @@ class Node:
             *([self.shaping] if self.shaping is not None else []),
             self.duravip,  # last: first to stop, so others take its addresses over at once
         ]
+        #: The heartbeat, the re-syncs it calls for and the reaping (``agent/lifecycle.py``).
+        self.keeper = Keeper(
+            self.membership, self.outboxes, self.services, self.reconfiguring,
+            heartbeat_interval=self.heartbeat_interval, resync_hold=resync_hold,
+            resync_wait=30.0,  # the longest a flush or a connection open waits for a re-sync
+            status=lambda: self.status.report(
+                self.name, self.outboxes, self.caches.replicas
+            ).to_json(),
+            resync=lambda reason, kind: resync.resync(self, reason, kind),
+            reap_also=self.gauge_caches.maintain, track=lambda task: self._tasks.append(task),
+        )  # fmt: skip
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -218,8 +221,7 @@ class Node:
             await service.start()  # live pair by the time this node is a member
         await self._join()
         replication.start()
-        self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
-        self._tasks.append(asyncio.create_task(self._reap_loop()))
+        self.keeper.start()  # the heartbeat, then the reaping
         # the slots and counts (POST /v1/events with an owner) of clients that stopped renewing
         leases = self.owner_leases.run(
             self.close_connection, lambda obj, key, d: self.shard_box(obj, key).add(key, d)
@@ -252,51 +254,44 @@ class Node:
         """A new epoch and private name, the lease, and a fresh view in every object."""
         await self.membership.join(self.replication.register_views)
 
+    @property
+    def rejoins(self) -> int:
+        """How many re-syncs this node has finished."""
+        return self.keeper.rejoins
+
+    @property
+    def out_of_views(self) -> bool:
+        """True after an aborted re-sync, until the next one."""
+        return self.keeper.out_of_views
+
+    @property
+    def resync_hold(self) -> float:
+        """Seconds out of the views after an aborted re-sync (cluster scope, default 30)."""
+        return self.keeper.resync_hold
+
+    @resync_hold.setter
+    def resync_hold(self, seconds: float) -> None:
+        self.keeper.resync_hold = seconds
+
+    @property
+    def resync_wait(self) -> float:
+        """The longest a flush or a connection open waits for a re-sync."""
+        return self.keeper.resync_wait
+
+    @resync_wait.setter
+    def resync_wait(self, seconds: float) -> None:
+        self.keeper.resync_wait = seconds
+
     async def _rejoin(self, reason: str, kind: str = "resync") -> None:
-        """Re-sync as a job (``agent/resync.py``). After an abort the node stays out of the
-        views for ``resync_hold`` seconds (or until ``cluster reset``), then tries again."""
-        log.warning("re-syncing: %s", reason)
-        for service in self.services:
-            service.on_rejoin()
-        for box in self.outboxes.values():
-            box.resyncing.set()  # a batch being retried gives up: the snapshot holds it
-        async with contextlib.AsyncExitStack() as held:
-            await held.enter_async_context(self.reconfiguring)
-            for resyncing in hooks(self.services, "resyncing"):  # the connection slots:
-                await held.enter_async_context(resyncing())  # none opened or closed now
-            for box in self.outboxes.values():
-                await held.enter_async_context(box.lock)
-            while True:
-                try:
-                    await resync.resync(self, reason, kind)
-                    break
-                except resync.JobAborted:
-                    self.out_of_views = True
-                    log.warning("re-sync aborted: out of the views for %g s", self.resync_hold)
-                    await wait_event(self._retry_now, self.resync_hold)
-                    self._retry_now.clear()
-                    reason = "retrying an aborted re-sync"
-            self.out_of_views = False
-        self._resync_needed.clear()
-        for box in self.outboxes.values():
-            box.resyncing.clear()
-        async with self._joined:
-            self.rejoins += 1
-            self._joined.notify_all()
+        """One re-sync now (``Keeper.rejoin``); kept for the tests that call it."""
+        await self.keeper.rejoin(reason, kind)
 
     async def reset(self) -> ResetResult:
         """``cluster reset``: leave and rejoin with a new epoch, re-publish the state (a
         ``reset`` job); returns once done. Retries an aborted re-sync at once."""
         if self.member is None:
             raise NotJoined("the node has not joined yet")
-        rejoins = self.rejoins
-        self._reset_asked = not self.out_of_views
-        if self.out_of_views:
-            self._retry_now.set()
-        else:
-            self._resync_needed.set()
-        async with self._joined:
-            await self._joined.wait_for(lambda: not self._reset_asked and self.rejoins > rejoins)
+        await self.keeper.reset()
         assert self.member is not None
         keys = sum(len(box.state) for box in self.outboxes.values())
         return ResetResult(self.name, self.member.private_name, self.member.epoch, keys)
@@ -309,88 +304,13 @@ class Node:
             self.refusals.count("config", exc.reason)
             raise
 
-    async def _heartbeat_loop(self) -> None:
-        """Renew the lease; re-sync when it is lost or Redis lost data; reap when leader.
-
-        Nothing but a cancel ends it: a node whose heartbeat stopped would never re-sync
-        again (its views reaped, its batches refused) while it still believed it led."""
-        rejoin: asyncio.Task[None] | None = None
-        failures = 0
-        while not self._stopping:
-            if (rejoin is not None and not rejoin.done()) or failures:
-                await asyncio.sleep(self.heartbeat_interval)  # no busy loop on a set event
-            else:
-                await wait_event(self._resync_needed, self.heartbeat_interval)
-            try:
-                rejoin = await self._beat_once(rejoin)
-                if failures:
-                    log.warning("Redis answers again after %d failed heartbeats", failures)
-                failures = 0
-            except RETRY_ERRORS as exc:
-                failures += 1
-                if worth_logging(failures):
-                    log.error("heartbeat failed (%d in a row): %s", failures, exc)
-            except Exception:
-                failures += 1
-                log.exception("heartbeat failed; trying again")
-
-    async def _beat_once(self, rejoin: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
-        """One heartbeat, and the re-sync it calls for; returns the re-sync task running."""
-        member = self.member
-        if member is None:
-            return rejoin
-        beat = await self.membership.beat(
-            member, self.status.report(self.name, self.outboxes, self.caches.replicas).to_json()
-        )
-        if self.member is not member or (rejoin is not None and not rejoin.done()):
-            return rejoin  # a re-sync ran during the beat: this beat speaks of the old epoch
-        if rejoin is not None and rejoin.exception() is not None:
-            log.error("re-sync failed: %s; retrying", rejoin.exception())
-            self._resync_needed.set()
-        reason, kind = None, "resync"
-        if self._reset_asked:
-            reason, kind = "an operator asked for it (cluster reset)", "reset"
-        elif not beat.same_data:
-            reason = "Redis lost its data (the incarnation marker changed)"
-        elif not beat.lease:
-            reason = "this node's lease was lost (paused, partitioned or reaped)"
-        elif self._resync_needed.is_set():
-            reason = "a batch was refused: this node's view was retired"
-        else:  # a Redis error here is a failed beat: the next one asks again
-            reason = await membership.lost_batches(self.scripts, self.outboxes.values())
-        if not reason:
-            return None
-        self._reset_asked = False
-        rejoin = asyncio.create_task(self._rejoin(reason, kind))
-        self._tasks.append(rejoin)
-        return rejoin
-
-    async def _reap_loop(self) -> None:
-        """The leader looks for dead views four times per heartbeat and reaps them."""
-        me = asyncio.current_task()
-        while not self._stopping:
-            await asyncio.sleep(self.heartbeat_interval / 4)
-            if me is not None and me.cancelling():  # a cancel swallowed while reaping
-                raise asyncio.CancelledError
-            if not self.is_leader:
-                continue
-            try:
-                objects = [(box.kind, box.keys) for box in self.outboxes.values()]
-                objects += await self.gauge_caches.maintain()  # defined at run time
-                runner = (self.name, self.private_name)
-                await reaper.reap(self.scripts, self.keys, objects, runner, self.resync_hold)
-            except RETRY_ERRORS as exc:
-                log.warning("reaping interrupted: %s", exc)
-            except Exception:  # never let the leader stop reaping for good
-                log.exception("reaping failed; trying again")
-
     async def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
         """Leave: ship what is pending, take this node's counts out of the global views.
 
         If Redis does not answer within ``timeout`` seconds the node leaves anyway and
         logs it; its contribution then stays until it is reaped.
         """
-        self._stopping = True
+        self.keeper.stop()
         for before_stop in hooks(reversed(self.services), "before_stop"):  # DuraVIP first:
             await before_stop()  # it unplumbs and releases its addresses: others take over
         for box in self.outboxes.values():
@@ -400,7 +320,7 @@ class Node:
         if shipping:
             await asyncio.wait(shipping, timeout=min(timeout, 5.0))
         for task in self._tasks:
-            task.cancel()  # the loops also check _stopping, should a cancel be swallowed
+            task.cancel()  # the keeper's loops also stop, should a cancel be swallowed
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
         for task in self._tasks:  # a re-sync that failed as Redis went away: seen, logged
@@ -551,7 +471,7 @@ class Node:
         except StaleReply:
             pass
         try:  # this node's view was retired: re-sync, retry once
-            await self._wait_resync(rejoins)
+            await self.keeper.wait_resync(rejoins)
         except TimeoutError:
             slots_.stats.refused["re-syncing"] += 1
             return SlotDecision(False, None, "this node is re-syncing with the cluster")
@@ -612,15 +532,7 @@ class Node:
             if isinstance(result, BaseException) and not isinstance(result, StaleView):
                 raise result
         if any(isinstance(result, StaleView) for result in results):
-            await self._wait_resync(rejoins)
-
-    async def _wait_resync(self, rejoins: int) -> None:
-        """Ask for a re-sync and wait until one has finished since ``rejoins`` was read;
-        TimeoutError after ``resync_wait`` seconds (a caller is never held forever)."""
-        self._resync_needed.set()
-        async with asyncio.timeout(self.resync_wait):
-            async with self._joined:
-                await self._joined.wait_for(lambda: self.rejoins > rejoins)
+            await self.keeper.wait_resync(rejoins)
 
     # -- reads ------------------------------------------------------------------------
 
