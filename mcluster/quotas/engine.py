@@ -188,6 +188,7 @@ class QuotaEngine:
         # run() publishes them (again); an agent that never had any leaves the others'
         self.published = not (self.quotas or before)
         self._made: dict[tuple[str, str, int, str], Limit] = {}
+        self._answers: dict[tuple[str, int, str, int], str] = {}  # see _refuse
 
     def __bool__(self) -> bool:
         return bool(self.quotas)
@@ -239,10 +240,21 @@ class QuotaEngine:
     def _refuse(self, limit: Limit, retry_ms: int) -> str:
         if limit.refusal is not None:
             return limit.refusal(retry_ms)
-        assert limit.quota is not None
-        self.stats.refused[(limit.quota.name, limit.quota.action)] += 1
-        self._unsent[f"refused:{limit.quota.name}"] += 1
-        return quota_answer(limit, retry_ms)
+        quota = limit.quota
+        assert quota is not None
+        self.stats.refused[(quota.name, quota.action)] += 1
+        self._unsent[f"refused:{quota.name}"] += 1
+        # The same text for every refusal of one window and cost within the same whole
+        # second of retry time: a spent account refused again and again (the case quotas
+        # are for) gets it from here, not from four f-strings (3 us a refusal).
+        seconds = -(-retry_ms // 1000) if retry_ms >= 0 else -1
+        made = (limit.window, limit.cost, limit.stage, seconds)
+        answer = self._answers.get(made)
+        if answer is None:
+            if len(self._answers) >= MAX_MADE:
+                self._answers.clear()
+            answer = self._answers[made] = quota_answer(limit, retry_ms)
+        return answer
 
     async def decide(
         self,
