@@ -226,7 +226,7 @@ class Node:
         leases = self.owner_leases.run(
             self.close_connection, lambda obj, key, d: self.shard_box(obj, key).add(key, d)
         )
-        self._tasks.append(asyncio.create_task(leases, name="owner-leases"))
+        self._spawn(leases, "owner-leases")
         for after_join in hooks(self.services, "after_join"):  # audit, shaping, DuraVIP
             await after_join()
 

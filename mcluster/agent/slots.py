@@ -275,17 +275,18 @@ class Slots:
         links = self._links
         while links and links[-1].scripts is not scripts:  # of a client since replaced
             links.pop()
+        link = None  # Redis Cluster, Sentinel: through the pool (ScriptLink.usable)
         if links:
             link = links.pop()
         elif ScriptLink.usable(scripts):
             link = ScriptLink(scripts)
-        else:
+        if link is None:
             reply = await scripts.run("slot_batch", self._keys(), args)
-            return [r.decode() if isinstance(r, bytes) else str(r) for r in reply]
-        try:
-            reply = await link.run("slot_batch", self._keys(), args)
-        finally:  # after an error too: the link reconnects at its next call
-            links.append(link)
+        else:
+            try:
+                reply = await link.run("slot_batch", self._keys(), args)
+            finally:  # after an error too: the link reconnects at its next call
+                links.append(link)
         return [r.decode() if isinstance(r, bytes) else str(r) for r in reply]
 
     async def close(self, slot: str) -> bool:
