@@ -8,6 +8,10 @@ decided all-or-nothing, in order). When Redis does not answer within the throttl
 deadline (default 50 ms) the decision follows its ``on_error`` policy (``allow`` or
 ``deny``), says ``degraded``, and is counted. A request abandoned that way may still be
 counted by Redis later: the error is on the side of counting too much, never too little.
+
+A window that has just refused is remembered for at most ``SPENT_FOR`` (``Spent``): the
+client that asks again and again after its limit (the runaway script quotas are for) is
+refused in process, without a round trip, by ``known_refusal``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +40,10 @@ log = logging.getLogger("mcluster.throttles")
 
 MAX_BATCH = 256
 STUCK_AFTER = SOCKET_TIMEOUT  # a batch call unanswered this long is given up
+# How long a refusal is repeated in process at most: what a change in Redis meanwhile (a
+# ``policy reset``, a failover that lost counts) can cost is refusals for this long more.
+SPENT_FOR = 0.1
+MAX_SPENT = 10_000  # windows remembered as spent; then the dict starts again
 
 
 @dataclass
@@ -45,6 +54,7 @@ class ThrottleStats:
     degraded_allow: int = 0
     degraded_deny: int = 0
     local_decisions: int = 0
+    spent_refusals: int = 0  # refused in process by ``known_refusal``
     reservations: int = 0
     returned: int = 0
 
@@ -60,6 +70,19 @@ class Reservation:
     spent: int = 0
     full_until: float = 0.0  # the budget was exhausted: deny locally until then
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(slots=True)
+class Spent:
+    """A window that refused ``need`` (and had ``left``): until ``retry_at`` it refuses
+    any cost of ``need`` or more, for its counts leave only then and other nodes only add.
+    Times are ``time.monotonic()`` from when the deciding call was sent, so never later
+    than Redis meant; ``until`` is ``retry_at`` capped at ``SPENT_FOR`` s."""
+
+    need: int
+    left: int
+    until: float
+    retry_at: float
 
 
 def _expire(future: asyncio.Future[Decision]) -> None:
@@ -88,6 +111,8 @@ class Throttles:
         self.stats = ThrottleStats()
         self._pending: list[tuple[Request, asyncio.Future[Decision]]] = []
         self._quota: dict[str, Reservation] = {}
+        self._spent: dict[str, Spent] = {}  # see known_refusal
+        self._spent_defs: object = None  # the definitions they were refused under
         self._worker: asyncio.Task[None] | None = None
         self._busy = False  # a throttle_acquire call is in flight
         self._crowd = True  # callers came together lately (batches of more than one)
@@ -141,6 +166,9 @@ class Throttles:
         request = Request(tuple(limits), force)
         await self._known(n for n, _ in request.limits)
         throttle.check_request(request, self.defs, self.max_cost, self.probes)
+        known = self.known_refusal(request)
+        if known is not None:
+            return known
         if len(request.limits) == 1 and not force:
             tdef = self.defs[request.limits[0][0]]
             if tdef.mode == "local_quota":
@@ -210,6 +238,7 @@ class Throttles:
         that counted them may have lost them, so spending them could over-admit)."""
         for res in self._quota.values():
             res.tokens, res.bucket, res.full_until = 0, -1, 0.0
+        self._spent.clear()
 
     async def release(self) -> None:
         """Hand back every unspent reservation (when the node leaves)."""
@@ -271,8 +300,10 @@ class Throttles:
             self._busy = True
             try:
                 keys, args = throttle.plan(self.okeys, requests, self.defs, self.node)
+                sent = time.monotonic()
                 call = self._run_batch("throttle_acquire", keys, args)
                 decided = throttle.decisions(requests, await self._within(deadline, call))
+                self._note_spent(requests, decided, sent)
             except (TimeoutError, *RETRY_ERRORS) as exc:
                 log.debug("throttle decisions degraded (%s)", type(exc).__name__)
             finally:
@@ -285,6 +316,52 @@ class Throttles:
         self.stats.decisions += len(decided)
         self.stats.allowed += sum(d.allowed for d in decided)
         return decided
+
+    def known_refusal(self, request: Request) -> Decision | None:
+        """The refusal of ``request`` when one of its windows refused as much or more
+        within ``SPENT_FOR`` s (see ``Spent``), decided in process and counting nothing;
+        None when Redis must be asked. A request is all or nothing, so one spent window
+        refuses it. New definitions (a reload) forget every spent window."""
+        spent = self._spent
+        if not spent or request.force:
+            return None
+        if self._spent_defs is not self.defs:
+            spent.clear()
+            return None
+        now = 0.0
+        for name, cost in request.limits:
+            entry = spent.get(name)
+            if entry is None or (cost if cost > 0 else -cost) < entry.need:
+                continue
+            now = now or time.monotonic()
+            if now < entry.until:
+                self.stats.spent_refusals += 1
+                retry = max(1, math.ceil((entry.retry_at - now) * 1000))
+                return Decision(False, retry, ((name, entry.left),))
+            del spent[name]
+        return None
+
+    def _note_spent(
+        self, requests: Sequence[Request], decided: Sequence[Decision], sent: float
+    ) -> None:
+        """Remember the window of each refusal that one window alone made (with two,
+        the reply does not say which retry time is whose), for ``known_refusal``."""
+        for request, decision in zip(requests, decided, strict=True):
+            if decision.allowed or decision.retry_after_ms <= 0 or request.force:
+                continue
+            refusing = [
+                (name, -cost if cost < 0 else cost, left)
+                for (name, cost), (_, left) in zip(request.limits, decision.remaining, strict=True)
+                if left < (-cost if cost < 0 else cost) and self.defs[name].parsed.count > 0
+            ]
+            if len(refusing) != 1 or len({n for n, _ in request.limits}) < len(request.limits):
+                continue
+            name, need, left = refusing[0]
+            if self._spent_defs is not self.defs or len(self._spent) >= MAX_SPENT:
+                self._spent.clear()
+                self._spent_defs = self.defs
+            retry_at = sent + decision.retry_after_ms / 1000
+            self._spent[name] = Spent(need, left, min(retry_at, sent + SPENT_FOR), retry_at)
 
     async def _alone(self, request: Request, deadline: float) -> Decision | None:
         """Send at once, in the caller's task, with the requests of callers that became

@@ -141,9 +141,18 @@ class PolicyConnection(asyncio.Protocol):
                 return
             if isinstance(step, str):
                 self._write(step)
-            else:
-                self.busy = True
-                service.batch.add(self, step)
+                continue
+            self.busy = True
+            try:
+                answer = service.batch.add(self, step)
+            except Exception:  # never let a request kill the agent: this connection goes
+                log.exception("policy client %s: answering failed; connection closed", self.peer)
+                self.busy = False
+                self.close()
+                return
+            if answer is not None:  # decided without Redis (a spent window)
+                self.busy = False
+                self._write(answer)
 
     def _await_more(self) -> None:
         """No whole request in the buffer: wait for more, within the timeouts."""
@@ -235,7 +244,9 @@ class DecisionBatch:
         self._scheduled = False
         self._inflight = False
 
-    def add(self, conn: PolicyConnection, step: Step) -> None:
+    def add(self, conn: PolicyConnection, step: Step) -> str | None:
+        """Queue ``step`` for the next script call; its answer at once instead when a
+        window it needs is known to be spent (``Throttles.known_refusal``)."""
         service = self.service
         loop = asyncio.get_running_loop()
         until = loop.time() + service.config.deadline_ms / 1000
@@ -245,11 +256,20 @@ class DecisionBatch:
             throttle.check_request(request, windows.defs, windows.max_cost, windows.probes)
         except Error:  # an unknown window or a bad cost: the one-by-one path says which
             self._alone(conn, step, step.limits, until)
-            return
+            return None
+        known = windows.known_refusal(request)
+        if known is not None:
+            settled = service.quotas.settle(step.limits, known)
+            if isinstance(settled, Outcome):
+                return service.complete(step, settled)
+            active, recipient, warning = settled  # recipient or WARN windows: ask the rest
+            self._alone(conn, step, active, until, recipient, warning)
+            return None
         self._queue.append((conn, step, request, until))
         if not (self._scheduled or self._inflight):
             self._scheduled = True
             loop.call_soon(self._flush)
+        return None
 
     def _flush(self) -> None:
         self._scheduled = False

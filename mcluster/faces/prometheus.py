@@ -195,6 +195,12 @@ class NodeCollector(Collector):
             "Decisions made in process from a local quota reservation",
             labels=["family"],
         )
+        spent = CounterMetricFamily(
+            "mcluster_throttle_spent_refusals",
+            "Refusals made in process: the window had refused as much or more within "
+            "the last 100 ms (a client asking again and again after its limit)",
+            labels=["family"],
+        )
         batches = CounterMetricFamily(
             "mcluster_throttle_batches", "Decision script calls", labels=["family"]
         )
@@ -208,9 +214,11 @@ class NodeCollector(Collector):
             ]:
                 decisions.add_metric([name, outcome, mode], value)
             local.add_metric([name], s.local_decisions)
+            spent.add_metric([name], s.spent_refusals)
             batches.add_metric([name], s.batches)
         yield decisions
         yield local
+        yield spent
         yield batches
 
     def _connections(self) -> Iterator[Metric]:

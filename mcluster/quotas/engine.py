@@ -289,7 +289,9 @@ class QuotaEngine:
         self._note_hot(active, left)
         if decision.allowed:
             return Outcome("DUNNO", recipient or warning or "DUNNO")
-        tripped = [a for a in active if left.get(a.window, -1) < a.need] or list(active)
+        # a window the decision does not name had room (a refusal decided in process
+        # names only the spent window: Throttles.known_refusal)
+        tripped = [a for a in active if left.get(a.window, a.need) < a.need] or list(active)
         enforcing = [a for a in tripped if not a.warn_only]
         retry = decision.retry_after_ms
         stopped = next((a for a in enforcing if a.stage == "transaction"), None)
