@@ -467,6 +467,12 @@ async def test_outbound_host_caps_and_spill_over(outbound_farm: Farm, tmp_path: 
             assert sinks[name].peak <= cap and sinks[name].over(cap) == 0, name
         assert sinks["mx1.hosted.test"].peak == HOST_CAPS["mx1.hosted.test"]  # reached
         assert spilled >= 1 and sinks["mx2.hosted.test"].sessions >= 1
+        # OBTM is charged to the MX host each message went to, spill-overs included
+        for name, sink in sinks.items():
+            charged = sum(
+                len(h.grep(f"OBTM default::hosted.test allowed ({name})")) for h in (h1, h2)
+            )
+            assert charged == len(sink.messages), (name, charged, len(sink.messages))
         assert 1 <= seen_ip <= sum(HOST_CAPS.values())
         assert h1.grep("no slot for hosted.test via") or h2.grep("no slot for hosted.test via")
     finally:

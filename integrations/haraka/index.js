@@ -456,7 +456,7 @@ exports.outbound_send = async function (next, hmail) {
   if (!route.domain) return next()
   if (this.mx_hooked) {
     hmail.mcluster_route = route
-    hmail.mcluster_obtm = true // OBTM once per attempt, at its first MX
+    hmail.mcluster_obtm = true // OBTM once per attempt, at the MX host given a slot
     return next()
   }
   const verdict = await this.obtm(route)
@@ -484,6 +484,7 @@ exports.outbound_send = async function (next, hmail) {
 // (refused: the agent's retry time, fractions kept; fail = closed: retry_seconds).
 exports.obtm = async function (route) {
   const where = `${route.binding}::${route.domain}`
+  const via = route.host ? ` (${route.host})` : ''
   let decision
   try {
     decision = await this.agent.outbound_message(route)
@@ -501,10 +502,10 @@ exports.obtm = async function (route) {
   }
   if (!decision.allowed) {
     this.count_refusal('obtm')
-    this.loginfo(`OBTM ${where} refused, retry in ${decision.retry_after_ms} ms`)
+    this.loginfo(`OBTM ${where} refused${via}, retry in ${decision.retry_after_ms} ms`)
     return Math.max(decision.retry_after_ms || 1000, 1) / 1000
   }
-  this.loginfo(`OBTM ${where} allowed`)
+  this.loginfo(`OBTM ${where} allowed${via}`)
   return 'go'
 }
 
@@ -674,24 +675,15 @@ exports.watch_outbound = function () {
   }
 }
 
-// OBTM (first MX of an attempt) and the slot for the connection Haraka is about to make
-// to hmail.mxlist[0], then let it connect. Refused by an MX host's cap, the agent names the siblings with room
-// (spill_over): they are tried in Haraka's order, the others left out of this attempt. Any
-// other refusal defers the message as at send_email.
+// The slot for the connection Haraka is about to make to hmail.mxlist[0], then OBTM once
+// per attempt, then let it connect. Refused by an MX host's cap, the agent names the
+// siblings with room (spill_over): they are tried in Haraka's order, the others left out
+// of this attempt. OBTM comes after the slot so that it is charged to the MX host the
+// message goes to (after a spill-over, the sibling's Host bucket, not the first MX's); a
+// message OBTM refuses gives its slot back. Any other refusal defers the message as at
+// send_email.
 exports.open_for_mx = async function (hmail, try_deliver) {
   const route = { ...hmail.mcluster_route, ...mx_route(hmail.mxlist) }
-  if (hmail.mcluster_obtm) {
-    // OBTM once per attempt, with the first MX host and the domain's MX hosts (the Host
-    // and Provider buckets); the next MX of the same attempt (a spill-over, or an address
-    // that refused) does not spend it again
-    delete hmail.mcluster_obtm
-    const verdict = await this.obtm(route)
-    if (typeof verdict === 'number') return this.defer(hmail, verdict)
-    if (verdict === 'undecided') {
-      delete hmail.mcluster_route
-      return try_deliver.call(hmail)
-    }
-  }
   let slot
   try {
     slot = await this.open_slot(route)
@@ -714,6 +706,17 @@ exports.open_for_mx = async function (hmail, try_deliver) {
   }
   hmail.mcluster_pending = this.took_slot(slot)
   hmail.mcluster_host = route.host
+  if (hmail.mcluster_obtm) {
+    // OBTM once per attempt, with this MX host and the MX hosts left (the Host and
+    // Provider buckets); the next MX of the same attempt (an address that refused) does
+    // not spend it again. Undecided (fail open): the attempt goes on with its slot.
+    delete hmail.mcluster_obtm
+    const verdict = await this.obtm(route)
+    if (typeof verdict === 'number') {
+      this.drop_unused(hmail)
+      return this.defer(hmail, verdict)
+    }
+  }
   return try_deliver.call(hmail)
 }
 

@@ -131,10 +131,11 @@ test('without the wrappers: the slot is opened at send_email and given back at t
   assert.deepEqual(closed, ['s1'])
 })
 
-test('OBTM is asked once per attempt, at its first MX, with the MX hosts', async () => {
-  const { self, hmail, opened, deferred, connected } = fake([
+test('OBTM is asked once per attempt, at the MX host given the slot', async () => {
+  const { self, hmail, opened, closed, deferred, connected } = fake([
     { allowed: false, slot: null, reason: 'host full', spill_over: ['mx2.example.test'] },
     { allowed: true, slot: 's1', reason: null },
+    { allowed: true, slot: 's2', reason: null },
   ])
   const asked = []
   const answers = [{ allowed: true }, { allowed: false, retry_after_ms: 1500 }]
@@ -145,15 +146,21 @@ test('OBTM is asked once per attempt, at its first MX, with the MX hosts', async
   hmail.mcluster_obtm = true
   await hmail.try_deliver()
   await new Promise(setImmediate)
-  assert.deepEqual(asked.map((r) => [r.host, r.mx_hosts.length]), [['mx1.example.test', 3]])
+  // spilled over to mx2: its Host bucket is charged, not mx1's
+  assert.deepEqual(asked.map((r) => r.host), ['mx2.example.test'])
   assert.deepEqual(opened.map((r) => r.host), ['mx1.example.test', 'mx2.example.test'])
   assert.deepEqual(connected, ['mx2.example.test'])
-  // the next attempt: refused by OBTM, the message waits the agent's retry time
+  // the next attempt: a slot at mx1, then refused by OBTM: the slot goes back and the
+  // message waits the agent's retry time
   hmail.mxlist = MXS.map((mx) => ({ ...mx }))
   hmail.mcluster_obtm = true
   delete hmail.mcluster_pending
   await hmail.try_deliver()
+  await new Promise(setImmediate)
+  assert.deepEqual(asked.map((r) => r.host), ['mx2.example.test', 'mx1.example.test'])
+  assert.equal(asked[1].mx_hosts.length, 3)
   assert.deepEqual(deferred, ['1.5'])
+  assert.deepEqual(closed, ['s2'])
   assert.equal(self.stats.refused.obtm, 1)
-  assert.equal(opened.length, 2)
+  assert.deepEqual(connected, ['mx2.example.test'])
 })
