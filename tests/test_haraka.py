@@ -232,8 +232,8 @@ async def test_fail_open_and_fail_closed_without_agent(tmp_path: Path) -> None:
         assert await send_mail(opened.port, ["a@out.test"]) == [250]
         await until(lambda: len(sink.messages) == 1, 10, what="fail-open mail delivered")
         assert await send_mail(closed_out.port, ["b@out.test"]) == [250]  # queued
-        await until(lambda: closed_out.grep("OBTM: mcluster agent unavailable"), 10,
-                    what="fail-closed OBTM noticed")  # fmt: skip
+        await until(lambda: closed_out.grep("connection slot: mcluster agent unavailable"), 10,
+                    what="fail-closed agent failure noticed")  # fmt: skip
         assert closed_out.grep("fail = closed")
         assert len(sink.messages) == 1  # the fail-closed message stays queued
         farm.pause("n1")
@@ -719,7 +719,7 @@ async def test_agent_api_token(tmp_path: Path) -> None:
             await until(lambda: len(sink.messages) == 1, 10, what="the message with a token")
             assert good.grep("OBTM default::out.test allowed")
             assert await send_mail(bad.port, ["b@out.test"]) == [250]  # queued
-            await until(lambda: bad.grep("mcluster agent refused POST /v1/outbound/message: 401"),
+            await until(lambda: bad.grep("mcluster agent refused POST /v1/connections/open: 401"),
                         10, what="401 logged")  # fmt: skip
             assert len(sink.messages) == 1  # fail closed: the message waits
         finally:

@@ -502,7 +502,7 @@ exports.obtm = async function (route) {
   }
   if (!decision.allowed) {
     this.count_refusal('obtm')
-    this.loginfo(`OBTM ${where} refused${via}, retry in ${decision.retry_after_ms} ms`)
+    this.loginfo(`OBTM ${where} refused, retry in ${decision.retry_after_ms} ms${via}`)
     return Math.max(decision.retry_after_ms || 1000, 1) / 1000
   }
   this.loginfo(`OBTM ${where} allowed${via}`)
