@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from mcluster.agent.node import Node
 from mcluster.config import ClusterConfig, parse_config
-from mcluster.faces.policy import PolicyService
+from mcluster.faces.policy import Garbage, PolicyService, cut_request
 from mcluster.objects.policy import policy_config
 from mcluster.security.clients import policy_guard
 from tests.redis_cluster import AnyRedis, RedisCluster
@@ -156,3 +156,23 @@ async def policy_service(text: str, redis_url: str, namespace: str) -> AsyncIter
             yield svc
         finally:
             await svc.stop()
+
+
+def requests_of(*chunks: bytes, into: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
+    """The requests in a stream that arrives in ``chunks`` (appended to ``into`` as they
+    come), cut as a policy connection cuts them (``cut_request`` on its buffer after each
+    read); Garbage as the connection raises it, and for a request left unfinished when
+    the stream ends."""
+    out: list[dict[str, str]] = [] if into is None else into
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        while True:
+            attrs, used = cut_request(buffer)
+            if attrs is None:
+                break
+            out.append(attrs)
+            buffer = buffer[used:]
+    if buffer:
+        raise Garbage("the connection closed in the middle of a request")
+    return out

@@ -22,10 +22,11 @@ from mcluster.agent.node import Node
 from mcluster.config import parse_config
 from mcluster.faces.http.app import make_app
 from mcluster.faces.http.common import NODE_KEY
-from mcluster.faces.policy import Garbage, PolicyService, RequestReader
+from mcluster.faces.policy import Garbage, PolicyService
 from mcluster.objects.policy import policy_config
 from mcluster.security.http_guard import HttpGuard, HttpLimits
 from tests.fuzz import profile
+from tests.helpers import requests_of
 from tests.redis_servers import RedisServer
 
 CONFIG = """
@@ -236,20 +237,13 @@ streams = st.lists(
 ).map(b"".join)  # fmt: skip
 
 
-async def read_all(stream: bytes, cuts: list[int]) -> tuple[list[dict[str, str]], str | None]:
+def read_all(stream: bytes, cuts: list[int]) -> tuple[list[dict[str, str]], str | None]:
     """Feed ``stream`` in pieces cut at ``cuts``, then EOF: the requests read, and the
     Garbage that ended it (None: a clean end)."""
-    reader = asyncio.StreamReader()
     pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
-    for piece in pieces:
-        reader.feed_data(piece)
-    reader.feed_eof()
-    out = []
-    requests_ = RequestReader(reader, idle=5, partial=5)
+    out: list[dict[str, str]] = []
     try:
-        async with asyncio.timeout(10):
-            while (attrs := await requests_.request()) is not None:
-                out.append(attrs)
+        requests_of(*pieces, into=out)
     except Garbage as exc:
         return out, str(exc)
     return out, None
@@ -258,9 +252,9 @@ async def read_all(stream: bytes, cuts: list[int]) -> tuple[list[dict[str, str]]
 @profile(quick=300)
 @given(stream=streams, data=st.data())
 async def test_any_stream_reads_the_same_however_it_is_cut(stream: bytes, data: Any) -> None:
-    whole = await read_all(stream, [])
+    whole = read_all(stream, [])
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=4), label="cuts"))
-    assert await read_all(stream, cuts) == whole
+    assert read_all(stream, cuts) == whole
 
 
 @profile(quick=120)

@@ -1,9 +1,11 @@
 """The policy service's fast path: whole-request parsing and one deadline per answer.
 
-parse_request cuts a request out of the buffer and splits it in one pass; these tests
-hold it to the line-by-line reading it replaced (CRLF lines, every kind of garbage named
-as before, split reads). ``Throttles.acquire(until=...)`` carries the answer's deadline
-down to the throttles' own timers, instead of an asyncio.timeout around every answer.
+cut_request cuts a request out of a connection's buffer and parse_request splits it in
+one pass; these tests hold them to the line-by-line reading they replaced (CRLF lines,
+every kind of garbage named as before, split reads). ``Throttles.acquire(until=...)``
+carries the answer's deadline down to the throttles' own timers, instead of an
+asyncio.timeout around every answer. A connection's idle and partial-request timeouts
+are tested on the service (tests/test_security_policy.py).
 """
 
 from __future__ import annotations
@@ -16,31 +18,20 @@ import time
 import pytest
 
 from mcluster import Node, parse_config
-from mcluster.faces.policy import Garbage, RequestReader, TimedOut, parse_request
-from tests.helpers import cpu_wait
+from mcluster.faces.policy import Garbage, parse_request
+from tests.helpers import cpu_wait, requests_of
 from tests.postfix import request
 from tests.redis_servers import start_redis
 
 
-def reader_of(*chunks: bytes) -> RequestReader:
-    stream = asyncio.StreamReader()
-    for chunk in chunks:
-        stream.feed_data(chunk)
-    stream.feed_eof()
-    return RequestReader(stream)
-
-
-async def test_requests_split_across_reads_and_crlf_lines() -> None:
+def test_requests_split_across_reads_and_crlf_lines() -> None:
     one = request("RCPT", "10.0.0.1", "a.1", recipient="bob@example.org")
     two = request("DATA", "10.0.0.2", "a.2").replace(b"\n", b"\r\n")
     cut = len(one) + 17  # the second request begins in the first read and ends later
-    reader = reader_of((one + two)[:cut], (one + two)[cut:])
-    first, second = await reader.request(), await reader.request()
-    assert first is not None and second is not None
+    first, second = requests_of((one + two)[:cut], (one + two)[cut:])
     assert (first["protocol_state"], first["recipient"]) == ("RCPT", "bob@example.org")
     assert (second["protocol_state"], second["client_address"]) == ("DATA", "10.0.0.2")
     assert "\r" not in "".join(second.values())
-    assert await reader.request() is None  # closed between requests
 
 
 @pytest.mark.parametrize(
@@ -49,18 +40,19 @@ async def test_requests_split_across_reads_and_crlf_lines() -> None:
         (b"a=1\nhello\n\n", "a line that is not name=value: 'hello'"),
         (b"a=1\n=x\n\n", "a line that is not name=value: '=x'"),
         (b"\n", "an empty request"),
+        (b"\n\n", "an empty request"),
+        (b"\r\n\r\n", "an empty request"),
         (b"a=1\n" * 300 + b"\n", "more than 256 attributes"),
         (b"a=" + b"1" * 5000 + b"\n\n", "a line longer than 4096 bytes"),
         (b"a=1\x07\n\n", "binary data (control characters)"),
         (b"a=1\rb=2\n\n", "binary data (control characters)"),
         (b"\x16\x03\x01\n", "binary data (control characters)"),  # TLS, no empty line
         (b"a=1\n" + b"x" * 5000, "a line longer than 4096 bytes"),
-        (b"a=1\nb=2", "the connection closed in the middle of a request"),
     ],
 )
-async def test_garbage_is_named(data: bytes, reason: str) -> None:
+def test_garbage_is_named(data: bytes, reason: str) -> None:
     with pytest.raises(Garbage, match=re.escape(reason)):
-        await reader_of(data).request()
+        requests_of(data)
 
 
 def test_parse_keeps_every_value_as_sent() -> None:
@@ -100,32 +92,3 @@ async def test_until_ends_a_decision_before_the_throttles_own_deadline(namespace
             assert th.stats.degraded_allow == 2
     finally:
         server.stop()
-
-
-async def test_idle_watchdog_rearms_while_requests_come_and_fires_when_they_stop() -> None:
-    """One idle timer per connection, not one per request: requests every 0.1 s for 0.8 s
-    against an idle_timeout of 0.3 s are all read; then silence ends it after 0.3 s; a
-    cancel from outside stays a cancel."""
-    stream = asyncio.StreamReader()
-    reader = RequestReader(stream, idle=0.3)
-
-    async def feed() -> None:
-        for i in range(8):
-            await asyncio.sleep(0.1)
-            stream.feed_data(request("RCPT", "10.0.0.1", f"i.{i}"))
-
-    feeder = asyncio.create_task(feed())
-    got = [await reader.request() for _ in range(8)]
-    await feeder
-    assert [a["instance"] for a in got if a] == [f"i.{i}" for i in range(8)]
-    started = time.monotonic()
-    with pytest.raises(TimedOut, match=re.escape("nothing for 0.3 s between requests")):
-        await reader.request()
-    assert 0.25 <= time.monotonic() - started < 0.3 + 0.5
-    other = RequestReader(asyncio.StreamReader(), idle=0.3)
-    waiting = asyncio.create_task(other.request())
-    await asyncio.sleep(0.05)
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
-    other.close()

@@ -68,7 +68,6 @@ log = logging.getLogger("mcluster.policy")
 
 MAX_LINE = 4096
 MAX_ATTRIBUTES = 256
-READ_SIZE = 16384
 MAX_REQUEST = MAX_ATTRIBUTES * (MAX_LINE + 2)
 # smtpd reads each answer before it asks again: more than this unsent is a client that
 # sends without reading (then wait for it, as drain() does, instead of buffering more)
@@ -132,119 +131,17 @@ class Step:
     first: bool = False
 
 
-class TimedOut(Garbage):
-    """The client sent nothing for ``idle_timeout`` between requests, or did not finish a
-    request within ``request_timeout``; ``reason`` is the refusal's metric label."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class RequestReader:
-    """Reads requests from one connection: a block at a time, each request cut out of the
-    buffer whole and checked and split in one pass (no loop of awaits per line). A read
-    between requests waits at most ``idle``; a request must arrive whole within
-    ``partial`` of its first byte."""
-
-    def __init__(
-        self, reader: asyncio.StreamReader, idle: float | None = None, partial: float | None = None
-    ) -> None:
-        self.reader = reader
-        self.buffer = b""
-        self.idle = idle
-        self.partial = partial
-        self.deadline: float | None = None  # of the request being read
-        # The idle watchdog: one timer per connection, re-armed only when it fires while
-        # the connection waits, not an asyncio.timeout per request (see _idle_read).
-        self._waiting: float | None = None  # since when it waits between requests
-        self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[object] | None = None
-        self._expired = False
-
-    async def _read(self, started: bool) -> bytes:
-        """The next block, within the idle or the request's deadline (TimedOut)."""
-        if not started:
-            if self.idle is None:
-                return await self.reader.read(READ_SIZE)
-            return await self._idle_read()
-        if self.partial is None:
-            return await self.reader.read(READ_SIZE)
-        loop = asyncio.get_running_loop()
-        if self.deadline is None:
-            self.deadline = loop.time() + self.partial
-        try:
-            async with asyncio.timeout_at(self.deadline):
-                return await self.reader.read(READ_SIZE)
-        except TimeoutError:
-            why = f"no whole request within {self.partial:g} s"
-            raise TimedOut("request_timeout", why) from None
-
-    async def _idle_read(self) -> bytes:
-        """A read between requests, ended by the watchdog after ``idle`` s (TimedOut)."""
-        assert self.idle is not None
-        loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        self._waiting = loop.time()
-        if self._timer is None:  # a timer still armed fires sooner and re-arms for this
-            self._timer = loop.call_at(self._waiting + self.idle, self._check_idle)
-        try:
-            return await self.reader.read(READ_SIZE)
-        except asyncio.CancelledError:
-            if self._expired and self._task is not None:  # ours, not a cancel from outside
-                self._expired = False
-                self._task.uncancel()
-                why = f"nothing for {self.idle:g} s between requests"
-                raise TimedOut("idle_timeout", why) from None
-            raise
-        finally:
-            self._waiting = None
-
-    def _check_idle(self) -> None:
-        self._timer = None
-        if self._waiting is None or self.idle is None or self._task is None:
-            return  # busy with a request: the next wait arms a new timer
-        loop = asyncio.get_running_loop()
-        due = self._waiting + self.idle
-        if loop.time() >= due:
-            self._expired = True
-            self._task.cancel()  # lands in _idle_read's await
-        else:
-            self._timer = loop.call_at(due, self._check_idle)
-
-    def close(self) -> None:
-        """Stop the idle watchdog (the connection is over)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    async def request(self) -> dict[str, str] | None:
-        """One request's attributes; None when the client closed between requests."""
-        buffer = self.buffer
-        while True:
-            attrs, used = cut_request(buffer)
-            if attrs is not None:
-                break
-            chunk = await self._read(bool(buffer))
-            if not chunk:
-                if buffer:
-                    raise Garbage("the connection closed in the middle of a request")
-                return None
-            buffer += chunk
-        self.buffer = buffer[used:]
-        self.deadline = None  # the next request's starts at its first byte
-        return attrs
-
-
 def cut_request(buffer: bytes) -> tuple[dict[str, str] | None, int]:
     """The first whole request in ``buffer`` and how many bytes it took, or (None, 0)
     when none is whole yet; Garbage as soon as the buffer cannot be the protocol."""
+    if buffer.startswith((b"\n", b"\r\n")):  # an empty line first, however it was read
+        raise Garbage("an empty request (no name=value line before the empty line)")
     end = buffer.find(b"\n\n")
     if end >= 0 or b"\r" in buffer:  # CRLF lines end with "\n\r\n"
         crlf = buffer.find(b"\n\r\n")
         if crlf >= 0 and (end < 0 or crlf < end):
             end = crlf
-    if end < 0 and not buffer.startswith((b"\n", b"\r\n")):
+    if end < 0:
         lines_end = buffer.rfind(b"\n") + 1
         if len(buffer) - lines_end > MAX_LINE:
             raise Garbage(f"a line longer than {MAX_LINE} bytes")
@@ -253,8 +150,6 @@ def cut_request(buffer: bytes) -> tuple[dict[str, str] | None, int]:
         if len(buffer) > MAX_REQUEST:
             raise Garbage(f"more than {MAX_ATTRIBUTES} attributes in one request")
         return None, 0
-    if end < 0:  # an empty line first
-        raise Garbage("an empty request (no name=value line before the empty line)")
     skip = 3 if buffer[end + 1 : end + 2] == b"\r" else 2
     return parse_request(buffer[:end]), end + skip
 
