@@ -13,7 +13,9 @@ clients, in interleaved rounds (a rate is the median of the rounds):
   limit, /24 wide open): what the issue's "mcluster today" measured;
 - ``mcluster quotas``: an agent with 3 quotas (messages by ``sasl_username`` with the
   limit, recipients by ``sender``, bytes by ``sasl_username``), once the ``Quota`` scopes
-  exist (the case is left out, and said so, on a tree without them).
+  exist (the case is left out, and said so, on a tree without them);
+- with ``--unix``, ``mcluster quotas, unix socket``: the same agent on a Unix socket
+  (``--policy unix:PATH``, as Postfix's ``check_policy_service unix:...`` asks it).
 
 Each client is one smtpd process: one connection, many requests, each sent after the
 previous answer, as smtpd does. Every request is the first of a new mail transaction (a
@@ -119,6 +121,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     http_port: int = 0  # mcluster: its /metrics
+    unix: Path | None = None  # served on this Unix socket, not on ``port``
     limiting: bool = True  # its answers must show the limit exactly
     scratch: Path | None = None  # a folder of its own to remove at the end
     rates: dict[int, list[float]] = field(default_factory=dict)
@@ -168,22 +171,25 @@ def spawn_agent(
     index: int,
     tree: str = "",
     loop: str = "",
+    unix: bool = False,
 ) -> Server:
     config = workdir / f"agent{index}.conf"
     config.write_text(AGENT_CONFIG.format(rules=rules, index=index))
     port, http_port = free_port(), free_port()
+    socket_path = workdir / f"policy{index}.sock" if unix else None
+    policy = f"unix:{socket_path}" if socket_path else f"127.0.0.1:{port}"
     log = workdir / f"agent{index}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mcluster", "agent", "--config", str(config),
          "--node", f"bench-{index}", "--redis", redis_url, "--log-level", "WARNING",
-         "--listen", f"127.0.0.1:{http_port}", "--policy", f"127.0.0.1:{port}",
+         "--listen", f"127.0.0.1:{http_port}", "--policy", policy,
          *(["--loop", loop] if loop else [])],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
         # the older tree as the working directory too: ``python -m`` puts the working
         # directory before PYTHONPATH, so from a checkout it would run that checkout
         env={**os.environ, "PYTHONPATH": tree} if tree else None, cwd=tree or None,
     )  # fmt: skip
-    return Server(name, "RCPT", port, proc, log, http_port)
+    return Server(name, "RCPT", port, proc, log, http_port, unix=socket_path)
 
 
 def spawn_prl(script: Path, workdir: Path, limit: int) -> Server:
@@ -224,7 +230,7 @@ async def wait_ready(server: Server) -> None:
                 f"{server.name} exited; its log ends:\n{server.log.read_text()[-2000:]}"
             )
         try:
-            reply = await one_request(server.port, request(server.state, "w", "192.0.2.1", "w.0"))
+            reply = await one_request(server, request(server.state, "w", "192.0.2.1", "w.0"))
             if reply.startswith(b"action="):
                 return
         except (OSError, asyncio.IncompleteReadError):
@@ -233,8 +239,11 @@ async def wait_ready(server: Server) -> None:
     raise RuntimeError(f"{server.name} did not start")
 
 
-async def one_request(port: int, data: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def one_request(server: Server, data: bytes) -> bytes:
+    if server.unix is not None:
+        reader, writer = await asyncio.open_unix_connection(str(server.unix))
+    else:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         writer.write(data)
         return await reader.readuntil(b"\n\n")
@@ -312,7 +321,10 @@ async def run_client(
     head = request(server.state, f"{tag}u{user}", client, "@@")
     before, after = head.split(b"@@")
     made = functools.partial(Client, before, after, f"{tag}.{n:x}", stop, out)
-    _, proto = await loop.create_connection(made, "127.0.0.1", server.port)
+    if server.unix is not None:
+        _, proto = await loop.create_unix_connection(made, str(server.unix))
+    else:
+        _, proto = await loop.create_connection(made, "127.0.0.1", server.port)
     await proto.done
     verbs = Counter({f"{user} {verb.decode().upper()}": k for verb, k in proto.verbs.items()})
     return verbs, proto.admitted
@@ -389,6 +401,11 @@ async def measure(
                 servers.append(
                     spawn_agent("mcluster quotas, before", rules, url, workdir, 3, args.before)
                 )
+            if args.unix and not tree:
+                servers.append(
+                    spawn_agent("mcluster quotas, unix socket", rules, url, workdir, 4, "",
+                                loop, unix=True)
+                )  # fmt: skip
         for one in servers:
             await wait_ready(one)
         for one in servers:  # warm up (imports, script loading, SQLite pages)
@@ -492,6 +509,10 @@ def main() -> None:
         help="the venv of policyd-rate-limit (made and installed there on first use)",
     )
     parser.add_argument("--no-prl", action="store_true", help="leave policyd-rate-limit out")
+    parser.add_argument(
+        "--unix", action="store_true",
+        help="measure the quotas agent on a Unix socket too (--policy unix:PATH)",
+    )  # fmt: skip
     parser.add_argument(
         "--clients",
         type=int,

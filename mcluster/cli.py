@@ -50,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--redis", help=REDIS_HELP)
     agent.add_argument("--namespace", help=NAMESPACE_HELP)
     agent.add_argument("--listen", default="127.0.0.1:4802", help="HTTP API address")
-    agent.add_argument("--policy", metavar="HOST:PORT", help="serve Postfix's policy protocol")
+    agent.add_argument(
+        "--policy",
+        metavar="HOST:PORT|unix:PATH",
+        help="serve Postfix's policy protocol on a TCP port or a Unix socket",
+    )
     agent.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     agent.add_argument(
         "--loop",
@@ -116,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from mcluster.faces.main import run_agent, split_listen
+    from mcluster.faces.listen import UnixAddress, claim, policy_address, split_listen
+    from mcluster.faces.main import run_agent
 
     host, _ = split_listen(args.listen)
     agent_flags.check_listen(host, args.api_token_file)  # first: an open API never starts
@@ -124,16 +129,17 @@ def _agent(args: argparse.Namespace) -> int:
         return _fail("agent needs --config FILE (or $MCLUSTER_CONFIG)", 2)
     if not args.node:
         return _fail("agent needs --node NAME (or $MCLUSTER_NODE)", 2)
-    if args.policy:
-        split_listen(args.policy)
+    policy_at = policy_address(args.policy) if args.policy else None
+    if isinstance(policy_at, UnixAddress):  # in use, or no folder: said before joining
+        claim(policy_at.path)
     guard, tls = agent_flags.guard_from_args(args, host)  # refuses an open API: exit 1
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = load_config(args.config)
-    if args.policy:  # smtpd off this host needs Policy { clients = ... }: exit 1 without
-        policy_guard(config).check_listen(split_listen(args.policy)[0])
+    if isinstance(policy_at, tuple):  # smtpd off this host needs Policy { clients }: exit 1
+        policy_guard(config).check_listen(policy_at[0])
     url, namespace = _checked_redis(args, config)
     try:
         factory = loop_factory(args.loop)  # --loop uvloop without uvloop: exit 2, said why
@@ -200,7 +206,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _smtp(args: argparse.Namespace) -> int:
     from mcluster.demo.smtp import Limits, serve
-    from mcluster.faces.main import split_listen
+    from mcluster.faces.listen import split_listen
 
     split_listen(args.listen)
     if args.max_connections < 1:

@@ -161,8 +161,8 @@ class Sent:
 class PrivatePostfix:
     """A Postfix instance of its own under a temporary folder, one smtpd per policy port."""
 
-    def __init__(self, policy_ports: Sequence[int]) -> None:
-        self.policy_ports = list(policy_ports)
+    def __init__(self, policy_ports: Sequence[int | Path]) -> None:
+        self.policy_ports = list(policy_ports)  # a port on loopback, or a Unix socket
         self.ports = [free_port() for _ in self.policy_ports]
         # Postfix's daemons run as the postfix user: every folder above theirs must be
         # searchable (pytest's tmp_path is under a root-only folder).
@@ -185,7 +185,7 @@ class PrivatePostfix:
         shutil.chown(self.data, "postfix")
         self.bodies.chmod(0o755)
         policies = "\n".join(
-            f"policy{i} = check_policy_service inet:127.0.0.1:{port}"
+            f"policy{i} = check_policy_service {policy_endpoint(port)}"
             for i, port in enumerate(self.policy_ports)
         )
         (self.conf / "main.cf").write_text(
@@ -287,7 +287,8 @@ class Mx:
         return f"n{listener + 1}"
 
     def policy_args(self, listener: int) -> list[str]:
-        return ["--policy", f"127.0.0.1:{self.postfix.policy_ports[listener]}"]
+        where = self.postfix.policy_ports[listener]
+        return ["--policy", f"unix:{where}" if isinstance(where, Path) else f"127.0.0.1:{where}"]
 
     async def restart(self, listener: int) -> None:
         """Start the agent of ``listener`` again (after a kill), on the same policy port."""
@@ -295,12 +296,26 @@ class Mx:
         await self.farm.wait_healthy(self.agent(listener))
 
 
+def policy_endpoint(where: int | Path) -> str:
+    """main.cf's name of a policy service: ``inet:127.0.0.1:PORT`` or ``unix:PATH``."""
+    return f"unix:{where}" if isinstance(where, Path) else f"inet:127.0.0.1:{where}"
+
+
 @contextlib.asynccontextmanager
-async def mx_farm(workdir: Path, policy: str, listeners: int = 2) -> AsyncIterator[Mx]:
+async def mx_farm(
+    workdir: Path, policy: str, listeners: int = 2, unix: bool = False
+) -> AsyncIterator[Mx]:
     """A farm of ``listeners`` agents (config ``policy`` beside the farm's cluster scope)
-    and a private Postfix with one smtpd listener asking each."""
+    and a private Postfix with one smtpd listener asking each; with ``unix`` each agent
+    serves on a Unix socket (in a folder the postfix user can reach), not a TCP port."""
     farm = Farm(workdir, extra=policy)
-    postfix = PrivatePostfix([free_port() for _ in range(listeners)])
+    if unix:
+        sockets = Path(tempfile.mkdtemp(prefix="mcluster-policy-sockets-"))
+        sockets.chmod(0o755)
+        ends: list[int | Path] = [sockets / f"policy{i}.sock" for i in range(listeners)]
+    else:
+        ends = [free_port() for _ in range(listeners)]
+    postfix = PrivatePostfix(ends)
     mx = Mx(postfix, farm)
     try:
         await asyncio.gather(
@@ -311,6 +326,8 @@ async def mx_farm(workdir: Path, policy: str, listeners: int = 2) -> AsyncIterat
     finally:
         postfix.stop()
         await farm.close()
+        if unix:
+            shutil.rmtree(sockets, ignore_errors=True)
 
 
 def smtp_session(

@@ -252,9 +252,14 @@ def read_all(stream: bytes, cuts: list[int]) -> tuple[list[dict[str, str]], str 
 @profile(quick=300)
 @given(stream=streams, data=st.data())
 async def test_any_stream_reads_the_same_however_it_is_cut(stream: bytes, data: Any) -> None:
-    whole = read_all(stream, [])
+    """The same requests, and garbage or not, however the stream arrives. Which fault
+    of a stream with several is named first may depend on the reads (a line too long
+    before its binary byte has arrived): the names are tested on whole streams
+    (tests/test_policy_io.py)."""
+    requests_, garbage = read_all(stream, [])
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=4), label="cuts"))
-    assert read_all(stream, cuts) == whole
+    cut_requests, cut_garbage = read_all(stream, cuts)
+    assert (cut_requests, cut_garbage is None) == (requests_, garbage is None)
 
 
 @profile(quick=120)

@@ -334,7 +334,7 @@ async def serve(agent_url: str, listen: str, limits: Limits, token: ApiToken | N
     API token (its ``--api-token-file``)."""
     import signal
 
-    from mcluster.faces.main import split_listen
+    from mcluster.faces.listen import split_listen
 
     host, port = split_listen(listen)
     stopping = asyncio.Event()

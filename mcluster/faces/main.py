@@ -14,6 +14,7 @@ from mcluster.agent.reload import reload_in_background
 from mcluster.config import ClusterConfig
 from mcluster.console.serve import serve_console
 from mcluster.faces.http.app import make_app
+from mcluster.faces.listen import UnixAddress, policy_address, split_listen
 from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import policy_config
 from mcluster.security.clients import policy_guard
@@ -22,14 +23,6 @@ from mcluster.security.http_guard import HttpGuard
 log = logging.getLogger("mcluster.agent")
 
 DEFAULT_LISTEN = "127.0.0.1:4802"
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """``127.0.0.1:4802`` or ``[::1]:4802`` -> (host, port), with a clear error."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise ValueError(f"bad listen address {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:4802")
-    return host.strip("[]"), int(port)
 
 
 async def run_agent(
@@ -80,8 +73,12 @@ async def run_agent(
         scheme = "https" if tls else "http"
         log.info("agent %s serving %s://%s", node.private_name, scheme, listen)
         if service is not None and policy is not None:
-            await service.start(*split_listen(policy))
-            log.info("Postfix policy service on %s", policy)
+            where = policy_address(policy)
+            if isinstance(where, UnixAddress):
+                await service.start_unix(where.path)
+            else:
+                await service.start(*where)
+            log.info("Postfix policy service on %s", where)
         await stopping.wait()
         log.info("stopping: flushing and leaving the cluster")
     finally:

@@ -31,6 +31,7 @@ import re
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mcluster.agent.node import Node
@@ -38,6 +39,7 @@ from mcluster.agent.outbox import RETRY_ERRORS
 from mcluster.agent.throttles import Throttles
 from mcluster.config import ClusterConfig
 from mcluster.errors import Error, UnknownObject
+from mcluster.faces import listen
 from mcluster.objects.policy import (
     FAMILY,
     RULES_CACHE,
@@ -223,6 +225,7 @@ class PolicyService:
         self._client_cache: dict[Address, tuple[tuple[Limit, ...], str]] = {}
         self.stats = PolicyStats()
         self._server: asyncio.Server | None = None
+        self._unix: tuple[Path, int] | None = None  # the socket file served, its inode
         self._writers: set[PolicyConnection] = set()  # the connections served
         self._tasks: set[asyncio.Future[None]] = set()  # batch calls in flight
         from mcluster.faces.policy_conn import DecisionBatch  # it builds on this module
@@ -235,11 +238,26 @@ class PolicyService:
     # -- life cycle -------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> None:
-        self._audit_events = audit_events(self.node)
+        """Serve on a TCP address (port 0: a free one, see ``port``)."""
         from mcluster.faces.policy_conn import PolicyConnection
 
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: PolicyConnection(self), host, port)
+        self._started()
+
+    async def start_unix(self, path: Path) -> None:
+        """Serve on a Unix socket at ``path`` (see mcluster/faces/listen.py): its peers are
+        this host's processes, admitted as loopback ones are. ListenError when it cannot."""
+        from mcluster.faces.policy_conn import PolicyConnection
+
+        listen.claim(path)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: PolicyConnection(self), str(path))
+        self._unix = (path, listen.made(path))
+        self._started()
+
+    def _started(self) -> None:
+        self._audit_events = audit_events(self.node)
         self._sweeper = asyncio.create_task(self._sweep_loop())
         okeys = self.node.keys.object(FAMILY)  # quotas: published, refusals added up
         self._quota_task = asyncio.create_task(self.quotas.run(lambda: self.node.client, okeys))
@@ -278,6 +296,9 @@ class PolicyService:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self._unix is not None:
+            listen.release(*self._unix)
+            self._unix = None
         for instance in list(self.transactions):
             self._release(instance, "stopped")
 
@@ -288,7 +309,15 @@ class PolicyService:
         anything is read or answered, and counted (logged once a minute per address)."""
         host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
         guard = self.guard
-        if not guard.allows(host):
+        if self._unix is not None:  # a process of this host, as a loopback peer is
+            host = f"unix:{self._unix[0]}"
+            if len(self._writers) < guard.max_connections:
+                return True
+            reason = "connections"
+            if self._refusal_log.should_log(host):
+                log.warning("policy client on %s refused: %d connections open (max_connections)",
+                            host, len(self._writers))  # fmt: skip
+        elif not guard.allows(host):
             reason = "not_allowed"
             if self._refusal_log.should_log(host):
                 log.warning("policy client %s is not in Policy clients; connection closed", host)
