@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
+from mcluster.agent import throttles as throttles_module
 from mcluster.agent.node import Node
 from mcluster.agent.throttles import SPENT_FOR
 from mcluster.config import parse_config
@@ -16,7 +19,7 @@ from mcluster.objects import throttle
 from mcluster.objects.policy import policy_config
 from mcluster.objects.quota_keys import window_name
 from mcluster.objects.throttle import Request, ThrottleDef
-from tests.helpers import policy_service
+from tests.helpers import policy_service, until
 from tests.postfix import request
 from tests.redis_servers import RedisServer
 
@@ -87,12 +90,13 @@ async def test_the_policy_service_refuses_a_spent_client_without_asking_redis(
         assert again.startswith("action=DEFER_IF_PERMIT 4.7.1 quota") and "try again in" in again
         if time.monotonic() - refused_at < SPENT_FOR:  # else too slow a machine to tell
             assert (stats.spent_refusals, stats.batches) == (spent + 1, batches)
-        # After SPENT_FOR Redis is asked again (a reset or a failover is seen by then).
+        # Half of SPENT_FOR on, one request asks Redis again (a reset or a failover is
+        # seen within SPENT_FOR).
         i = 4
         while stats.batches == batches:
             assert (await ask(i)).startswith("action=DEFER_IF_PERMIT"), i
             i += 1
-        assert time.monotonic() - refused_at >= SPENT_FOR * 0.9  # monotonic vs loop clock
+        assert time.monotonic() - refused_at >= SPENT_FOR / 2 * 0.9  # monotonic vs loop clock
         # A reload (new definitions) forgets the spent windows: the higher limit admits.
         svc.adopt(parse_config(CONF % 5))
         assert svc.config == policy_config(parse_config(CONF % 5))
@@ -100,3 +104,42 @@ async def test_the_policy_service_refuses_a_spent_client_without_asking_redis(
         writer.close()
         window = throttle.window_key(svc.windows.okeys, window_name("per_user", "kim"))
         assert int(await svc.node.client.hget(window, "s") or 0) == 3  # admitted only
+
+
+async def test_a_spent_window_is_renewed_in_the_background_and_forgotten_when_it_has_room(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Used in the second half of SPENT_FOR, an entry is renewed by a probe that counts
+    nothing, while every request is still answered in process; when the probe finds
+    room (the window was reset) the entry is forgotten at once."""
+    now = [1000.0]
+    monkeypatch.setattr(throttles_module, "clock", lambda: now[0])
+    config = parse_config(NAMED)
+    async with Node(config, "relay-1", redis_server.url, namespace=namespace) as node:
+        t = node.throttles
+        await t.create(ThrottleDef(name="w", rate="1/60"))
+        until_ = asyncio.get_running_loop().time() + 1
+        one = Request((("w", 1),))
+        assert [d.allowed for d in await t.acquire_many([one, one], until_)] == [True, False]
+        batches = t.stats.batches
+        now[0] += SPENT_FOR * 0.4
+        assert t.known_refusal(one) is not None and t.stats.spent_probes == 0
+        now[0] += SPENT_FOR * 0.2  # the second half: renewed in the background
+        assert t.known_refusal(one) is not None and t.known_refusal(one) is not None
+        assert t.stats.spent_probes == 1  # once
+        await until(lambda: answered(t, batches), 5, what="the probe answered")
+        now[0] += SPENT_FOR * 0.45  # past the first entry's end, in the renewed one
+        assert t.known_refusal(one) is not None
+        window = throttle.window_key(t.okeys, "w")
+        assert int(await node.client.hget(window, "s") or 0) == 1  # the probe counted nothing
+        await node.client.delete(window)  # a reset
+        batches = t.stats.batches
+        now[0] += SPENT_FOR * 0.2
+        assert t.known_refusal(one) is not None  # answered, and a probe goes out
+        await until(lambda: answered(t, batches), 5, what="the second probe answered")
+        assert t.known_refusal(one) is None  # room: forgotten before its end
+        assert (await t.acquire_many([one], until_))[0].allowed
+
+
+async def answered(t: throttles_module.Throttles, batches: int) -> bool:
+    return t.stats.batches > batches

@@ -43,6 +43,7 @@ STUCK_AFTER = SOCKET_TIMEOUT  # a batch call unanswered this long is given up
 # How long a refusal is repeated in process at most: what a change in Redis meanwhile (a
 # ``policy reset``, a failover that lost counts) can cost is refusals for this long more.
 SPENT_FOR = 0.1
+clock = time.monotonic  # of the spent windows (a test may turn it)
 MAX_SPENT = 10_000  # windows remembered as spent; then the dict starts again
 
 
@@ -55,6 +56,7 @@ class ThrottleStats:
     degraded_deny: int = 0
     local_decisions: int = 0
     spent_refusals: int = 0  # refused in process by ``known_refusal``
+    spent_probes: int = 0  # probes renewing a spent window (in ``decisions`` too)
     reservations: int = 0
     returned: int = 0
 
@@ -76,13 +78,18 @@ class Reservation:
 class Spent:
     """A window that refused ``need`` (and had ``left``): until ``retry_at`` it refuses
     any cost of ``need`` or more, for its counts leave only then and other nodes only add.
-    Times are ``time.monotonic()`` from when the deciding call was sent, so never later
-    than Redis meant; ``until`` is ``retry_at`` capped at ``SPENT_FOR`` s."""
+    Times are ``clock()`` from when the deciding call was sent, so never later than
+    Redis meant; ``until`` is ``retry_at`` capped at ``SPENT_FOR`` s. Used in its second
+    half, the entry is renewed in the background (``probing``: a probe that counts
+    nothing asks whether ``need`` fits) while the requests go on being answered from it,
+    so a window refused again and again never sends its clients to Redis, and a window
+    with room again (a reset, its counts gone) is forgotten by the probe's answer."""
 
     need: int
     left: int
     until: float
     retry_at: float
+    probing: bool = False
 
 
 def _expire(future: asyncio.Future[Decision]) -> None:
@@ -113,6 +120,7 @@ class Throttles:
         self._quota: dict[str, Reservation] = {}
         self._spent: dict[str, Spent] = {}  # see known_refusal
         self._spent_defs: object = None  # the definitions they were refused under
+        self._renewing: set[asyncio.Task[list[Decision]]] = set()  # see _renew
         self._worker: asyncio.Task[None] | None = None
         self._busy = False  # a throttle_acquire call is in flight
         self._crowd = True  # callers came together lately (batches of more than one)
@@ -294,13 +302,16 @@ class Throttles:
         request. The caller has checked them (``throttle.check_request``, exact mode)."""
         deadline = until - asyncio.get_running_loop().time()
         if deadline > 0 and self._busy:  # a call is in flight: each waits its turn
-            return list(await asyncio.gather(*(self._decide(r, until) for r in requests)))
+            sent = clock()
+            queued = list(await asyncio.gather(*(self._decide(r, until) for r in requests)))
+            self._note_spent(requests, queued, sent)
+            return queued
         decided: list[Decision] | None = None
         if deadline > 0:
             self._busy = True
             try:
                 keys, args = throttle.plan(self.okeys, requests, self.defs, self.node)
-                sent = time.monotonic()
+                sent = clock()
                 call = self._run_batch("throttle_acquire", keys, args)
                 decided = throttle.decisions(requests, await self._within(deadline, call))
                 self._note_spent(requests, decided, sent)
@@ -333,21 +344,47 @@ class Throttles:
             entry = spent.get(name)
             if entry is None or (cost if cost > 0 else -cost) < entry.need:
                 continue
-            now = now or time.monotonic()
+            now = now or clock()
             if now < entry.until:
+                if not entry.probing and now >= entry.until - SPENT_FOR / 2:
+                    entry.probing = True
+                    self._renew(name, entry.need)
                 self.stats.spent_refusals += 1
                 retry = max(1, math.ceil((entry.retry_at - now) * 1000))
                 return Decision(False, retry, ((name, entry.left),))
             del spent[name]
         return None
 
+    def _renew(self, name: str, need: int) -> None:
+        """Ask Redis in the background whether spent window ``name`` has room for
+        ``need``, counting nothing (a probe: a negative cost, see throttle_acquire.lua):
+        refused, its entry is renewed; room, it is forgotten (``_note_spent``)."""
+        loop = asyncio.get_running_loop()
+        probe = Request(((name, -need),))
+        task = loop.create_task(self.acquire_many([probe], loop.time() + SPENT_FOR / 2))
+        self.stats.spent_probes += 1
+        self._renewing.add(task)
+        task.add_done_callback(self._renewed)
+
+    def _renewed(self, task: asyncio.Task[list[Decision]]) -> None:
+        self._renewing.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the entry just ends
+            log.debug("renewing a spent window failed: %r", task.exception())
+
     def _note_spent(
         self, requests: Sequence[Request], decided: Sequence[Decision], sent: float
     ) -> None:
         """Remember the window of each refusal that one window alone made (with two,
-        the reply does not say which retry time is whose), for ``known_refusal``."""
+        the reply does not say which retry time is whose), for ``known_refusal``; forget
+        the windows of each admission (a probe found room: see ``Spent``)."""
+        if not self._spent and all(d.allowed for d in decided):
+            return
         for request, decision in zip(requests, decided, strict=True):
-            if decision.allowed or decision.retry_after_ms <= 0 or request.force:
+            if decision.allowed:
+                for name, _ in request.limits:
+                    self._spent.pop(name, None)
+                continue
+            if decision.retry_after_ms <= 0 or request.force:
                 continue
             refusing = [
                 (name, -cost if cost < 0 else cost, left)
