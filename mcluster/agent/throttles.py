@@ -302,19 +302,20 @@ class Throttles:
         request. The caller has checked them (``throttle.check_request``, exact mode)."""
         deadline = until - asyncio.get_running_loop().time()
         if deadline > 0 and self._busy:  # a call is in flight: each waits its turn
-            sent = clock()
+            sent, defs = clock(), self.defs
             queued = list(await asyncio.gather(*(self._decide(r, until) for r in requests)))
-            self._note_spent(requests, queued, sent)
+            self._note_spent(requests, queued, sent, defs)
             return queued
         decided: list[Decision] | None = None
         if deadline > 0:
             self._busy = True
             try:
-                keys, args = throttle.plan(self.okeys, requests, self.defs, self.node)
+                defs = self.defs
+                keys, args = throttle.plan(self.okeys, requests, defs, self.node)
                 sent = clock()
                 call = self._run_batch("throttle_acquire", keys, args)
                 decided = throttle.decisions(requests, await self._within(deadline, call))
-                self._note_spent(requests, decided, sent)
+                self._note_spent(requests, decided, sent, defs)
             except (TimeoutError, *RETRY_ERRORS) as exc:
                 log.debug("throttle decisions degraded (%s)", type(exc).__name__)
             finally:
@@ -366,18 +367,28 @@ class Throttles:
         self._renewing.add(task)
         task.add_done_callback(self._renewed)
 
+    def cancel_renewals(self) -> None:
+        """Stop the probes in flight (the service that asked is stopping)."""
+        for task in list(self._renewing):
+            task.cancel()
+
     def _renewed(self, task: asyncio.Task[list[Decision]]) -> None:
         self._renewing.discard(task)
         if not task.cancelled() and task.exception() is not None:  # the entry just ends
             log.debug("renewing a spent window failed: %r", task.exception())
 
     def _note_spent(
-        self, requests: Sequence[Request], decided: Sequence[Decision], sent: float
+        self,
+        requests: Sequence[Request],
+        decided: Sequence[Decision],
+        sent: float,
+        defs: object,
     ) -> None:
         """Remember the window of each refusal that one window alone made (with two,
         the reply does not say which retry time is whose), for ``known_refusal``; forget
-        the windows of each admission (a probe found room: see ``Spent``)."""
-        if not self._spent and all(d.allowed for d in decided):
+        the windows of each admission (a probe found room: see ``Spent``). Decisions
+        made under definitions that a reload has replaced since are not remembered."""
+        if defs is not self.defs or (not self._spent and all(d.allowed for d in decided)):
             return
         for request, decision in zip(requests, decided, strict=True):
             if decision.allowed:

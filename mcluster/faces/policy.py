@@ -288,6 +288,7 @@ class PolicyService:
             self._server.close()
         for conn in list(self._writers):
             conn.close()
+        self.windows.cancel_renewals()
         for task in (self._sweeper, self._quota_task, *self._tasks):
             if task is not None:
                 task.cancel()
