@@ -343,7 +343,7 @@ class Throttles:
         now = 0.0
         for name, cost in request.limits:
             entry = spent.get(name)
-            if entry is None or (cost if cost > 0 else -cost) < entry.need:
+            if entry is None or abs(cost) < entry.need:
                 continue
             now = now or clock()
             if now < entry.until:
@@ -397,10 +397,10 @@ class Throttles:
                 continue
             if decision.retry_after_ms <= 0 or request.force:
                 continue
-            refusing = [
-                (name, -cost if cost < 0 else cost, left)
+            refusing = [  # a probe (negative cost) needs as much room as a count
+                (name, abs(cost), left)
                 for (name, cost), (_, left) in zip(request.limits, decision.remaining, strict=True)
-                if left < (-cost if cost < 0 else cost) and self.defs[name].parsed.count > 0
+                if left < abs(cost) and self.defs[name].parsed.count > 0
             ]
             if len(refusing) != 1 or len({n for n, _ in request.limits}) < len(request.limits):
                 continue

@@ -312,13 +312,7 @@ class PolicyService:
         guard = self.guard
         if self._unix is not None:  # a process of this host, as a loopback peer is
             host = f"unix:{self._unix[0]}"
-            if len(self._writers) < guard.max_connections:
-                return True
-            reason = "connections"
-            if self._refusal_log.should_log(host):
-                log.warning("policy client on %s refused: %d connections open (max_connections)",
-                            host, len(self._writers))  # fmt: skip
-        elif not guard.allows(host):
+        if self._unix is None and not guard.allows(host):
             reason = "not_allowed"
             if self._refusal_log.should_log(host):
                 log.warning("policy client %s is not in Policy clients; connection closed", host)

@@ -259,12 +259,7 @@ class DecisionBatch:
             return None
         known = windows.known_refusal(request)
         if known is not None:
-            settled = service.quotas.settle(step.limits, known)
-            if isinstance(settled, Outcome):
-                return service.complete(step, settled)
-            active, recipient, warning = settled  # recipient or WARN windows: ask the rest
-            self._alone(conn, step, active, until, recipient, warning)
-            return None
+            return self._settle(conn, step, known, until)
         self._queue.append((conn, step, request, until))
         if not (self._scheduled or self._inflight):
             self._scheduled = True
@@ -304,17 +299,27 @@ class DecisionBatch:
                         outcome = service._failed(step.address)
                     conn.answered(service.complete(step, outcome))
                     continue
-                settled = service.quotas.settle(step.limits, decided[i])
-                if isinstance(settled, Outcome):
-                    outcome = service._degrade() if settled.degraded else settled
-                    conn.answered(service.complete(step, outcome))
-                else:  # only recipient or WARN windows refused: ask again without them
-                    active, recipient, warning = settled
-                    self._alone(conn, step, active, until, recipient, warning)
+                answer = self._settle(conn, step, decided[i], until)
+                if answer is not None:
+                    conn.answered(answer)
             except Exception:
                 log.exception("policy client %s: answering failed; connection closed", conn.peer)
                 conn.busy = False
                 conn.close()
+
+    def _settle(
+        self, conn: PolicyConnection, step: Step, decision: Decision, until: float
+    ) -> str | None:
+        """The answer a decision makes of ``step``; None when only recipient or WARN
+        windows refused and the rest is asked again on its own (it answers then)."""
+        service = self.service
+        settled = service.quotas.settle(step.limits, decision)
+        if isinstance(settled, Outcome):
+            outcome = service._degrade() if settled.degraded else settled
+            return service.complete(step, outcome)
+        active, recipient, warning = settled
+        self._alone(conn, step, active, until, recipient, warning)
+        return None
 
     def _alone(
         self,
