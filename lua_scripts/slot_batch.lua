@@ -40,13 +40,9 @@ while i <= #ARGV do
       local parts = {}
       for part in string.gmatch(record, '[^\n]+') do parts[#parts + 1] = part end
       if parts[1] == view and live then
-        for p = 2, #parts do
-          for v = 0, 1 do
-            local data = KEYS[3 + v]
-            if tonumber(redis.call('HGET', data, parts[p]) or '0') > 0 then
-              add(data, KEYS[5 + v], parts[p], -1)
-            end
-          end
+        for p = 2, #parts do  -- a count already gone (drained) goes to -1 and is deleted
+          add(KEYS[3], KEYS[5], parts[p], -1)
+          add(KEYS[4], KEYS[6], parts[p], -1)
         end
         done = 1
       end
