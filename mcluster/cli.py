@@ -148,7 +148,7 @@ def _agent(args: argparse.Namespace) -> int:
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(
-                run_agent(config, args.node, url, args.listen, args.policy, namespace, guard, tls)
+                run_agent(config, args.node, url, args.listen, policy_at, namespace, guard, tls)
             )
     except (RedisConnectionError, OSError) as exc:
         return _fail(f"cannot reach Redis at {redact_url(url)}: {exc}")

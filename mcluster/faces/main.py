@@ -14,7 +14,7 @@ from mcluster.agent.reload import reload_in_background
 from mcluster.config import ClusterConfig
 from mcluster.console.serve import serve_console
 from mcluster.faces.http.app import make_app
-from mcluster.faces.listen import UnixAddress, policy_address, split_listen
+from mcluster.faces.listen import UnixAddress, split_listen
 from mcluster.faces.policy import PolicyService
 from mcluster.objects.policy import policy_config
 from mcluster.security.clients import policy_guard
@@ -30,13 +30,14 @@ async def run_agent(
     node_name: str,
     redis_url: str | None,
     listen: str,
-    policy: str | None = None,
+    policy: tuple[str, int] | UnixAddress | None = None,
     namespace: str | None = None,
     guard: HttpGuard | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> None:
     """Serve the HTTP API (behind ``guard``, over TLS with ``tls``) and the Postfix policy
-    service, join, and run until SIGTERM/SIGINT; then flush and leave. SIGHUP reloads the
+    service (on ``policy``, as ``faces.listen.policy_address`` parsed it once, before the
+    join), join, and run until SIGTERM/SIGINT; then flush and leave. SIGHUP reloads the
     config and re-reads the API token file."""
     host, port = split_listen(listen)
     guard = guard or HttpGuard()
@@ -73,12 +74,11 @@ async def run_agent(
         scheme = "https" if tls else "http"
         log.info("agent %s serving %s://%s", node.private_name, scheme, listen)
         if service is not None and policy is not None:
-            where = policy_address(policy)
-            if isinstance(where, UnixAddress):
-                await service.start_unix(where.path)
+            if isinstance(policy, UnixAddress):
+                await service.start_unix(policy.path)
             else:
-                await service.start(*where)
-            log.info("Postfix policy service on %s", where)
+                await service.start(*policy)
+            log.info("Postfix policy service on %s", policy)
         await stopping.wait()
         log.info("stopping: flushing and leaving the cluster")
     finally:
