@@ -25,7 +25,11 @@ states"), and the check after the flush shows nothing is lost.
 Targets (issue 16): mcluster >= 3x the naive loop at 50 callers (Python API), p99 <= 2 ms;
 HTTP is reported against the same baseline.
 
-    /work/venv/bin/python benchmarks/outbound.py [--quick] [--strict]
+    /work/venv/bin/python benchmarks/outbound.py [--quick] [--strict] [--no-http] [--pairs N]
+
+``--no-http`` leaves out the HTTP cases and their agent process: the Python API and its
+baseline only, the node alone in this process beside the naive loop. ``--pairs`` sets the
+pairs per case (default 10,000; 600 with ``--quick``).
 """
 
 from __future__ import annotations
@@ -130,7 +134,7 @@ async def measure(
         for case in cases:
             lat: list[float] = []
             rcpu, calls, evals = redis_counters(admin)
-            acpu = process_cpu(agent_pid)
+            acpu = process_cpu(agent_pid) if agent_pid else 0.0
             cpu = time.process_time()
             start = time.perf_counter()
             case.refused += await closed_loop(case.pair, per_round, case.callers, lat)
@@ -219,9 +223,12 @@ async def views_drained(node: Node, admin: redis.Redis) -> list[str]:
     return problems
 
 
-async def run(server: RedisServer, quick: bool, report: Report) -> None:
-    n = 600 if quick else 10_000
+async def run(
+    server: RedisServer, quick: bool, report: Report, http: bool = True, pairs: int = 0
+) -> None:
+    n = pairs or (600 if quick else 10_000)
     rounds = 2 if quick else 4
+    kinds = ("naive", "python", "http") if http else ("naive", "python")
     admin = server.client()
     report.figure("pairs per case", f"{n:,}", f"{rounds} interleaved rounds; rate = median")
     report.figure("  columns", "pairs/s", "p50 p99 ms | CPU/pair: bench process + redis")
@@ -233,10 +240,14 @@ async def run(server: RedisServer, quick: bool, report: Report) -> None:
     farm = Farm(workdir, redis_server=server, extra_cluster=farm_views, extra=EXTRA)
     config = parse_config(f"cluster {{\n{VIEWS}}}\n{EXTRA}")
     naive = redis.asyncio.Redis(host="127.0.0.1", port=server.port)
+    session = None
     try:
-        await farm.start("http-1")
-        base = farm.agents["http-1"].base
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+        pid = 0
+        if http:
+            await farm.start("http-1")
+            base = farm.agents["http-1"].base
+            pid = farm.agents["http-1"].proc.pid
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
         async with Node(config, "bench-1", server.url, namespace="bench") as node:
             cases: dict[tuple[str, int], Case] = {}
             calls: dict[int, tuple[list[float], list[float]]] = {}
@@ -246,27 +257,27 @@ async def run(server: RedisServer, quick: bool, report: Report) -> None:
                 cases["python", c] = Case(
                     f"mcluster Python API, {who(c)}", c, python_pair(node, *calls[c])
                 )
-                cases["http", c] = Case(f"mcluster HTTP API, {who(c)}", c, http_pair(session, base))
-            pid = farm.agents["http-1"].proc.pid
+                if session is not None:
+                    pair = http_pair(session, base)
+                    cases["http", c] = Case(f"mcluster HTTP API, {who(c)}", c, pair)
             await measure(list(cases.values()), n, rounds, admin, pid)
             problems = await views_drained(node, admin)
             stats = node.connection_stats()
-        await session.close()
     finally:
+        if session is not None:
+            await session.close()
         await naive.aclose()
         for agent in farm.agents.values():  # not farm.close(): run_benchmark stops Redis
             agent.proc.kill()
             agent.proc.wait()
         if farm._session is not None:
             await farm._session.close()
-    for key in ("naive", "python", "http"):
+    for key in kinds:
         for c in CALLERS:
             case = cases[key, c]
             report.figure(case.label, f"{case.rate:,.0f}/s", case.summary())
     ratios = {
-        (key, c): cases[key, c].rate / cases["naive", c].rate
-        for key in ("python", "http")
-        for c in CALLERS
+        (key, c): cases[key, c].rate / cases["naive", c].rate for key in kinds[1:] for c in CALLERS
     }
     for (key, c), ratio in ratios.items():
         report.figure(f"{key} / naive, {who(c)}", f"{ratio:.2f}x")
@@ -298,12 +309,13 @@ async def run(server: RedisServer, quick: bool, report: Report) -> None:
         "Python API p99, 50 callers", py50.p(99) <= P99_TARGET_MS,
         f"{py50.p(99):.3f} ms <= {P99_TARGET_MS} ms",
     )  # fmt: skip
-    http50 = cases["http", 50]
-    report.target(
-        "HTTP API vs naive, 50 callers",
-        ratios["http", 50] >= RATIO_TARGET,
-        f"{ratios['http', 50]:.2f}x >= {RATIO_TARGET}x (p99 {http50.p(99):.3f} ms)",
-    )
+    if http:
+        http50 = cases["http", 50]
+        report.target(
+            "HTTP API vs naive, 50 callers",
+            ratios["http", 50] >= RATIO_TARGET,
+            f"{ratios['http', 50]:.2f}x >= {RATIO_TARGET}x (p99 {http50.p(99):.3f} ms)",
+        )
     refused = sum(c.refused for c in cases.values())
     report.target("every pair admitted and closed", refused == 0, f"{refused} refused")
     report.target("views and slots drained after the run", not problems,
@@ -312,11 +324,15 @@ async def run(server: RedisServer, quick: bool, report: Report) -> None:
 
 def main() -> None:
     parser = make_parser(__doc__ or "")
+    parser.add_argument("--no-http", action="store_true", help="leave out the HTTP API cases")
+    parser.add_argument("--pairs", type=int, default=0, help="pairs per case")
     args = parser.parse_args()
+    if args.pairs < 0:
+        parser.error(f"--pairs must be positive, got {args.pairs}")
     run_benchmark(
         "outbound connection reports",
         args.strict,
-        lambda server, report: run(server, args.quick, report),
+        lambda server, report: run(server, args.quick, report, not args.no_http, args.pairs),
         limit=240 if args.quick else 1200,
         loop=args.loop,
     )
