@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mcluster import ConfigError, Node, parse_config
+from mcluster.agent.slots import Op, Slots
 from mcluster.faces.http.app import make_app
 from mcluster.objects.outbound import OBTM_OPTION, OutboundPolicy, Route
 from tests.helpers import crash, redis_pids, started_nodes, until, until_running
@@ -163,6 +164,38 @@ async def test_caps_never_exceeded_and_freed_by_reaping(
     for _ in range(dead):
         assert (await nodes[0].open_connection(route)).allowed
     assert not (await nodes[0].open_connection(route)).allowed
+
+
+async def test_a_turn_of_opens_goes_in_two_calls_and_holds_the_cap(
+    nodes: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What one turn of the loop gathers goes in two slot_batch calls (slots.SPLIT_AT):
+    the cap holds exactly across them, and the counts match the slots held."""
+    node, route = nodes[0], Route("lone", "hotmail.com")
+    sizes: list[int] = []
+    call = Slots._call
+
+    async def counted(self: Slots, ops: list[Op]) -> list[str]:
+        sizes.append(len(ops))
+        return await call(self, ops)
+
+    monkeypatch.setattr(Slots, "_call", counted)
+    results = await asyncio.gather(*(node.open_connection(route) for _ in range(60)))
+    held = [str(r.slot) for r in results if r.allowed]
+    assert len(held) == 10
+    # a few went alone (no call in flight then); the rest, more than 2 * SPLIT_AT, in
+    # halves: no call held more than half of them
+    assert sum(sizes) == 60 and max(sizes) <= 30 and len(sizes) >= 3, sizes
+    # closes and opens in one turn: whatever order the halves reach Redis in, the cap
+    # holds and the count is the slots held
+    mixed = await asyncio.gather(
+        *(node.close_connection(slot) for slot in held),
+        *(node.open_connection(route) for _ in range(30)),
+    )
+    assert all(mixed[:10])
+    now = [r for r in mixed[10:] if not isinstance(r, bool) and r.allowed]
+    assert 0 < len(now) <= 10
+    assert await node.count("outbound_slots", "max:lone::hotmail.com") == len(now)
 
 
 async def test_slots_survive_a_resync(nodes: list[Node], shared_redis: AnyRedis) -> None:
