@@ -311,8 +311,10 @@ class PolicyService:
         host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
         guard = self.guard
         if self._unix is not None:  # a process of this host, as a loopback peer is
-            host = f"unix:{self._unix[0]}"
-        if self._unix is None and not guard.allows(host):
+            host, allowed = f"unix:{self._unix[0]}", True
+        else:
+            allowed = guard.allows(host)
+        if not allowed:
             reason = "not_allowed"
             if self._refusal_log.should_log(host):
                 log.warning("policy client %s is not in Policy clients; connection closed", host)
