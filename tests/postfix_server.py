@@ -287,8 +287,11 @@ class Mx:
         return f"n{listener + 1}"
 
     def policy_args(self, listener: int) -> list[str]:
-        where = self.postfix.policy_ports[listener]
-        return ["--policy", f"unix:{where}" if isinstance(where, Path) else f"127.0.0.1:{where}"]
+        # the agent's --policy is main.cf's name without "inet:" (unix:PATH is the same)
+        return [
+            "--policy",
+            policy_endpoint(self.postfix.policy_ports[listener]).removeprefix("inet:"),
+        ]
 
     async def restart(self, listener: int) -> None:
         """Start the agent of ``listener`` again (after a kill), on the same policy port."""
