@@ -242,34 +242,48 @@ class Slots:
         self._flush()
 
     def _flush(self) -> None:
-        """Send what queued while a lane is free (in tasks: the callers wait on futures),
-        in two calls when there is enough for both (``SPLIT_AT``)."""
+        """Send what queued on the lanes free (in tasks: the callers wait on futures)."""
         self._flush_soon = False
-        queued, free = len(self._queue), LANES - self._inflight
-        size = MAX_BATCH
-        if queued >= 2 * SPLIT_AT and free >= 2:
-            size = min(MAX_BATCH, -(-queued // 2))
         while self._queue and self._inflight < LANES:
-            batch = self._queue[:size]
-            del self._queue[:size]
+            batch = self._take(LANES - self._inflight - 1)
             self._inflight += 1
-            task = asyncio.create_task(self._send(batch))
+            task = asyncio.create_task(self._lane(batch))
             self._retries.add(task)
             task.add_done_callback(self._retries.discard)
 
-    async def _send(self, batch: list[tuple[Op, asyncio.Future[str]]]) -> None:
+    def _take(self, spare: int) -> list[tuple[Op, asyncio.Future[str]]]:
+        """The next call's operations: all that queued, or half of it when there is enough
+        for two calls (``SPLIT_AT``) and a ``spare`` lane to send the other half."""
+        size = MAX_BATCH
+        if len(self._queue) >= 2 * SPLIT_AT and spare > 0:
+            size = min(MAX_BATCH, -(-len(self._queue) // 2))
+        batch = self._queue[:size]
+        del self._queue[:size]
+        return batch
+
+    async def _lane(self, batch: list[tuple[Op, asyncio.Future[str]]]) -> None:
+        """Send ``batch``, answer its callers, and go on with what queued meanwhile, at
+        once: a task per call cost each waiting operation a turn of the loop more, and
+        (node alone, 50 callers) 3-19 % fewer pairs/s in interleaved runs."""
         try:
-            results = await self._call([op for op, _ in batch])
-        except BaseException as exc:  # every caller of the batch sees the error
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            while True:
+                try:
+                    results = await self._call([op for op, _ in batch])
+                except BaseException as exc:  # every caller of the batch sees the error
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for (_, future), result in zip(batch, results, strict=True):
+                        if not future.done():
+                            future.set_result(result)
+                if not self._queue:
+                    return
+                batch = self._take(LANES - self._inflight)
+                if self._queue:  # the other half: on a lane of its own
+                    self._flush()
         finally:
             self._called(None)
 
