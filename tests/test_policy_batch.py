@@ -82,7 +82,7 @@ async def test_back_to_back_requests_answered_in_order_then_released_on_close(
         writer.close()
 
         async def released() -> bool:
-            return not svc._writers and not svc.transactions
+            return not svc.connections and not svc.transactions
 
         await until(released, 5, what="the connection's transaction released")
         assert svc.stats.released["closed"] == 1
@@ -98,7 +98,7 @@ async def test_a_client_that_does_not_read_is_not_read_either(
         reader, writer = await asyncio.open_connection(sock=sock)
         writer.write(request("RCPT", "10.9.0.1", "first", recipient="b@x.org"))
         assert await answers(reader, 1) == ["action=DUNNO\n\n"]
-        conn: PolicyConnection = next(iter(svc._writers))
+        conn: PolicyConnection = next(iter(svc.connections))
         assert conn.transport is not None
         conn.transport.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 4096

@@ -107,7 +107,7 @@ async def test_connections_past_the_cap_are_closed(
             writer.close()
 
         async def none_open() -> bool:
-            return not svc._writers
+            return not svc.connections
 
         await until(none_open, 5, what="the held connections closed")
         assert await exchange(svc.port, "127.0.0.1") == b"action=DUNNO\n\n"

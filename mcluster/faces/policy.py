@@ -226,7 +226,7 @@ class PolicyService:
         self.stats = PolicyStats()
         self._server: asyncio.Server | None = None
         self._unix: tuple[Path, int] | None = None  # the socket file served, its inode
-        self._writers: set[PolicyConnection] = set()  # the connections served
+        self.connections: set[PolicyConnection] = set()  # served now (see admit, forget)
         self._tasks: set[asyncio.Future[None]] = set()  # batch calls in flight
         from mcluster.faces.policy_conn import DecisionBatch  # it builds on this module
 
@@ -286,7 +286,7 @@ class PolicyService:
             self.node.reload_hooks.remove(self.adopt)
         if self._server is not None:
             self._server.close()
-        for conn in list(self._writers):
+        for conn in list(self.connections):
             conn.close()
         self.windows.cancel_renewals()
         for task in (self._sweeper, self._quota_task, *self._tasks):
@@ -301,13 +301,14 @@ class PolicyService:
             listen.release(*self._unix)
             self._unix = None
         for instance in list(self.transactions):
-            self._release(instance, "stopped")
+            self.release(instance, "stopped")
 
     # -- the protocol -----------------------------------------------------------------
 
-    def _admit(self, peer: object, transport: asyncio.Transport) -> bool:
-        """Whether a new connection may be served; a refused one is closed at once, before
-        anything is read or answered, and counted (logged once a minute per address)."""
+    def admit(self, conn: PolicyConnection, peer: object, transport: asyncio.Transport) -> bool:
+        """Serve ``conn`` (counted in ``connections`` until ``forget``), or refuse it: closed
+        at once, before anything is read or answered, and counted (logged once a minute
+        per address)."""
         host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
         guard = self.guard
         if self._unix is not None:  # a process of this host, as a loopback peer is
@@ -318,18 +319,26 @@ class PolicyService:
             reason = "not_allowed"
             if self._refusal_log.should_log(host):
                 log.warning("policy client %s is not in Policy clients; connection closed", host)
-        elif len(self._writers) >= guard.max_connections:
+        elif len(self.connections) >= guard.max_connections:
             reason = "connections"
             if self._refusal_log.should_log(host):
                 log.warning("policy client %s refused: %d connections open (max_connections)",
-                            host, len(self._writers))  # fmt: skip
+                            host, len(self.connections))  # fmt: skip
         else:
+            self.connections.add(conn)
+            self.stats.connections += 1
             return True
         self.refusals.count("policy", reason)
         transport.abort()  # no answer, no lingering
         return False
 
-    def _track(self, task: asyncio.Future[None]) -> None:
+    def forget(self, conn: PolicyConnection) -> None:
+        """``conn`` closed: the transaction it was in ends."""
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.release(conn.current, "closed")
+
+    def track(self, task: asyncio.Future[None]) -> None:
         """Keep a batch call's task until it ends (the loop holds only weak references)."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -340,7 +349,7 @@ class PolicyService:
         step = self.begin(attrs)
         if isinstance(step, str):
             return step
-        return self.complete(step, await self._limit(step.limits, step.address))
+        return self.complete(step, await self.limit(step.limits, step.address))
 
     def begin(self, attrs: dict[str, str]) -> str | Step:
         """A request's answer when no window needs asking, else the Step that waits for
@@ -407,14 +416,14 @@ class PolicyService:
                 recipients_counted=step.state in RECIPIENT_STATES,
             )
             if len(self.transactions) > MAX_TRANSACTIONS:
-                self._release(next(iter(self.transactions)), "overflow")
+                self.release(next(iter(self.transactions)), "overflow")
         return self._finish(step.state, step.instance, step.address, outcome.answer)
 
     def _finish(self, state: str, instance: str, address: str, action: str) -> str:
         if state == END_OF_MESSAGE:
             if admits(action):
                 self._audit("reception", address)
-            self._release(instance, "end-of-message")
+            self.release(instance, "end-of-message")
         self.stats.actions[action.split(" ", 1)[0]] += 1
         return action
 
@@ -441,7 +450,7 @@ class PolicyService:
             f"(cluster limit {rule.rate.count} per {rule.rate.period:g} s); try again in {wait} s"
         )
 
-    async def _limit(
+    async def limit(
         self,
         limits: list[Limit],
         address: str,
@@ -468,17 +477,17 @@ class PolicyService:
             log.debug("policy decision degraded (%s)", type(exc).__name__)
             outcome = Outcome("", "", degraded=True)
         except Exception:  # never let a request kill the connection or the agent
-            return self._failed(address)
+            return self.failed(address)
         if outcome.degraded:
-            return self._degrade()
+            return self.degrade()
         return outcome
 
-    def _degrade(self) -> Outcome:
+    def degrade(self) -> Outcome:
         self.stats.degraded += 1
         action = self._on_error()
         return Outcome(action, action)
 
-    def _failed(self, address: str) -> Outcome:
+    def failed(self, address: str) -> Outcome:
         """Called in an ``except``: logs the exception, answers ``on_error``."""
         log.exception("policy decision failed for %s; answering %s", address, self._on_error())
         self.stats.errors += 1
@@ -492,7 +501,7 @@ class PolicyService:
 
     # -- transactions -----------------------------------------------------------------
 
-    def _release(self, instance: str, why: str) -> None:
+    def release(self, instance: str, why: str) -> None:
         txn = self.transactions.pop(instance, None) if instance else None
         if txn is None:
             return
@@ -509,7 +518,7 @@ class PolicyService:
                 break
             expired.append(instance)
         for instance in expired:
-            self._release(instance, "timeout")
+            self.release(instance, "timeout")
         return len(expired)
 
     async def _sweep_loop(self) -> None:

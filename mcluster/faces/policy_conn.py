@@ -67,12 +67,10 @@ class PolicyConnection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's too
         self.peer = transport.get_extra_info("peername")
         service = self.service
-        if not service._admit(self.peer, transport):
+        if not service.admit(self, self.peer, transport):
             self.closed = True
             return
         self.served = True
-        service._writers.add(self)
-        service.stats.connections += 1
         # smtpd reads each answer before it asks again: more than this unsent is a
         # client that sends without reading (wait for it, as drain() did)
         transport.set_write_buffer_limits(high=WRITE_BUFFER)
@@ -131,7 +129,7 @@ class PolicyConnection(asyncio.Protocol):
                     self._request_timer = None
                 instance = attrs.get("instance", "")
                 if instance != self.current:  # the smtpd process moved on: that one is over
-                    service._release(self.current, "next")
+                    service.release(self.current, "next")
                     self.current = instance
                 step = service.begin(attrs)
             except Garbage as exc:
@@ -228,8 +226,7 @@ class PolicyConnection(asyncio.Protocol):
         self._idle_timer = self._request_timer = None
         if self.served:
             self.served = False
-            self.service._release(self.current, "closed")
-            self.service._writers.discard(self)
+            self.service.forget(self)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -272,7 +269,7 @@ class DecisionBatch:
             return
         batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         self._inflight = True
-        self.service._track(asyncio.ensure_future(self._run(batch)))
+        self.service.track(asyncio.ensure_future(self._run(batch)))
 
     async def _run(self, batch: list[tuple[PolicyConnection, Step, Request, float]]) -> None:
         service = self.service
@@ -296,7 +293,7 @@ class DecisionBatch:
                     try:
                         raise decided
                     except Exception:
-                        outcome = service._failed(step.address)
+                        outcome = service.failed(step.address)
                     conn.answered(service.complete(step, outcome))
                     continue
                 answer = self._settle(conn, step, decided[i], until)
@@ -315,7 +312,7 @@ class DecisionBatch:
         service = self.service
         settled = service.quotas.settle(step.limits, decision)
         if isinstance(settled, Outcome):
-            outcome = service._degrade() if settled.degraded else settled
+            outcome = service.degrade() if settled.degraded else settled
             return service.complete(step, outcome)
         active, recipient, warning = settled
         self._alone(conn, step, active, until, recipient, warning)
@@ -335,11 +332,11 @@ class DecisionBatch:
 
         async def decide() -> None:
             try:
-                outcome = await service._limit(limits, step.address, until, recipient, warning)
+                outcome = await service.limit(limits, step.address, until, recipient, warning)
                 conn.answered(service.complete(step, outcome))
             except Exception:
                 log.exception("policy client %s: answering failed; connection closed", conn.peer)
                 conn.busy = False
                 conn.close()
 
-        service._track(asyncio.ensure_future(decide()))
+        service.track(asyncio.ensure_future(decide()))

@@ -83,6 +83,21 @@ class HttpGuard:
     def refuse(self, reason: str) -> None:
         self.refusals.count("http", reason)
 
+    def admit(self, conn: GuardedProtocol) -> bool:
+        """Count ``conn`` in (``open``, until ``forget``), or refuse it (counted) when
+        ``max_connections`` are open."""
+        if self.open >= self.limits.max_connections:
+            self.refuse("connections")
+            return False
+        self.open += 1
+        self._connections[conn.inner] = conn
+        return True
+
+    def forget(self, conn: GuardedProtocol) -> None:
+        """An admitted ``conn`` closed."""
+        self.open -= 1
+        self._connections.pop(conn.inner, None)
+
     def check_batch(self, count: int, what: str = "events") -> None:
         """Refuse (413, counted) a batch of more than ``max_events`` entries; a handler
         calls it before applying anything."""
@@ -208,14 +223,11 @@ class GuardedProtocol(asyncio.Protocol):
         # a cast, not an isinstance check: uvloop's TCPTransport is not an asyncio.Transport
         self.transport = transport = cast(asyncio.Transport, transport)
         guard = self.guard
-        if guard.open >= guard.limits.max_connections:
-            guard.refuse("connections")
+        if not guard.admit(self):
             transport.write(BUSY_RESPONSE)
             transport.close()
             return
         self.admitted = True
-        guard.open += 1
-        guard._connections[self.inner] = self
         self._arm(guard.limits.idle_timeout)
         self.inner.connection_made(transport)
 
@@ -223,8 +235,7 @@ class GuardedProtocol(asyncio.Protocol):
         if not self.admitted:
             return
         self.admitted = False
-        self.guard.open -= 1
-        self.guard._connections.pop(self.inner, None)
+        self.guard.forget(self)
         self._disarm()
         self.inner.connection_lost(exc)
 
