@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import stat
 import time
@@ -21,7 +22,7 @@ from mcluster.duravip import arp, store
 from mcluster.duravip.command import Plumber
 from mcluster.duravip.config import DuraVipConfig, command_line, duravip_config
 from mcluster.duravip.state import elected, states
-from mcluster.duravip.store import Owner, Snapshot, VipKeys
+from mcluster.duravip.store import Owner, Snapshot, VipAddress, VipKeys, VipRecord
 from mcluster.store.keys import ClusterKeys
 from mcluster.store.scripts import Scripts
 from tests.redis_servers import RedisServer
@@ -196,13 +197,25 @@ async def test_reservation_of_a_dead_node_can_be_ignored(vip: Cluster) -> None:
 # -- states and the console's shapes -----------------------------------------------------------
 
 
-def record(private: str, addresses: dict[str, tuple[list[str], list[str]]]) -> dict[str, Any]:
-    return {
-        "private_name": private,
-        "addresses": {a: {"services": s, "preferences": p} for a, (s, p) in addresses.items()},
-        "config_since": {a: 1_000 for a in addresses},
-        "lease_ttl_ms": 3000,
+def record(private: str, addresses: dict[str, tuple[list[str], list[str]]]) -> VipRecord:
+    return VipRecord(
+        private_name=private,
+        addresses={a: VipAddress(tuple(s), tuple(p)) for a, (s, p) in addresses.items()},
+        config_since={a: 1_000 for a in addresses},
+        lease_ttl_ms=3000,
+    )
+
+
+def test_a_record_reads_back_as_stored_and_an_older_ones_gaps_get_defaults() -> None:
+    published = record("#e1-1#n1", {"10.0.0.1": (["binding:b1"], ["n1"])})
+    stored = json.dumps(published.to_json(), sort_keys=True)
+    assert json.loads(stored)["addresses"] == {
+        "10.0.0.1": {"services": ["binding:b1"], "preferences": ["n1"]}
     }
+    assert VipRecord.parse(stored) == published
+    older = VipRecord.parse('{"private_name": "#e1-1#n1", "addresses": {"10.0.0.1": {}}}')
+    assert older.addresses["10.0.0.1"] == VipAddress((), ())
+    assert (older.lease_ttl_ms, older.command_timeout_ms, older.config_since) == (3000, 10000, {})
 
 
 def snapshot() -> Snapshot:

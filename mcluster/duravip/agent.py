@@ -246,20 +246,19 @@ class DuraVipAgent:
         if member is None:
             return
         client = self.ctx.client
-        previous = await store.read_record(client, self.vk, self.ctx.node) or {}
+        previous = await store.read_record(client, self.vk, self.ctx.node) or store.VipRecord()
         now = await server_time_ms(client)
         addresses = {a: vip_record(v) for a, v in self.cfg.addresses.items()}
-        old = previous.get("addresses", {})
-        old_since = previous.get("config_since", {})
+        old, old_since = previous.addresses, previous.config_since
         since = {a: old_since.get(a, now) if old.get(a) == r else now for a, r in addresses.items()}
-        record: store.VipRecord = {
-            "private_name": member.private_name,
-            "addresses": addresses,
-            "config_since": since,
-            "interface": self.cfg.interface,
-            "lease_ttl_ms": self.ttl_ms,
-            "command_timeout_ms": int(self.cfg.timeout * 1000),
-        }
+        record = store.VipRecord(
+            private_name=member.private_name,
+            addresses=addresses,
+            config_since=since,
+            interface=self.cfg.interface,
+            lease_ttl_ms=self.ttl_ms,
+            command_timeout_ms=int(self.cfg.timeout * 1000),
+        )
         await store.publish_record(client, self.vk, self.ctx.node, record)
         self._published = member.private_name
         log.debug("DuraVIP: published %d addresses as %s", len(addresses), member.private_name)

@@ -23,7 +23,7 @@ from mcluster.duravip.store import Owner, Snapshot, VipAddress, VipRecord
 
 def vip_record(vip: VipConfig) -> VipAddress:
     """How a node publishes one address of its config."""
-    return {"services": sorted(s.name for s in vip.services), "preferences": vip.preferences}
+    return VipAddress(tuple(sorted(s.name for s in vip.services)), tuple(vip.preferences))
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ def _name_addresses(records: dict[str, VipRecord]) -> dict[str, set[str]]:
     """Service name -> every address any live node puts it on."""
     where: dict[str, set[str]] = {}
     for record in records.values():
-        for address, vip in record.get("addresses", {}).items():
-            for service in vip.get("services", []):
+        for address, vip in record.addresses.items():
+            for service in vip.services:
                 where.setdefault(service, set()).add(address)
     return where
 
@@ -90,16 +90,16 @@ def states(snap: Snapshot) -> list[VipState]:
     found = []
     for address, owner in sorted(snap.owners.items(), key=lambda item: _sort_key(item[0])):
         vips = {
-            node: record["addresses"][address]
+            node: record.addresses[address]
             for node, record in sorted(snap.records.items())
-            if address in record.get("addresses", {})
+            if address in record.addresses
         }
-        services = {tuple(v.get("services", [])) for v in vips.values()}
+        services = {v.services for v in vips.values()}
         names = sorted({s for group in services for s in group})
-        preferences = {p for v in vips.values() for p in v.get("preferences", [])}
+        preferences = {p for v in vips.values() for p in v.preferences}
         conflict = len(preferences) > 1
         preferred = next(iter(preferences)) if len(preferences) == 1 else None
-        since = [int(snap.records[node].get("config_since", {}).get(address, 0)) for node in vips]
+        since = [snap.records[node].config_since.get(address, 0) for node in vips]
         found.append(
             VipState(
                 address=address,

@@ -18,8 +18,9 @@ checks a node's membership lease and changes an address's ownership atomically:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict, cast
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -80,25 +81,58 @@ class Owner:
         return cls(node, private, int(token))
 
 
-class VipAddress(TypedDict):
+@dataclass(frozen=True)
+class VipAddress:
     """One address of a node's record: the services the node puts on it (sorted) and the
-    preferred nodes its config names (sorted)."""
+    preferred nodes its config names."""
 
-    services: list[str]
-    preferences: list[str]
+    services: tuple[str, ...] = ()
+    preferences: tuple[str, ...] = ()
 
 
-class VipRecord(TypedDict, total=False):
-    """A node's published DuraVIP config (``B:vip_nodes``, JSON). Other nodes' elections
-    and the console read it as it is stored (a dict, typed here key by key): a record an
-    older agent wrote may lack keys, so readers keep their defaults."""
+@dataclass(frozen=True)
+class VipRecord:
+    """A node's published DuraVIP config (``B:vip_nodes``, JSON), which other nodes'
+    elections and the console read. A record an older agent wrote may lack fields:
+    ``parse`` gives them their defaults, here and nowhere else."""
 
-    private_name: str
-    addresses: dict[str, VipAddress]  # address -> what this node would serve there
-    config_since: dict[str, int]  # address -> Redis ms its entry last changed
-    interface: str
-    lease_ttl_ms: int
-    command_timeout_ms: int
+    private_name: str = ""
+    addresses: Mapping[str, VipAddress] = field(default_factory=dict)  # what it would serve
+    config_since: Mapping[str, int] = field(default_factory=dict)  # ms its entry last changed
+    interface: str = ""
+    lease_ttl_ms: int = 3000
+    command_timeout_ms: int = 10000
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> VipRecord:
+        data = json.loads(raw)
+        return cls(
+            private_name=str(data.get("private_name", "")),
+            addresses={
+                address: VipAddress(
+                    tuple(vip.get("services", ())), tuple(vip.get("preferences", ()))
+                )
+                for address, vip in data.get("addresses", {}).items()
+            },
+            config_since={a: int(ms) for a, ms in data.get("config_since", {}).items()},
+            interface=str(data.get("interface", "")),
+            lease_ttl_ms=int(data.get("lease_ttl_ms", 3000)),
+            command_timeout_ms=int(data.get("command_timeout_ms", 10000)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored shape (what ``parse`` reads)."""
+        return {
+            "private_name": self.private_name,
+            "addresses": {
+                a: {"services": list(v.services), "preferences": list(v.preferences)}
+                for a, v in self.addresses.items()
+            },
+            "config_since": dict(self.config_since),
+            "interface": self.interface,
+            "lease_ttl_ms": self.lease_ttl_ms,
+            "command_timeout_ms": self.command_timeout_ms,
+        }
 
 
 @dataclass
@@ -172,12 +206,12 @@ async def move(
 
 
 async def publish_record(client: Redis, vk: VipKeys, node: str, record: VipRecord) -> None:
-    await client.hset(vk.nodes, node, json.dumps(record, sort_keys=True))
+    await client.hset(vk.nodes, node, json.dumps(record.to_json(), sort_keys=True))
 
 
 async def read_record(client: Redis, vk: VipKeys, node: str) -> VipRecord | None:
     raw = await client.hget(vk.nodes, node)
-    return None if raw is None else cast(VipRecord, json.loads(raw))
+    return None if raw is None else VipRecord.parse(raw)
 
 
 async def snapshot(client: Redis, vk: VipKeys) -> Snapshot:
@@ -189,15 +223,15 @@ async def snapshot(client: Redis, vk: VipKeys) -> Snapshot:
         pipe.hgetall(vk.control)
         raw_nodes, raw_since, raw_handoff, raw_control = await pipe.execute()
     now = await server_time_ms(client)
-    records = {text(k): cast(VipRecord, json.loads(v)) for k, v in raw_nodes.items()}
+    records = {text(k): VipRecord.parse(v) for k, v in raw_nodes.items()}
     names = sorted(records)
     leases = await client.mget([vk.keys.lease(n) for n in names]) if names else []
     live = {
         n: records[n]
         for n, lease in zip(names, leases, strict=True)
-        if lease is not None and text(lease) == records[n].get("private_name")
+        if lease is not None and text(lease) == records[n].private_name
     }
-    addresses = sorted({a for r in live.values() for a in r.get("addresses", {})})
+    addresses = sorted({a for r in live.values() for a in r.addresses})
     owners = await client.mget([vk.lease(a) for a in addresses]) if addresses else []
     handoff = {}
     for k, v in raw_handoff.items():

@@ -73,10 +73,10 @@ def tables_xml(snap: Snapshot, found: list[VipState]) -> str:
         for binding in state.bindings:
             ET.SubElement(element, "binding", name=binding)
         for node in state.candidates:
-            vip = snap.records[node]["addresses"][state.address]
-            cand = {"node": node, "services": " ".join(vip.get("services", []))}
-            if vip.get("preferences"):
-                cand["preference"] = " ".join(vip["preferences"])
+            vip = snap.records[node].addresses[state.address]
+            cand = {"node": node, "services": " ".join(vip.services)}
+            if vip.preferences:
+                cand["preference"] = " ".join(vip.preferences)
             if state.owner is not None and state.owner.node == node:
                 cand["owner"] = "true"
             ET.SubElement(element, "candidate", cand)
@@ -107,7 +107,7 @@ async def duravip_show(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) 
 def _reserve_ms(snap: Snapshot, node: str) -> int:
     """How long a handoff holds: two lease TTLs and a command timeout of the target."""
     record = snap.records[node]
-    return 2 * int(record.get("lease_ttl_ms", 3000)) + int(record.get("command_timeout_ms", 10000))
+    return 2 * record.lease_ttl_ms + record.command_timeout_ms
 
 
 @command("duravip move", "FROM TO", "Move FROM's DuraVIP addresses to TO.", order=50)
@@ -147,7 +147,7 @@ async def duravip_move(ctx: ConsoleContext, spec: CommandSpec, rest: list[str]) 
         runner=jobs.console_runner(ctx.node), total=len(todo),
         deadline_ms=snap.now_ms + len(todo) * reserve,
     )  # fmt: skip
-    private = str(snap.records[dst]["private_name"])
+    private = snap.records[dst].private_name
     moved: list[str] = []
     pending: list[str] = []
     with contextlib.suppress(jobs.JobAborted):  # recorded as aborted; report what was done
