@@ -121,6 +121,43 @@ Policy {
     assert "10.1.2.3" in c.exempt and "192.0.2.7" in c.exempt and "192.0.2.8" not in c.exempt
 
 
+def test_limits_follow_every_value_they_read() -> None:
+    """QuotaEngine.limits remembers its answers by what it reads of a request: any of
+    those values changed, the windows and costs change with it."""
+    config = policy_config(
+        parse_config("""
+Policy {
+  Quota "u" { key = "sasl_username" limit = "3/60" exempt = ("boss") }
+  Quota "b" { key = "sasl_username" limit = "10M/86400" count = "bytes" }
+  Quota "r" { key = "recipient_domain" limit = "5/60" count = "recipients" }
+  Quota "c" { key = "client_address/24" limit = "5/60" exempt = ("192.0.2.0/24") }
+}
+""")
+    )
+    engine = QuotaEngine(config.quotas)
+    base = {"sasl_username": "Alice", "recipient": "x@one.example", "client_address": "10.1.2.3"}
+
+    def asked(state: str = "RCPT", first: bool = True, **changed: str) -> list[tuple[str, int]]:
+        attrs = base | changed
+        return [(limit.window, limit.cost) for limit in engine.limits(attrs, state, first=first)]
+
+    alice = asked()
+    assert alice == [
+        ("q.u:alice", 1), ("q.c:10.1.2.0/24", 1), ("q.b:alice", -1), ("q.r:one.example", 1),
+    ]  # fmt: skip
+    assert asked() == alice  # remembered
+    assert ("q.b:alice", -2048) in asked(size="2048")
+    assert ("q.r:two.example", 1) in asked(recipient="y@two.example")
+    assert ("q.c:10.1.2.0/24", 1) not in asked(client_address="192.0.2.9")  # exempt block
+    assert [w for w, _ in asked(sasl_username="boss")] == [
+        "q.c:10.1.2.0/24", "q.b:boss", "q.r:one.example",
+    ]  # fmt: skip
+    assert asked(first=False) == [("q.r:one.example", 1)]
+    assert asked("END-OF-MESSAGE", first=False, size="4096") == [("q.b:alice", 4096)]
+    engine.adopt(config.quotas[:1])  # a reload forgets what was remembered
+    assert asked() == [("q.u:alice", 1)]
+
+
 def test_bad_quotas_list_every_problem_with_its_place() -> None:
     text = (
         "Policy {\n"
