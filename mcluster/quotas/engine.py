@@ -72,14 +72,13 @@ class Limit:
     quota: Quota | None = None
     value: str = ""
     refusal: Callable[[int], str] | None = None
+    # set once from the fields above: settle reads them for every limit of every request
+    need: int = field(init=False, compare=False)  # the room it needs: |cost|
+    warn_only: bool = field(init=False, compare=False)  # a WARN quota's (shadow mode)
 
-    @property
-    def warn_only(self) -> bool:
-        return self.quota is not None and self.quota.warn_only
-
-    @property
-    def need(self) -> int:
-        return abs(self.cost)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "need", abs(self.cost))
+        object.__setattr__(self, "warn_only", self.quota is not None and self.quota.warn_only)
 
 
 @dataclass
@@ -318,10 +317,10 @@ class QuotaEngine:
         tripped = [a for a in active if left.get(a.window, a.need) < a.need] or list(active)
         enforcing = [a for a in tripped if not a.warn_only]
         retry = decision.retry_after_ms
-        stopped = next((a for a in enforcing if a.stage == "transaction"), None)
-        if stopped is not None:
-            answer = self._refuse(stopped, retry)
-            return Outcome(answer, answer)
+        for stopped in enforcing:
+            if stopped.stage == "transaction":
+                answer = self._refuse(stopped, retry)
+                return Outcome(answer, answer)
         if enforcing:  # recipient windows only: this recipient is refused
             recipient = recipient or self._refuse(enforcing[0], retry)
             rest = [a for a in active if a.stage != "recipient"]
