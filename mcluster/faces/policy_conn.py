@@ -6,8 +6,8 @@ coroutine, future and timer machinery of each request (the read, the throttle ba
 future and deadline timer, the task switches). Here a connection is an
 ``asyncio.Protocol``: ``data_received`` cuts out each whole request and asks the service
 for its answer at once (``PolicyService.begin``); a request that needs Redis goes into
-the service's ``DecisionBatch``, which sends ONE ``throttle_acquire`` per loop turn for
-every connection's waiting request (``Throttles.acquire_many``) in one task, settles each
+the service's ``DecisionBatch``, which sends ONE ``throttle_acquire`` for every
+connection's waiting request (``Throttles.acquire_many``) in one task, settles each
 decision synchronously (``QuotaEngine.settle``) and writes each connection's answer.
 
 What a connection promises is the same as before: one request at a time and answers in
@@ -36,6 +36,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcluster.policy")
 
 MAX_BATCH = 256  # requests in one script call (the throttles' own batch size)
+# Turns of the event loop a script call waits for more requests to join it. A call has a
+# cost of its own in the agent (its plan, packing, reply); under load requests arrive in
+# every turn, so two more turns (microseconds when the agent is idle) make fewer, fuller
+# calls. 20 clients, every request admitted, interleaved runs: 16.7-17.0k decisions/s and
+# p99 1.8 ms after 3 turns, 14.7-15.6k/s and p99 2.4-2.6 ms after 1, 16.3-16.6k/s after 5.
+GATHER_TURNS = 3
 READ_LIMIT = 1 << 17  # unread bytes buffered while a request waits: then stop reading
 
 
@@ -232,8 +238,8 @@ class PolicyConnection(asyncio.Protocol):
 
 
 class DecisionBatch:
-    """The requests waiting for Redis, decided together: one script call per loop turn
-    (or, while one is in flight, one call for everything that came meanwhile)."""
+    """The requests waiting for Redis, decided together: one script call for what came
+    in ``GATHER_TURNS`` turns of the loop (and, while one is in flight, meanwhile)."""
 
     def __init__(self, service: PolicyService) -> None:
         self.service = service
@@ -260,10 +266,13 @@ class DecisionBatch:
         self._queue.append((conn, step, request, until))
         if not (self._scheduled or self._inflight):
             self._scheduled = True
-            loop.call_soon(self._flush)
+            loop.call_soon(self._flush, GATHER_TURNS)
         return None
 
-    def _flush(self) -> None:
+    def _flush(self, turns: int) -> None:
+        if turns > 1:  # let the requests of another turn join (GATHER_TURNS)
+            asyncio.get_running_loop().call_soon(self._flush, turns - 1)
+            return
         self._scheduled = False
         if self._inflight or not self._queue:
             return
@@ -286,7 +295,7 @@ class DecisionBatch:
             self._inflight = False
             if self._queue and not self._scheduled:
                 self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+                asyncio.get_running_loop().call_soon(self._flush, GATHER_TURNS)
         for i, (conn, step, _, until) in enumerate(batch):
             try:
                 if isinstance(decided, BaseException):
