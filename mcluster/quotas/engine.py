@@ -54,7 +54,7 @@ END_OF_MESSAGE = "END-OF-MESSAGE"
 #: enhanced status codes of each refusing action (WARN, HOLD, DISCARD take none)
 CODES = {"DEFER_IF_PERMIT": "4.7.1", "DEFER": "4.7.1", "REJECT": "5.7.1"}
 MAX_MADE = 65536  # Limits remembered (a busy user or sender asks again and again)
-MAX_ASKED = 16384  # requests' windows remembered by what they read (see limits)
+MAX_ASKED = 4096  # requests' windows remembered by what they read (see limits)
 MAX_SHOWN = 100  # characters of a key value quoted in an answer
 FLUSH_EVERY = 2.0  # seconds between adding this agent's refusal counts to the cluster's
 MAX_HOT = 10_000  # key values per quota noted between two flushes
