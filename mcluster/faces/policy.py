@@ -333,7 +333,8 @@ class PolicyService:
         return False
 
     def forget(self, conn: PolicyConnection) -> None:
-        """``conn`` closed: the transaction it was in ends."""
+        """``conn`` closed: the transaction it was in ends (once; nothing for a connection
+        never admitted or already forgotten)."""
         if conn in self.connections:
             self.connections.discard(conn)
             self.release(conn.current, "closed")

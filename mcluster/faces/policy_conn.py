@@ -59,7 +59,6 @@ class PolicyConnection(asyncio.Protocol):
         self.reading = True
         self.eof = False
         self.closed = False
-        self.served = False  # admitted: counted in the service's connections
         idle, partial = service.guard.idle_timeout, service.guard.request_timeout
         self.idle: float | None = idle
         self.partial: float | None = partial
@@ -76,7 +75,6 @@ class PolicyConnection(asyncio.Protocol):
         if not service.admit(self, self.peer, transport):
             self.closed = True
             return
-        self.served = True
         # smtpd reads each answer before it asks again: more than this unsent is a
         # client that sends without reading (wait for it, as drain() did)
         transport.set_write_buffer_limits(high=WRITE_BUFFER)
@@ -230,9 +228,7 @@ class PolicyConnection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._idle_timer = self._request_timer = None
-        if self.served:
-            self.served = False
-            self.service.forget(self)
+        self.service.forget(self)  # once: it leaves the service's connections
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
