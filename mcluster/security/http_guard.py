@@ -77,11 +77,15 @@ class HttpGuard:
     limits: HttpLimits = field(default_factory=HttpLimits)
     refusals: Refusals = field(default_factory=Refusals)
     metrics_public: bool = False
-    open: int = 0  # connections open now
     _connections: dict[asyncio.BaseProtocol, GuardedProtocol] = field(default_factory=dict)
 
     def refuse(self, reason: str) -> None:
         self.refusals.count("http", reason)
+
+    @property
+    def open(self) -> int:
+        """Connections open now."""
+        return len(self._connections)
 
     def admit(self, conn: GuardedProtocol) -> bool:
         """Count ``conn`` in (``open``, until ``forget``), or refuse it (counted) when
@@ -89,13 +93,11 @@ class HttpGuard:
         if self.open >= self.limits.max_connections:
             self.refuse("connections")
             return False
-        self.open += 1
         self._connections[conn.inner] = conn
         return True
 
     def forget(self, conn: GuardedProtocol) -> None:
         """An admitted ``conn`` closed."""
-        self.open -= 1
         self._connections.pop(conn.inner, None)
 
     def check_batch(self, count: int, what: str = "events") -> None:
