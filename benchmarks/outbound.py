@@ -267,11 +267,7 @@ async def run(
         if session is not None:
             await session.close()
         await naive.aclose()
-        for agent in farm.agents.values():  # not farm.close(): run_benchmark stops Redis
-            agent.proc.kill()
-            agent.proc.wait()
-        if farm._session is not None:
-            await farm._session.close()
+        await farm.close()  # run_benchmark stops Redis (the farm does not own it)
     for key in kinds:
         for c in CALLERS:
             case = cases[key, c]

@@ -387,6 +387,8 @@ class Farm:
         self.namespace = "f" + uuid.uuid4().hex[:10]
         self.keys = ClusterKeys(self.namespace)
         self.redis = redis_server or start_redis()
+        #: whether ``close`` stops ``redis``: not a server given (its owner stops it)
+        self.owns_redis = redis_server is None
         self.config_path = workdir / f"{self.namespace}.conf"
         self.config_path.write_text(
             CONFIG.format(
@@ -426,7 +428,8 @@ class Farm:
         return self._client
 
     async def close(self) -> None:
-        """Kill every agent still there (SIGCONT first if stopped), stop Redis, clean up."""
+        """Kill every agent still there (SIGCONT first if stopped), stop Redis when it is
+        the farm's own (``owns_redis``), clean up."""
         for agent in self.agents.values():
             if agent.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -440,9 +443,9 @@ class Farm:
             with contextlib.suppress(Exception):
                 await self._client.aclose()
             self._client = None
-        if self.redis.proc.poll() is None:
+        if self.owns_redis and self.redis.proc.poll() is None:
             self.redis.stop()
-        for server in [self.redis, *self._dead_servers]:
+        for server in [*([self.redis] if self.owns_redis else []), *self._dead_servers]:
             shutil.rmtree(server.workdir, ignore_errors=True)
 
     def logs(self, tail: int = 60) -> str:
@@ -728,6 +731,7 @@ class Farm:
     def restart_redis(self) -> None:
         """Start an empty redis-server on the same port as the killed one."""
         self.redis = start_redis_on(self.redis.port, self.redis.binary)
+        self.owns_redis = True
 
 
 def _diff(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> str:
