@@ -22,16 +22,20 @@ local view = ARGV[1]
 local live = redis.call('HEXISTS', KEYS[2], view) == 1
 local out = {}
 
--- The closes' slot records, read in one command; an open or close below updates the copy.
+local CHUNK = 200  -- fields per command: unpack() is bounded by Lua's C stack
+
+-- The closes' slot records, read in one command per CHUNK; an open or close below
+-- updates the copy.
 local records, closing = {}, {}
 local i = 2
 while i <= #ARGV do
   if ARGV[i] == 'c' then closing[#closing + 1] = ARGV[i + 1] end
   i = i + 3 + 2 * tonumber(ARGV[i + 2])
 end
-if #closing > 0 then
-  local found = redis.call('HMGET', KEYS[1], unpack(closing))
-  for c = 1, #closing do records[closing[c]] = found[c] end
+for first = 1, #closing, CHUNK do
+  local last = math.min(first + CHUNK - 1, #closing)
+  local found = redis.call('HMGET', KEYS[1], unpack(closing, first, last))
+  for c = first, last do records[closing[c]] = found[c - first + 1] end
 end
 local touched, seen = {}, {}  -- slots whose record changed, in the order first changed
 
@@ -101,7 +105,7 @@ while i <= #ARGV do
   end
 end
 
--- Write what changed: counts (deleted at zero, the meta's field count kept), then records.
+-- Counts: what changed, deleted at zero, the meta's field count kept.
 local function write(data, meta, key, before, now)
   if now == before then return end
   if now > 0 then
@@ -118,25 +122,21 @@ for _, key in ipairs(keys) do
   write(KEYS[4], KEYS[6], key, c[3], c[4])
 end
 
-local CHUNK = 200  -- fields per command: unpack() is bounded by Lua's C stack
+-- Records: one HSET and one HDEL per CHUNK.
 local sets, dels = {}, {}
-local function flush(force)
-  if #sets >= 2 * CHUNK or (force and #sets > 0) then
-    redis.call('HSET', KEYS[1], unpack(sets)); sets = {}
-  end
-  if #dels >= CHUNK or (force and #dels > 0) then
-    redis.call('HDEL', KEYS[1], unpack(dels)); dels = {}
-  end
-end
-for t = 1, #touched do
-  local slot = touched[t]
+for _, slot in ipairs(touched) do
   local record = records[slot]
   if record then
     sets[#sets + 1] = slot; sets[#sets + 1] = record
   else
     dels[#dels + 1] = slot
   end
-  flush(false)
 end
-flush(true)
+local function in_chunks(command, items, step)
+  for first = 1, #items, step do
+    redis.call(command, KEYS[1], unpack(items, first, math.min(first + step - 1, #items)))
+  end
+end
+in_chunks('HSET', sets, 2 * CHUNK)  -- fields and their values
+in_chunks('HDEL', dels, CHUNK)
 return out
