@@ -326,7 +326,7 @@ async def test_nodes_report_true_lag_and_staleness(
     that; a replica that applies every set 250 ms later than it is made: the staleness it
     reports is at least that. The dashboard shows both. A heartbeat a second (not 0.2 s):
     the report carrying the lag stays in Redis for longer than a snapshot takes to read."""
-    config = parse_config(STATUS_CONFIG.replace("heartbeat_interval = 0.2", "heartbeat_interval = 1"))
+    config = parse_config(STATUS_CONFIG.replace("interval = 0.2", "interval = 1"))
     a = Node(config, "relay-0-1", redis_server.url, namespace=namespace)
     b = Node(config, "relay-0-2", redis_server.url, namespace=namespace)
     found: list[Snapshot] = []
