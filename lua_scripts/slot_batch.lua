@@ -24,19 +24,29 @@ local out = {}
 
 local CHUNK = 200  -- fields per command: unpack() is bounded by Lua's C stack
 
--- The closes' slot records, read in one command per CHUNK; an open or close below
--- updates the copy.
+-- `command` on the slot records with `items` as its arguments, `step` at a time; the
+-- replies of all the calls in one list, in order.
+local function in_chunks(command, items, step)
+  local replies = {}
+  for first = 1, #items, step do
+    local reply = redis.call(command, KEYS[1],
+                             unpack(items, first, math.min(first + step - 1, #items)))
+    if type(reply) == 'table' then
+      for r = 1, #reply do replies[#replies + 1] = reply[r] end
+    end
+  end
+  return replies
+end
+
+-- The closes' slot records, read once; an open or close below updates the copy.
 local records, closing = {}, {}
 local i = 2
 while i <= #ARGV do
   if ARGV[i] == 'c' then closing[#closing + 1] = ARGV[i + 1] end
   i = i + 3 + 2 * tonumber(ARGV[i + 2])
 end
-for first = 1, #closing, CHUNK do
-  local last = math.min(first + CHUNK - 1, #closing)
-  local found = redis.call('HMGET', KEYS[1], unpack(closing, first, last))
-  for c = first, last do records[closing[c]] = found[c - first + 1] end
-end
+local found = in_chunks('HMGET', closing, CHUNK)
+for c = 1, #closing do records[closing[c]] = found[c] end
 local touched, seen = {}, {}  -- slots whose record changed, in the order first changed
 
 -- Counts: cap key -> {global at start, global now, node at start, node now}.
@@ -130,11 +140,6 @@ for _, slot in ipairs(touched) do
     sets[#sets + 1] = slot; sets[#sets + 1] = record
   else
     dels[#dels + 1] = slot
-  end
-end
-local function in_chunks(command, items, step)
-  for first = 1, #items, step do
-    redis.call(command, KEYS[1], unpack(items, first, math.min(first + step - 1, #items)))
   end
 end
 in_chunks('HSET', sets, 2 * CHUNK)  -- fields and their values
