@@ -443,9 +443,11 @@ class Farm:
             with contextlib.suppress(Exception):
                 await self._client.aclose()
             self._client = None
-        if self.owns_redis and self.redis.proc.poll() is None:
-            self.redis.stop()
-        for server in [*([self.redis] if self.owns_redis else []), *self._dead_servers]:
+        if self.owns_redis:
+            if self.redis.proc.poll() is None:
+                self.redis.stop()
+            shutil.rmtree(self.redis.workdir, ignore_errors=True)
+        for server in self._dead_servers:
             shutil.rmtree(server.workdir, ignore_errors=True)
 
     def logs(self, tail: int = 60) -> str:

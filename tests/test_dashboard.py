@@ -381,11 +381,14 @@ async def test_nodes_report_true_lag_and_staleness(
     assert second.staleness_cache == "mycache"
     assert second.staleness_ms is not None and 250 <= second.staleness_ms < 5_000, second
     assert found[0].replication[0].staleness_ms is None  # its own sets are no staleness sample
-    rows = {row.split()[0]: row.split()[1:3] for row in screen(render(lagged[0])) if "relay" in row}
     lag = f"{first.lag_ms / 1000:.1f}s" if first.lag_ms >= 1000 else f"{first.lag_ms:.0f}ms"
-    assert rows["relay-0-1"] == [lag, "-"], rows
-    rows = {row.split()[0]: row.split()[1:3] for row in screen(render(found[0])) if "relay" in row}
-    assert rows["relay-0-2"][1] == f"{second.staleness_ms:.0f}ms", rows
+    assert node_cells(lagged[0])["relay-0-1"] == [lag, "-"]
+    assert node_cells(found[0])["relay-0-2"][1] == f"{second.staleness_ms:.0f}ms"
+
+
+def node_cells(snap: Snapshot) -> dict[str, list[str]]:
+    """The dashboard's lag and staleness cells of each node of ``snap``."""
+    return {row.split()[0]: row.split()[1:3] for row in screen(render(snap)) if "relay" in row}
 
 
 async def _true(value: bool) -> bool:
