@@ -66,10 +66,14 @@ class Traffic:
     #: agent -> slots it holds (opened, not yet closed)
     held: dict[str, set[str]] = field(default_factory=dict)
     max_held: int = 0
-    #: no lease was lost nor Redis emptied since the last settle: the test's count of
-    #: held slots is then at most Redis', and an open may only be granted below the cap
+    #: no pause nor Redis restart since the last settle: the test's count of held slots
+    #: is then at most Redis', and an open may only be granted below the cap, unless a node
+    #: lost its lease all the same (a stall on a loaded machine: see ``judge``)
     strict: bool = True
     grants_checked: int = 0
+    #: what broke those rules since the last settle, judged there (``judge``)
+    violations: list[str] = field(default_factory=list)
+    exempted: int = 0  # rounds whose violations a lost lease explained
     _quiet: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _rng: random.Random = field(default_factory=lambda: random.Random(SEED))
@@ -138,18 +142,42 @@ class Traffic:
             held.discard(slot)  # before: the test never counts more than Redis does
             self._in_views(name, -1)  # the agent counts it out whatever Redis answers
             closed = await self._call(name, "/v1/connections/close", {"slot": slot})
-            if closed is not None and self.strict:  # a 503: the agent closes it later
-                assert closed["closed"] is True, f"{name}: slot {slot} was not counted"
+            if closed is not None and self.strict and closed["closed"] is not True:
+                self.violations.append(f"{name}: slot {slot} was not counted")  # (a 503:
+                # the agent closes it later)
         elif len(held) < 3:
             opened = await self._call(name, "/v1/connections/open", ROUTE)
             if opened is not None and opened["allowed"]:
                 before = sum(len(h) for h in self.held.values())
                 if self.strict:
-                    assert before < CAP, f"an open granted with {before} slots held, cap {CAP}"
+                    if before >= CAP:
+                        self.violations.append(f"an open granted with {before} held, cap {CAP}")
                     self.grants_checked += 1
                 held.add(str(opened["slot"]))
                 self._in_views(name, 1)
                 self.max_held = max(self.max_held, before + 1)
+
+    async def resyncs(self) -> dict[str, float]:
+        """How many times each running agent re-synced (``mcluster_resyncs_total``)."""
+        counts = {}
+        for name in self.farm.running():
+            async with self.farm.session.get(self.farm.agents[name].base + "/metrics") as resp:
+                for line in (await resp.text()).splitlines():
+                    if line.startswith("mcluster_resyncs_total "):
+                        counts[name] = float(line.split()[1])
+        return counts
+
+    def judge(self, before: dict[str, float], after: dict[str, float]) -> None:
+        """Fail on the round's violations, unless an agent that ran through it re-synced:
+        it lost its lease (a stall past lease TTL on a loaded machine), so the cluster
+        freed slots it still held until the re-sync counted them again, as after a pause
+        (docs/throttles.md). Its slots were then not the test's to count."""
+        violations, self.violations = self.violations, []
+        if not violations:
+            return
+        lost = [name for name, count in after.items() if count > before.get(name, count)]
+        assert lost, f"{len(violations)} times: " + "; ".join(violations[:5])
+        self.exempted += 1
 
     def _in_views(self, name: str, delta: int) -> None:
         """An open connection counts in outbound_domains by its domain (issue 16): the
@@ -275,6 +303,7 @@ async def test_chaos_keeps_views_throttles_and_slots_exact(
             did.append("every batch and throttle script slowed by 0.3 s for 2 s")
 
     while time.monotonic() - began < SECONDS:
+        resyncs = await traffic.resyncs()
         load = Load(farm, gap=0.01)
         load.follow()
         traffic.follow()
@@ -289,6 +318,7 @@ async def test_chaos_keeps_views_throttles_and_slots_exact(
             transitions.append((lifetimes[-1], time.monotonic()))
         try:
             await settle(did[-1])
+            traffic.judge(resyncs, await traffic.resyncs())
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nactions: {did}\n{farm.logs(40)}") from None
         traffic.strict = True
@@ -308,7 +338,8 @@ async def test_chaos_keeps_views_throttles_and_slots_exact(
             f"{len(traffic.decisions)} decisions; {spared} local quota admissions while a "
             f"Redis restart went unnoticed not counted); {traffic.grants_checked} slot "
             f"grants below the cap {CAP}; at most {traffic.max_held} held at once (more "
-            f"only after a lost lease or Redis restart, see docs/throttles.md)"
+            f"only after a lost lease or Redis restart, see docs/throttles.md; "
+            f"{traffic.exempted} rounds where a node lost its lease unasked)"
         )
     assert checked >= 3
     with contextlib.suppress(Exception):
