@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,11 +12,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mcluster import ConfigError, Node, parse_config
+from mcluster.agent import slots as slots_module
 from mcluster.agent.slots import Op, Slots
 from mcluster.faces.http.app import make_app
 from mcluster.objects.outbound import OBTM_OPTION, OutboundPolicy, Route
 from tests.helpers import crash, redis_pids, started_nodes, until, until_running
 from tests.redis_cluster import AnyRedis
+from tests.redis_servers import start_redis
 
 CONF = """
 cluster {
@@ -271,3 +275,50 @@ def test_config_check_reports_throttle_and_cap_errors(tmp_path: Path) -> None:
     lines = result.stderr.splitlines()
     assert lines[0].startswith(f"{bad}:3:3: Shared_Throttle 'x': rate: bad rate '10/0'")
     assert lines[1].startswith(f"{bad}:6:3: cluster_max_outbound_connections: expected a whole")
+
+
+CAP_CONF = """
+cluster { Replicate "outbound_binding_domains" {} }
+Domain "capped.example" { cluster_max_outbound_connections = 2 }
+"""
+
+
+async def test_a_redis_that_stops_answering_fails_an_open_by_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, namespace: str
+) -> None:
+    """``slot_batch`` runs on a client without socket timeout, under a deadline of its
+    own: a Redis that stops answering (SIGSTOP) fails an open with TimeoutError (a retry
+    error: HTTP 503) by the deadline, never hangs it. Once Redis answers again the next
+    open works, and the slot the failed call may have taken is given back: the cap of 2
+    then holds the first slot and the new one, no third."""
+    monkeypatch.setattr(slots_module, "SOCKET_TIMEOUT", 0.5)
+    server = start_redis()
+    try:
+        async with Node(parse_config(CAP_CONF), "relay-1", server.url, namespace=namespace) as node:
+            route = Route("b1", "capped.example")
+            first = await node.open_connection(route)
+            assert first.allowed
+            server.proc.send_signal(signal.SIGSTOP)
+            started = time.monotonic()
+            try:
+                with pytest.raises(TimeoutError):
+                    await node.open_connection(route)
+                took = time.monotonic() - started
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            assert 0.45 <= took < 2.0, took
+            opened: list[str] = []
+
+            async def opens() -> bool:
+                decision = await node.open_connection(route)
+                if decision.allowed:
+                    opened.append(str(decision.slot))
+                return decision.allowed
+
+            await until(opens, 10, "an open once Redis answers again")
+            third = await node.open_connection(route)
+            assert not third.allowed and "cluster_max_outbound_connections" in str(third.reason)
+            assert await node.close_connection(str(first.slot)) is True
+            assert await node.close_connection(opened[0]) is True
+    finally:
+        server.stop()
