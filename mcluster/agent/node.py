@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -118,7 +118,7 @@ class Node:
             keys=self.keys, node=self.name, config=lambda: self.config,
             scripts=lambda: self.scripts, member=lambda: self.member, spawn=self._spawn,
             decision_scripts=lambda: self.decision_scripts, is_leader=lambda: self.is_leader,
-            outboxes=self.outboxes, record=self.record,
+            outboxes=self.outboxes, record=self.record, record_each=self.record_each,
             add_outbox=self.replication.add_outbox, manage=self.replication.manage,
             heartbeat_interval=self.heartbeat_interval, lease_ttl=self.lease_ttl,
             address=address,
@@ -457,11 +457,12 @@ class Node:
                 "outbound_domains / outbound_cidr) in the cluster scope"
             )
         slots_ = self._slots
-        decision = await self._throttle_route("OBTC", outbound.OBTC_OPTION, route)
-        if not decision.allowed:
-            slots_.stats.refused[outbound.OBTC_OPTION] += 1
-            reason = f"{outbound.OBTC_OPTION}: retry after {decision.retry_after_ms} ms"
-            return SlotDecision(False, None, reason)
+        if "OBTC" in self._throttles.families:  # no coroutine on the hot path without it
+            decision = await self._throttle_route("OBTC", outbound.OBTC_OPTION, route)
+            if not decision.allowed:
+                slots_.stats.refused[outbound.OBTC_OPTION] += 1
+                reason = f"{outbound.OBTC_OPTION}: retry after {decision.retry_after_ms} ms"
+                return SlotDecision(False, None, reason)
         group = self.outbound.group(route)
         views = self.connection_views.targets(route.binding, route.domain, group, route.ip)
         shaped = await self.shaping.connection_caps(route) if self.shaping is not None else []
@@ -508,6 +509,20 @@ class Node:
         if self._shards:  # inline: the hot path of every MTA event
             box = self.shard_box(obj, packed)
         box.add(packed, delta)
+
+    def record_each(self, counts: Iterable[tuple[str, str]], delta: int) -> None:
+        """``record`` of ``delta`` on each (object, key) of ``counts``, in one call (the
+        hot path of a connection open and close: four views each); an object this node
+        no longer has is skipped (a config reload removed it and drained its views)."""
+        boxes = self.outboxes
+        for obj, key in counts:
+            box = boxes.get(obj)
+            if box is None:
+                continue
+            packed = box.known.get(key) or box.admit(key)
+            if self._shards:
+                box = self.shard_box(obj, packed)
+            box.add(packed, delta)
 
     def shard_names(self, obj: str) -> list[str]:
         """The outbox names of an object: its own, then its shards' (``obj#k``) if split."""

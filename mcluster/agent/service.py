@@ -106,6 +106,8 @@ class ServiceContext:
     outboxes: Mapping[str, Outbox]
     #: ``Node.record``: count ``delta`` on a key of an object, in memory.
     record: Callable[[str, str, int], None]
+    #: ``Node.record_each``: ``record`` on each (object, key), skipping unknown objects.
+    record_each: Callable[[Iterable[tuple[str, str]], int], None]
     #: ``Replication.add_outbox`` and ``manage``: an object of the service's own, before
     #: the join (``add_outbox(name, kind, max_pending, max_delay)``; ``manage(name, type)``).
     add_outbox: Callable[[str, Kind, int, float], Outbox]

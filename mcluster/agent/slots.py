@@ -13,8 +13,8 @@ view was reaped, changes nothing. On a re-sync the node re-opens the slots it st
 holds, under its new view, without checking the caps (the connections are open already).
 
 A slot taken also counts its connection in the outbound views (``mcluster/outbound/
-views.py``) through ``count``, the node's ``record``: +1 when taken, -1 when given back,
-once per slot; the views' own re-sync snapshots carry the connections still open.
+views.py``) through ``count``, the node's ``record_each``: +1 when taken, -1 when given
+back, once per slot; the views' own re-sync snapshots carry the connections still open.
 
 Decision points (for adaptive shaping, issue 17): ``Node.open_connection`` asks OBTC,
 then ``Slots.open`` takes the slot under ``OutboundPolicy.caps(route)`` in one script;
@@ -101,7 +101,7 @@ class SlotStats:
     refused: Counter[str] = field(default_factory=Counter)  # by what refused: "OPTION (SCOPE)"
 
 
-def no_count(obj: str, key: str, delta: int) -> None:
+def no_count(views: Targets, delta: int) -> None:
     """``count`` of Slots that counts nowhere (no outbound views)."""
 
 
@@ -113,7 +113,7 @@ class Slots:
         scripts: Callable[[], Scripts],
         box: Outbox,
         policy: OutboundPolicy,
-        count: Callable[[str, str, int], None] = no_count,
+        count: Callable[[Targets, int], None] = no_count,
     ):
         self._scripts = scripts
         self.box = box
@@ -138,9 +138,13 @@ class Slots:
 
     async def _begin(self) -> None:
         """An open or close begins, once no re-sync moves the slots; ``_end`` after it,
-        always. (Two calls, not an asynccontextmanager: that was 15 % of a pair's CPU.)"""
+        always. (Two calls, not an asynccontextmanager: that was 15 % of a pair's CPU.
+        The hot paths call ``_enter`` at once when the gate is open: no coroutine.)"""
         if not self._open_gate.is_set():
             await self._open_gate.wait()
+        self._enter()
+
+    def _enter(self) -> None:
         self._busy += 1
         self._idle.clear()
 
@@ -173,19 +177,22 @@ class Slots:
         success count it in ``views``."""
         caps = [*self.policy.caps(route), *extra]
         slot = f"{self._prefix}{next(self._ids):x}"
-        await self._begin()
+        if self._open_gate.is_set():
+            self._enter()
+        else:
+            await self._begin()
         try:
             try:
-                allowed, full = await self._open(slot, caps, force=False)
-            except StaleReply:  # nothing was taken
-                raise
+                full = await self._submit(("o", slot, caps))
             except BaseException:  # cancelled, or no answer: Redis may hold the slot anyway
                 self._close_soon(slot, self.box.view)
                 raise
+            if full == "STALE":  # nothing was taken
+                raise StaleReply(f"STALE view {self.box.view} is not registered for {OBJECT}")
+            allowed = full == ""
             if allowed:
                 self.held[slot] = Held(caps, views)
-                for obj, key in views:
-                    self.count(obj, key, 1)
+                self.count(views, 1)
         finally:
             self._end()
         if not allowed:
@@ -214,12 +221,6 @@ class Slots:
         used = {k: int(v or 0) for k, v in zip(keys, counts, strict=True)}
         return tuple(h for h, group in zip(siblings, caps, strict=True)
                      if all(used[c.key] < c.limit for c in group))  # fmt: skip
-
-    async def _open(self, slot: str, caps: list[Cap], *, force: bool) -> tuple[bool, str]:
-        full = await self._submit(("f" if force else "o", slot, caps))
-        if full == "STALE":
-            raise StaleReply(f"STALE view {self.box.view} is not registered for {OBJECT}")
-        return full == "", full
 
     async def _submit(self, op: Op) -> str:
         """Run one operation in ``slot_batch``: at once when no call is in flight (in the
@@ -327,14 +328,16 @@ class Slots:
         """Give a slot back; False when there was nothing to give back. When Redis does
         not answer, the error is raised and the close is retried in the background until
         it is done or a re-sync drains the view it was counted in: never a leaked slot."""
-        await self._begin()
+        if self._open_gate.is_set():
+            self._enter()
+        else:
+            await self._begin()
         try:
             record = self.held.pop(slot, None)
             held = record is not None
             if record is not None:  # the views count it out now, once, whatever Redis says
                 self.stats.closed += 1
-                for obj, key in record.views:
-                    self.count(obj, key, -1)
+                self.count(record.views, -1)
             view = self.box.view
             try:
                 done = await self._submit(("c", slot, ()))
@@ -404,13 +407,9 @@ class ConnectionSlots:
     async def start(self) -> None:
         box = self.ctx.add_outbox(OBJECT, GAUGE_TABLE, 100, 1.0)
         self.ctx.manage(OBJECT, "outbound_binding_domains")
-        self.slots = Slots(self.ctx.decision_scripts, box, self.policy, self._count)
-
-    def _count(self, obj: str, key: str, delta: int) -> None:
-        """Count an open (+1) or closed (-1) connection in one view; an object a config
-        reload removed since is skipped (its views were drained)."""
-        if obj in self.ctx.outboxes:
-            self.ctx.record(obj, key, delta)
+        # an open (+1) or close (-1) counts in each of its views; an object a config
+        # reload removed since is skipped (its views were drained)
+        self.slots = Slots(self.ctx.decision_scripts, box, self.policy, self.ctx.record_each)
 
     async def close(self, slot: str) -> bool:
         """Give a connection slot back; a second close changes nothing."""
