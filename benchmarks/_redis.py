@@ -12,7 +12,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _report import Report, machine
+from _report import Report, cpu_ticks, machine, stolen_since
 
 from mcluster.faces.loop import Loop, loop_factory
 from tests.redis_servers import RedisServer
@@ -40,12 +40,16 @@ def run_benchmark(
     factory = loop_factory(loop)
     shown = "asyncio" if factory is None else "uvloop"
     report = Report(f"{name} - redis {server.version()} - {machine()} - {shown} loop")
+    ticks = cpu_ticks()
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(run(server, report))
     finally:
         timer.cancel()
         server.stop()
+    stolen = stolen_since(ticks)
+    if stolen is not None:
+        report.figure("CPU stolen by the host", stolen, "during the run (/proc/stat steal)")
     report.print()
     report.exit(strict)
 

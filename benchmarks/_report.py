@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -72,6 +73,28 @@ def percentile(values: list[float], q: float) -> float:
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(stolen, all) CPU ticks of the machine so far (Linux ``/proc/stat``; None elsewhere).
+
+    Why: on a virtual machine the host may run others on our cores ("steal"); a run that
+    lost several per cent of its CPU that way has the tail latencies of a busy host, not
+    of the code. Every report says how much was stolen while it ran (``stolen_since``)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(f) for f in fields]
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8])
+
+
+def stolen_since(start: tuple[int, int] | None) -> str | None:
+    """The share of the machine's CPU time the host stole since ``start`` (``cpu_ticks``)."""
+    end = cpu_ticks()
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return f"{(end[0] - start[0]) / (end[1] - start[1]) * 100:.1f} %"
 
 
 @dataclass

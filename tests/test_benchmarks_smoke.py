@@ -1,5 +1,6 @@
 """The benchmarks keep working: the quickest ones run end to end."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,8 @@ def test_outbound_benchmark_quick() -> None:
     out = quick("outbound.py")
     assert "PASS  views and slots drained after the run" in out
     assert "PASS  every pair admitted and closed" in out and "python / naive, 50 callers" in out
+    if Path("/proc/stat").exists():  # Linux: how much CPU the host took while it ran
+        assert re.search(r"CPU stolen by the host +│ +\d+\.\d %", out), out[-1500:]
 
 
 def test_shaping_benchmark_quick() -> None:
