@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -73,6 +74,19 @@ def percentile(values: list[float], q: float) -> float:
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def spawn_floor(script: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``benchmarks/SCRIPT PORT`` (a floor server: ``_dunno.py``, ``_http_floor.py``)
+    on a free port, its output to ``log``; the process and the port."""
+    from tests.redis_servers import free_port  # the benchmarks put the project on sys.path
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent / script), str(port)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return proc, port
 
 
 def cpu_ticks() -> tuple[int, int] | None:

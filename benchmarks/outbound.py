@@ -11,6 +11,9 @@ of the rounds, p50/p99 are over every pair of the case):
   ``outbound_domains`` and ``outbound_binding_domains``; the close takes it out of all.
 - **mcluster, HTTP**: the same through ``POST /v1/connections/open`` and ``/close`` of a
   real ``mcluster agent`` process (aiohttp client in this process, keep-alive).
+- **aiohttp floor** (with HTTP): ``benchmarks/_http_floor.py``, an aiohttp process that
+  answers the same two requests at once (no decision, no Redis, no middleware): the most
+  any HTTP API on aiohttp can do here, the same client in this process driving it.
 - **naive**: the same bookkeeping as separate redis-py (asyncio) calls, KumoMTA's lease
   design: open = INCR of each of the 4 view keys (the domain's INCR checked against the
   cap, undone when over) + ZADD of the slot's lease; close = DECR of each + ZREM.
@@ -23,7 +26,7 @@ close in the same batch cancel out in memory: that is the design (DESIGN.md, "De
 states"), and the check after the flush shows nothing is lost.
 
 Targets (issue 16): mcluster >= 3x the naive loop at 50 callers (Python API), p99 <= 2 ms;
-HTTP is reported against the same baseline.
+HTTP is reported against the same baseline, and against the aiohttp floor.
 
     /work/venv/bin/python benchmarks/outbound.py [--quick] [--strict] [--no-http] [--pairs N]
 
@@ -34,8 +37,10 @@ pairs per case (default 10,000; 600 with ``--quick``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +53,7 @@ import aiohttp
 import redis
 import redis.asyncio
 from _redis import RedisServer, run_benchmark
-from _report import Report, closed_loop, make_parser, percentile, who
+from _report import Report, closed_loop, make_parser, percentile, spawn_floor, who
 
 from mcluster.agent.node import Node
 from mcluster.config import parse_config
@@ -184,6 +189,28 @@ def http_pair(session: aiohttp.ClientSession, base: str) -> Pair:
     return pair
 
 
+async def start_floor(
+    session: aiohttp.ClientSession, workdir: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``_http_floor.py`` on a free port; the process and its base URL once it answers."""
+    log = workdir / "http-floor.log"
+    proc, port = spawn_floor("_http_floor.py", log)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the aiohttp floor exited: {log.read_text()[-2000:]}")
+        try:
+            async with session.post(f"{base}/v1/connections/close", json={}) as resp:
+                if resp.status == 200:
+                    return proc, base
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the aiohttp floor did not start within 30 s")
+
+
 def naive_pair(client: redis.asyncio.Redis) -> Pair:
     """4 INCR + ZADD to open, 4 DECR + ZREM to close: one round trip each."""
     views = ["naive:cidr:192.0.2.10", "naive:cidr_G:192.0.2.10", "naive:domains:bench.example",
@@ -228,7 +255,7 @@ async def run(
 ) -> None:
     n = pairs or (600 if quick else 10_000)
     rounds = 2 if quick else 4
-    kinds = ("naive", "python", "http") if http else ("naive", "python")
+    kinds = ("naive", "python", "http", "floor") if http else ("naive", "python")
     admin = server.client()
     report.figure("pairs per case", f"{n:,}", f"{rounds} interleaved rounds; rate = median")
     report.figure("  columns", "pairs/s", "p50 p99 ms | CPU/pair: bench process + redis")
@@ -241,6 +268,7 @@ async def run(
     config = parse_config(f"cluster {{\n{VIEWS}}}\n{EXTRA}")
     naive = redis.asyncio.Redis(host="127.0.0.1", port=server.port)
     session = None
+    floor: subprocess.Popen[bytes] | None = None
     try:
         pid = 0
         if http:
@@ -248,6 +276,7 @@ async def run(
             base = farm.agents["http-1"].base
             pid = farm.agents["http-1"].proc.pid
             session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+            floor, floor_base = await start_floor(session, workdir)
         async with Node(config, "bench-1", server.url, namespace="bench") as node:
             cases: dict[tuple[str, int], Case] = {}
             calls: dict[int, tuple[list[float], list[float]]] = {}
@@ -260,10 +289,15 @@ async def run(
                 if session is not None:
                     pair = http_pair(session, base)
                     cases["http", c] = Case(f"mcluster HTTP API, {who(c)}", c, pair)
+                    pair = http_pair(session, floor_base)
+                    cases["floor", c] = Case(f"aiohttp floor (no decision), {who(c)}", c, pair)
             await measure(list(cases.values()), n, rounds, admin, pid)
             problems = await views_drained(node, admin)
             stats = node.connection_stats()
     finally:
+        if floor is not None:
+            floor.terminate()
+            floor.wait(10)
         if session is not None:
             await session.close()
         await naive.aclose()
@@ -277,6 +311,10 @@ async def run(
     }
     for (key, c), ratio in ratios.items():
         report.figure(f"{key} / naive, {who(c)}", f"{ratio:.2f}x")
+    if http:
+        for c in CALLERS:  # how much of what aiohttp itself allows the agent gets
+            share = cases["http", c].rate / cases["floor", c].rate
+            report.figure(f"http / floor, {who(c)}", f"{share:.2f}x")
     for c in CALLERS:  # the warm-up's calls included: a few more than the pairs measured
         opens, closes = (sorted(x) for x in calls[c])
         report.figure(

@@ -54,7 +54,7 @@ from typing import cast
 
 import aiohttp
 from _redis import RedisServer, run_benchmark
-from _report import Report, make_parser, percentile
+from _report import Report, make_parser, percentile, spawn_floor
 
 from tests import postfix
 from tests.redis_servers import free_port
@@ -212,13 +212,9 @@ def spawn_prl(script: Path, workdir: Path, limit: int) -> Server:
     return Server("policyd-rate-limit", "DATA", port, proc, log, scratch=db)
 
 
-def spawn_floor(workdir: Path) -> Server:
-    port = free_port()
+def spawn_dunno(workdir: Path) -> Server:
     log = workdir / "floor.log"
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "_dunno.py"), str(port)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    proc, port = spawn_floor("_dunno.py", log)
     return Server("floor (DUNNO)", "RCPT", port, proc, log, limiting=False)
 
 
@@ -389,7 +385,7 @@ async def measure(
     servers: list[Server] = []
     degraded: dict[str, float] = {}
     try:
-        servers.append(spawn_floor(workdir))
+        servers.append(spawn_dunno(workdir))
         if prl is not None:
             servers.append(spawn_prl(prl, workdir, limit))
         url, tree = server.url, args.agent_tree

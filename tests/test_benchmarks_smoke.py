@@ -78,6 +78,7 @@ def test_outbound_benchmark_quick() -> None:
     out = quick("outbound.py")
     assert "PASS  views and slots drained after the run" in out
     assert "PASS  every pair admitted and closed" in out and "python / naive, 50 callers" in out
+    assert "aiohttp floor (no decision), 50 callers" in out and "http / floor, 50 callers" in out
     if Path("/proc/stat").exists():  # Linux: how much CPU the host took while it ran
         assert re.search(r"CPU stolen by the host +│ +\d+\.\d %", out), out[-1500:]
 
