@@ -15,6 +15,7 @@ from rich.console import Console
 
 from mcluster import Node, parse_config
 from mcluster.agent.slots import SlotDecision
+from mcluster.config import load_config
 from mcluster.console import ConsoleContext, run_command
 from mcluster.faces.http.app import make_app
 from mcluster.objects.outbound import Route
@@ -200,3 +201,29 @@ async def test_kill_9_takes_the_connections_out_of_every_view(tmp_path: Path) ->
             assert listing["anomalies"] == 0, listing
     finally:
         await farm.close()
+
+
+async def test_a_view_removed_by_a_reload_is_skipped_at_the_close(
+    tmp_path: Path, shared_redis: AnyRedis, namespace: str
+) -> None:
+    """A connection opened before a reload removed one of its views closes all the same:
+    the views left count it out (``Node.record_each`` skips the removed object, whose
+    view the reload drained), and the slot is given back."""
+    path = tmp_path / "m.conf"
+    path.write_text(CONF)
+    async with Node(load_config(str(path)), "relay-1", shared_redis.url, namespace=namespace) as n:
+        opened = await n.open_connection(Route("b1", "example.com", ip="192.0.2.10"))
+        assert opened.allowed and opened.slot
+        await n.flush()
+        assert {obj: await n.count(obj, key) for obj, key in IN_G.items()} == dict.fromkeys(IN_G, 1)
+        path.write_text(
+            CONF.replace('  Replicate "outbound_cidr_G"', '  # Replicate "outbound_cidr_G"')
+        )
+        assert (await n.reload())["removed"] == ["outbound_cidr_G"]
+        assert await n.close_connection(str(opened.slot)) is True
+        await n.flush()
+        for obj, key in IN_G.items():
+            if obj != "outbound_cidr_G":
+                assert await n.count(obj, key) == 0, obj
+        stats = n.connection_stats()
+        assert stats is not None and (stats.opened, stats.closed) == (1, 1)
