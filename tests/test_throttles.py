@@ -409,3 +409,43 @@ async def test_running_sum_stays_true_across_bucket_edges(
             assert all(b >= raw["o"] for b in buckets), raw
             assert raw["s"] <= 40, raw  # never over the limit, reservations included
         assert returned > 0  # the return path was exercised
+
+
+def test_plan_packs_each_window_once_with_its_keys_and_rate() -> None:
+    """``throttle.plan`` (window keys and rate fields remembered) gives exactly the KEYS
+    and ARGV spelled out from ``window_key`` and the parsed rates, for requests that
+    share windows, force, and probe (a negative cost)."""
+    import random
+
+    from mcluster.store.keys import ClusterKeys
+
+    okeys = ClusterKeys("plan-test").object(throttle.OBJECT)
+    rates = ["5/60", "100/3600", "10000000/86400", "1/1"]
+    defs = {f"t{i}": ThrottleDef(name=f"t{i}", rate=rates[i % len(rates)]) for i in range(12)}
+    rng = random.Random(7)
+    for _ in range(50):
+        requests = [
+            throttle.Request(
+                tuple(
+                    (rng.choice(sorted(defs)), rng.choice([1, 2, -3]))
+                    for _ in range(rng.randint(1, 4))
+                ),
+                force=rng.random() < 0.2,
+            )
+            for _ in range(rng.randint(1, 8))
+        ]
+        names: list[str] = []
+        tail: list[int | str] = []
+        for request in requests:
+            tail += [int(request.force), len(request.limits)]
+            for name, cost in request.limits:
+                if name not in names:
+                    names.append(name)
+                tail += [names.index(name) + 1, cost]
+        head: list[int | str] = []
+        for name in names:
+            rate = parse_rate(defs[name].rate)
+            head += [rate.count, rate.period_ms, rate.bucket_ms]
+        keys = [throttle.window_key(okeys, n) for n in names]
+        keys += [throttle.window_key(okeys, n, "relay-1") for n in names]
+        assert throttle.plan(okeys, requests, defs, "relay-1") == (keys, [len(names), *head, *tail])

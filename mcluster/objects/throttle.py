@@ -63,6 +63,13 @@ class ThrottleDef(BaseModel):
     def parsed(self) -> Rate:
         return parse_rate(self.rate)
 
+    @functools.cached_property
+    def window_args(self) -> tuple[int, int, int]:
+        """N, period ms and bucket ms: this throttle's window in ``throttle_acquire``'s
+        ARGV (``plan``), worked out once per definition, not on every call."""
+        rate = self.parsed
+        return rate.count, rate.period_ms, rate.bucket_ms
+
 
 def defs_key(okeys: ObjectKeys) -> str:
     return f"{okeys.base}:defs"
@@ -71,6 +78,13 @@ def defs_key(okeys: ObjectKeys) -> str:
 def window_key(okeys: ObjectKeys, name: str, node: str | None = None) -> str:
     """The window of a throttle: the cluster's, or one node's share of it."""
     return f"{okeys.base}:w:{name}" if node is None else f"{okeys.base}:n:{node}:w:{name}"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _window_keys(base: str, name: str, node: str) -> tuple[str, str]:
+    """``window_key`` of ``name``, the cluster's and ``node``'s share, remembered: a call
+    of ``plan`` made both again for every window (a policy decision names five or so)."""
+    return f"{base}:w:{name}", f"{base}:n:{node}:w:{name}"
 
 
 async def define(scripts: Scripts, okeys: ObjectKeys, tdef: ThrottleDef) -> bool:
@@ -155,21 +169,23 @@ def plan(
     node: str,
 ) -> tuple[list[str], list[int | str]]:
     """KEYS and ARGV of one ``throttle_acquire`` call deciding ``requests``."""
+    base = okeys.base
     number: dict[str, int] = {}
     keys: list[str] = []
+    shares: list[str] = []
     head: list[int | str] = []
     tail: list[int | str] = []
     for request in requests:
-        tail += [1 if request.force else 0, len(request.limits)]
+        tail.extend((1 if request.force else 0, len(request.limits)))
         for name, cost in request.limits:
             k = number.get(name)
             if k is None:
                 k = number[name] = len(number) + 1
-                rate = defs[name].parsed
-                keys.append(window_key(okeys, name))
-                head += [rate.count, rate.period_ms, rate.bucket_ms]
-            tail += [k, cost]
-    shares = [window_key(okeys, name, node) for name in number]
+                window, share = _window_keys(base, name, node)
+                keys.append(window)
+                shares.append(share)
+                head.extend(defs[name].window_args)
+            tail.extend((k, cost))
     return keys + shares, [len(keys), *head, *tail]
 
 
