@@ -77,14 +77,18 @@ def defs_key(okeys: ObjectKeys) -> str:
 
 def window_key(okeys: ObjectKeys, name: str, node: str | None = None) -> str:
     """The window of a throttle: the cluster's, or one node's share of it."""
-    return f"{okeys.base}:w:{name}" if node is None else f"{okeys.base}:n:{node}:w:{name}"
+    return _window_key(okeys.base, name, node)
+
+
+def _window_key(base: str, name: str, node: str | None) -> str:
+    return f"{base}:w:{name}" if node is None else f"{base}:n:{node}:w:{name}"
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _window_keys(base: str, name: str, node: str) -> tuple[str, str]:
     """``window_key`` of ``name``, the cluster's and ``node``'s share, remembered: a call
     of ``plan`` made both again for every window (a policy decision names five or so)."""
-    return f"{base}:w:{name}", f"{base}:n:{node}:w:{name}"
+    return _window_key(base, name, None), _window_key(base, name, node)
 
 
 async def define(scripts: Scripts, okeys: ObjectKeys, tdef: ThrottleDef) -> bool:
