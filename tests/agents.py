@@ -603,6 +603,16 @@ class Farm:
             assert resp.status == 200, f"count {obj} {key} -> {resp.status} {await resp.text()}"
             return int((await resp.json())["count"])
 
+    async def metric(self, name: str, sample: str) -> float:
+        """One /metrics sample (name and labels, as printed) of agent ``name``; 0 when it
+        does not serve that sample."""
+        async with self.session.get(f"{self.agents[name].base}/metrics") as resp:
+            text = await resp.text()
+        for line in text.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def model_total(self, obj: str, nodes: Iterable[str] | None = None) -> dict[str, int]:
         total: dict[str, int] = defaultdict(int)
         for node in self.members_expected() if nodes is None else nodes:

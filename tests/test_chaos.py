@@ -159,13 +159,7 @@ class Traffic:
 
     async def resyncs(self) -> dict[str, float]:
         """How many times each running agent re-synced (``mcluster_resyncs_total``)."""
-        counts = {}
-        for name in self.farm.running():
-            async with self.farm.session.get(self.farm.agents[name].base + "/metrics") as resp:
-                for line in (await resp.text()).splitlines():
-                    if line.startswith("mcluster_resyncs_total "):
-                        counts[name] = float(line.split()[1])
-        return counts
+        return {n: await self.farm.metric(n, "mcluster_resyncs_total") for n in self.farm.running()}
 
     def judge(self, before: dict[str, float], after: dict[str, float]) -> None:
         """Fail on the round's violations, unless an agent that ran through it re-synced:

@@ -185,16 +185,7 @@ async def _at_least(value: Awaitable[float], least: float) -> bool:
 async def farm_metric(farm: Farm, sample: str) -> float:
     """The sum of one /metrics sample (name and labels, as printed) over the running
     agents of the farm."""
-    total = 0.0
-    for agent in farm.agents.values():
-        if not agent.running:
-            continue
-        async with farm.session.get(f"{agent.base}/metrics") as resp:
-            text = await resp.text()
-        for line in text.splitlines():
-            if line.startswith(sample + " "):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum([await farm.metric(name, sample) for name in farm.running()])
 
 
 def _equals(read: Callable[[], Awaitable[int]], want: int) -> Callable[[], Awaitable[bool]]:
